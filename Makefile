@@ -1,0 +1,49 @@
+# Every target that needs Python goes through the project's own virtual environment, which is
+# created and filled on first use, so a fresh clone needs nothing done by hand.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# Ray on this kind of machine must bind to loopback; set before Ray starts.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_USAGE_STATS_ENABLED ?= 0
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: venv demo test test-unit test-integration bench bench-quick lint clean mlflow-ui
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/eclm demo
+
+# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; exit $$rc
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --mode full
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --mode quick
+
+lint: $(STAMP)
+	$(BIN)/ruff check eclm tests benchmarks
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///eclm-mlruns.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,303 @@
+"""The modular cloud model: a timm backbone whose blocks are module layers, plus the selector."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch import Tensor, nn
+
+from eclm.modules._surgery import install_gate_point, set_gate, set_submodule, strip_gate_points
+from eclm.modules.costs import CostTable, measure
+from eclm.modules.layer import ModuleLayer, layer_kind
+from eclm.modules.registry import adapter_for
+from eclm.modules.selector import ModuleSelector, Routing, noisy_top_k
+from eclm.modules.spec import SubModelSpec
+
+
+class ModularModel(nn.Module):
+    """A timm model decomposed into module layers, with a unified module selector.
+
+    With every module active and unit gates it computes exactly the source model's function.
+
+    Args:
+        backbone: A timm model of a registered family (weights are kept, not copied).
+        modules_per_layer: Requested modules N per layer (attention layers may get fewer, one
+            per head at most).
+        input_size: ``(C, H, W)`` the model is used at; FLOPs and activations are measured there.
+        arch: JSON-able description ``{"name": ..., "kwargs": {...}}`` that recreates the bare
+            backbone with :func:`timm.create_model`; devices use it to rebuild sub-models.
+        selector_width: Width of the selector's embedding CNN.
+        selector_dim: Size of the selector's routing feature.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        modules_per_layer: int,
+        input_size: tuple[int, int, int] = (3, 32, 32),
+        arch: dict | None = None,
+        selector_width: int = 16,
+        selector_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        if modules_per_layer < 2:
+            raise ValueError(f"modules_per_layer must be >= 2, got {modules_per_layer}")
+        adapter = adapter_for(backbone)
+        self.family = adapter.family
+        self.backbone = backbone
+        self.layers: list[ModuleLayer] = adapter.module_layers(backbone, modules_per_layer)
+        if not self.layers:
+            raise ValueError(f"{type(backbone).__name__} has no decomposable blocks")
+        for layer in self.layers:
+            install_gate_point(self._gate_module(backbone, layer), layer.gate_dim)
+        self.input_size = tuple(input_size)
+        self.arch = arch or {"name": type(backbone).__name__, "kwargs": {}}
+        self.selector = ModuleSelector([l.n_modules for l in self.layers], input_size[0], selector_width, selector_dim)
+        self.model_id = self._fingerprint()
+        self._costs: CostTable | None = None
+
+    # ----------------------------------------------------------------- structure
+    @staticmethod
+    def _gate_module(root: nn.Module, layer: ModuleLayer) -> nn.Module:
+        return root.get_submodule(f"{layer.name}.{layer.gate_point}")
+
+    def _fingerprint(self) -> str:
+        desc = {
+            "family": self.family,
+            "arch": self.arch,
+            "layers": [(l.name, l.kind, l.n_modules, len(l.gate_owner)) for l in self.layers],
+        }
+        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [l.n_modules for l in self.layers]
+
+    def full_spec(self) -> SubModelSpec:
+        """The spec selecting every module of every layer."""
+        return SubModelSpec(model_id=self.model_id, groups=[tuple(range(l.n_modules)) for l in self.layers])
+
+    def check_spec(self, spec: SubModelSpec) -> None:
+        """Raise ``ValueError`` if ``spec`` does not fit this model."""
+        if spec.model_id != self.model_id:
+            raise ValueError(f"spec is for model {spec.model_id}, this model is {self.model_id}")
+        if len(spec.groups) != len(self.layers):
+            raise ValueError(f"spec has {len(spec.groups)} layers, model has {len(self.layers)}")
+        for layer, groups in zip(self.layers, spec.groups, strict=True):
+            if any(g >= layer.n_modules for g in groups):
+                raise ValueError(f"layer {layer.name}: module index out of range 0..{layer.n_modules - 1}")
+            if not groups and not layer.allows_empty:
+                raise ValueError(f"layer {layer.name} has no shortcut and needs at least one module")
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor, gates: list[Tensor] | None = None) -> Tensor:
+        """Run the backbone with per-layer module gates.
+
+        Args:
+            x: ``(B, C, H, W)`` input.
+            gates: Per layer ``(B, N_l)`` gate values, or ``None`` for the dense model (all
+                modules, unit gates: the original timm model's function).
+
+        Returns:
+            ``(B, num_classes)`` logits.
+        """
+        modules = [self._gate_module(self.backbone, l) for l in self.layers]
+        try:
+            if gates is not None:
+                if len(gates) != len(self.layers):
+                    raise ValueError(f"expected gates for {len(self.layers)} layers, got {len(gates)}")
+                for layer, m, g in zip(self.layers, modules, gates, strict=True):
+                    set_gate(m, g[:, layer.gate_owner.to(g.device)])
+            return self.backbone(x)
+        finally:
+            for m in modules:
+                set_gate(m, None)
+
+    def route(self, x: Tensor, k: int | list[int], *, noisy: bool, straight_through: bool = True) -> Routing:
+        """Gate every layer with the selector's noisy top-k (``k`` per layer or one for all)."""
+        logits, noise = self.selector(x)
+        ks = k if isinstance(k, list) else [min(k, n) for n in self.layer_sizes]
+        out = [
+            noisy_top_k(lg, ns, kk, noisy=noisy, straight_through=straight_through)
+            for lg, ns, kk in zip(logits, noise, ks, strict=True)
+        ]
+        return Routing([o[0] for o in out], [o[1] for o in out], [o[2] for o in out])
+
+    def spec_gates(self, spec: SubModelSpec, batch: int, device: torch.device | str = "cpu") -> list[Tensor]:
+        """0/1 gates that make the modular model compute the sub-model ``spec``."""
+        self.check_spec(spec)
+        gates = []
+        for layer, groups in zip(self.layers, spec.groups, strict=True):
+            g = torch.zeros(batch, layer.n_modules, device=device)
+            g[:, list(groups)] = 1.0
+            gates.append(g)
+        return gates
+
+    @torch.no_grad()
+    def importance(self, x: Tensor, batch_size: int = 256) -> list[list[float]]:
+        """Mean selector probability of every module over ``x``: the device's L x N summary."""
+        was = self.selector.training
+        self.selector.eval()
+        sums = [torch.zeros(n) for n in self.layer_sizes]
+        for i in range(0, len(x), batch_size):
+            for s, p in zip(sums, self.selector.probabilities(x[i : i + batch_size]), strict=True):
+                s += p.sum(0).cpu()
+        self.selector.train(was)
+        return [(s / max(len(x), 1)).tolist() for s in sums]
+
+    # ----------------------------------------------------------------- extraction
+    def extract(self, spec: SubModelSpec) -> nn.Module:
+        """Materialise the sub-model ``spec`` as a plain compact timm ``nn.Module``.
+
+        The result shares no storage with the cloud model. ``extract(full_spec())`` computes the
+        source model's function; smaller specs are genuinely narrower blocks.
+        """
+        self.check_spec(spec)
+        model = strip_gate_points(copy.deepcopy(self.backbone))
+        return narrow(model, self.layers, [tuple(range(l.n_modules)) for l in self.layers], spec.groups)
+
+    def chain(self, model: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
+        """Named chain stages (stem, blocks..., head) of ``model`` (default: the backbone)."""
+        return adapter_for(self.backbone).chain(model if model is not None else self.backbone)
+
+    # ----------------------------------------------------------------- costs
+    def costs(self) -> CostTable:
+        """The measured cost table at ``input_size`` (computed once, then cached)."""
+        if self._costs is None:
+            self._costs = self._measure_costs()
+        return self._costs
+
+    def _measure_costs(self) -> CostTable:
+        plain = strip_gate_points(copy.deepcopy(self.backbone)).eval()
+        inputs: dict[str, Tensor] = {}
+        hooks = [
+            plain.get_submodule(l.name).register_forward_pre_hook(
+                lambda _m, args, name=l.name: inputs.__setitem__(name, args[0].detach())
+            )
+            for l in self.layers
+        ]
+        example = torch.zeros(1, *self.input_size)
+        with torch.no_grad():
+            plain(example)
+        for h in hooks:
+            h.remove()
+        total = measure(plain, example)
+        base = total.copy()
+        empty, shared, modules = [], [], []
+        for layer in self.layers:
+            block = plain.get_submodule(layer.name)
+            kind = layer_kind(layer.kind)
+            all_groups = list(range(layer.n_modules))
+            x = inputs[layer.name]
+            full = measure(block, x)
+            singles = np.stack([measure(kind.slice(block, layer, all_groups, [i]), x) for i in all_groups])
+            # full = s + sum f_i and single_i = s + f_i  =>  s = (sum single_i - full) / (N - 1)
+            s = (singles.sum(axis=0) - full) / (layer.n_modules - 1)
+            shared.append(s)
+            modules.append(singles - s)
+            empty.append(measure(kind.residual(block), x) if layer.allows_empty else np.full(4, np.nan))
+            base -= full
+        return CostTable(base=base, empty=empty, shared=shared, modules=modules)
+
+
+def narrow(
+    model: nn.Module,
+    layers: list[ModuleLayer],
+    held: tuple[tuple[int, ...], ...] | list,
+    keep: tuple[tuple[int, ...], ...] | list,
+) -> nn.Module:
+    """Narrow every module layer of ``model`` (in place) from ``held`` groups to ``keep`` groups.
+
+    Works on the cloud backbone (``held`` = all groups) and on a device's sub-model (``held`` =
+    its spec), which is how a device shrinks locally without the cloud.
+    """
+    for layer, h, k in zip(layers, held, keep, strict=True):
+        if tuple(h) == tuple(k):
+            continue
+        block = model.get_submodule(layer.name)
+        set_submodule(model, layer.name, layer_kind(layer.kind).slice(block, layer, list(h), list(k)))
+    return model
+
+
+def create_backbone(name: str, *, weights_path: str | Path | None = None, **timm_kwargs) -> nn.Module:
+    """Create a timm model by name with random init, optionally loading local weights.
+
+    Never downloads: ``pretrained`` is always off; pretrained weights come from ``weights_path``
+    (``.safetensors``, or a ``.pt``/``.pth`` state dict loaded with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: If ``weights_path`` does not exist.
+        ValueError: If the weights do not match the model.
+    """
+    if timm_kwargs.pop("pretrained", False):
+        raise ValueError("pretrained=True would download weights; pass weights_path to a local file instead")
+    model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    if weights_path is not None:
+        load_local_weights(model, weights_path)
+    return model
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict into ``model`` without executing code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"weights in {path} do not match {type(model).__name__}: {err}") from err
+
+
+def modularize(
+    model_or_name: nn.Module | str,
+    *,
+    modules_per_layer: int,
+    input_size: tuple[int, int, int] = (3, 32, 32),
+    weights_path: str | Path | None = None,
+    selector_width: int = 16,
+    selector_dim: int = 64,
+    **timm_kwargs,
+) -> ModularModel:
+    """Build a :class:`ModularModel` from a timm model instance (keeping its weights) or name.
+
+    Args:
+        model_or_name: A timm model, or a timm model name created with ``timm_kwargs``.
+        modules_per_layer: Modules N per module layer (>= 2).
+        input_size: ``(C, H, W)`` used for cost measurement and the selector's input channels.
+        weights_path: Optional local weights for a model created by name.
+        selector_width: Selector embedding width.
+        selector_dim: Selector routing feature size.
+        **timm_kwargs: Passed to :func:`timm.create_model` (e.g. ``num_classes``, ``img_size``).
+
+    Returns:
+        The modular model, exactly equal to the source model when all modules are active.
+    """
+    if isinstance(model_or_name, str):
+        timm_kwargs.setdefault("in_chans", input_size[0])
+        backbone = create_backbone(model_or_name, weights_path=weights_path, **timm_kwargs)
+        arch = {"name": model_or_name, "kwargs": _jsonable(timm_kwargs)}
+    else:
+        if timm_kwargs or weights_path:
+            raise ValueError("timm kwargs / weights_path only apply when building from a model name")
+        backbone = model_or_name
+        name = getattr(backbone, "pretrained_cfg", {}).get("architecture") or type(backbone).__name__
+        arch = {"name": name, "kwargs": {}}
+    return ModularModel(backbone, modules_per_layer, input_size, arch, selector_width, selector_dim)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))

@@ -1,0 +1,97 @@
+"""Configuration of partitioned inference serving (AMP4EC done honestly)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_GIB, _MIB = 1024**3, 1024**2
+
+
+class ServingConfig(BaseModel):
+    """Partitioned, adaptive inference across (emulated) edge nodes.
+
+    The defaults reproduce AMP4EC's testbed: three nodes with 1.0 / 0.6 / 0.4 CPU and
+    1 GiB / 512 MiB / 512 MiB, batch size 1.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    partitioner: Literal["dp", "proportional", "monolithic"] = Field(
+        "dp", description="dp = optimal contiguous partition (eclm); proportional = AMP4EC's "
+        "CPU-share-proportional runs; monolithic = whole model on node 0.")
+    objective: Literal["throughput", "latency"] = Field(
+        "throughput", description="What the dp partitioner minimises: pipeline bottleneck or end-to-end latency.")
+    scheduler: Literal["amp4ec", "round_robin", "least_loaded"] = Field(
+        "amp4ec", description="Request scheduling policy.")
+    scheduler_seed: int = Field(0, ge=0, description="Seed of the scheduler's tie-breaking generator.")
+    max_load: float = Field(0.8, gt=0.0, le=1.0, description="AMP4EC filter: skip nodes with load above this.")
+    max_latency_s: float = Field(0.5, gt=0.0, description="AMP4EC filter: skip nodes with latency above this (s).")
+
+    monitor_alpha: float = Field(0.3, gt=0.0, le=1.0, description="EWMA weight of a new monitor reading.")
+    monitor_threshold: float = Field(
+        0.25, gt=0.0, le=10.0, description="Relative change of a smoothed quantity that emits a resource event.")
+    monitor_interval_s: float = Field(1.0, gt=0.0, description="Seconds between monitor samples.")
+
+    repartition: bool = Field(True, description="Re-partition when the monitor reports resource changes.")
+    repartition_min_gain: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Switch plans only if the objective improves by at least this fraction.")
+
+    max_in_flight: int = Field(8, ge=1, description="Requests admitted into the pipeline at once.")
+    micro_batch_size: int = Field(1, ge=1, description="Requests grouped into one forward pass.")
+    profile_repeats: int = Field(5, ge=1, le=1000, description="Timed runs per block when profiling latencies.")
+
+    node_cpu_shares: list[float] = Field(
+        default_factory=lambda: [1.0, 0.6, 0.4], min_length=1,
+        description="Emulated CPU share of each node, in (0, 1], in pipeline order.")
+    node_memory_bytes: list[float] | None = Field(
+        default_factory=lambda: [float(_GIB), float(512 * _MIB), float(512 * _MIB)],
+        description="Memory limit per node in bytes (same length as node_cpu_shares); None = unlimited.")
+    link_bandwidth_bytes_per_s: float = Field(
+        12.5e6, gt=0.0, description="Emulated bandwidth of each link between consecutive nodes (inf = free).")
+    link_latency_s: float = Field(0.001, ge=0.0, description="Emulated latency of each link, seconds.")
+
+    @field_validator("node_cpu_shares")
+    @classmethod
+    def _shares_in_range(cls, shares: list[float]) -> list[float]:
+        for i, s in enumerate(shares):
+            if not 0.0 < s <= 1.0:
+                raise ValueError(f"node_cpu_shares[{i}] must be in (0, 1], got {s}")
+        return shares
+
+    @field_validator("node_memory_bytes")
+    @classmethod
+    def _memory_positive(cls, memory: list[float] | None) -> list[float] | None:
+        for i, m in enumerate(memory or []):
+            if not m > 0:
+                raise ValueError(f"node_memory_bytes[{i}] must be > 0, got {m}")
+        return memory
+
+    @field_validator("link_latency_s")
+    @classmethod
+    def _latency_finite(cls, latency: float) -> float:
+        if not math.isfinite(latency):
+            raise ValueError(f"link_latency_s must be finite, got {latency}")
+        return latency
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingConfig:
+        if self.node_memory_bytes is not None and len(self.node_memory_bytes) != len(self.node_cpu_shares):
+            raise ValueError(
+                f"node_memory_bytes has {len(self.node_memory_bytes)} entries but node_cpu_shares has "
+                f"{len(self.node_cpu_shares)}; give one per node"
+            )
+        if self.micro_batch_size > self.max_in_flight:
+            raise ValueError(
+                f"micro_batch_size={self.micro_batch_size} exceeds max_in_flight={self.max_in_flight}; "
+                "a micro-batch could never fill"
+            )
+        if self.repartition and self.partitioner == "monolithic":
+            raise ValueError("repartition=True is meaningless with partitioner='monolithic'; set repartition=False")
+        return self
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_cpu_shares)
