@@ -6,7 +6,15 @@ derives per-device sub-models, and merges device updates module by module.
 
 from eclm.modules.costs import CostTable
 from eclm.modules.layer import LayerKind, ModuleLayer, layer_kind, register_layer_kind
-from eclm.modules.modular import ModularModel, create_backbone, load_local_weights, modularize, narrow
+from eclm.modules.modular import (
+    ModularModel,
+    create_backbone,
+    load_local_weights,
+    modularize,
+    narrow,
+    rebuild_submodel,
+    skeleton,
+)
 from eclm.modules.registry import BackboneAdapter, adapter_for, register_backbone, supported_families
 from eclm.modules.selector import ModuleSelector, Routing, load_balance_loss, noisy_top_k
 from eclm.modules.spec import RESOURCE_DIMS, DeviceProfile, SubModelSpec
@@ -29,8 +37,38 @@ __all__ = [
     "load_local_weights",
     "modularize",
     "narrow",
+    "rebuild_submodel",
+    "skeleton",
     "noisy_top_k",
     "register_backbone",
     "register_layer_kind",
     "supported_families",
+]
+
+from eclm.modules.derive import BudgetTooSmallError, derive_submodel, fits, minimal_cost, shrink_submodel  # noqa: E402
+from eclm.modules.exchange import MalformedPayloadError, pack_state, unpack_state  # noqa: E402
+from eclm.modules.merge import ModuleUpdate, expected_shape, merge_module_updates, tensor_owner  # noqa: E402
+from eclm.modules.offline import EpochMetrics, OfflineSettings, evaluate, train_offline  # noqa: E402
+from eclm.modules.subtasks import assign_modules, class_subtasks, target_routing  # noqa: E402
+
+__all__ += [
+    "BudgetTooSmallError",
+    "EpochMetrics",
+    "MalformedPayloadError",
+    "ModuleUpdate",
+    "OfflineSettings",
+    "assign_modules",
+    "class_subtasks",
+    "derive_submodel",
+    "evaluate",
+    "expected_shape",
+    "fits",
+    "merge_module_updates",
+    "minimal_cost",
+    "pack_state",
+    "shrink_submodel",
+    "target_routing",
+    "tensor_owner",
+    "train_offline",
+    "unpack_state",
 ]

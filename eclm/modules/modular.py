@@ -301,3 +301,28 @@ def modularize(
 
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+def skeleton(arch: dict, modules_per_layer: int, input_size: tuple[int, int, int] = (3, 32, 32),
+             selector_width: int = 16, selector_dim: int = 64) -> ModularModel:
+    """A weightless (``meta`` device) modular model with the architecture ``arch``.
+
+    Devices use it to recreate layer metadata and sub-model structure from the JSON ``arch``
+    without allocating the full cloud model; weights then arrive as safetensors.
+    """
+    with torch.device("meta"):
+        backbone = create_backbone(arch["name"], **arch.get("kwargs", {}))
+    return ModularModel(backbone, modules_per_layer, input_size, arch, selector_width, selector_dim)
+
+
+def rebuild_submodel(skel: ModularModel, spec: SubModelSpec, state: dict[str, Tensor]) -> nn.Module:
+    """Materialise sub-model ``spec`` of a :func:`skeleton` and load ``state`` into it (strict)."""
+    sub = skel.extract(spec)
+    try:
+        sub.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise ValueError(f"weights do not match sub-model: {err}") from err
+    leftover = [n for n, t in list(sub.named_parameters()) + list(sub.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ValueError(f"sub-model tensors missing from the payload: {leftover[:5]}")
+    return sub

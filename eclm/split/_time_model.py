@@ -89,8 +89,9 @@ def build_cost_table(
         if not feasible[i].any():
             smallest = min(needs)
             raise ValueError(
-                f"device {dev.name or i!r} (index {i}) has memory {dev.memory:.6g} bytes but the smallest "
-                f"cut (cut {cuts[needs.index(smallest)]}) needs {smallest:.6g} bytes at batch {dev.batch_size}"
+                f"device {dev.name or i!r} (index {i}) has memory {dev.memory:.6g} bytes but the "
+                f"smallest cut (cut {cuts[needs.index(smallest)]}) needs {smallest:.6g} bytes "
+                f"at batch {dev.batch_size}"
             )
     return CostTable(compute=compute, traffic=traffic, feasible=feasible)
 

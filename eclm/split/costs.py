@@ -73,7 +73,9 @@ class BlockCosts:
             _as_tuple("train_activation_bytes", self.train_activation_bytes, num_blocks),
         )
         if not math.isfinite(self.backward_factor) or self.backward_factor < 0:
-            raise ValueError(f"BlockCosts.backward_factor must be finite and >= 0, got {self.backward_factor}")
+            raise ValueError(
+                f"BlockCosts.backward_factor must be finite and >= 0, got {self.backward_factor}"
+            )
 
     @property
     def num_blocks(self) -> int:

@@ -88,7 +88,9 @@ class SplitPlan:
     iterations: int = 0
 
 
-def _validate(devices: Sequence[SplitDevice], total_bandwidth: float, server_speed: float, ratio: float) -> None:
+def _validate(
+    devices: Sequence[SplitDevice], total_bandwidth: float, server_speed: float, ratio: float
+) -> None:
     if len(devices) == 0:
         raise ValueError("devices must not be empty")
     if not math.isfinite(total_bandwidth) or total_bandwidth <= 0:
@@ -99,7 +101,9 @@ def _validate(devices: Sequence[SplitDevice], total_bandwidth: float, server_spe
         raise ValueError(f"compression_ratio must be finite and > 0, got {ratio}")
 
 
-def _plan(table: CostTable, cuts: Sequence[int], bandwidths: np.ndarray, method: str, iterations: int = 0) -> SplitPlan:
+def _plan(
+    table: CostTable, cuts: Sequence[int], bandwidths: np.ndarray, method: str, iterations: int = 0
+) -> SplitPlan:
     times = table.times(cuts, bandwidths)
     return SplitPlan(
         cuts=tuple(int(c) for c in cuts),
@@ -122,17 +126,16 @@ def _alternate(
 ) -> tuple[list[int], np.ndarray, float, int]:
     """Run (a) best cut per device for fixed ``b``, (b) equalise ``b`` for fixed cuts, until
     the round time stops falling. Returns the best (cuts, bandwidths, round time, iterations)."""
-    best: tuple[list[int], np.ndarray, float] | None = None
-    iterations = 0
-    for iterations in range(1, max_iters + 1):
+    best: tuple[list[int], np.ndarray, float, int] | None = None
+    for iteration in range(1, max_iters + 1):
         cuts = best_cuts_for_bandwidth(table, bandwidths)
         bandwidths, round_time = _equalised(table, cuts, total_bandwidth)
         # Relative tolerance: bisection noise must not count as progress.
         if best is not None and round_time >= best[2] * (1.0 - 1e-12):
             break
-        best = (cuts, bandwidths, round_time)
+        best = (cuts, bandwidths, round_time, iteration)
     assert best is not None
-    return best[0], best[1], best[2], iterations
+    return best
 
 
 def plan_edgesplit(
@@ -208,7 +211,9 @@ def brute_force_plan(
     options = [[int(j) + 1 for j in np.flatnonzero(row)] for row in table.feasible]
     count = math.prod(len(o) for o in options)
     if count > _MAX_BRUTE_FORCE_TUPLES:
-        raise ValueError(f"brute force over {count} cut tuples exceeds the limit of {_MAX_BRUTE_FORCE_TUPLES}")
+        raise ValueError(
+            f"brute force over {count} cut tuples exceeds the limit of {_MAX_BRUTE_FORCE_TUPLES}"
+        )
     best: tuple[tuple[int, ...], np.ndarray, float] | None = None
     for cuts in itertools.product(*options):
         bandwidths, round_time = _equalised(table, cuts, total_bandwidth)

@@ -24,7 +24,9 @@ from eclm.data import (
 
 def test_importing_the_data_layer_does_not_import_ray() -> None:
     code = "import eclm.data, sys; assert 'ray' not in sys.modules; assert 'mlflow' not in sys.modules"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -86,7 +88,9 @@ def test_npz_resizes_and_converts_grey(tmp_path: Path) -> None:
         ({"x": np.zeros((4, 3, 8, 8)), "y": np.full(4, 0.5)}, {}, "whole numbers"),
     ],
 )
-def test_npz_bad_content_raises_a_clear_error(tmp_path: Path, arrays: dict, kwargs: dict, message: str) -> None:
+def test_npz_bad_content_raises_a_clear_error(
+    tmp_path: Path, arrays: dict, kwargs: dict, message: str
+) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
 
     with pytest.raises(ValueError) as error:
@@ -121,7 +125,9 @@ def test_image_folder_reads_classes_from_subfolders(tmp_path: Path, channels: in
     assert data.class_counts().tolist() == [2, 3, 4]
     assert 0.0 <= float(data.images.min()) and float(data.images.max()) <= 1.0
     if channels == 3:  # "ant" images are (40, 215, ...) in RGB
-        torch.testing.assert_close(data.images[0, :2, 5, 5], torch.tensor([40 / 255, 215 / 255]), atol=2e-3, rtol=0)
+        torch.testing.assert_close(
+            data.images[0, :2, 5, 5], torch.tensor([40 / 255, 215 / 255]), atol=2e-3, rtol=0
+        )
 
 
 def test_image_folder_empty_class_is_an_error(tmp_path: Path) -> None:
@@ -187,6 +193,8 @@ def test_build_source_follows_the_config(tmp_path: Path) -> None:
         (torch.zeros(2, 1, 4, 4), torch.tensor([0, 5]), ValueError),
     ],
 )
-def test_labelled_images_rejects_invalid_tensors(images: torch.Tensor, labels: torch.Tensor, error: type) -> None:
+def test_labelled_images_rejects_invalid_tensors(
+    images: torch.Tensor, labels: torch.Tensor, error: type
+) -> None:
     with pytest.raises(error):
         LabelledImages(images, labels, 2, ("a", "b"))

@@ -42,7 +42,11 @@ def decode_selected(encoded: EncodedActivation, num_rows: int, row_size: int) ->
     Raises:
         ValueError: if the map and the number of values disagree.
     """
-    mask = unpack_codes(encoded.payload["mask"], 1, num_rows * row_size).to(torch.bool).reshape(num_rows, row_size)
+    mask = (
+        unpack_codes(encoded.payload["mask"], 1, num_rows * row_size)
+        .to(torch.bool)
+        .reshape(num_rows, row_size)
+    )
     values = encoded.payload["values"]
     if int(mask.sum()) != values.numel():
         raise ValueError(f"position map marks {int(mask.sum())} values but payload holds {values.numel()}")

@@ -66,7 +66,9 @@ class _StraightThrough(torch.autograd.Function):
     """Forward returns the reconstruction; backward hands the gradient to the input as is."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, x_hat: torch.Tensor
+    ) -> torch.Tensor:
         del ctx, x
         return x_hat.clone()
 
@@ -90,7 +92,9 @@ def straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         ValueError: if the shapes differ.
     """
     if x.shape != x_hat.shape:
-        raise ValueError(f"straight_through needs equal shapes, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+        raise ValueError(
+            f"straight_through needs equal shapes, got {tuple(x.shape)} and {tuple(x_hat.shape)}"
+        )
     return _StraightThrough.apply(x, x_hat.detach())
 
 
@@ -102,8 +106,10 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
         ValueError: if ``x`` is empty or holds non-finite values.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"codecs encode floating-point torch tensors, got {type(x).__name__}"
-                        f"{'' if not isinstance(x, torch.Tensor) else ' of dtype ' + str(x.dtype)}")
+        raise TypeError(
+            f"codecs encode floating-point torch tensors, got {type(x).__name__}"
+            f"{'' if not isinstance(x, torch.Tensor) else ' of dtype ' + str(x.dtype)}"
+        )
     if x.numel() == 0:
         raise ValueError(f"cannot encode an empty tensor of shape {tuple(x.shape)}")
     rows = x.detach().to(device="cpu", dtype=torch.float32)

@@ -71,7 +71,9 @@ class MaskEncodedSparsification(SmashedCodec):
         rows = as_rows(x)
         has_negative = bool((rows < 0).any())
         if self.signed is False and has_negative:
-            raise ValueError("MaskEncodedSparsification(signed=False) got negative values; use signed=None or True")
+            raise ValueError(
+                "MaskEncodedSparsification(signed=False) got negative values; use signed=None or True"
+            )
         signed = has_negative if self.signed is None else self.signed
         num_rows, row_size = rows.shape
         k = keep_count(self.ratio, row_size)
@@ -99,7 +101,9 @@ class MaskEncodedSparsification(SmashedCodec):
         )
 
     def _decode_rows(self, encoded: EncodedActivation, num_rows: int, row_size: int) -> torch.Tensor:
-        codes = unpack_codes(encoded.payload["codes"], self.bits, num_rows * row_size).reshape(num_rows, row_size)
+        codes = unpack_codes(encoded.payload["codes"], self.bits, num_rows * row_size).reshape(
+            num_rows, row_size
+        )
         mask = codes == self._top_code
         values = encoded.payload["values"]
         kept_per_row = mask.sum(dim=1)

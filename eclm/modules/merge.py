@@ -1,0 +1,139 @@
+"""Module-wise merge math (ALGORITHMS.md 1.5): fold device sub-models back into the cloud model.
+
+For module (l, i) the new weights are ``sum_k a_k w_k`` over the devices k whose sub-model holds
+the module, with ``a_k`` the device's normalised importance for that module (optionally times
+its sample count). Tensors of a layer that are not split into modules, and everything outside
+module layers, are averaged over the devices that hold them, weighted by sample count. Modules
+and tensors no device holds stay bit-identical. With a single contributing device the weight is
+exactly 1.0, so its weights land in the cloud slices exactly.
+
+This module only does arithmetic; validation (integrity checks, evaluation, accept/reject) is
+the platform's validated-merge pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from eclm.modules._surgery import positions
+from eclm.modules.layer import ModuleLayer
+from eclm.modules.spec import SubModelSpec
+
+Weighting = Literal["importance", "importance_samples", "samples", "uniform"]
+
+
+@dataclass
+class ModuleUpdate:
+    """One device's uploaded sub-model.
+
+    Attributes:
+        device_id: Device name.
+        spec: The sub-model's spec.
+        state: The sub-model's ``state_dict`` (timm key names, sliced shapes).
+        importance: Per layer, per module importance on the device's data.
+        num_samples: Local samples the update was trained on.
+    """
+
+    device_id: str
+    spec: SubModelSpec
+    state: dict[str, Tensor]
+    importance: Sequence[Sequence[float]]
+    num_samples: int
+
+
+def tensor_owner(layers: Sequence[ModuleLayer], key: str) -> tuple[int, str] | None:
+    """``(layer index, key relative to the block)`` if ``key`` is split into modules, else None."""
+    for idx, layer in enumerate(layers):
+        prefix = layer.name + "."
+        if key.startswith(prefix) and key[len(prefix) :] in layer.sliced:
+            return idx, key[len(prefix) :]
+    return None
+
+
+def expected_shape(layers: Sequence[ModuleLayer], cloud_shape: torch.Size, key: str, spec: SubModelSpec) -> torch.Size:
+    """Shape ``key`` must have in a sub-model with ``spec`` (the cloud shape for unsplit tensors)."""
+    owner = tensor_owner(layers, key)
+    if owner is None:
+        return cloud_shape
+    idx, rel = owner
+    dim, full_owner = layers[idx].sliced[rel]
+    shape = list(cloud_shape)
+    shape[dim] = int(positions(full_owner, spec.groups[idx]).numel())
+    return torch.Size(shape)
+
+
+def _weights(raw: list[float]) -> list[float]:
+    total = sum(raw)
+    if total <= 0:
+        return [1.0 / len(raw)] * len(raw)
+    return [r / total for r in raw]
+
+
+def merge_module_updates(
+    cloud_state: dict[str, Tensor],
+    layers: Sequence[ModuleLayer],
+    updates: Sequence[ModuleUpdate],
+    *,
+    weighting: Weighting = "importance",
+) -> dict[str, Tensor]:
+    """Compute the merged cloud backbone state (a new dict; inputs are not modified).
+
+    Args:
+        cloud_state: The cloud backbone's ``state_dict``.
+        layers: The modular model's layer metadata.
+        updates: Device uploads (assumed validated: names and shapes as their specs imply).
+        weighting: How module slices are weighted: ``"importance"`` (paper), ``"importance_samples"``,
+            ``"samples"`` or ``"uniform"``. Unsplit tensors are always sample-weighted.
+
+    Returns:
+        New state dict; entries nobody updated are the very same tensors as in ``cloud_state``.
+    """
+    new_state = dict(cloud_state)
+    if not updates:
+        return new_state
+    for key, cloud in cloud_state.items():
+        holders = [u for u in updates if key in u.state]
+        if not holders or not cloud.is_floating_point():
+            continue
+        owner = tensor_owner(layers, key)
+        if owner is None:
+            w = _weights([float(u.num_samples) for u in holders])
+            merged = sum(wk * u.state[key].to(cloud.dtype) for wk, u in zip(w, holders, strict=True))
+            new_state[key] = merged if len(holders) > 1 else holders[0].state[key].to(cloud.dtype).clone()
+            continue
+        idx, rel = owner
+        dim, full_owner = layers[idx].sliced[rel]
+        out = cloud.clone()
+        touched = False
+        for g in range(layers[idx].n_modules):
+            group_holders = [u for u in holders if g in u.spec.groups[idx]]
+            if not group_holders:
+                continue
+            raw = [_module_weight(u, idx, g, weighting) for u in group_holders]
+            w = _weights(raw)
+            cloud_pos = positions(full_owner, [g])
+            acc = torch.zeros_like(cloud.index_select(dim, cloud_pos))
+            for wk, u in zip(w, group_holders, strict=True):
+                dev_owner = full_owner[positions(full_owner, u.spec.groups[idx])]
+                acc += wk * u.state[key].to(cloud.dtype).index_select(dim, positions(dev_owner, [g]))
+            out.index_copy_(dim, cloud_pos, acc)
+            touched = True
+        if touched:
+            new_state[key] = out
+    return new_state
+
+
+def _module_weight(u: ModuleUpdate, layer: int, group: int, weighting: Weighting) -> float:
+    imp = float(u.importance[layer][group])
+    if weighting == "importance":
+        return imp
+    if weighting == "importance_samples":
+        return imp * u.num_samples
+    if weighting == "samples":
+        return float(u.num_samples)
+    return 1.0

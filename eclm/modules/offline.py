@@ -1,0 +1,202 @@
+"""Offline stage on the cloud (ALGORITHMS.md 1.3): train modules + selector on proxy data.
+
+Stage 1 trains modules and selector end to end with noisy top-k routing and
+``CE + lambda * load-balance``. The number of active modules per layer is drawn afresh each step
+(a fraction of N between ``min_active_fraction`` and 1): eclm's choice, so that sub-models of
+any size a device may get have been trained, not only the top-k width.
+
+Stage 2 ("module ability-enhancing") measures the per-layer sub-task x module load matrix H,
+solves the assignment ILP (:mod:`eclm.modules.subtasks`) and fine-tunes with
+``CE + lambda * KL(target || router)`` so each sub-task is served by few modules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from eclm.modules.modular import ModularModel
+from eclm.modules.selector import load_balance_loss
+from eclm.modules.subtasks import assign_modules, class_subtasks, subtask_of_labels, target_routing
+
+
+class OfflineSettings(BaseModel):
+    """Settings of the offline stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=8, ge=0, description="stage-1 epochs (modules + selector)")
+    enhance_epochs: int = Field(default=2, ge=0, description="stage-2 ability-enhancing epochs")
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=2e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(default=1e-4, ge=0)
+    balance_weight: float = Field(default=0.01, ge=0, description="lambda for the load-balancing loss")
+    kl_weight: float = Field(default=0.1, ge=0, description="lambda for the stage-2 KL routing loss")
+    min_active_fraction: float = Field(default=0.25, gt=0, le=1, description="smallest share of modules active in a step")
+    classes_per_subtask: int = Field(default=2, ge=1, description="classes per default sub-task")
+    kappa1: int = Field(default=2, ge=1, description="max sub-tasks per module")
+    kappa2: int = Field(default=2, ge=1, description="max modules per sub-task")
+    seed: int = 0
+
+
+@dataclass
+class EpochMetrics:
+    """Metrics of one offline epoch."""
+
+    stage: str
+    epoch: int
+    loss: float
+    ce: float
+    aux: float
+    train_acc: float
+    val_acc_dense: float
+    val_acc_routed: float
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield perm[i : i + batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: ModularModel, x: Tensor, y: Tensor, *, routed_k: int | None = None, batch_size: int = 256) -> float:
+    """Accuracy of the dense model, or of router top-``routed_k`` gating when given."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        gates = model.route(xb, routed_k, noisy=False).gates if routed_k else None
+        correct += int((model(xb, gates).argmax(-1) == y[i : i + batch_size]).sum())
+    model.train(was)
+    return correct / max(len(x), 1)
+
+
+def _ks(model: ModularModel, frac: float) -> list[int]:
+    return [max(1, min(n, round(frac * n))) for n in model.layer_sizes]
+
+
+def train_offline(
+    model: ModularModel,
+    x: Tensor,
+    y: Tensor,
+    val_x: Tensor,
+    val_y: Tensor,
+    settings: OfflineSettings | None = None,
+    *,
+    subtasks: Sequence[Sequence[int]] | None = None,
+    num_classes: int | None = None,
+    progress: bool = True,
+) -> list[EpochMetrics]:
+    """Run both offline stages in place on ``model``.
+
+    Args:
+        model: The modular model (from scratch or with local pretrained weights).
+        x, y: Proxy training data ``(N, C, H, W)`` / ``(N,)``.
+        val_x, val_y: Proxy validation data.
+        settings: Offline settings (defaults when ``None``).
+        subtasks: Class groups for stage 2; default contiguous groups of ``classes_per_subtask``.
+        num_classes: Number of classes (default ``max(y) + 1``).
+        progress: Show a progress bar.
+
+    Returns:
+        One :class:`EpochMetrics` per epoch of both stages.
+    """
+    s = settings or OfflineSettings()
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"proxy data must be non-empty with matching lengths, got {len(x)} and {len(y)}")
+    gen = torch.Generator().manual_seed(s.seed)
+    torch.manual_seed(s.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    total = s.epochs + s.enhance_epochs
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total * math.ceil(len(x) / s.batch_size)))
+    half = [max(1, n // 2) for n in model.layer_sizes]
+    history: list[EpochMetrics] = []
+    bar = tqdm(total=total, desc="offline", disable=not progress, leave=False)
+
+    def run_epoch(stage: str, epoch: int, targets: list[Tensor] | None, task_idx: Tensor | None) -> None:
+        model.train()
+        sums = np.zeros(4)
+        count = 0
+        for idx in _batches(len(x), s.batch_size, gen):
+            xb, yb = x[idx], y[idx]
+            if targets is None:
+                frac = float(torch.empty(1).uniform_(s.min_active_fraction, 1.0, generator=gen))
+                routing = model.route(xb, _ks(model, frac), noisy=True)
+                aux = load_balance_loss(routing.probs, routing.mask)
+                weight = s.balance_weight
+            else:
+                routing = model.route(xb, [min(s.kappa2, n) for n in model.layer_sizes], noisy=True)
+                tb = task_idx[idx]
+                known = tb >= 0
+                aux = torch.zeros(())
+                if known.any():
+                    aux = torch.stack([
+                        F.kl_div(p[known].clamp_min(1e-8).log(), t[tb[known]], reduction="batchmean")
+                        for p, t in zip(routing.probs, targets, strict=True)
+                    ]).mean()
+                weight = s.kl_weight
+            logits = model(xb, routing.gates)
+            ce = F.cross_entropy(logits, yb)
+            loss = ce + weight * aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = len(idx)
+            acc = (logits.argmax(-1) == yb).float().mean().item()
+            sums += np.array([loss.item(), ce.item(), aux.item(), acc]) * n
+            count += n
+        m = sums / count
+        history.append(EpochMetrics(stage, epoch, float(m[0]), float(m[1]), float(m[2]), float(m[3]),
+                                    evaluate(model, val_x, val_y), evaluate(model, val_x, val_y, routed_k=half)))
+        bar.set_postfix(stage=stage, loss=f"{m[0]:.3f}", val=f"{history[-1].val_acc_dense:.3f}")
+        bar.update(1)
+
+    for epoch in range(s.epochs):
+        run_epoch("modules", epoch, None, None)
+    if s.enhance_epochs:
+        n_cls = num_classes or int(y.max()) + 1
+        tasks = [list(t) for t in (subtasks or class_subtasks(n_cls, s.classes_per_subtask))]
+        task_idx = torch.as_tensor(subtask_of_labels(y.numpy(), tasks))
+        targets = enhancement_targets(model, x, task_idx, len(tasks), s.kappa1, s.kappa2)
+        for epoch in range(s.enhance_epochs):
+            run_epoch("enhance", epoch, targets, task_idx)
+    bar.close()
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def subtask_load(model: ModularModel, x: Tensor, task_idx: Tensor, num_tasks: int) -> list[np.ndarray]:
+    """Per layer the ``(T, N)`` mean router probability of each sub-task's samples."""
+    model.eval()
+    probs = [torch.zeros(num_tasks, n) for n in model.layer_sizes]
+    counts = torch.zeros(num_tasks)
+    for i in range(0, len(x), 256):
+        t = task_idx[i : i + 256]
+        ok = t >= 0
+        for acc, p in zip(probs, model.selector.probabilities(x[i : i + 256]), strict=True):
+            acc.index_add_(0, t[ok], p[ok])
+        counts.index_add_(0, t[ok], torch.ones(int(ok.sum())))
+    return [(p / counts.clamp_min(1).unsqueeze(1)).numpy() for p in probs]
+
+
+def enhancement_targets(model: ModularModel, x: Tensor, task_idx: Tensor, num_tasks: int, kappa1: int, kappa2: int) -> list[Tensor]:
+    """Target routing ``P = normalise(H * M)`` per layer, ``(T, N_l)`` each."""
+    targets = []
+    for load in subtask_load(model, x, task_idx, num_tasks):
+        n = load.shape[1]
+        k1 = max(kappa1, math.ceil(num_tasks / n))  # keep the ILP feasible for small layers
+        mask = assign_modules(load, k1, min(kappa2, n))
+        targets.append(torch.as_tensor(target_routing(load, mask), dtype=torch.float32))
+    return targets
