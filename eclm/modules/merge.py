@@ -13,7 +13,7 @@ the platform's validated-merge pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +25,17 @@ from eclm.modules.layer import ModuleLayer
 from eclm.modules.spec import SubModelSpec
 
 Weighting = Literal["importance", "importance_samples", "samples", "uniform"]
+Reducer = Callable[[list[Tensor], list[float]], Tensor]
+
+
+def weighted_sum(tensors: list[Tensor], weights: list[float]) -> Tensor:
+    """``sum_k w_k t_k``; a single tensor with weight 1.0 is returned exactly (cloned)."""
+    if len(tensors) == 1 and weights[0] == 1.0:
+        return tensors[0].clone()
+    out = torch.zeros_like(tensors[0])
+    for w, t in zip(weights, tensors, strict=True):
+        out += w * t
+    return out
 
 
 @dataclass
@@ -80,6 +91,7 @@ def merge_module_updates(
     updates: Sequence[ModuleUpdate],
     *,
     weighting: Weighting = "importance",
+    reducer: Reducer | None = None,
 ) -> dict[str, Tensor]:
     """Compute the merged cloud backbone state (a new dict; inputs are not modified).
 
@@ -93,6 +105,7 @@ def merge_module_updates(
     Returns:
         New state dict; entries nobody updated are the very same tensors as in ``cloud_state``.
     """
+    reduce = reducer or weighted_sum
     new_state = dict(cloud_state)
     if not updates:
         return new_state
@@ -103,8 +116,7 @@ def merge_module_updates(
         owner = tensor_owner(layers, key)
         if owner is None:
             w = _weights([float(u.num_samples) for u in holders])
-            merged = sum(wk * u.state[key].to(cloud.dtype) for wk, u in zip(w, holders, strict=True))
-            new_state[key] = merged if len(holders) > 1 else holders[0].state[key].to(cloud.dtype).clone()
+            new_state[key] = reduce([u.state[key].to(cloud.dtype) for u in holders], w)
             continue
         idx, rel = owner
         dim, full_owner = layers[idx].sliced[rel]
@@ -117,11 +129,11 @@ def merge_module_updates(
             raw = [_module_weight(u, idx, g, weighting) for u in group_holders]
             w = _weights(raw)
             cloud_pos = positions(full_owner, [g])
-            acc = torch.zeros_like(cloud.index_select(dim, cloud_pos))
-            for wk, u in zip(w, group_holders, strict=True):
+            parts = []
+            for u in group_holders:
                 dev_owner = full_owner[positions(full_owner, u.spec.groups[idx])]
-                acc += wk * u.state[key].to(cloud.dtype).index_select(dim, positions(dev_owner, [g]))
-            out.index_copy_(dim, cloud_pos, acc)
+                parts.append(u.state[key].to(cloud.dtype).index_select(dim, positions(dev_owner, [g])))
+            out.index_copy_(dim, cloud_pos, reduce(parts, w))
             touched = True
         if touched:
             new_state[key] = out

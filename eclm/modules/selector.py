@@ -103,7 +103,9 @@ def noisy_top_k(
     top_val, top_idx = noisy_logits.topk(k, dim=-1)
     mask = torch.zeros_like(logits).scatter(-1, top_idx, 1.0)
     soft = torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1) * k)
-    gates = mask + soft - soft.detach() if straight_through else soft
+    # (soft - soft.detach()) is exactly 0 in the forward pass, so the gates equal the 0/1 mask
+    # bit for bit; ``mask + soft - soft.detach()`` would round to values like 0.99999994.
+    gates = mask + (soft - soft.detach()) if straight_through else soft
     return gates, logits.softmax(dim=-1), mask
 
 

@@ -23,16 +23,10 @@ from eclm.split.edgesplit import (
     uniform_cut_plan,
 )
 from eclm.split.emulation import ComputeModel, LinkModel, emulated_step_time
+from eclm.split.evaluation import EvalResult, evaluate
 from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
 from eclm.split.samplers import FixedEqualSampler, FixedProportionalSampler, GlobalSampler, LocalBatchSampler
-from eclm.split.training import (
-    EpochMetrics,
-    EvalResult,
-    OptimizerSettings,
-    ParallelSplitTrainer,
-    evaluate,
-    replicate,
-)
+from eclm.split.training import EpochMetrics, OptimizerSettings, ParallelSplitTrainer, replicate
 
 __all__ = [
     "BlockCosts",

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from eclm.split.codecs.base import SmashedCodec
 from eclm.split.samplers.base import LocalBatchSampler
 
-__all__ = ["EpochMetrics", "EvalResult", "OptimizerSettings", "ParallelSplitTrainer", "evaluate", "replicate"]
+__all__ = ["EpochMetrics", "OptimizerSettings", "ParallelSplitTrainer", "replicate"]
 
 ClientSync = Literal["epoch", "step"]
 
@@ -96,15 +96,6 @@ class EpochMetrics:
     def bytes_down(self) -> tuple[float, ...]:
         """Downlink bytes per client."""
         return tuple(b / 8 for b in self.bits_down)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Mean cross-entropy and accuracy over an evaluation set of ``samples`` samples."""
-
-    loss: float
-    accuracy: float
-    samples: int
 
 
 def replicate(module: nn.Module, count: int) -> list[nn.Module]:
@@ -294,7 +285,7 @@ class ParallelSplitTrainer:
             smashed.backward(received.grad)  # straight-through: the codec is skipped backwards
             bits_down[k] += 32 * received.grad.numel()
         self._step_clients(list(sent))
-        return float(loss) * all_labels.numel(), int((all_logits.argmax(dim=1) == all_labels).sum())
+        return float(loss.detach()) * all_labels.numel(), int((all_logits.argmax(dim=1) == all_labels).sum())
 
     def _step_clients(self, active: list[int]) -> None:
         if self.client_sync == "epoch":
@@ -308,6 +299,8 @@ class ParallelSplitTrainer:
             params = [list(self.client_parts[k].parameters()) for k in ks]
             for j, p0 in enumerate(params[0]):
                 grads = [params[ks.index(k)][j].grad for k in grads_from]
+                if all(g is None for g in grads):  # frozen or unused parameter: leave untouched
+                    continue
                 total = torch.stack([g if g is not None else torch.zeros_like(p0) for g in grads]).sum(dim=0)
                 for member_params in params:
                     member_params[j].grad = total.clone()
@@ -335,50 +328,3 @@ class ParallelSplitTrainer:
                 self.client_parts[k].load_state_dict(merged)
                 # As in FedAvg, every round starts a fresh local optimiser state.
                 self.client_optimizers[k].state.clear()
-
-
-@torch.no_grad()
-def evaluate(
-    client_part: nn.Module,
-    server_part: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    codec: SmashedCodec | None = None,
-    batch_size: int = 256,
-) -> EvalResult:
-    """Cross-entropy and accuracy of the composed model ``server_part(client_part(x))``.
-
-    Args:
-        client_part: client side.
-        server_part: server side.
-        x: inputs ``(n, ...)``.
-        y: int64 labels ``(n,)``.
-        codec: if given, activations pass through it (inference with compression).
-        batch_size: evaluation batch size.
-
-    Returns:
-        :class:`EvalResult`; modules are put back in their previous train/eval mode.
-
-    Raises:
-        ValueError: if ``x`` and ``y`` lengths differ, are empty, or ``batch_size < 1``.
-    """
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"x and y must be non-empty with equal lengths, got {x.shape[0]} and {y.shape[0]}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    modes = (client_part.training, server_part.training)
-    client_part.eval()
-    server_part.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, x.shape[0], batch_size):
-        smashed = client_part(x[start : start + batch_size])
-        if codec is not None:
-            smashed = codec.decode(codec.encode(smashed)).to(smashed.device)
-        logits = server_part(smashed)
-        labels = y[start : start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == labels).sum())
-    client_part.train(modes[0])
-    server_part.train(modes[1])
-    return EvalResult(loss=loss_sum / x.shape[0], accuracy=correct / x.shape[0], samples=int(x.shape[0]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,31 @@ def test_torchvision_missing_files_say_downloads_are_disabled(tmp_path: Path, na
     assert str(tmp_path) in str(error.value)
     assert "downloads are disabled" in str(error.value)
     assert not any(tmp_path.iterdir())  # nothing was fetched or created
+
+
+def _write_fake_mnist(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """MNIST's raw idx files (big-endian header + uint8 payload), as torchvision expects them on disk."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        header = struct.pack(">iiii", 2051, len(images), 28, 28)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.astype(np.uint8).tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">ii", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+        )
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_torchvision_reads_a_dataset_already_on_disk(tmp_path: Path, train: bool) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28))
+    labels = np.array([0, 1, 2, 3, 4, 9])
+    _write_fake_mnist(tmp_path, pixels, labels)
+
+    data = TorchvisionSource("mnist", tmp_path, train=train, image_size=28, channels=1).load()
+
+    assert data.images.shape == (6, 1, 28, 28) and data.num_classes == 10
+    assert data.labels.tolist() == labels.tolist()
+    torch.testing.assert_close(data.images[:, 0], torch.from_numpy(pixels).float() / 255.0)
 
 
 def test_torchvision_unknown_name_lists_supported() -> None:

@@ -1,0 +1,170 @@
+"""Benchmark harness: ``python -m benchmarks.run --mode quick|full [--suite NAME ...] [--out DIR]``.
+
+Runs the selected registered suites one after another, saves each result as
+``<out>/<suite>.json`` (plots next to it), then re-renders the Markdown report from every result
+present. A suite that raises is recorded with its traceback under ``"error"`` and the others
+still run; the exit status is then non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.machine import machine_info, usable_cores
+from benchmarks.registry import MODES, Suite, discover_suites, registered_suites
+from benchmarks.report import check_result, write_report
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
+DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+def run_suite(suite: Suite, mode: str, out_dir: Path, machine: dict) -> dict:
+    """Run one suite and return its complete result (never raises for a failing suite).
+
+    Args:
+        suite: The registered suite.
+        mode: ``"quick"`` or ``"full"``.
+        out_dir: Directory for its JSON and plots (created if needed).
+        machine: :func:`machine_info` recorded into the result.
+
+    Returns:
+        The suite's dict with ``suite``, ``mode``, ``machine``, ``started``, ``seconds`` filled in;
+        on failure ``tables`` and ``plots`` are empty and ``error`` holds the traceback.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(suite.num_threads or usable_cores())
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    try:
+        body = suite.run(mode, out_dir)
+        check_result(body)
+        body = json.loads(json.dumps(body, default=_to_json))  # fail here, not half-way through a write
+        error = None
+    except Exception:  # noqa: BLE001 - any suite failure is reported, the harness goes on
+        body, error = {"tables": [], "plots": []}, traceback.format_exc()
+    finally:
+        torch.set_num_threads(threads_before)
+    result = {
+        **body,
+        "suite": suite.name,
+        "description": suite.description,
+        "mode": mode,
+        "machine": machine,
+        "started": started,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "threads": suite.num_threads or usable_cores(),
+    }
+    if error is not None:
+        result["error"] = error
+    return result
+
+
+def run_suites(
+    names: Sequence[str] | None,
+    mode: str,
+    out_dir: Path = DEFAULT_OUT,
+    docs_path: Path = DEFAULT_DOCS,
+    *,
+    discover: bool = True,
+) -> list[dict]:
+    """Run suites, save their JSON results and re-render the report.
+
+    Args:
+        names: Suites to run (``None`` or empty: every registered suite, sorted by name).
+        mode: ``"quick"`` or ``"full"``.
+        out_dir: Results directory.
+        docs_path: Markdown report to (re)write from all results in ``out_dir``.
+        discover: Import :mod:`benchmarks.suites` first; suite modules that fail to import are
+            reported as failed suites named after the module.
+
+    Returns:
+        The results of the suites run in this call, in run order.
+
+    Raises:
+        ValueError: If ``mode`` is unknown or a requested suite is not registered.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    out_dir, docs_path = Path(out_dir), Path(docs_path)
+    import_failures = discover_suites() if discover else {}
+    suites = registered_suites()
+    wanted = list(dict.fromkeys(names)) if names else sorted(set(suites) | set(import_failures))
+    unknown = [n for n in wanted if n not in suites and n not in import_failures]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}; registered: {sorted(suites)}")
+    machine = machine_info()
+    results = []
+    for name in wanted:
+        if name in suites:
+            print(f"[bench] {name} ({mode}) ...", flush=True)
+            result = run_suite(suites[name], mode, out_dir, machine)
+        else:
+            # The module never imported, so no suite registered: report it under the module name.
+            result = {"suite": name, "mode": mode, "machine": machine, "tables": [], "plots": [],
+                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0,
+                      "error": import_failures[name]}
+        _write_json(out_dir / f"{name}.json", result)
+        status = "FAILED" if "error" in result else "ok"
+        print(f"[bench] {name}: {status} in {result['seconds']:.1f} s -> {out_dir / (name + '.json')}", flush=True)
+        results.append(result)
+    write_report(out_dir, docs_path, machine)
+    print(f"[bench] report: {docs_path}", flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=MODES, default="quick", help="quick (minutes) or full")
+    parser.add_argument("--suite", nargs="+", action="extend", default=[], metavar="NAME",
+                        help="suite(s) to run (default: all registered)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="Markdown report to re-render")
+    args = parser.parse_args(argv)
+    try:
+        results = run_suites(args.suite, args.mode, args.out, args.docs)
+    except ValueError as err:
+        parser.error(str(err))
+    failed = [r["suite"] for r in results if "error" in r]
+    if failed:
+        print(f"[bench] failed suites: {', '.join(failed)}", file=sys.stderr)
+        for r in results:
+            if "error" in r:
+                print(f"--- {r['suite']} ---\n{r['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_to_json) + "\n")
+    tmp.replace(path)
+
+
+def _to_json(value: object) -> object:
+    # Suites naturally produce numpy scalars/arrays, tensors and paths; store them as plain JSON.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The CloudActor: :class:`~eclm.pipelines.cloud_service.CloudService` placed on a ``cloud`` node."""
+
+from __future__ import annotations
+
+import ray
+
+from eclm.config import PlatformConfig
+from eclm.pipelines.cloud_service import CloudService
+from eclm.resources import CLOUD_RESOURCE
+
+CloudActor = ray.remote(CloudService)
+
+
+def create_cloud_actor(cfg: PlatformConfig):
+    """Start the cloud actor; it needs one unit of the custom ``cloud`` resource."""
+    return CloudActor.options(
+        name=f"eclm-cloud-{cfg.name}",
+        num_cpus=cfg.ray.cloud_cpus,
+        resources={CLOUD_RESOURCE: 1},
+        max_concurrency=1,
+    ).remote(cfg.model_dump_json(), cfg.ray.threads_per_actor)

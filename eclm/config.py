@@ -1,0 +1,168 @@
+"""The platform's one typed configuration (pydantic v2, ``extra="forbid"`` everywhere).
+
+YAML in, the same object everywhere: the driver validates it, actors receive it as JSON and
+validate it again, so a wrong key or value fails at load time with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from eclm.data.config import DataConfig
+from eclm.modules.offline import OfflineSettings
+from eclm.pipelines.triggers.config import TriggerConfig
+from eclm.tracking.config import TrackingConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    """The cloud model: a timm backbone decomposed into module layers."""
+
+    name: str = Field("resnet18", description="timm model name of a supported family")
+    kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"channels": [32, 64, 128, 256]},
+        description="extra timm.create_model kwargs (num_classes and in_chans are set from the data)",
+    )
+    modules_per_layer: int = Field(4, ge=2, le=64, description="modules N per module layer")
+    weights_path: Path | None = Field(None, description="local pretrained weights (.safetensors or .pt state dict)")
+    selector_width: int = Field(16, ge=4, description="selector embedding CNN width")
+    selector_dim: int = Field(64, ge=8, description="selector routing feature size")
+
+    @model_validator(mode="after")
+    def _no_download(self) -> BackboneConfig:
+        if self.kwargs.get("pretrained"):
+            raise ValueError("backbone.kwargs.pretrained would download weights; use backbone.weights_path")
+        return self
+
+
+class DeviceConfig(_Strict):
+    """One edge device: its resources and how it is placed.
+
+    Resources turn into a sub-model budget (see :mod:`eclm.pipelines.profiler`). Unset resources
+    are measured on the node when ``measure`` is true, otherwise unconstrained.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="unique device name")
+    memory_mb: float | None = Field(None, gt=0, description="memory available for training, MB")
+    gflops: float | None = Field(None, gt=0, description="sustained compute, GFLOP/s")
+    bandwidth_mbps: float | None = Field(None, gt=0, description="link bandwidth to the cloud, Mbit/s")
+    params_fraction: float | None = Field(None, gt=0, le=1, description="cap sub-model params at this share of the cloud model")
+    measure: bool = Field(False, description="measure unset resources on the node (memory, matmul GFLOP/s, link)")
+    node: str | None = Field(None, description="pin to a node that offers the custom resource device:<node>")
+    mode: Literal["local", "split", "auto"] = Field("local", description="adaptation mode; auto = split if local training does not fit")
+
+
+class AdaptationConfig(_Strict):
+    """Edge fine-tuning of sub-models (continual learning)."""
+
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(16, ge=1)
+    replay_capacity: int = Field(200, ge=0, description="replay buffer size (0 disables replay)")
+    replay_ratio: float = Field(0.5, ge=0, le=1, description="replayed samples per fresh sample in a batch")
+    recalibrate_norms: bool = Field(True, description="recompute BatchNorm statistics after module changes")
+    target_step_seconds: float = Field(0.5, gt=0, description="compute budget: one training batch should take this long")
+    max_transfer_seconds: float = Field(30.0, gt=0, description="bandwidth budget: shipping a sub-model should take this long")
+
+
+class DriftDetectionConfig(_Strict):
+    """Drift scoring on each device's incoming data."""
+
+    accuracy_drop: float = Field(0.1, gt=0, le=1, description="accuracy drop that scores 1.0")
+    shift_scale: float = Field(0.05, gt=0, description="importance shift (total variation) that scores 1.0")
+    threshold: float = Field(0.5, ge=0, description="drift score above which a drift trigger fires")
+
+
+class MergeConfig(_Strict):
+    """The validated module merge."""
+
+    aggregator: Literal["weighted", "median", "trimmed_mean"] = "weighted"
+    weighting: Literal["importance", "importance_samples", "samples", "uniform"] = "importance_samples"
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5)
+    max_relative_norm: float = Field(2.0, gt=0, description="reject an update whose change norm exceeds this x the cloud tensor norm")
+    tolerance: float = Field(0.02, ge=0, description="max allowed drop of cloud proxy-validation accuracy")
+    device_tolerance: float = Field(0.05, ge=0, description="max allowed drop on a reporting device's classes")
+    min_updates: int = Field(1, ge=1)
+
+
+class RayConfig(_Strict):
+    """How the platform reaches Ray."""
+
+    address: str | None = Field(None, description="None = start a local Ray on loopback; 'auto' or ray://... to connect")
+    num_cpus: float | None = Field(None, gt=0, description="CPUs for a local Ray (default: all)")
+    cloud_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the cloud actor")
+    edge_cpus: float = Field(0.25, gt=0, description="CPUs reserved by each edge actor")
+    threads_per_actor: int = Field(1, ge=1, description="torch threads per actor")
+    call_timeout_s: float = Field(600.0, gt=0, description="timeout of one actor call")
+
+
+class PlatformConfig(_Strict):
+    """Everything a campaign needs."""
+
+    name: str = Field("eclm-campaign", description="campaign (MLflow run) name")
+    seed: int = Field(0, ge=0)
+    workdir: Path = Field(Path("."), description="where checkpoints, journals and the default MLflow DB go")
+    cycles: int = Field(3, ge=0, description="adaptation cycles for run()")
+    steps_per_cycle: int = Field(1, ge=1, description="data drift steps each device takes between cycles")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(num_devices=4))
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    offline: OfflineSettings = Field(default_factory=OfflineSettings)
+    devices: list[DeviceConfig] = Field(default_factory=list, description="edge devices; default: data.num_devices unconstrained devices")
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    drift: DriftDetectionConfig = Field(default_factory=DriftDetectionConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    trigger: TriggerConfig | None = Field(None, description="default trigger for schedule(); None = periodic every cycle")
+
+    @model_validator(mode="after")
+    def _devices_match_data(self) -> PlatformConfig:
+        if not self.devices:
+            self.devices = [DeviceConfig(name=f"edge-{i}") for i in range(self.data.num_devices)]
+        if len(self.devices) != self.data.num_devices:
+            raise ValueError(f"devices lists {len(self.devices)} devices but data.num_devices is {self.data.num_devices}")
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ValueError(f"device names must be unique, got {names}")
+        return self
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (self.data.channels, self.data.image_size, self.data.image_size)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PlatformConfig:
+        """Load and validate a YAML config.
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ConfigError: If the YAML is invalid or a field is wrong (the message names it).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> PlatformConfig:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+            raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+class ConfigError(ValueError):
+    """A configuration that failed validation; the message lists every bad field."""

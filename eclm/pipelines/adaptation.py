@@ -1,0 +1,137 @@
+"""Edge adaptation of a sub-model on drifting local data (continual learning).
+
+Fine-tuning mixes fresh local samples with a replay buffer of earlier ones to limit forgetting,
+and BatchNorm statistics are re-estimated on local data after the module set changed (a freshly
+extracted or shrunk sub-model inherits statistics measured with other modules active).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eclm.data.replay import ReplayBuffer
+
+
+@dataclass
+class TrainStats:
+    """Outcome of one local fine-tuning run."""
+
+    loss_first_epoch: float
+    loss_last_epoch: float
+    batches: int
+    samples: int
+    seconds: float
+
+    @property
+    def seconds_per_batch(self) -> float:
+        return self.seconds / max(self.batches, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> tuple[float, float]:
+    """``(accuracy, mean cross-entropy)`` of ``model`` on ``(x, y)`` in eval mode."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    was = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        correct += int((logits.argmax(-1) == yb).sum())
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+    model.train(was)
+    return correct / len(x), loss / len(x)
+
+
+@torch.no_grad()
+def recalibrate_norms(model: nn.Module, x: Tensor, batch_size: int = 64) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``x`` (cumulative average).
+
+    Returns:
+        The number of BatchNorm layers recalibrated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(x) < 2:
+        return 0
+    saved = [(m.momentum, m.training) for m in norms]
+    was = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+        m.train()
+    for i in range(0, len(x), batch_size):
+        if len(x[i : i + batch_size]) > 1:
+            model(x[i : i + batch_size])
+    for m, (momentum, training) in zip(norms, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+    model.train(was)
+    return len(norms)
+
+
+def finetune(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    momentum: float = 0.9,
+    replay: ReplayBuffer | None = None,
+    replay_ratio: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> TrainStats:
+    """Fine-tune ``model`` in place on local data with optional replay.
+
+    Each batch of ``batch_size`` fresh samples is extended with ``round(replay_ratio *
+    batch_size)`` samples from ``replay``; afterwards the fresh samples are added to ``replay``.
+    """
+    gen = generator or torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    model.train()
+    start = time.perf_counter()
+    epoch_losses: list[float] = []
+    batches = samples = 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            idx = perm[i : i + batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm cannot train on a single sample
+            xb, yb = x[idx], y[idx]
+            if replay is not None and len(replay) > 0 and replay_ratio > 0:
+                xb, yb = replay.mix(xb, yb, replay_ratio)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(yb)
+            count += len(yb)
+            batches += 1
+            samples += len(yb)
+        epoch_losses.append(total / max(count, 1))
+    if replay is not None:
+        replay.add(x, y)
+    model.eval()
+    return TrainStats(
+        loss_first_epoch=epoch_losses[0] if epoch_losses else float("nan"),
+        loss_last_epoch=epoch_losses[-1] if epoch_losses else float("nan"),
+        batches=batches,
+        samples=samples,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def training_memory_bytes(params: float, activation_bytes: float, batch_size: int) -> float:
+    """Estimated peak training memory: fp32 weights + grads + momentum, and stored activations
+    plus their gradients for one batch."""
+    return 3 * 4 * params + 2 * activation_bytes * batch_size

@@ -1,0 +1,229 @@
+"""The cloud's work, Ray-free: offline stage, per-device derivation, validated merge, versions.
+
+:class:`CloudService` is a plain class; ``eclm.actors`` turns it into the ``CloudActor`` with
+``ray.remote`` and the ``cloud`` resource. Every method takes and returns plain values, bytes
+(safetensors) or JSON-able dicts, so nothing crossing the actor boundary needs pickled code.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from eclm.config import PlatformConfig
+from eclm.data import build_source, build_split
+from eclm.modules import (
+    BudgetTooSmallError,
+    ModularModel,
+    ModuleUpdate,
+    SubModelSpec,
+    derive_submodel,
+    modularize,
+    pack_state,
+    train_offline,
+    unpack_state,
+)
+from eclm.modules.exchange import MalformedPayloadError
+from eclm.pipelines.adaptation import evaluate
+from eclm.pipelines.aggregators import create_aggregator
+from eclm.pipelines.profiler import budget_from_resources
+from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
+
+
+class CloudService:
+    """Holds the modular cloud model and its version history.
+
+    Args:
+        config_json: The platform config as JSON (validated again here).
+        threads: torch threads for this process.
+    """
+
+    def __init__(self, config_json: str, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
+        self.cfg = PlatformConfig.model_validate_json(config_json)
+        torch.manual_seed(self.cfg.seed)
+        data = build_source(self.cfg.data).load()
+        cloud = build_split(data, self.cfg.data).cloud
+        self.train_x, self.train_y = cloud.train.images, cloud.train.labels
+        self.val_x, self.val_y = cloud.val.images, cloud.val.labels
+        self.num_classes = data.num_classes
+        b = self.cfg.backbone
+        self.model: ModularModel = modularize(
+            b.name,
+            modules_per_layer=b.modules_per_layer,
+            input_size=self.cfg.input_size,
+            weights_path=b.weights_path,
+            selector_width=b.selector_width,
+            selector_dim=b.selector_dim,
+            num_classes=self.num_classes,
+            **b.kwargs,
+        ).eval()
+        self.version = 0
+        self.given_specs: dict[str, SubModelSpec] = {}
+        self.checkpoint_dir = Path(self.cfg.workdir) / "checkpoints" / self.cfg.name
+        self.usage: dict[str, list[list[float]]] = {}
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> dict:
+        """Architecture facts devices and the driver need (all JSON-able)."""
+        costs = self.model.costs()
+        return {
+            "model_id": self.model.model_id,
+            "arch": self.model.arch,
+            "layer_names": [l.name for l in self.model.layers],
+            "layer_sizes": self.model.layer_sizes,
+            "allows_empty": [l.allows_empty for l in self.model.layers],
+            "costs": costs.to_dict(),
+            "full_cost": costs.total(self.model.full_spec()),
+            "num_classes": self.num_classes,
+            "version": self.version,
+            "proxy_train": len(self.train_x),
+            "proxy_val": len(self.val_x),
+        }
+
+    def pretrain(self, progress: bool = False) -> list[dict]:
+        """Run the offline stage on the proxy data; saves version 0."""
+        history = train_offline(
+            self.model, self.train_x, self.train_y, self.val_x, self.val_y, self.cfg.offline,
+            num_classes=self.num_classes, progress=progress,
+        )
+        self._save_checkpoint()
+        return [vars(h) for h in history]
+
+    def validation_accuracy(self) -> float:
+        return evaluate(self.model.extract(self.model.full_spec()), self.val_x, self.val_y)[0]
+
+    def selector_payload(self) -> bytes:
+        """The selector's weights (safetensors), which devices use for importance summaries."""
+        return pack_state(self.model.selector.state_dict(), meta={"version": self.version})
+
+    def model_payload(self) -> bytes:
+        """The full cloud backbone (safetensors) with its full spec."""
+        return pack_state(self.model.backbone.state_dict(), self.model.full_spec(), {"version": self.version})
+
+    # ------------------------------------------------------------------ derivation
+    def derive(self, device: str, importance: list[list[float]], resources: dict) -> dict:
+        """Derive and package the sub-model for one device.
+
+        Returns:
+            ``{"spec": json, "payload": bytes, "budget": dict, "cost": dict}``.
+
+        Raises:
+            BudgetTooSmallError: If the device cannot hold even the minimal sub-model.
+        """
+        a = self.cfg.adaptation
+        full = self.model.costs().total(self.model.full_spec())
+        budget = budget_from_resources(
+            device, resources, full_params=full["params"], batch_size=a.batch_size,
+            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
+        )
+        start = time.perf_counter()
+        spec = derive_submodel(self.model, importance, budget)
+        solve = time.perf_counter() - start
+        sub = self.model.extract(spec)
+        self.given_specs[device] = spec
+        self.usage[device] = [list(v) for v in importance]
+        payload = pack_state(sub.state_dict(), spec, {"version": self.version, "device": device})
+        return {
+            "spec": spec.to_json(),
+            "payload": payload,
+            "budget": budget.limits(),
+            "cost": self.model.costs().total(spec),
+            "solve_seconds": solve,
+        }
+
+    # ------------------------------------------------------------------ merge
+    def _evaluator(self):
+        # Devices report the classes they hold; the cloud evaluates each device's re-derived
+        # sub-model on the proxy-validation samples of those classes (device data never leaves).
+        classes: dict[str, list[int]] = {}
+
+        def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
+            probe = copy.deepcopy(self.model)
+            probe.backbone.load_state_dict(state)
+            overall = evaluate(probe.extract(probe.full_spec()), self.val_x, self.val_y)[0]
+            per_device = {}
+            for u in updates:
+                cls = classes.get(u.device_id) or []
+                mask = torch.isin(self.val_y, torch.tensor(cls, dtype=self.val_y.dtype))
+                if mask.sum() > 0:
+                    per_device[u.device_id] = evaluate(probe.extract(u.spec), self.val_x[mask], self.val_y[mask])[0]
+            return Evaluation(overall, per_device)
+
+        return run, classes
+
+    def merge(self, uploads: list[dict]) -> dict:
+        """Validate and merge device uploads.
+
+        Args:
+            uploads: ``{"device", "payload" (safetensors bytes), "importance", "num_samples",
+                "classes"}`` per device.
+
+        Returns:
+            The merge report as a dict, plus ``version`` and, when accepted, ``checkpoint``.
+        """
+        m = self.cfg.merge
+        run, classes = self._evaluator()
+        updates, rejected = [], {}
+        for up in uploads:
+            device = str(up.get("device"))
+            try:
+                state, spec, _ = unpack_state(up["payload"])
+                if spec is None:
+                    raise MalformedPayloadError("payload carries no sub-model spec")
+                updates.append(ModuleUpdate(device, spec, state, up["importance"], int(up["num_samples"])))
+                classes[device] = [int(c) for c in up.get("classes", [])]
+            except (MalformedPayloadError, KeyError, TypeError, ValueError) as err:
+                rejected[device] = f"malformed upload: {err}"
+        pipeline = ValidatedMerge(
+            evaluate=run, aggregator=create_aggregator(m.aggregator, m.trim_fraction), weighting=m.weighting,
+            max_relative_norm=m.max_relative_norm, tolerance=m.tolerance, device_tolerance=m.device_tolerance,
+            min_updates=m.min_updates,
+        )
+        cloud_state = self.model.backbone.state_dict()
+        try:
+            new_state, report = pipeline.run(cloud_state, self.model.layers, updates, self.given_specs, self._names)
+        except Exception as err:  # a failed merge must leave the model untouched
+            return {"decision": "reject", "reason": f"merge failed: {err!r}", "accepted": [],
+                    "rejected": rejected, "version": self.version}
+        report.rejected.update(rejected)
+        out = report.to_dict()
+        if new_state is not None:
+            self.model.backbone.load_state_dict(new_state)
+            self.version += 1
+            out["checkpoint"] = str(self._save_checkpoint())
+        out["version"] = self.version
+        return out
+
+    def _names(self, spec: SubModelSpec) -> set[str]:
+        return set(self.model.extract(spec).state_dict())
+
+    def _save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"cloud_v{self.version:04d}.safetensors"
+        state = {f"backbone.{k}": v.contiguous() for k, v in self.model.backbone.state_dict().items()}
+        state |= {f"selector.{k}": v.contiguous() for k, v in self.model.selector.state_dict().items()}
+        save_file(state, str(path), metadata={"model_id": self.model.model_id, "version": str(self.version)})
+        return path
+
+    def cloud_state_digest(self) -> str:
+        """SHA-256 of the cloud backbone's tensors (lets tests prove bit-identity across actors)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.model.backbone.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def ping(self) -> bool:
+        return True
+
+
+__all__ = ["BudgetTooSmallError", "CloudService"]

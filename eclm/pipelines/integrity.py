@@ -1,0 +1,81 @@
+"""Integrity checks on a device update before it may touch the cloud model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from eclm.modules._surgery import positions
+from eclm.modules.layer import ModuleLayer
+from eclm.modules.merge import ModuleUpdate, expected_shape, tensor_owner
+from eclm.modules.spec import SubModelSpec
+
+
+def check_update(
+    update: ModuleUpdate,
+    cloud_state: dict[str, Tensor],
+    layers: Sequence[ModuleLayer],
+    expected_spec: SubModelSpec,
+    expected_names: set[str],
+    *,
+    max_relative_norm: float,
+) -> list[str]:
+    """Every problem found with ``update`` (an empty list means it passes).
+
+    Checks: the spec is the one the device was given (or a subset of it, after a local swap);
+    tensor names are exactly those of that sub-model; shapes and dtypes match what the spec
+    implies; all values are finite; and the change of each tensor relative to the cloud's
+    corresponding slice is bounded: ``||w - w_cloud|| <= max_relative_norm * (||w_cloud|| + 1e-3)``.
+    """
+    problems: list[str] = []
+    if update.spec.model_id != expected_spec.model_id:
+        return [f"spec is for model {update.spec.model_id}, cloud is {expected_spec.model_id}"]
+    if not expected_spec.contains(update.spec):
+        problems.append("spec holds modules the device was never given")
+    if len(update.importance) != len(layers) or any(
+        len(v) != l.n_modules for v, l in zip(update.importance, layers, strict=False)
+    ):
+        problems.append("importance summary has the wrong shape")
+    elif not all(torch.isfinite(torch.tensor(list(v), dtype=torch.float64)).all() for v in update.importance):
+        problems.append("importance summary is not finite")
+    if update.num_samples < 1:
+        problems.append(f"num_samples must be >= 1, got {update.num_samples}")
+    names = set(update.state)
+    if names != expected_names:
+        missing, extra = sorted(expected_names - names), sorted(names - expected_names)
+        problems.append(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
+    for key, value in update.state.items():
+        if key not in cloud_state:
+            continue
+        cloud = cloud_state[key]
+        want = expected_shape(layers, cloud.shape, key, update.spec)
+        if value.shape != want:
+            problems.append(f"{key}: shape {tuple(value.shape)} != expected {tuple(want)}")
+            continue
+        if value.dtype != cloud.dtype:
+            problems.append(f"{key}: dtype {value.dtype} != {cloud.dtype}")
+            continue
+        if not value.is_floating_point():
+            continue
+        if not torch.isfinite(value).all():
+            problems.append(f"{key}: non-finite values")
+            continue
+        ref = _cloud_slice(cloud, layers, key, update.spec)
+        if "running_var" in key or "running_mean" in key:
+            continue  # statistics legitimately move with the data distribution
+        change = float((value.float() - ref.float()).norm())
+        bound = max_relative_norm * (float(ref.float().norm()) + 1e-3)
+        if change > bound:
+            problems.append(f"{key}: update norm {change:.3g} exceeds bound {bound:.3g}")
+    return problems
+
+
+def _cloud_slice(cloud: Tensor, layers: Sequence[ModuleLayer], key: str, spec: SubModelSpec) -> Tensor:
+    owner = tensor_owner(layers, key)
+    if owner is None:
+        return cloud
+    idx, rel = owner
+    dim, full_owner = layers[idx].sliced[rel]
+    return cloud.index_select(dim, positions(full_owner, spec.groups[idx]))

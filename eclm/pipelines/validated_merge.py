@@ -1,0 +1,173 @@
+"""The validated module merge: integrity checks, robust aggregation, evaluation, accept/reject.
+
+The paper merges whatever devices send. eclm refuses to regress silently:
+
+1. Every update passes :func:`~eclm.pipelines.integrity.check_update` or is rejected with the
+   reasons.
+2. The valid updates are merged module-wise (``aggregator`` decides how contributions combine).
+3. The candidate is evaluated on the cloud's held-out proxy set and, for every reporting device,
+   its re-derived sub-model on the proxy samples of that device's classes.
+4. If the candidate loses more than ``tolerance`` overall or ``device_tolerance`` on a device,
+   devices are excluded greedily (the one whose exclusion helps most first) until it passes:
+   *partial accept*. If no subset passes: *reject*.
+
+The input state is never modified; a rejected merge returns ``None`` and the caller keeps its
+model, which stays bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from torch import Tensor
+
+from eclm.modules.layer import ModuleLayer
+from eclm.modules.merge import ModuleUpdate, Weighting, merge_module_updates
+from eclm.modules.spec import SubModelSpec
+from eclm.pipelines.aggregators import Aggregator, WeightedAverage
+from eclm.pipelines.integrity import check_update
+
+
+@dataclass
+class Evaluation:
+    """Accuracy of a cloud state overall and per reporting device (on its classes)."""
+
+    overall: float
+    per_device: dict[str, float]
+
+
+Evaluator = Callable[[dict[str, Tensor], Sequence[ModuleUpdate]], Evaluation]
+
+
+@dataclass
+class MergeReport:
+    """What happened in one merge, with a reason for every decision."""
+
+    decision: str  # "accept" | "partial" | "reject"
+    reason: str
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    cloud_acc_before: float | None = None
+    cloud_acc_after: float | None = None
+    device_acc_before: dict[str, float] = field(default_factory=dict)
+    device_acc_after: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ValidatedMerge:
+    """Configured merge pipeline (see module docstring).
+
+    Attributes:
+        evaluate: ``evaluate(state, updates) -> Evaluation`` (run on a copy of the model).
+        aggregator: How contributions combine (weighted average, median, trimmed mean).
+        weighting: Module weighting for the weighted average.
+        max_relative_norm: Integrity bound on update norms.
+        tolerance: Allowed drop of overall proxy accuracy.
+        device_tolerance: Allowed drop on any reporting device's classes.
+        min_updates: Minimum valid updates to merge at all.
+    """
+
+    evaluate: Evaluator
+    aggregator: Aggregator = field(default_factory=WeightedAverage)
+    weighting: Weighting = "importance_samples"
+    max_relative_norm: float = 2.0
+    tolerance: float = 0.02
+    device_tolerance: float = 0.05
+    min_updates: int = 1
+
+    def run(
+        self,
+        cloud_state: dict[str, Tensor],
+        layers: Sequence[ModuleLayer],
+        updates: Sequence[ModuleUpdate],
+        given_specs: dict[str, SubModelSpec],
+        expected_names: Callable[[SubModelSpec], set[str]],
+    ) -> tuple[dict[str, Tensor] | None, MergeReport]:
+        """Validate and merge ``updates``.
+
+        Args:
+            cloud_state: Current cloud backbone state (not modified).
+            layers: Module layer metadata.
+            updates: Device uploads.
+            given_specs: The spec each device was given this round.
+            expected_names: Tensor names of a sub-model with a given spec.
+
+        Returns:
+            ``(new_state or None, report)``; ``None`` means keep the cloud model as it is.
+        """
+        report = MergeReport(decision="reject", reason="")
+        valid: list[ModuleUpdate] = []
+        seen: set[str] = set()
+        for u in updates:
+            if u.device_id in seen:
+                report.rejected[u.device_id] = "duplicate update from the same device"
+                continue
+            seen.add(u.device_id)
+            given = given_specs.get(u.device_id)
+            if given is None:
+                report.rejected[u.device_id] = "unknown device (no sub-model was derived for it)"
+                continue
+            problems = check_update(
+                u, cloud_state, layers, given, expected_names(u.spec), max_relative_norm=self.max_relative_norm
+            )
+            if problems:
+                report.rejected[u.device_id] = "integrity: " + "; ".join(problems[:3])
+            else:
+                valid.append(u)
+        if len(valid) < self.min_updates:
+            report.reason = f"{len(valid)} valid update(s), fewer than min_updates={self.min_updates}"
+            return None, report
+
+        before = self.evaluate(cloud_state, valid)
+        report.cloud_acc_before, report.device_acc_before = before.overall, before.per_device
+        chosen = list(valid)
+        while chosen:
+            candidate = self._merge(cloud_state, layers, chosen)
+            after = self.evaluate(candidate, chosen)
+            failure = self._failure(before, after, chosen)
+            if failure is None:
+                report.cloud_acc_after, report.device_acc_after = after.overall, after.per_device
+                report.accepted = [u.device_id for u in chosen]
+                partial = bool(report.rejected)
+                report.decision = "partial" if partial else "accept"
+                report.reason = (
+                    f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} within tolerance"
+                    + (f"; excluded {sorted(report.rejected)}" if partial else "")
+                )
+                return candidate, report
+            if len(chosen) == 1:
+                report.rejected[chosen[0].device_id] = f"harmful: {failure}"
+                break
+            worst, worst_eval = self._most_harmful(cloud_state, layers, chosen)
+            report.rejected[worst.device_id] = (
+                f"harmful: {failure}; without it cloud accuracy is {worst_eval.overall:.4f}"
+            )
+            chosen = [u for u in chosen if u is not worst]
+        report.reason = "no subset of the updates keeps the cloud model within tolerance"
+        return None, report
+
+    def _merge(self, cloud_state, layers, updates) -> dict[str, Tensor]:
+        return merge_module_updates(cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator)
+
+    def _failure(self, before: Evaluation, after: Evaluation, chosen: Sequence[ModuleUpdate]) -> str | None:
+        if after.overall < before.overall - self.tolerance:
+            return f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} (tolerance {self.tolerance})"
+        for u in chosen:
+            b, a = before.per_device.get(u.device_id), after.per_device.get(u.device_id)
+            if b is not None and a is not None and a < b - self.device_tolerance:
+                return f"device {u.device_id} accuracy {b:.4f} -> {a:.4f} (tolerance {self.device_tolerance})"
+        return None
+
+    def _most_harmful(self, cloud_state, layers, chosen) -> tuple[ModuleUpdate, Evaluation]:
+        best: tuple[ModuleUpdate, Evaluation] | None = None
+        for u in chosen:
+            rest = [v for v in chosen if v is not u]
+            ev = self.evaluate(self._merge(cloud_state, layers, rest), rest)
+            if best is None or ev.overall > best[1].overall:
+                best = (u, ev)
+        assert best is not None
+        return best

@@ -1,0 +1,481 @@
+"""The campaign tracker: the one place in eclm that talks to MLflow.
+
+A cloud/driver-side coordinator owns one :class:`CampaignTracker` per campaign; edge actors never
+track. Every MLflow call goes through ``MlflowClient`` with the run id passed explicitly (no
+fluent ``mlflow.log_*`` API, no global active run), so several trackers can coexist in one process.
+
+**Journal first, MLflow second.** Every record (params, per-round metrics, artifacts, model
+versions, the end of the run) is first appended to a JSONL journal in ``fallback_dir`` and only
+then sent to MLflow. Writing a line is cheap, and it means no record depends on MLflow being up:
+
+* MLflow unreachable at :meth:`CampaignTracker.start` -> the tracker is ``degraded`` from the
+  start and the journal is the only record;
+* MLflow failing mid-campaign -> the tracker warns once (``warnings`` and ``logging``), stops
+  calling MLflow, and the journal still holds everything, including what MLflow did receive.
+
+No exception from MLflow ever reaches the coordinator. HTTP stores are made to fail fast (the
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` environment variables are
+set from the config around each call) so an unreachable server costs seconds, not minutes.
+Model weights are stored as safetensors artifacts only, never as pickled MLflow model flavours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from eclm.tracking._checks import (
+    check_json_text,
+    check_key,
+    check_number,
+    check_safetensors,
+    check_step,
+    check_tags,
+    check_version_tag,
+)
+from eclm.tracking.config import TrackingConfig
+from eclm.tracking.flatten import config_params
+from eclm.tracking.journal import RunJournal, check_artifact_path, json_default, unique_journal_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+#: Terminal run statuses accepted by :meth:`CampaignTracker.end`.
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
+_METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
+_MAX_REASON_CHARS = 500
+_T = TypeVar("_T")
+
+
+def default_tracking_uri(workdir: Path | str) -> str:
+    """The local store used when no tracking URI is configured: ``sqlite:///<workdir>/eclm-mlruns.db``."""
+    return f"sqlite:///{(Path(workdir).resolve() / 'eclm-mlruns.db').as_posix()}"
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """``file://`` URI of ``eclm-mlartifacts`` beside a sqlite database; ``None`` for other stores.
+
+    Without it MLflow puts a new experiment's artifacts in ``./mlruns`` relative to the *current
+    working directory*, i.e. wherever the driver happened to be started.
+    """
+    prefix = "sqlite:///"
+    database = tracking_uri[len(prefix) :] if tracking_uri.startswith(prefix) else ""
+    if not database or database == ":memory:":
+        return None
+    return (Path(database).resolve().parent / "eclm-mlartifacts").as_uri()
+
+
+@contextlib.contextmanager
+def _http_fail_fast(timeout_s: int, max_retries: int) -> Iterator[None]:
+    # MLflow reads these per request; its defaults (120 s, 5 retries with backoff) would stall a
+    # campaign for minutes on a dead server. Scoped so other code in the process is unaffected.
+    overrides = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries)}
+    previous = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class CampaignTracker:
+    """Records one campaign run in MLflow, journalled to JSONL, failing soft.
+
+    Args:
+        tracking_uri: MLflow tracking (and registry) URI; ``None`` for :func:`default_tracking_uri`.
+        experiment: Experiment name; created on :meth:`start` if missing.
+        fallback_dir: Folder for the JSONL journal and its artifact files; relative to ``workdir``.
+        registered_model_name: Model-registry name that :meth:`log_model_version` registers under.
+        workdir: Base folder for the default store and a relative ``fallback_dir``.
+        artifact_location: Artifact root of a newly created experiment; ``None`` for
+            :func:`default_artifact_location`.
+        enabled: ``False`` never touches MLflow (journal only; ``degraded`` stays ``False``).
+        http_timeout_s: Per-request timeout against an HTTP server, seconds.
+        http_max_retries: Retries per HTTP request.
+
+    Raises:
+        ValueError: If a setting is invalid (see :class:`TrackingConfig`).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "eclm",
+        fallback_dir: Path | str = "eclm-runs",
+        registered_model_name: str = "eclm-cloud",
+        *,
+        workdir: Path | str = ".",
+        artifact_location: str | None = None,
+        enabled: bool = True,
+        http_timeout_s: int = 3,
+        http_max_retries: int = 0,
+    ) -> None:
+        self.config = TrackingConfig(
+            enabled=enabled,
+            tracking_uri=tracking_uri,
+            artifact_location=artifact_location,
+            experiment=experiment,
+            registered_model_name=registered_model_name,
+            fallback_dir=Path(fallback_dir),
+            http_timeout_s=http_timeout_s,
+            http_max_retries=http_max_retries,
+        )
+        workdir = Path(workdir)
+        self.tracking_uri = self.config.tracking_uri or default_tracking_uri(workdir)
+        self.artifact_location = self.config.artifact_location or default_artifact_location(self.tracking_uri)
+        self.fallback_dir = workdir / self.config.fallback_dir
+        self._client: MlflowClient | None = None
+        self._run_id: str | None = None
+        self._artifact_uri: str | None = None
+        self._journal: RunJournal | None = None
+        self._degraded_reason: str | None = None
+        self._registered_model_ready = False
+        self._ended = False
+
+    @classmethod
+    def from_config(cls, config: TrackingConfig, workdir: Path | str = ".") -> CampaignTracker:
+        """Build a tracker from the platform's :class:`TrackingConfig` section."""
+        return cls(**config.model_dump(), workdir=workdir)
+
+    @property
+    def degraded(self) -> bool:
+        """True once MLflow failed; from then on records go to the journal only."""
+        return self._degraded_reason is not None
+
+    @property
+    def journal_path(self) -> Path | None:
+        """The run's JSONL journal (``None`` before :meth:`start`)."""
+        return None if self._journal is None else self._journal.path
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id, or ``None`` if MLflow was never reached (or tracking is disabled)."""
+        return self._run_id
+
+    def start(
+        self, config: Mapping[str, Any], run_name: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str:
+        """Open the run: create the experiment if needed, the run, and log the config as params.
+
+        Args:
+            config: Nested run configuration; logged flattened (``merge.rule``), values as strings
+                cut to MLflow's 6000-character limit.
+            run_name: Display name, also the journal's file name (``<run_name>.jsonl``); ``None``
+                lets MLflow pick a name and names the journal after the run id.
+            tags: Extra run tags.
+
+        Returns:
+            The MLflow run id, or a local hex id when MLflow is unreachable or disabled.
+
+        Raises:
+            RuntimeError: If the run was already started.
+            TypeError, ValueError: If the config, run name or tags are malformed.
+        """
+        if self._journal is not None:
+            raise RuntimeError("start() was already called; use one CampaignTracker per run")
+        params = config_params(config)
+        for key in params:
+            check_key("config key", key)
+        tag_values = check_tags(tags)
+        if run_name is not None and (not isinstance(run_name, str) or not run_name.strip()):
+            raise ValueError(f"run_name must be a non-empty string or None, got {run_name!r}")
+
+        self._call("start of the run", lambda: self._open_run(run_name, tag_values))
+        run_key = self._run_id or uuid.uuid4().hex
+        self._journal = RunJournal(unique_journal_path(self.fallback_dir, run_name or run_key))
+        self._journal.append("start", {
+            "run_name": run_name, "run_id": run_key, "mlflow_run_id": self._run_id, "tags": tag_values,
+            "experiment": self.config.experiment, "tracking_uri": self.tracking_uri,
+        })
+        if self.degraded:  # MLflow failed before the journal existed; record that now
+            self._journal.append("degraded", {"reason": self._degraded_reason})
+        self._journal.append("params", params)
+        journal_tag = {"eclm.journal": str(self._journal.path.resolve())}
+        self._call("logging of params", lambda: self._send_batch(params=params, tags=journal_tag))
+        return run_key
+
+    def log_round(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Log one campaign round's metrics with ``step=round``.
+
+        Non-finite values (NaN, inf) are not sent to MLflow; they are logged as a warning and
+        journalled as a ``warning`` record so a diverging device stays visible.
+
+        Args:
+            step: Round index, ``>= 0``.
+            metrics: ``{name: value}``, e.g. ``{"device/3/acc_after": 0.81, "merge/accepted": True}``.
+
+        Raises:
+            RuntimeError: If the run is not open.
+            TypeError, ValueError: If the step, a name or a value is malformed.
+        """
+        journal = self._require_open("log_round")
+        check_step(step)
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        finite: dict[str, float] = {}
+        skipped: dict[str, str] = {}
+        for key, value in metrics.items():
+            number = check_number(check_key("metric", key), value)
+            if math.isfinite(number):
+                finite[key] = number
+            else:
+                skipped[key] = repr(number)
+        if skipped:
+            logger.warning("round %d: skipping non-finite metrics %s", step, skipped)
+            journal.append("warning", {"message": "non-finite metrics skipped", "metrics": skipped}, step)
+        journal.append("metrics", finite, step)
+        timestamp_ms = int(time.time() * 1000)
+        self._call(f"logging of round {step} metrics", lambda: self._send_batch(metrics=finite, step=step,
+                                                                                  timestamp_ms=timestamp_ms))
+
+    def log_json(self, name: str, data: Mapping[str, Any], step: int | None = None) -> str:
+        """Log a JSON artifact, under ``rounds/round_<step:03d>/`` when ``step`` is given.
+
+        Args:
+            name: File name (or run-relative path) ending in ``.json``, e.g. ``merge_report.json``.
+            data: JSON-serialisable mapping (numpy/torch values are converted with ``tolist``).
+            step: Round the artifact belongs to, or ``None`` for a run-level artifact.
+
+        Returns:
+            The artifact path, e.g. ``rounds/round_003/merge_report.json``.
+
+        Raises:
+            RuntimeError: If the run is not open.
+            TypeError, ValueError: If the name, data or step is malformed.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data for {name!r} must be a mapping, got {type(data).__name__}")
+        artifact_path = self._artifact_path(name, ".json", step)
+        content = json.dumps(data, indent=2, default=json_default).encode("utf-8")
+        return self._log_artifact(artifact_path, content, step)
+
+    def log_figure(self, fig: Figure, path: str, step: int | None = None, dpi: int = 100) -> str:
+        """Log a matplotlib figure as a PNG artifact.
+
+        Args:
+            fig: The figure (see :mod:`eclm.tracking.plots`).
+            path: Run-relative artifact path ending in ``.png``, e.g. ``plots/accuracy.png``.
+            step: Round the figure belongs to (places it under ``rounds/round_<step:03d>/``), or ``None``.
+            dpi: Resolution of the PNG, dots per inch.
+
+        Returns:
+            The artifact path.
+
+        Raises:
+            RuntimeError: If the run is not open.
+            TypeError: If ``fig`` is not a matplotlib figure.
+            ValueError: If ``path`` or ``step`` is malformed.
+        """
+        if not callable(getattr(fig, "savefig", None)):
+            raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+        artifact_path = self._artifact_path(path, ".png", step)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+        return self._log_artifact(artifact_path, buffer.getvalue(), step)
+
+    def log_model_version(
+        self,
+        weights: bytes,
+        spec_json: str,
+        metrics: Mapping[str, Any],
+        version_tag: str,
+        step: int | None = None,
+    ) -> str | None:
+        """Store a cloud model version as safetensors artifacts and register it in the model registry.
+
+        Writes ``models/<version_tag>/model.safetensors`` and ``spec.json``, then creates a version of
+        ``registered_model_name`` whose source is that artifact folder, tagged with ``version_tag``
+        and the given metrics (``metric.<name>``).
+
+        Args:
+            weights: ``safetensors.torch.save(state_dict)`` output.
+            spec_json: JSON text describing the model (e.g. the sub-model spec).
+            metrics: ``{name: value}`` describing this version (e.g. validation accuracy).
+            version_tag: Folder name of the version, ``[A-Za-z0-9_.-]``, unique within the run.
+            step: Round that produced the version, or ``None``.
+
+        Returns:
+            The registry version number (``"1"``, ``"2"``, ...), or ``None`` when MLflow is
+            unavailable (the files are then in the journal folder only).
+
+        Raises:
+            RuntimeError: If the run is not open.
+            TypeError, ValueError: If an argument is malformed, or ``version_tag`` was already used.
+        """
+        journal = self._require_open("log_model_version")
+        blob = check_safetensors(weights)
+        check_json_text("spec_json", spec_json)
+        check_version_tag(version_tag)
+        if step is not None:
+            check_step(step)
+        values = {check_key("metric", key): check_number(key, value) for key, value in metrics.items()}
+        folder = f"models/{version_tag}"
+        if (journal.artifact_root / folder).exists():
+            raise ValueError(f"version_tag {version_tag!r} was already logged in this run")
+        weights_file = journal.write_artifact(f"{folder}/model.safetensors", blob)
+        spec_file = journal.write_artifact(f"{folder}/spec.json", spec_json.encode("utf-8"))
+        version = self._call(f"registration of model version {version_tag!r}",
+                             lambda: self._register(folder, weights_file.parent, values, version_tag))
+        # Appended after the attempt so the record carries the registry version; the files are
+        # already on disk, so nothing is lost if the process dies during registration.
+        journal.append("model_version", {
+            "version_tag": version_tag, "registered_model": self.config.registered_model_name,
+            "registered_version": version, "metrics": values,
+            "files": {"weights": journal.relative(weights_file), "spec": journal.relative(spec_file)},
+        }, step)
+        return version
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run with a terminal status; a second call is a no-op.
+
+        Args:
+            status: ``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``.
+
+        Raises:
+            ValueError: If ``status`` is unknown.
+            RuntimeError: If the run was never started.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        if self._journal is None:
+            raise RuntimeError("end() called before start()")
+        if self._ended:
+            return
+        self._ended = True
+        self._journal.append("end", {"status": status})
+        self._call("end of the run", lambda: self._mlflow().set_terminated(self._run_id, status))
+
+    def __enter__(self) -> CampaignTracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self._journal is not None and not self._ended:
+            self.end("FAILED" if exc_type is not None else "FINISHED")
+
+    # -- machinery -------------------------------------------------------------------------------
+
+    def _call(self, action: str, send: Callable[[], _T]) -> _T | None:
+        """Run one MLflow interaction; on any failure degrade to the journal instead of raising."""
+        if not self.config.enabled or self.degraded:
+            return None
+        try:
+            with _http_fail_fast(self.config.http_timeout_s, self.config.http_max_retries):
+                return send()
+        except Exception as error:  # noqa: BLE001 - fail soft: the journal already holds the record
+            self._degrade(action, error)
+            return None
+
+    def _degrade(self, action: str, error: Exception) -> None:
+        self._degraded_reason = f"{action}: {type(error).__name__}: {error}"[:_MAX_REASON_CHARS]
+        where = f" at {self._journal.path}" if self._journal is not None else f" under {self.fallback_dir}"
+        message = (f"MLflow tracking ({self.tracking_uri}) failed during {self._degraded_reason}; "
+                   f"continuing with the JSONL journal only{where}")
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        if self._journal is not None:
+            self._journal.append("degraded", {"reason": self._degraded_reason})
+
+    def _mlflow(self) -> MlflowClient:
+        assert self._client is not None and self._run_id is not None, "MLflow run not open"
+        return self._client
+
+    def _require_open(self, method: str) -> RunJournal:
+        if self._journal is None:
+            raise RuntimeError(f"{method}() called before start()")
+        if self._ended:
+            raise RuntimeError(f"{method}() called after end()")
+        return self._journal
+
+    def _artifact_path(self, name: str, suffix: str, step: int | None) -> str:
+        check_artifact_path(name)
+        if not name.endswith(suffix):
+            raise ValueError(f"artifact name {name!r} must end in {suffix}")
+        if step is None:
+            return name
+        return f"rounds/round_{check_step(step):03d}/{name}"
+
+    def _log_artifact(self, artifact_path: str, content: bytes, step: int | None) -> str:
+        journal = self._require_open("log artifact")
+        local_file = journal.write_artifact(artifact_path, content)
+        journal.append("artifact", {"artifact_path": artifact_path, "file": journal.relative(local_file),
+                                    "bytes": len(content)}, step)
+        folder = posixpath.dirname(artifact_path) or None
+        self._call(f"upload of {artifact_path}",
+                   lambda: self._mlflow().log_artifact(self._run_id, str(local_file), folder))
+        return artifact_path
+
+    def _open_run(self, run_name: str | None, tags: dict[str, str]) -> None:
+        # Imported here so that importing eclm.tracking (e.g. for its config) never loads MLflow.
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        name = self.config.experiment
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            experiment_id = client.create_experiment(name, artifact_location=self.artifact_location)
+        elif experiment.lifecycle_stage == "deleted":
+            raise RuntimeError(f"experiment {name!r} is deleted; restore it or choose another name")
+        else:
+            experiment_id = experiment.experiment_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self._client, self._run_id, self._artifact_uri = client, run.info.run_id, run.info.artifact_uri
+
+    def _send_batch(
+        self,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        step: int = 0,
+        timestamp_ms: int = 0,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._mlflow()
+        param_list = [Param(key, value) for key, value in (params or {}).items()]
+        tag_list = [RunTag(key, value) for key, value in (tags or {}).items()]
+        if param_list or tag_list:
+            for start in range(0, max(len(param_list), 1), _PARAMS_PER_BATCH):
+                client.log_batch(self._run_id, params=param_list[start : start + _PARAMS_PER_BATCH],
+                                 tags=tag_list if start == 0 else (), synchronous=True)
+        metric_list = [Metric(key, value, timestamp_ms, step) for key, value in (metrics or {}).items()]
+        for start in range(0, len(metric_list), _METRICS_PER_BATCH):
+            client.log_batch(self._run_id, metrics=metric_list[start : start + _METRICS_PER_BATCH],
+                             synchronous=True)
+
+    def _register(self, folder: str, local_folder: Path, metrics: dict[str, float], version_tag: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        client, name = self._mlflow(), self.config.registered_model_name
+        client.log_artifacts(self._run_id, str(local_folder), folder)
+        if not self._registered_model_ready:
+            try:
+                client.get_registered_model(name)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                client.create_registered_model(name, description="eclm cloud model (safetensors weights)")
+            self._registered_model_ready = True
+        version_tags = {"eclm.version_tag": version_tag, **{f"metric.{k}": repr(v) for k, v in metrics.items()}}
+        # await_creation_for=0: never block the coordinator on an asynchronous registry backend.
+        version = client.create_model_version(name, source=f"{self._artifact_uri}/{folder}", run_id=self._run_id,
+                                              tags=version_tags, await_creation_for=0)
+        return str(version.version)
