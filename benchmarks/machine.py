@@ -35,7 +35,8 @@ def machine_info() -> dict:
 
     Returns:
         ``{"cpu", "cores", "logical_cpus", "physical_cores", "ram_gib", "os", "python",
-        "versions": {package: version}}``; ``cores`` is the number of usable cores.
+        "omp_wait_policy", "versions": {package: version}}``; ``cores`` is the number of usable
+        cores.
     """
     versions = {}
     for name in _VERSIONED:
@@ -51,6 +52,7 @@ def machine_info() -> dict:
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "versions": versions,
     }
 

@@ -106,7 +106,8 @@ def render_markdown(results: Sequence[dict], machine: dict, docs_path: Path, out
         f"- CPU: {machine.get('cpu')} ({machine.get('cores')} usable cores, "
         f"{machine.get('physical_cores')} physical, {machine.get('logical_cpus')} logical)",
         f"- RAM: {machine.get('ram_gib')} GiB",
-        f"- OS: {machine.get('os')}, Python {machine.get('python')}",
+        f"- OS: {machine.get('os')}, Python {machine.get('python')}, "
+        f"OMP_WAIT_POLICY={machine.get('omp_wait_policy', 'default')}",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()),
         "",
         "## Reproduce",

@@ -8,21 +8,29 @@ still run; the exit status is then non-zero.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-import traceback
-from collections.abc import Sequence
-from datetime import datetime, timezone
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
+# Must precede the first torch import (libgomp reads it once when it loads). With the default
+# spinning wait, an OpenMP barrier stalls whenever another process holds one of the cores, and a
+# forward pass on 2 threads was measured 20-60x slower on a shared 2-core machine; passive waiting
+# keeps timings stable. An explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks.machine import machine_info, usable_cores
-from benchmarks.registry import MODES, Suite, discover_suites, registered_suites
-from benchmarks.report import check_result, write_report
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.machine import machine_info, usable_cores  # noqa: E402
+from benchmarks.registry import MODES, Suite, discover_suites, registered_suites  # noqa: E402
+from benchmarks.report import check_result, write_report  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"

@@ -69,6 +69,7 @@ class AdaptationConfig(_Strict):
     replay_capacity: int = Field(200, ge=0, description="replay buffer size (0 disables replay)")
     replay_ratio: float = Field(0.5, ge=0, le=1, description="replayed samples per fresh sample in a batch")
     recalibrate_norms: bool = Field(True, description="recompute BatchNorm statistics after module changes")
+    restrict_to_local_classes: bool = Field(True, description="restrict the training softmax to the device's classes")
     target_step_seconds: float = Field(0.5, gt=0, description="compute budget: one training batch should take this long")
     max_transfer_seconds: float = Field(30.0, gt=0, description="bandwidth budget: shipping a sub-model should take this long")
 
@@ -87,10 +88,12 @@ class MergeConfig(_Strict):
     aggregator: Literal["weighted", "median", "trimmed_mean"] = "weighted"
     weighting: Literal["importance", "importance_samples", "samples", "uniform"] = "importance_samples"
     trim_fraction: float = Field(0.2, ge=0, lt=0.5)
-    max_relative_norm: float = Field(2.0, gt=0, description="reject an update whose change norm exceeds this x the cloud tensor norm")
+    max_relative_norm: float = Field(0.5, gt=0, description="reject an update whose total change norm exceeds this x the norm of the cloud slices it replaces")
     tolerance: float = Field(0.02, ge=0, description="max allowed drop of cloud proxy-validation accuracy")
     device_tolerance: float = Field(0.05, ge=0, description="max allowed drop on a reporting device's classes")
     min_updates: int = Field(1, ge=1)
+    server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
+    merge_norm_statistics: bool = Field(False, description="average BatchNorm running statistics too; by default the cloud keeps its own and recalibrates them on proxy data")
 
 
 class RayConfig(_Strict):

@@ -298,7 +298,7 @@ class Platform:
         hist = {n: [(h.round, h.device_metrics[n]["acc_before"], h.device_metrics[n]["acc_after"])
                     for h in self.history + [res] if n in h.device_metrics] for n in self.names}
         cloud = [(h.round, h.cloud_val_acc) for h in self.history + [res]]
-        fig = accuracy_over_rounds(hist, cloud=cloud)
+        fig = accuracy_over_rounds(hist, cloud_accuracy=cloud)
         self.tracker.log_figure(fig, f"rounds/round_{self.round:03d}/accuracy.png")
         usage = _mean_usage([s["importance"] for s in summaries.values()])
         if usage:

@@ -1,8 +1,8 @@
 """Names of the Ray custom resources that place eclm work on the right machines.
 
 The cluster's start commands (``cluster.yaml``) give the head node ``cloud`` and each edge
-worker ``edge``; an operator can pin one device's actor to one machine by adding
-``device:<name>`` to that worker's resources. Actors request these names, so both sides must
+worker ``edge``. A device whose config names a node (``node: <label>``) additionally asks for
+``device:<label>``, which the operator adds to that one worker's resources. Actors request these names, so both sides must
 agree on the spelling: this module is the single source, and a unit test checks ``cluster.yaml``
 against it.
 """
@@ -19,13 +19,13 @@ DEVICE_RESOURCE_PREFIX = "device:"
 
 
 def device_resource(name: str) -> str:
-    """Custom resource that pins the actor of device ``name`` to one node.
+    """Custom resource that pins device actors to the node labelled ``name``.
 
     Args:
-        name: Device name as in the campaign config (non-empty, no whitespace).
+        name: Node label a device config pins to (its ``node`` field), non-empty, no whitespace.
 
     Returns:
-        ``"device:<name>"``, e.g. ``device_resource("cam-01") == "device:cam-01"``.
+        ``"device:<name>"``, e.g. ``device_resource("kitchen-pi") == "device:kitchen-pi"``.
 
     Raises:
         TypeError: If ``name`` is not a string.

@@ -100,8 +100,8 @@ class ModulesBenchConfig(BaseModel):
         fractions = [0.25, 0.5, 0.75, 1.0]
         if mode == "quick":
             return cls(
-                compression=CompressionSettings(backbones=backbones, fractions=fractions, repeats=5),
-                selection=SelectionSettings(seeds=2, epochs=12, enhance_epochs=2, finetune_epochs=0),
+                compression=CompressionSettings(backbones=backbones, fractions=fractions, repeats=7),
+                selection=SelectionSettings(seeds=2, epochs=20, enhance_epochs=3, finetune_epochs=0),
             )
         if mode == "full":
             return cls(

@@ -92,6 +92,7 @@ def merge_module_updates(
     *,
     weighting: Weighting = "importance",
     reducer: Reducer | None = None,
+    skip: Callable[[str], bool] | None = None,
 ) -> dict[str, Tensor]:
     """Compute the merged cloud backbone state (a new dict; inputs are not modified).
 
@@ -111,7 +112,7 @@ def merge_module_updates(
         return new_state
     for key, cloud in cloud_state.items():
         holders = [u for u in updates if key in u.state]
-        if not holders or not cloud.is_floating_point():
+        if not holders or not cloud.is_floating_point() or (skip is not None and skip(key)):
             continue
         owner = tensor_owner(layers, key)
         if owner is None:
@@ -149,3 +150,8 @@ def _module_weight(u: ModuleUpdate, layer: int, group: int, weighting: Weighting
     if weighting == "samples":
         return float(u.num_samples)
     return 1.0
+
+
+def is_norm_statistic(key: str) -> bool:
+    """Whether ``key`` is a BatchNorm running statistic (data statistics, not learned weights)."""
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))

@@ -1,25 +1,25 @@
 """Pure (Ray-free) pipelines of the platform: adaptation, drift detection, validated merge,
-resource profiling, trigger policies, and the cloud/edge services the actors wrap."""
+resource profiling, trigger policies, and the cloud/edge services the actors wrap.
 
-from eclm.pipelines.adaptation import TrainStats, evaluate, finetune, recalibrate_norms
-from eclm.pipelines.drift_detection import DriftDetector, DriftScore, importance_shift
-from eclm.pipelines.integrity import check_update
-from eclm.pipelines.profiler import budget_from_resources, measure_gflops, measure_resources
-from eclm.pipelines.validated_merge import Evaluation, MergeReport, ValidatedMerge
+Submodules are imported on first use (``eclm.pipelines.X``), so importing a light subpackage
+such as ``eclm.pipelines.triggers`` does not pull in torch.
+"""
 
-__all__ = [
-    "DriftDetector",
-    "DriftScore",
-    "Evaluation",
-    "MergeReport",
-    "TrainStats",
-    "ValidatedMerge",
-    "budget_from_resources",
-    "check_update",
-    "evaluate",
-    "finetune",
-    "importance_shift",
-    "measure_gflops",
-    "measure_resources",
-    "recalibrate_norms",
-]
+import importlib
+
+_EXPORTS = {
+    "TrainStats": "adaptation", "evaluate": "adaptation", "finetune": "adaptation",
+    "recalibrate_norms": "adaptation",
+    "DriftDetector": "drift_detection", "DriftScore": "drift_detection", "importance_shift": "drift_detection",
+    "check_update": "integrity",
+    "budget_from_resources": "profiler", "measure_gflops": "profiler", "measure_resources": "profiler",
+    "Evaluation": "validated_merge", "MergeReport": "validated_merge", "ValidatedMerge": "validated_merge",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"eclm.pipelines.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'eclm.pipelines' has no attribute {name!r}")

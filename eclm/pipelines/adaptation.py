@@ -88,14 +88,21 @@ def finetune(
     replay: ReplayBuffer | None = None,
     replay_ratio: float = 0.5,
     generator: torch.Generator | None = None,
+    local_classes: list[int] | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on local data with optional replay.
 
     Each batch of ``batch_size`` fresh samples is extended with ``round(replay_ratio *
     batch_size)`` samples from ``replay``; afterwards the fresh samples are added to ``replay``.
+
+    With ``local_classes`` the softmax is restricted to those classes (logits of other classes
+    are masked out of the loss), so a label-skewed device does not push down the classifier rows
+    of classes it never sees; those rows stay as the cloud sent them, which keeps module-wise
+    merging of the shared head from erasing other devices' classes.
     """
     gen = generator or torch.Generator().manual_seed(0)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    mask: Tensor | None = None
     model.train()
     start = time.perf_counter()
     epoch_losses: list[float] = []
@@ -110,7 +117,14 @@ def finetune(
             xb, yb = x[idx], y[idx]
             if replay is not None and len(replay) > 0 and replay_ratio > 0:
                 xb, yb = replay.mix(xb, yb, replay_ratio)
-            loss = F.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            if local_classes:
+                if mask is None:
+                    mask = torch.full((logits.shape[-1],), float("-inf"))
+                    mask[torch.as_tensor(sorted(set(local_classes) | set(yb.tolist())))] = 0.0
+                mask[yb] = 0.0  # replayed samples of a class keep that class active
+                logits = logits + mask
+            loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -28,7 +28,7 @@ from eclm.modules import (
     unpack_state,
 )
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.pipelines.adaptation import evaluate
+from eclm.pipelines.adaptation import evaluate, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
@@ -66,6 +66,7 @@ class CloudService:
         self.given_specs: dict[str, SubModelSpec] = {}
         self.checkpoint_dir = Path(self.cfg.workdir) / "checkpoints" / self.cfg.name
         self.usage: dict[str, list[list[float]]] = {}
+        self.best_val_acc: float | None = None
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
@@ -92,6 +93,7 @@ class CloudService:
             num_classes=self.num_classes, progress=progress,
         )
         self._save_checkpoint()
+        self.best_val_acc = self.validation_accuracy()
         return [vars(h) for h in history]
 
     def validation_accuracy(self) -> float:
@@ -182,7 +184,9 @@ class CloudService:
         pipeline = ValidatedMerge(
             evaluate=run, aggregator=create_aggregator(m.aggregator, m.trim_fraction), weighting=m.weighting,
             max_relative_norm=m.max_relative_norm, tolerance=m.tolerance, device_tolerance=m.device_tolerance,
-            min_updates=m.min_updates,
+            min_updates=m.min_updates, server_lr=m.server_lr, merge_norm_statistics=m.merge_norm_statistics,
+            finalize=None if m.merge_norm_statistics else self._recalibrated,
+            reference_accuracy=self.best_val_acc,
         )
         cloud_state = self.model.backbone.state_dict()
         try:
@@ -195,9 +199,18 @@ class CloudService:
         if new_state is not None:
             self.model.backbone.load_state_dict(new_state)
             self.version += 1
+            if report.cloud_acc_after is not None:
+                self.best_val_acc = max(self.best_val_acc or 0.0, report.cloud_acc_after)
             out["checkpoint"] = str(self._save_checkpoint())
         out["version"] = self.version
         return out
+
+    def _recalibrated(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` with BatchNorm statistics re-estimated on the proxy training data."""
+        probe = copy.deepcopy(self.model.backbone)
+        probe.load_state_dict(state)
+        recalibrate_norms(probe, self.train_x)
+        return probe.state_dict()
 
     def _names(self, spec: SubModelSpec) -> set[str]:
         return set(self.model.extract(spec).state_dict())

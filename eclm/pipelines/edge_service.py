@@ -179,7 +179,8 @@ class EdgeService:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rounds)
         stats = finetune(self.model, train.images, train.labels, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                          momentum=a.momentum, replay=self.replay if a.replay_capacity else None,
-                         replay_ratio=a.replay_ratio, generator=gen)
+                         replay_ratio=a.replay_ratio, generator=gen,
+                         local_classes=self.classes if a.restrict_to_local_classes else None)
         acc_after, loss_after = evaluate(self.model, test.images, test.labels)
         prev_after = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         importance = self.importance()

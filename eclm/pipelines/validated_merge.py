@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from torch import Tensor
 
 from eclm.modules.layer import ModuleLayer
-from eclm.modules.merge import ModuleUpdate, Weighting, merge_module_updates
+from eclm.modules.merge import ModuleUpdate, Weighting, is_norm_statistic, merge_module_updates
 from eclm.modules.spec import SubModelSpec
 from eclm.pipelines.aggregators import Aggregator, WeightedAverage
 from eclm.pipelines.integrity import check_update
@@ -69,6 +69,12 @@ class ValidatedMerge:
         tolerance: Allowed drop of overall proxy accuracy.
         device_tolerance: Allowed drop on any reporting device's classes.
         min_updates: Minimum valid updates to merge at all.
+        server_lr: Step towards the merged weights (1.0 = take them).
+        merge_norm_statistics: Average BatchNorm running statistics too (else keep the cloud's).
+        finalize: Optional ``finalize(state) -> state`` applied to every candidate before it is
+            evaluated (the cloud recalibrates norm statistics on its proxy data here).
+        reference_accuracy: Best overall accuracy of any accepted version; the tolerance is
+            measured from ``max(current, reference)`` so small accepted drops cannot accumulate.
     """
 
     evaluate: Evaluator
@@ -78,6 +84,10 @@ class ValidatedMerge:
     tolerance: float = 0.02
     device_tolerance: float = 0.05
     min_updates: int = 1
+    server_lr: float = 1.0
+    merge_norm_statistics: bool = False
+    finalize: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
+    reference_accuracy: float | None = None
 
     def run(
         self,
@@ -151,11 +161,24 @@ class ValidatedMerge:
         return None, report
 
     def _merge(self, cloud_state, layers, updates) -> dict[str, Tensor]:
-        return merge_module_updates(cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator)
+        skip = None if self.merge_norm_statistics else is_norm_statistic
+        merged = merge_module_updates(
+            cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator, skip=skip
+        )
+        if self.server_lr != 1.0:
+            merged = {
+                k: (cloud_state[k] + self.server_lr * (v - cloud_state[k])) if v is not cloud_state[k]
+                and v.is_floating_point() else v
+                for k, v in merged.items()
+            }
+        return self.finalize(merged) if self.finalize is not None else merged
 
     def _failure(self, before: Evaluation, after: Evaluation, chosen: Sequence[ModuleUpdate]) -> str | None:
-        if after.overall < before.overall - self.tolerance:
-            return f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} (tolerance {self.tolerance})"
+        floor = max(before.overall, self.reference_accuracy or 0.0) - self.tolerance
+        if after.overall < floor:
+            return (f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} "
+                    f"(floor {floor:.4f}: best {max(before.overall, self.reference_accuracy or 0.0):.4f} "
+                    f"- tolerance {self.tolerance})")
         for u in chosen:
             b, a = before.per_device.get(u.device_id), after.per_device.get(u.device_id)
             if b is not None and a is not None and a < b - self.device_tolerance:

@@ -109,7 +109,9 @@ def check_version_tag(version_tag: Any) -> str:
     if not isinstance(version_tag, str):
         raise TypeError(f"version_tag must be str, got {type(version_tag).__name__}")
     if not _VERSION_TAG.match(version_tag):
-        raise ValueError(f"version_tag {version_tag!r} must be 1-100 characters of [A-Za-z0-9_.-], starting alphanumeric")
+        raise ValueError(
+            f"version_tag {version_tag!r} must be 1-100 characters of [A-Za-z0-9_.-], starting alphanumeric"
+        )
     return version_tag
 
 
@@ -136,7 +138,9 @@ def check_safetensors(weights: Any) -> bytes:
     (header_length,) = struct.unpack("<Q", weights[:_SAFETENSORS_PREFIX_BYTES])
     header_end = _SAFETENSORS_PREFIX_BYTES + header_length
     if header_end > len(weights):
-        raise ValueError(f"weights is not a safetensors blob: header of {header_length} bytes overruns the data")
+        raise ValueError(
+            f"weights is not a safetensors blob: header of {header_length} bytes overruns the data"
+        )
     try:
         header = json.loads(weights[_SAFETENSORS_PREFIX_BYTES:header_end])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -36,7 +36,10 @@ class TrackingConfig(BaseModel):
     )
     experiment: str = Field("eclm", min_length=1, max_length=500, description="MLflow experiment name.")
     registered_model_name: str = Field(
-        "eclm-cloud", min_length=1, max_length=250, description="Model-registry name for cloud model versions."
+        "eclm-cloud",
+        min_length=1,
+        max_length=250,
+        description="Model-registry name for cloud model versions.",
     )
     fallback_dir: Path = Field(
         Path("eclm-runs"),
@@ -55,7 +58,9 @@ class TrackingConfig(BaseModel):
         if uri is None:
             return uri
         if not _URI_SCHEME.match(uri):
-            raise ValueError(f"tracking_uri {uri!r} needs a scheme, e.g. sqlite:///runs.db or http://host:5000")
+            raise ValueError(
+                f"tracking_uri {uri!r} needs a scheme, e.g. sqlite:///runs.db or http://host:5000"
+            )
         if uri.startswith("file:"):
             # MLflow 3 refuses the file store by default and it has no model registry.
             raise ValueError(f"tracking_uri {uri!r}: the file store is unsupported; use sqlite:///<path>.db")
@@ -80,3 +85,21 @@ class TrackingConfig(BaseModel):
                 "give a URI the server can reach (e.g. s3://bucket/prefix) or leave it None"
             )
         return self
+
+
+def default_tracking_uri(workdir: Path | str) -> str:
+    """The local store used when no tracking URI is configured: ``sqlite:///<workdir>/eclm-mlruns.db``."""
+    return f"sqlite:///{(Path(workdir).resolve() / 'eclm-mlruns.db').as_posix()}"
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """``file://`` URI of ``eclm-mlartifacts`` beside a sqlite database; ``None`` for other stores.
+
+    Without it MLflow 3 puts a new experiment's artifacts in ``./mlruns`` relative to the *current
+    working directory* of whoever creates the experiment, not beside the database.
+    """
+    prefix = "sqlite:///"
+    database = tracking_uri[len(prefix) :] if tracking_uri.startswith(prefix) else ""
+    if not database or database == ":memory:":
+        return None
+    return (Path(database).resolve().parent / "eclm-mlartifacts").as_uri()

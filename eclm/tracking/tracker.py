@@ -21,17 +21,15 @@ Model weights are stored as safetensors artifacts only, never as pickled MLflow 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import math
-import os
 import posixpath
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,57 +42,20 @@ from eclm.tracking._checks import (
     check_tags,
     check_version_tag,
 )
-from eclm.tracking.config import TrackingConfig
+from eclm.tracking._mlflow_run import MlflowRun, http_fail_fast
+from eclm.tracking.config import TrackingConfig, default_artifact_location, default_tracking_uri
 from eclm.tracking.flatten import config_params
 from eclm.tracking.journal import RunJournal, check_artifact_path, json_default, unique_journal_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-    from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
 
 #: Terminal run statuses accepted by :meth:`CampaignTracker.end`.
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
-_METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
 _MAX_REASON_CHARS = 500
 _T = TypeVar("_T")
-
-
-def default_tracking_uri(workdir: Path | str) -> str:
-    """The local store used when no tracking URI is configured: ``sqlite:///<workdir>/eclm-mlruns.db``."""
-    return f"sqlite:///{(Path(workdir).resolve() / 'eclm-mlruns.db').as_posix()}"
-
-
-def default_artifact_location(tracking_uri: str) -> str | None:
-    """``file://`` URI of ``eclm-mlartifacts`` beside a sqlite database; ``None`` for other stores.
-
-    Without it MLflow puts a new experiment's artifacts in ``./mlruns`` relative to the *current
-    working directory*, i.e. wherever the driver happened to be started.
-    """
-    prefix = "sqlite:///"
-    database = tracking_uri[len(prefix) :] if tracking_uri.startswith(prefix) else ""
-    if not database or database == ":memory:":
-        return None
-    return (Path(database).resolve().parent / "eclm-mlartifacts").as_uri()
-
-
-@contextlib.contextmanager
-def _http_fail_fast(timeout_s: int, max_retries: int) -> Iterator[None]:
-    # MLflow reads these per request; its defaults (120 s, 5 retries with backoff) would stall a
-    # campaign for minutes on a dead server. Scoped so other code in the process is unaffected.
-    overrides = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries)}
-    previous = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class CampaignTracker:
@@ -143,12 +104,9 @@ class CampaignTracker:
         self.tracking_uri = self.config.tracking_uri or default_tracking_uri(workdir)
         self.artifact_location = self.config.artifact_location or default_artifact_location(self.tracking_uri)
         self.fallback_dir = workdir / self.config.fallback_dir
-        self._client: MlflowClient | None = None
-        self._run_id: str | None = None
-        self._artifact_uri: str | None = None
+        self._mlflow_run: MlflowRun | None = None
         self._journal: RunJournal | None = None
         self._degraded_reason: str | None = None
-        self._registered_model_ready = False
         self._ended = False
 
     @classmethod
@@ -169,7 +127,7 @@ class CampaignTracker:
     @property
     def run_id(self) -> str | None:
         """The MLflow run id, or ``None`` if MLflow was never reached (or tracking is disabled)."""
-        return self._run_id
+        return None if self._mlflow_run is None else self._mlflow_run.run_id
 
     def start(
         self, config: Mapping[str, Any], run_name: str | None = None, tags: Mapping[str, Any] | None = None
@@ -199,18 +157,30 @@ class CampaignTracker:
         if run_name is not None and (not isinstance(run_name, str) or not run_name.strip()):
             raise ValueError(f"run_name must be a non-empty string or None, got {run_name!r}")
 
-        self._call("start of the run", lambda: self._open_run(run_name, tag_values))
-        run_key = self._run_id or uuid.uuid4().hex
+        self._mlflow_run = self._call(
+            "start of the run",
+            lambda: MlflowRun.open(
+                self.tracking_uri, self.config.experiment, self.artifact_location, run_name, tag_values
+            ),
+        )
+        run_key = self.run_id or uuid.uuid4().hex
         self._journal = RunJournal(unique_journal_path(self.fallback_dir, run_name or run_key))
-        self._journal.append("start", {
-            "run_name": run_name, "run_id": run_key, "mlflow_run_id": self._run_id, "tags": tag_values,
-            "experiment": self.config.experiment, "tracking_uri": self.tracking_uri,
-        })
+        self._journal.append(
+            "start",
+            {
+                "run_name": run_name,
+                "run_id": run_key,
+                "mlflow_run_id": self.run_id,
+                "tags": tag_values,
+                "experiment": self.config.experiment,
+                "tracking_uri": self.tracking_uri,
+            },
+        )
         if self.degraded:  # MLflow failed before the journal existed; record that now
             self._journal.append("degraded", {"reason": self._degraded_reason})
         self._journal.append("params", params)
         journal_tag = {"eclm.journal": str(self._journal.path.resolve())}
-        self._call("logging of params", lambda: self._send_batch(params=params, tags=journal_tag))
+        self._call("logging of params", lambda: self._run().log_params(params, journal_tag))
         return run_key
 
     def log_round(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -244,8 +214,9 @@ class CampaignTracker:
             journal.append("warning", {"message": "non-finite metrics skipped", "metrics": skipped}, step)
         journal.append("metrics", finite, step)
         timestamp_ms = int(time.time() * 1000)
-        self._call(f"logging of round {step} metrics", lambda: self._send_batch(metrics=finite, step=step,
-                                                                                  timestamp_ms=timestamp_ms))
+        self._call(
+            f"logging of round {step} metrics", lambda: self._run().log_metrics(finite, step, timestamp_ms)
+        )
 
     def log_json(self, name: str, data: Mapping[str, Any], step: int | None = None) -> str:
         """Log a JSON artifact, under ``rounds/round_<step:03d>/`` when ``step`` is given.
@@ -327,21 +298,37 @@ class CampaignTracker:
         check_version_tag(version_tag)
         if step is not None:
             check_step(step)
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
         values = {check_key("metric", key): check_number(key, value) for key, value in metrics.items()}
         folder = f"models/{version_tag}"
         if (journal.artifact_root / folder).exists():
             raise ValueError(f"version_tag {version_tag!r} was already logged in this run")
         weights_file = journal.write_artifact(f"{folder}/model.safetensors", blob)
         spec_file = journal.write_artifact(f"{folder}/spec.json", spec_json.encode("utf-8"))
-        version = self._call(f"registration of model version {version_tag!r}",
-                             lambda: self._register(folder, weights_file.parent, values, version_tag))
+        version_tags = {
+            "eclm.version_tag": version_tag,
+            **{f"metric.{k}": repr(v) for k, v in values.items()},
+        }
+        version = self._call(
+            f"registration of model version {version_tag!r}",
+            lambda: self._run().register_version(
+                self.config.registered_model_name, folder, weights_file.parent, version_tags
+            ),
+        )
         # Appended after the attempt so the record carries the registry version; the files are
         # already on disk, so nothing is lost if the process dies during registration.
-        journal.append("model_version", {
-            "version_tag": version_tag, "registered_model": self.config.registered_model_name,
-            "registered_version": version, "metrics": values,
-            "files": {"weights": journal.relative(weights_file), "spec": journal.relative(spec_file)},
-        }, step)
+        journal.append(
+            "model_version",
+            {
+                "version_tag": version_tag,
+                "registered_model": self.config.registered_model_name,
+                "registered_version": version,
+                "metrics": values,
+                "files": {"weights": journal.relative(weights_file), "spec": journal.relative(spec_file)},
+            },
+            step,
+        )
         return version
 
     def end(self, status: str = "FINISHED") -> None:
@@ -362,7 +349,7 @@ class CampaignTracker:
             return
         self._ended = True
         self._journal.append("end", {"status": status})
-        self._call("end of the run", lambda: self._mlflow().set_terminated(self._run_id, status))
+        self._call("end of the run", lambda: self._run().terminate(status))
 
     def __enter__(self) -> CampaignTracker:
         return self
@@ -378,7 +365,7 @@ class CampaignTracker:
         if not self.config.enabled or self.degraded:
             return None
         try:
-            with _http_fail_fast(self.config.http_timeout_s, self.config.http_max_retries):
+            with http_fail_fast(self.config.http_timeout_s, self.config.http_max_retries):
                 return send()
         except Exception as error:  # noqa: BLE001 - fail soft: the journal already holds the record
             self._degrade(action, error)
@@ -387,16 +374,18 @@ class CampaignTracker:
     def _degrade(self, action: str, error: Exception) -> None:
         self._degraded_reason = f"{action}: {type(error).__name__}: {error}"[:_MAX_REASON_CHARS]
         where = f" at {self._journal.path}" if self._journal is not None else f" under {self.fallback_dir}"
-        message = (f"MLflow tracking ({self.tracking_uri}) failed during {self._degraded_reason}; "
-                   f"continuing with the JSONL journal only{where}")
+        message = (
+            f"MLflow tracking ({self.tracking_uri}) failed during {self._degraded_reason}; "
+            f"continuing with the JSONL journal only{where}"
+        )
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
         if self._journal is not None:
             self._journal.append("degraded", {"reason": self._degraded_reason})
 
-    def _mlflow(self) -> MlflowClient:
-        assert self._client is not None and self._run_id is not None, "MLflow run not open"
-        return self._client
+    def _run(self) -> MlflowRun:
+        assert self._mlflow_run is not None, "MLflow run not open"  # _call skips MLflow when degraded
+        return self._mlflow_run
 
     def _require_open(self, method: str) -> RunJournal:
         if self._journal is None:
@@ -416,66 +405,11 @@ class CampaignTracker:
     def _log_artifact(self, artifact_path: str, content: bytes, step: int | None) -> str:
         journal = self._require_open("log artifact")
         local_file = journal.write_artifact(artifact_path, content)
-        journal.append("artifact", {"artifact_path": artifact_path, "file": journal.relative(local_file),
-                                    "bytes": len(content)}, step)
+        journal.append(
+            "artifact",
+            {"artifact_path": artifact_path, "file": journal.relative(local_file), "bytes": len(content)},
+            step,
+        )
         folder = posixpath.dirname(artifact_path) or None
-        self._call(f"upload of {artifact_path}",
-                   lambda: self._mlflow().log_artifact(self._run_id, str(local_file), folder))
+        self._call(f"upload of {artifact_path}", lambda: self._run().log_artifact(local_file, folder))
         return artifact_path
-
-    def _open_run(self, run_name: str | None, tags: dict[str, str]) -> None:
-        # Imported here so that importing eclm.tracking (e.g. for its config) never loads MLflow.
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        name = self.config.experiment
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            experiment_id = client.create_experiment(name, artifact_location=self.artifact_location)
-        elif experiment.lifecycle_stage == "deleted":
-            raise RuntimeError(f"experiment {name!r} is deleted; restore it or choose another name")
-        else:
-            experiment_id = experiment.experiment_id
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-        self._client, self._run_id, self._artifact_uri = client, run.info.run_id, run.info.artifact_uri
-
-    def _send_batch(
-        self,
-        params: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        step: int = 0,
-        timestamp_ms: int = 0,
-    ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        client = self._mlflow()
-        param_list = [Param(key, value) for key, value in (params or {}).items()]
-        tag_list = [RunTag(key, value) for key, value in (tags or {}).items()]
-        if param_list or tag_list:
-            for start in range(0, max(len(param_list), 1), _PARAMS_PER_BATCH):
-                client.log_batch(self._run_id, params=param_list[start : start + _PARAMS_PER_BATCH],
-                                 tags=tag_list if start == 0 else (), synchronous=True)
-        metric_list = [Metric(key, value, timestamp_ms, step) for key, value in (metrics or {}).items()]
-        for start in range(0, len(metric_list), _METRICS_PER_BATCH):
-            client.log_batch(self._run_id, metrics=metric_list[start : start + _METRICS_PER_BATCH],
-                             synchronous=True)
-
-    def _register(self, folder: str, local_folder: Path, metrics: dict[str, float], version_tag: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        client, name = self._mlflow(), self.config.registered_model_name
-        client.log_artifacts(self._run_id, str(local_folder), folder)
-        if not self._registered_model_ready:
-            try:
-                client.get_registered_model(name)
-            except MlflowException as error:
-                if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-                client.create_registered_model(name, description="eclm cloud model (safetensors weights)")
-            self._registered_model_ready = True
-        version_tags = {"eclm.version_tag": version_tag, **{f"metric.{k}": repr(v) for k, v in metrics.items()}}
-        # await_creation_for=0: never block the coordinator on an asynchronous registry backend.
-        version = client.create_model_version(name, source=f"{self._artifact_uri}/{folder}", run_id=self._run_id,
-                                              tags=version_tags, await_creation_for=0)
-        return str(version.version)

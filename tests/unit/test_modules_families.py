@@ -161,7 +161,7 @@ def test_cost_table_is_monotone_in_modules(family) -> None:
     for layer_costs in table.modules:
         assert (layer_costs[:, 0] > 0).all()  # params: each module owns weights
         assert (layer_costs[:, 1] > 0).all()  # flops
-    for layer, empty, shared in zip(modular.layers, table.empty, table.shared, strict=True):
+    for layer, empty in zip(modular.layers, table.empty, strict=True):
         assert np.isnan(empty).all() != layer.allows_empty
 
 
@@ -172,8 +172,8 @@ def test_device_side_narrow_equals_cloud_extraction(family) -> None:
 
     for held in random_specs(modular, count=3, seed=5)[1:]:
         new_groups = [
-            tuple(sorted(rng.sample(g, rng.randint(0 if l.allows_empty else min(1, len(g)), len(g)))))
-            for l, g in zip(modular.layers, held.groups, strict=True)
+            tuple(sorted(rng.sample(g, rng.randint(0 if layer.allows_empty else min(1, len(g)), len(g)))))
+            for layer, g in zip(modular.layers, held.groups, strict=True)
         ]
         new = SubModelSpec(model_id=modular.model_id, groups=new_groups)
         device = modular.extract(held)
@@ -199,7 +199,7 @@ def test_narrow_rejects_groups_not_held(family) -> None:
 
 def test_bad_spec_is_rejected(family) -> None:
     _, modular = family
-    out_of_range = [tuple(range(l.n_modules + 1)) for l in modular.layers]
+    out_of_range = [tuple(range(layer.n_modules + 1)) for layer in modular.layers]
     wrong_id = SubModelSpec(model_id="other", groups=modular.full_spec().groups)
 
     with pytest.raises(ValueError, match="out of range"):
@@ -208,7 +208,7 @@ def test_bad_spec_is_rejected(family) -> None:
         modular.extract(wrong_id)
     with pytest.raises(ValueError, match="layers"):
         modular.extract(SubModelSpec(model_id=modular.model_id, groups=modular.full_spec().groups[:-1]))
-    if not all(l.allows_empty for l in modular.layers):
+    if not all(layer.allows_empty for layer in modular.layers):
         empty = SubModelSpec(model_id=modular.model_id, groups=[()] * len(modular.layers))
         with pytest.raises(ValueError, match="needs at least one module"):
             modular.extract(empty)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from timm.layers import ConvMlp, Mlp
 from torch import nn
 
 from eclm.modules._surgery import ProjectionResidual
@@ -23,6 +24,9 @@ class MlpKind(LayerKind):
     name = "mlp"
 
     def check(self, block: nn.Module) -> None:
+        # Gated (GluMlp, SwiGLU) and GRN MLPs couple hidden units; only plain Mlp/ConvMlp split exactly.
+        if type(block) not in (Mlp, ConvMlp):
+            raise ValueError(f"unsupported MLP type {type(block).__name__}; only timm Mlp and ConvMlp can be split")
         norm = getattr(block, "norm", nn.Identity())
         if not isinstance(norm, nn.Identity):
             raise ValueError("Mlp with a hidden-unit norm cannot be split exactly into groups")

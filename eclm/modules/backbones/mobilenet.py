@@ -53,6 +53,9 @@ class InvertedResidualKind(LayerKind):
             raise ValueError("inverted residuals with anti-aliasing are not supported")
         if block.conv_dw.groups != block.conv_dw.in_channels:
             raise ValueError("inverted residual with a non-depthwise middle conv is not supported")
+        for norm in (block.bn1, block.bn2):  # Group/LayerNorm/EvoNorm mix the expanded channels
+            if not isinstance(norm, nn.modules.batchnorm._NormBase):
+                raise ValueError(f"inverted residuals with {type(norm).__name__} norms are not supported")
 
     def allows_empty(self, block: nn.Module) -> bool:
         return bool(block.has_skip)

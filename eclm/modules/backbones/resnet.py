@@ -20,11 +20,14 @@ from eclm.modules.registry import BackboneAdapter, register_backbone
 _BN = ("weight", "bias", "running_mean", "running_var")
 
 
-def _check_common(block: nn.Module, hidden_conv: nn.Conv2d) -> None:
+def _check_common(block: nn.Module, hidden_conv: nn.Conv2d, hidden_norm: nn.Module) -> None:
     if not isinstance(getattr(block, "aa", nn.Identity()), nn.Identity):
         raise ValueError("ResNet blocks with anti-aliasing layers are not supported")
     if hidden_conv.groups != 1:
         raise ValueError("grouped ResNet blocks (ResNeXt, cardinality > 1) are not supported")
+    # Only a per-channel BatchNorm can be sliced by group; Group/LayerNorm mix hidden channels.
+    if not isinstance(hidden_norm, nn.modules.batchnorm._NormBase):
+        raise ValueError(f"ResNet blocks with {type(hidden_norm).__name__} on the hidden channels are not supported")
 
 
 class _ResNetResidual(nn.Module):
@@ -52,7 +55,7 @@ class BasicBlockKind(LayerKind):
     name = "resnet_basic"
 
     def check(self, block: nn.Module) -> None:
-        _check_common(block, block.conv1)
+        _check_common(block, block.conv1, block.bn1)
 
     def describe(self, name: str, block: nn.Module, n_modules: int) -> ModuleLayer:
         self.check(block)
@@ -72,7 +75,7 @@ class BottleneckKind(LayerKind):
     name = "resnet_bottleneck"
 
     def check(self, block: nn.Module) -> None:
-        _check_common(block, block.conv2)
+        _check_common(block, block.conv2, block.bn2)
 
     def describe(self, name: str, block: nn.Module, n_modules: int) -> ModuleLayer:
         self.check(block)

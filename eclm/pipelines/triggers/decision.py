@@ -37,7 +37,9 @@ def _unique_devices(devices: Iterable[str], owner: str) -> tuple[str, ...]:
 
 def _join_reasons(*reasons: str) -> str:
     # Dedupe so that merging many requests with the same reason does not repeat it in the log.
-    return _REASON_SEPARATOR.join(dict.fromkeys(r for r in reasons if r))
+    # Split first: a reason may itself be a joined list from an earlier merge.
+    parts = (part for r in reasons for part in r.split(_REASON_SEPARATOR) if part)
+    return _REASON_SEPARATOR.join(dict.fromkeys(parts))
 
 
 @dataclass(frozen=True)

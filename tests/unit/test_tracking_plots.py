@@ -1,0 +1,104 @@
+"""Campaign figures: one line style per phase per device, heatmap grid shape, input checks, PNG output."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from eclm.tracking import accuracy_over_rounds, close_figure, module_usage_heatmap
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def history_of(devices: int, rounds: int) -> dict[str, list[tuple[int, float, float]]]:
+    rng = np.random.default_rng(devices * 10 + rounds)
+    return {f"d{d}": [(r, *sorted(rng.random(2))) for r in range(rounds)] for d in range(devices)}
+
+
+@pytest.mark.parametrize(("devices", "rounds", "with_cloud"), [(1, 1, False), (3, 5, True), (12, 2, False)])
+def test_accuracy_plot_has_a_dashed_and_a_solid_line_per_device(devices, rounds, with_cloud):
+    cloud = [(r, 0.5 + 0.01 * r) for r in range(rounds)] if with_cloud else None
+
+    fig = accuracy_over_rounds(history_of(devices, rounds), cloud)
+    lines = fig.axes[0].get_lines()
+
+    assert sum(line.get_linestyle() == "--" for line in lines) == devices
+    assert sum(line.get_linestyle() == "-" for line in lines) == devices + int(with_cloud)
+    for before, after in zip(lines[0 : 2 * devices : 2], lines[1 : 2 * devices : 2], strict=True):
+        assert before.get_color() == after.get_color()
+        assert list(before.get_xdata()) == list(range(rounds))
+    close_figure(fig)
+
+
+def test_accuracy_plot_sorts_rounds():
+    fig = accuracy_over_rounds({"d0": [(2, 0.1, 0.2), (0, 0.3, 0.4), (1, 0.5, 0.6)]})
+
+    assert list(fig.axes[0].get_lines()[1].get_ydata()) == [0.4, 0.6, 0.2]
+    close_figure(fig)
+
+
+def test_unmeasured_accuracies_become_gaps():
+    fig = accuracy_over_rounds({"d0": [(0, None, 0.4), (1, 0.5, None)]})
+    before, after = fig.axes[0].get_lines()[:2]
+
+    assert np.isnan(before.get_ydata()[0]) and before.get_ydata()[1] == 0.5
+    assert after.get_ydata()[0] == 0.4 and np.isnan(after.get_ydata()[1])
+    close_figure(fig)
+
+
+@pytest.mark.parametrize(
+    ("history", "match"),
+    [
+        ({}, "nothing to plot"),
+        ({"d0": [(0, 0.5)]}, r"history\['d0'\]\[0\]"),
+        ({"d0": [(None, 0.5, 0.6)]}, r"history\['d0'\]\[0\]"),
+    ],
+)
+def test_accuracy_plot_rejects_bad_history(history, match):
+    with pytest.raises(ValueError, match=match):
+        accuracy_over_rounds(history)
+
+
+@pytest.mark.parametrize("widths", [[3, 3], [4, 2, 1], [1]])
+def test_heatmap_grid_matches_layers_and_leaves_missing_modules_blank(widths):
+    usage = [[(i + j) / 10 for j in range(width)] for i, width in enumerate(widths)]
+
+    fig = module_usage_heatmap(usage, [f"layer{i}" for i in range(len(widths))])
+    grid = fig.axes[0].images[0].get_array()
+
+    assert grid.shape == (len(widths), max(widths))
+    for i, width in enumerate(widths):
+        assert list(grid[i, :width]) == usage[i]
+        assert bool(np.all(grid.mask[i, width:]))
+    close_figure(fig)
+
+
+@pytest.mark.parametrize(
+    ("usage", "layers", "modules", "match"),
+    [
+        ([], [], None, "usage is empty"),
+        ([[0.1]], ["a", "b"], None, "layer_names"),
+        ([[0.1], []], ["a", "b"], None, "no modules"),
+        ([[float("nan")]], ["a"], None, "non-finite"),
+        ([[0.1, 0.2]], ["a"], ["m0"], "module_names"),
+    ],
+)
+def test_heatmap_rejects_bad_input(usage, layers, modules, match):
+    with pytest.raises(ValueError, match=match):
+        module_usage_heatmap(usage, layers, modules)
+
+
+@pytest.mark.parametrize(
+    "build", [lambda: accuracy_over_rounds(history_of(2, 3)), lambda: module_usage_heatmap([[0.5]], ["l"])]
+)
+def test_figures_render_to_png_without_a_display(build):
+    fig = build()
+    buffer = io.BytesIO()
+
+    fig.savefig(buffer, format="png")
+
+    assert buffer.getvalue().startswith(PNG_MAGIC)
+    close_figure(fig)
+    assert fig.axes == []
