@@ -105,6 +105,9 @@ class RayConfig(_Strict):
     edge_cpus: float = Field(0.25, gt=0, description="CPUs reserved by each edge actor")
     threads_per_actor: int = Field(1, ge=1, description="torch threads per actor")
     call_timeout_s: float = Field(600.0, gt=0, description="timeout of one actor call")
+    edge_pool_size: int | None = Field(
+        None, ge=1, description="pooled mode: this many edge worker actors host all devices (None = one actor per device)"
+    )
 
 
 class PlatformConfig(_Strict):
@@ -132,6 +135,8 @@ class PlatformConfig(_Strict):
             self.devices = [DeviceConfig(name=f"edge-{i}") for i in range(self.data.num_devices)]
         if len(self.devices) != self.data.num_devices:
             raise ValueError(f"devices lists {len(self.devices)} devices but data.num_devices is {self.data.num_devices}")
+        if self.ray.edge_pool_size is not None and any(d.node for d in self.devices):
+            raise ValueError("ray.edge_pool_size (pooled mode) cannot be combined with devices pinned to nodes")
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ValueError(f"device names must be unique, got {names}")

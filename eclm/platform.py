@@ -89,7 +89,7 @@ class Platform:
         self._owns_ray = runtime.start_ray(self.cfg.ray.address, num_cpus=self.cfg.ray.num_cpus,
                                            num_devices=len(self.names))
         self.cloud = create_cloud_actor(self.cfg)
-        self.edges = {name: create_edge_actor(self.cfg, i) for i, name in enumerate(self.names)}
+        self._create_edges(range(len(self.names)))
         self.info = self._get({"cloud": self.cloud.info.remote()})["cloud"]
         Path(self.cfg.workdir).mkdir(parents=True, exist_ok=True)
         self.tracker.start(self.cfg.model_dump(mode="json"), run_name=self.cfg.name,
@@ -104,7 +104,7 @@ class Platform:
         self.tracker.end(status)
         for actor in [self.cloud, *self.edges.values()]:
             if actor is not None:
-                runtime.kill(actor)
+                runtime.kill(getattr(actor, "pool", actor))
         self.cloud, self.edges = None, {}
         if self._owns_ray:
             runtime.shutdown_ray()
@@ -136,17 +136,38 @@ class Platform:
                 self._pending_restart.add(name)
         return results
 
+    def _create_edges(self, indices) -> None:
+        """Create the edge actors (or pools) of the devices ``indices``, resuming stream state."""
+        from eclm.actors import PooledDevice, create_edge_actor, create_edge_pool
+
+        indices = sorted(indices)
+        pool_size = self.cfg.ray.edge_pool_size
+        if pool_size is None:
+            for i in indices:
+                name = self.names[i]
+                self.edges[name] = create_edge_actor(self.cfg, i, self.stream_states.get(name))
+            return
+        # Pool p hosts devices i with i % pool_size == p; a restart recreates whole pools.
+        for p in sorted({i % pool_size for i in indices}):
+            members = [i for i in range(len(self.names)) if i % pool_size == p]
+            states = {self.names[i]: self.stream_states[self.names[i]] for i in members if self.names[i] in self.stream_states}
+            pool = create_edge_pool(self.cfg, members, states)
+            for i in members:
+                self.edges[self.names[i]] = PooledDevice(pool, self.names[i])
+
     def _restart_failed(self) -> list[str]:
         """Recreate actors that died, resuming their data stream from the last snapshot."""
         from eclm import runtime
-        from eclm.actors import create_edge_actor
 
-        restarted = []
-        for name in sorted(self._pending_restart):
-            runtime.kill(self.edges.get(name))
-            self.edges[name] = create_edge_actor(self.cfg, self.names.index(name), self.stream_states.get(name))
-            restarted.append(name)
+        if not self._pending_restart:
+            return []
+        restarted = sorted(self._pending_restart)
+        for name in restarted:
+            handle = self.edges.get(name)
+            runtime.kill(getattr(handle, "pool", handle))
+        self._create_edges([self.names.index(n) for n in restarted])
         self._pending_restart.clear()
+        self.tracker.log_json(f"rounds/restarts_step_{self.step_index:04d}.json", {"restarted": restarted})
         return restarted
 
     # ------------------------------------------------------------------ stages

@@ -7,6 +7,6 @@ values or safetensors bytes.
 """
 
 from eclm.actors.cloud import create_cloud_actor
-from eclm.actors.edge import create_edge_actor
+from eclm.actors.edge import PooledDevice, create_edge_actor, create_edge_pool
 
-__all__ = ["create_cloud_actor", "create_edge_actor"]
+__all__ = ["PooledDevice", "create_cloud_actor", "create_edge_actor", "create_edge_pool"]
