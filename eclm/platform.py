@@ -83,7 +83,7 @@ class Platform:
     def start(self) -> Platform:
         """Start (or connect to) Ray, create the actors and open the MLflow run."""
         from eclm import runtime
-        from eclm.actors import create_cloud_actor, create_edge_actor
+        from eclm.actors import create_cloud_actor
 
         self.started_at = time.time()
         self._owns_ray = runtime.start_ray(self.cfg.ray.address, num_cpus=self.cfg.ray.num_cpus,
@@ -91,11 +91,29 @@ class Platform:
         self.cloud = create_cloud_actor(self.cfg)
         self._create_edges(range(len(self.names)))
         self.info = self._get({"cloud": self.cloud.info.remote()})["cloud"]
+        self._measure_links()
         Path(self.cfg.workdir).mkdir(parents=True, exist_ok=True)
         self.tracker.start(self.cfg.model_dump(mode="json"), run_name=self.cfg.name,
                            tags={"model_id": self.info["model_id"], "backbone": self.cfg.backbone.name})
         self.tracker.log_json("model/info.json", {k: v for k, v in self.info.items() if k != "costs"})
         return self
+
+    def _measure_links(self, nbytes: int = 4 << 20) -> None:
+        """For devices with ``measure: true`` and no configured bandwidth, time shipping
+        ``nbytes`` from the driver/cloud side to the device and record the link bandwidth."""
+        from eclm import runtime
+        from eclm.pipelines.profiler import bandwidth_mbps
+
+        payload = bytes(nbytes)
+        for device in self.cfg.devices:
+            if not device.measure or device.bandwidth_mbps is not None:
+                continue
+            edge = self.edges[device.name]
+            empty = runtime.time_call(lambda e=edge: e.echo_size.remote(b""))
+            full = runtime.time_call(lambda e=edge: e.echo_size.remote(payload))
+            mbps = bandwidth_mbps(nbytes, full, empty)
+            if mbps is not None:
+                self._get({"e": edge.set_resources.remote(bandwidth_mbps=mbps)})
 
     def shutdown(self, status: str = "FINISHED") -> None:
         """End the MLflow run and stop the actors (and Ray, if this platform started it)."""
@@ -192,6 +210,7 @@ class Platform:
         self.stream_states.update(states)
         drift = self._gather_edges({n: self.edges[n].drift_score.remote() for n in adv}, failures)
         resources = self._gather_edges({n: self.edges[n].profile.remote() for n in adv}, failures)
+        self._swap_on_resource_drop(resources)
         self._last_drift = {n: d["combined"] for n, d in drift.items()}
         manual, self._manual = tuple(self._manual), []
         return Observation(
@@ -199,6 +218,32 @@ class Platform:
             resources={n: {k: float(v) for k, v in r.items() if v is not None} for n, r in resources.items()},
             devices=tuple(self.names), manual_requests=manual,
         )
+
+    def set_device_resources(self, device: str, **resources: float) -> dict:
+        """Change a device's resources (emulation); the next :meth:`step` sees the drop and the
+        device swaps to a smaller sub-model locally."""
+        if device not in self.edges:
+            raise ValueError(f"unknown device {device!r}; known: {self.names}")
+        return self._get({"e": self.edges[device].set_resources.remote(**resources)})["e"]
+
+    def _swap_on_resource_drop(self, resources: dict[str, dict]) -> None:
+        """Local swap for every device whose memory, compute or bandwidth fell since last step."""
+        for name, now in resources.items():
+            before = self._last_resources.get(name, {})
+            dropped = [k for k, v in now.items() if v is not None and before.get(k) is not None and v < before[k]]
+            self._last_resources[name] = now
+            if not dropped:
+                continue
+            failures: dict[str, str] = {}
+            holds = self._gather_edges({name: self.edges[name].holds_model.remote()}, failures).get(name)
+            if not holds:
+                continue
+            out = self._gather_edges({name: self.edges[name].shrink.remote()}, failures)
+            record = {"device": name, "dropped": dropped, "resources": now, "step": self.step_index,
+                      **(out.get(name) or {"error": failures.get(name)})}
+            self.tracker.log_json(f"swaps/step_{self.step_index:04d}_{name}.json", record)
+            if name in out:
+                self.tracker.log_round(self.round, {f"device/{name}/params_after_swap": out[name]["params_after"]})
 
     def schedule(self, trigger: Trigger) -> None:
         """Use ``trigger`` (a policy object) to decide when cycles run and for which devices."""

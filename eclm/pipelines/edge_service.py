@@ -64,6 +64,7 @@ class EdgeService:
         self.costs: CostTable | None = None
         self.replay = ReplayBuffer(self.cfg.adaptation.replay_capacity, seed=self.cfg.seed + device_index)
         self.detector = DriftDetector(self.cfg.drift.accuracy_drop, self.cfg.drift.shift_scale)
+        self._memory_overridden = False
         self.resources = self._initial_resources()
         self.rounds = 0
 
@@ -78,11 +79,32 @@ class EdgeService:
         return res
 
     def profile(self) -> dict:
-        """The device's current resources (configured or measured)."""
+        """The device's current resources: configured values, or re-measured memory for a device
+        with ``measure: true`` and no configured memory (available memory changes over time)."""
+        if self.device.measure and self.device.memory_mb is None and not self._memory_overridden:
+            self.resources["memory_mb"] = measure_resources(compute=False)["memory_mb"]
         return dict(self.resources)
 
+    def echo_size(self, data: bytes) -> int:
+        """Receive ``data`` and return its size (the driver times this to measure the link)."""
+        return len(data)
+
+    def holds_model(self) -> bool:
+        return self.model is not None
+
     def set_resources(self, **changes: float) -> dict:
-        """Change resources (emulates a device losing memory/compute/bandwidth)."""
+        """Change resources (emulates a device losing memory/compute/bandwidth).
+
+        Raises:
+            ValueError: For an unknown resource name or a non-positive value.
+        """
+        unknown = set(changes) - set(self.resources)
+        if unknown:
+            raise ValueError(f"unknown resources {sorted(unknown)}; known: {sorted(self.resources)}")
+        bad = {k: v for k, v in changes.items() if v is not None and not v > 0}
+        if bad:
+            raise ValueError(f"resources must be positive, got {bad}")
+        self._memory_overridden = self._memory_overridden or "memory_mb" in changes
         self.resources.update(changes)
         return self.profile()
 

@@ -33,9 +33,19 @@ def measure_gflops(size: int = 256, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / max(seconds, 1e-9) / 1e9
 
 
-def measure_resources() -> dict[str, float]:
-    """Measured resources of the node this process runs on: available memory and compute."""
-    return {"memory_mb": psutil.virtual_memory().available / 2**20, "gflops": measure_gflops()}
+def measure_resources(compute: bool = True) -> dict[str, float]:
+    """Measured resources of the node this process runs on: available memory (and compute)."""
+    out = {"memory_mb": psutil.virtual_memory().available / 2**20}
+    if compute:
+        out["gflops"] = measure_gflops()
+    return out
+
+
+def bandwidth_mbps(nbytes: int, seconds_with_payload: float, seconds_without: float) -> float | None:
+    """Link bandwidth in Mbit/s from timing the same call with and without an ``nbytes`` payload
+    (the difference removes scheduling overhead); ``None`` if the difference is not positive."""
+    extra = seconds_with_payload - seconds_without
+    return nbytes * 8 / extra / 1e6 if extra > 0 else None
 
 
 def budget_from_resources(

@@ -121,8 +121,13 @@ class ValidatedMerge:
             if given is None:
                 report.rejected[u.device_id] = "unknown device (no sub-model was derived for it)"
                 continue
+            try:
+                names = expected_names(u.spec)
+            except ValueError as err:  # foreign model id, wrong layer count, module out of range
+                report.rejected[u.device_id] = f"integrity: spec does not fit the cloud model: {err}"
+                continue
             problems = check_update(
-                u, cloud_state, layers, given, expected_names(u.spec), max_relative_norm=self.max_relative_norm
+                u, cloud_state, layers, given, names, max_relative_norm=self.max_relative_norm
             )
             if problems:
                 report.rejected[u.device_id] = "integrity: " + "; ".join(problems[:3])

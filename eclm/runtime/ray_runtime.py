@@ -74,6 +74,18 @@ def kill(actor) -> None:
         pass
 
 
+def time_call(make_ref, repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds for ``ray.get(make_ref())``."""
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ray.get(make_ref())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def gather(refs: dict[str, Any], timeout: float) -> tuple[dict[str, Any], dict[str, ActorFailure]]:
     """Wait for every ref; a dead actor, an exception or a timeout is a failure, not a crash.
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,6 +54,27 @@ class ServingConfig(BaseModel):
         12.5e6, gt=0.0, description="Emulated bandwidth of each link between consecutive nodes (inf = free).")
     link_latency_s: float = Field(0.001, ge=0.0, description="Emulated latency of each link, seconds.")
 
+    # ---------------------------------------------------------------- deployment (Ray executor)
+    placement: Literal["pipeline", "replicas"] = Field(
+        "pipeline", description="pipeline = one model cut into contiguous stages over the nodes (partitioner "
+        "applies); replicas = a whole-model replica per node, each request placed by the scheduler.")
+    emulate: bool = Field(
+        True, description="Emulate heterogeneous nodes on this machine: pace each stage actor's compute to its "
+        "CPU share (duty cycle) and sleep link delays. False on a real cluster of real nodes.")
+    emulation_scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="Fraction of one host core that a node of cpu_share 1.0 gets when "
+        "emulating; below 1 leaves headroom for Ray and the driver on small machines (e.g. 0.5 on 2 cores).")
+    node_labels: list[str] | None = Field(
+        None, description="Real cluster: pin stage actor i to the Ray custom resource device:<label> "
+        "(same length as node_cpu_shares); None = place anywhere.")
+    stage_actor_cpus: float = Field(0.1, gt=0.0, description="Ray num_cpus reserved by each stage actor.")
+    stage_threads: int = Field(1, ge=1, le=64, description="torch threads per stage actor.")
+    max_retries: int = Field(3, ge=0, le=100, description="Re-runs of a request whose pipeline failed.")
+    request_timeout_s: float = Field(
+        60.0, gt=0.0, description="A micro-batch in flight longer than this counts as failed (hung stage).")
+    repartition_cooldown_s: float = Field(
+        2.0, ge=0.0, description="Minimum seconds between two re-partitions (lets new measurements settle).")
+
     @field_validator("node_cpu_shares")
     @classmethod
     def _shares_in_range(cls, shares: list[float]) -> list[float]:
@@ -68,6 +90,14 @@ class ServingConfig(BaseModel):
             if not m > 0:
                 raise ValueError(f"node_memory_bytes[{i}] must be > 0, got {m}")
         return memory
+
+    @field_validator("node_labels")
+    @classmethod
+    def _labels_clean(cls, labels: list[str] | None) -> list[str] | None:
+        for i, label in enumerate(labels or []):
+            if not label or any(c.isspace() for c in label):
+                raise ValueError(f"node_labels[{i}] must be non-empty without whitespace, got {label!r}")
+        return labels
 
     @field_validator("link_latency_s")
     @classmethod
@@ -90,8 +120,55 @@ class ServingConfig(BaseModel):
             )
         if self.repartition and self.partitioner == "monolithic":
             raise ValueError("repartition=True is meaningless with partitioner='monolithic'; set repartition=False")
+        if self.node_labels is not None and len(self.node_labels) != len(self.node_cpu_shares):
+            raise ValueError(
+                f"node_labels has {len(self.node_labels)} entries but node_cpu_shares has "
+                f"{len(self.node_cpu_shares)}; give one per node"
+            )
         return self
 
     @property
     def n_nodes(self) -> int:
         return len(self.node_cpu_shares)
+
+    def with_nodes(self, nodes: Sequence[float | Mapping[str, Any]]) -> ServingConfig:
+        """A copy describing other nodes.
+
+        Args:
+            nodes: One entry per node in pipeline order: a CPU share in (0, 1], or a mapping with
+                ``cpu_share`` and optionally ``memory_bytes`` and ``label`` (a Ray node label).
+
+        Returns:
+            The validated copy (memory limits become unlimited unless every node gives one; labels
+            are kept only if every node gives one).
+
+        Raises:
+            TypeError: If an entry is neither a number nor a mapping.
+            ValueError: If an entry lacks ``cpu_share``, has unknown keys, or a value is out of range.
+        """
+        if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence) or len(nodes) == 0:
+            raise ValueError(f"nodes must be a non-empty list of CPU shares or node mappings, got {nodes!r}")
+        shares: list[float] = []
+        memory: list[float | None] = []
+        labels: list[str | None] = []
+        for i, node in enumerate(nodes):
+            if isinstance(node, (int, float)) and not isinstance(node, bool):
+                shares.append(float(node))
+                memory.append(None)
+                labels.append(None)
+                continue
+            if not isinstance(node, Mapping):
+                raise TypeError(f"nodes[{i}] must be a CPU share or a mapping, got {type(node).__name__}")
+            unknown = sorted(set(node) - {"cpu_share", "memory_bytes", "label"})
+            if unknown or "cpu_share" not in node:
+                raise ValueError(f"nodes[{i}] needs 'cpu_share' and only 'memory_bytes'/'label' besides, "
+                                 f"got keys {sorted(node)}")
+            shares.append(float(node["cpu_share"]))
+            memory.append(node.get("memory_bytes"))
+            labels.append(node.get("label"))
+        update = {
+            "node_cpu_shares": shares,
+            "node_memory_bytes": None if any(m is None for m in memory) else [float(m) for m in memory],
+            "node_labels": None if any(lb is None for lb in labels) else labels,
+        }
+        return type(self).model_validate({**self.model_dump(), **update})
