@@ -1,4 +1,5 @@
-"""Command line: ``eclm demo``, ``eclm run --config file.yaml``, ``eclm check-config file.yaml``."""
+"""Command line: ``eclm demo``, ``eclm run --config file.yaml``, ``eclm check-config file.yaml``,
+``eclm serve --config file.yaml``."""
 
 from __future__ import annotations
 
@@ -79,6 +80,71 @@ def _summary(p, out) -> None:
           f"{[round(100 * h.cloud_val_acc, 1) for h in p.history]}", file=out)
 
 
+def load_serve_config(path: Path):
+    """A platform YAML plus its optional ``serving:`` section (a ``ServingConfig``) for ``eclm serve``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ConfigError: If the YAML or a field (platform or serving) is invalid; the message names it.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from eclm.serving import ServingConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    if "serving" in PlatformConfig.model_fields:  # once the platform config composes the section
+        cfg = PlatformConfig.from_dict(raw, source=str(path))
+        return cfg, cfg.serving
+    section = raw.pop("serving", None) or {}
+    cfg = PlatformConfig.from_dict(raw, source=str(path))
+    try:
+        return cfg, ServingConfig.model_validate(section)
+    except ValidationError as err:
+        lines = [f"serving.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"{path}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def serve_model(cfg: PlatformConfig, serving, model: str = "cloud", requests: int = 64, pretrain: bool = False,
+                cycles: int = 0, out=sys.stdout) -> int:
+    """Start the platform, deploy ``model`` across the serving nodes, serve random requests, report."""
+    import torch
+
+    from eclm.platform import Platform
+
+    if requests < 1:
+        raise ConfigError(f"--requests must be >= 1, got {requests}")
+    with Platform(cfg) as p:
+        if pretrain:
+            print("eclm serve: offline stage on the cloud's proxy data ...", file=out, flush=True)
+            p.pretrain()
+        for _ in range(cycles):
+            p.run_cycle(reason="eclm serve --cycles")
+        with p.serve(model, config=serving) as d:
+            print(f"eclm serve: {model} ({d.n_blocks} blocks) on nodes {d.config.node_cpu_shares} "
+                  f"({d.config.placement}, {d.config.partitioner}/{d.config.objective}); "
+                  f"plan {list(d.plan.boundaries)}", file=out)
+            for st in d.plan.stages:
+                print(f"  node {st.node} (share {d.config.node_cpu_shares[st.node]}): blocks {st.start}-{st.stop - 1}, "
+                      f"predicted {1e3 * st.compute_time:.2f} ms compute + {1e3 * st.transfer_time:.2f} ms link",
+                      file=out)
+            x = torch.randn(requests, *cfg.input_size, generator=torch.Generator().manual_seed(cfg.seed))
+            d.infer(x)
+            s = d.stats()
+        print(f"served {s['requests']} requests ({s['failed']} failed, {s['retried']} retried): "
+              f"wall p50 {s['latency_ms']['p50']:.1f} ms p95 {s['latency_ms']['p95']:.1f} ms, "
+              f"{s['throughput_rps']:.1f} req/s | emulated p50 {s['emulated_latency_ms']['p50']:.1f} ms, "
+              f"{s['emulated_throughput_rps']:.1f} req/s | re-partitions {s['repartitions']}", file=out)
+        print(f"MLflow run {p.tracker.run_id or '(journal only)'} in {p.tracker.tracking_uri} (serving/{d.name}/...)",
+              file=out)
+    return 0
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eclm", description="Edge-cloud continual learning on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cycles", type=int, default=None)
     c = sub.add_parser("check-config", help="validate a YAML config and print it")
     c.add_argument("config", type=Path)
+    v = sub.add_parser("serve", help="serve the cloud model or a device's sub-model across edge nodes")
+    v.add_argument("--config", type=Path, required=True, help="platform YAML with an optional serving: section")
+    v.add_argument("--model", default="cloud", help="'cloud' or a device name (needs --cycles >= 1)")
+    v.add_argument("--requests", type=int, default=64, help="random requests to serve")
+    v.add_argument("--pretrain", action="store_true", help="run the offline stage before serving")
+    v.add_argument("--cycles", type=int, default=0, help="adaptation cycles before serving")
+    v.add_argument("--address", default=None, help="Ray address ('auto' on a cluster head)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -98,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.workdir:
                 cfg = cfg.model_copy(update={"workdir": args.workdir})
             return run_campaign(cfg, args.cycles)
+        if args.command == "serve":
+            cfg, serving = load_serve_config(args.config)
+            if args.address:
+                cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
+            return serve_model(cfg, serving, args.model, args.requests, args.pretrain, args.cycles)
         cfg = PlatformConfig.from_yaml(args.config)
         if args.command == "check-config":
             print(cfg.model_dump_json(indent=2))

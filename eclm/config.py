@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from eclm.data.config import DataConfig
 from eclm.modules.offline import OfflineSettings
 from eclm.pipelines.triggers.config import TriggerConfig
+from eclm.split.config import SplitConfig
 from eclm.tracking.config import TrackingConfig
 
 
@@ -69,7 +70,7 @@ class AdaptationConfig(_Strict):
     replay_capacity: int = Field(200, ge=0, description="replay buffer size (0 disables replay)")
     replay_ratio: float = Field(0.5, ge=0, le=1, description="replayed samples per fresh sample in a batch")
     recalibrate_norms: bool = Field(True, description="recompute BatchNorm statistics after module changes")
-    restrict_to_local_classes: bool = Field(True, description="restrict the training softmax to the device's classes")
+    restrict_to_local_classes: bool = Field(False, description="restrict the training softmax to the device's classes")
     target_step_seconds: float = Field(0.5, gt=0, description="compute budget: one training batch should take this long")
     max_transfer_seconds: float = Field(30.0, gt=0, description="bandwidth budget: shipping a sub-model should take this long")
 
@@ -93,6 +94,7 @@ class MergeConfig(_Strict):
     device_tolerance: float = Field(0.05, ge=0, description="max allowed drop on a reporting device's classes")
     min_updates: int = Field(1, ge=1)
     server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
+    head_by_class: bool = Field(True, description="merge classifier rows only over the devices that hold each class")
     merge_norm_statistics: bool = Field(False, description="average BatchNorm running statistics too; by default the cloud keeps its own and recalibrates them on proxy data")
 
 
@@ -128,6 +130,7 @@ class PlatformConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     trigger: TriggerConfig | None = Field(None, description="default trigger for schedule(); None = periodic every cycle")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="split learning for devices in mode split/auto")
 
     @model_validator(mode="after")
     def _devices_match_data(self) -> PlatformConfig:

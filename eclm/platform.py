@@ -281,8 +281,13 @@ class Platform:
 
         sel_ref = runtime.put(selector)
         summaries = self._gather_edges({n: self.edges[n].summary.remote(sel_ref) for n in devs}, res.failures)
+        from eclm.runtime.split_round import choose_split_devices, run_split_round
+
+        split_devs = choose_split_devices(self.cloud, self.cfg, summaries, self.cfg.ray.call_timeout_s)
         packages: dict[str, dict] = {}
         for n, s in summaries.items():
+            if n in split_devs:  # split learning: the split round hands out device parts instead
+                continue
             try:
                 packages[n] = self._get({"c": self.cloud.derive.remote(n, s["importance"], s["resources"])})["c"]
             except RuntimeError as err:
@@ -296,12 +301,22 @@ class Platform:
         res.durations["ship"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         adapt_refs = {n: self.edges[n].adapt.remote() for n in installs}
+        split = run_split_round(self.cloud, self.edges, {n: summaries[n] for n in split_devs}, self.cfg,
+                                split_devs) if split_devs else None  # runs while local devices adapt
         adapted = self._gather_edges(adapt_refs, res.failures)
+        if split is not None:  # split uploads (device parts + server part) merge like any update
+            packages.update(split.packages)
+            adapted.update(split.uploads)
+            res.failures.update(split.failures)
+            self._pending_restart |= split.lost
         res.durations["adapt"] = time.perf_counter() - t2
         for n in devs:
             down = len(selector) + (len(packages[n]["payload"]) if n in packages else 0)
             res.bytes_down[n] = down
             res.bytes_up[n] = len(adapted[n]["payload"]) if n in adapted else 0
+        if split is not None:  # split devices sent activations and device parts, not a sub-model
+            res.bytes_up.update(split.bytes_up)
+            res.bytes_down.update({n: res.bytes_down[n] + b for n, b in split.bytes_down.items()})
         for n, out in adapted.items():
             res.device_metrics[n] = dict(out["metrics"], drift=getattr(self, "_last_drift", {}).get(n))
             res.specs[n] = packages[n]["spec"]
@@ -314,6 +329,9 @@ class Platform:
         res.durations["merge"] = time.perf_counter() - t3
         t4 = time.perf_counter()
         self._log_cycle(res, summaries, reason)
+        if split is not None:
+            self.tracker.log_round(self.round, split.metrics)
+            self.tracker.log_json(f"rounds/round_{self.round:03d}/split_report.json", split.report)
         res.durations["log"] = time.perf_counter() - t4
         self.tracker.log_round(self.round, {f"time/{k}": v for k, v in res.durations.items()})
         self.history.append(res)
@@ -372,6 +390,60 @@ class Platform:
             self.tracker.log_figure(fig, f"rounds/round_{self.round:03d}/module_usage.png")
         if res.merge.get("decision") in ("accept", "partial"):
             self._register_version(res.merge["version"], {"cloud/val_acc": res.cloud_val_acc})
+
+    # ------------------------------------------------------------------ serving (partitioned inference)
+    def serve(self, model: str = "cloud", *, nodes: list | None = None, objective: str | None = None,
+              scheduler: str | None = None, config: Any = None, name: str | None = None, **overrides: Any):
+        """Deploy the cloud model or a device's current sub-model across (emulated) edge nodes.
+
+        The model is cut into contiguous stages from per-block latencies each stage actor measures
+        on its node, requests stream through the stages, and the deployment re-partitions when a
+        node changes (see ``docs/serving.md``). Weights travel as safetensors bytes plus the JSON
+        architecture; the session is logged to this platform's MLflow run under ``serving/<name>/``.
+
+        Args:
+            model: ``"cloud"`` or the name of a device that holds a sub-model.
+            nodes: Nodes in pipeline order: CPU shares, or mappings with ``cpu_share`` and
+                optionally ``memory_bytes`` / ``label`` (default: the serving config's nodes).
+            objective: ``"throughput"`` or ``"latency"`` (default: the config's).
+            scheduler: ``"amp4ec"``, ``"round_robin"`` or ``"least_loaded"`` (default: the config's).
+            config: A :class:`~eclm.serving.ServingConfig` or dict (default: ``self.cfg.serving`` if the
+                platform config has one, else the defaults: AMP4EC's 1.0/0.6/0.4 nodes).
+            name: Session name for logs (default ``<model>-<k>``).
+            **overrides: Further ``ServingConfig`` fields, e.g. ``micro_batch_size=4``.
+
+        Returns:
+            The running :class:`~eclm.runtime.serving.Deployment` (close it, or use it as a context manager).
+
+        Raises:
+            RuntimeError: If the platform is not started.
+            ValueError: If ``model`` is unknown, the device holds no sub-model, or a setting is invalid.
+        """
+        from eclm.runtime.serving import Deployment
+        from eclm.serving import ModelSource, ServingConfig
+
+        if self.cloud is None:
+            raise RuntimeError("start the platform (Platform.start or a with-block) before serve()")
+        base = config if config is not None else getattr(self.cfg, "serving", None)
+        cfg = base if isinstance(base, ServingConfig) else ServingConfig.model_validate(base or {})
+        update = {k: v for k, v in {"objective": objective, "scheduler": scheduler}.items() if v is not None}
+        if update or overrides:
+            cfg = ServingConfig.model_validate({**cfg.model_dump(), **update, **overrides})
+        if nodes is not None:
+            cfg = cfg.with_nodes(nodes)
+        if model == "cloud":
+            payload = self._get({"c": self.cloud.model_payload.remote()})["c"]
+        elif model in self.edges:
+            payload = self._get({"e": self.edges[model].snapshot_model.remote()})["e"]
+            if payload is None:
+                raise ValueError(f"device {model!r} holds no sub-model yet; run a cycle for it first")
+        else:
+            raise ValueError(f"model must be 'cloud' or one of the devices {self.names}, got {model!r}")
+        b = self.cfg.backbone
+        source = ModelSource(self.info["arch"], b.modules_per_layer, self.cfg.input_size, payload,
+                             b.selector_width, b.selector_dim, name=model, meta={"model_id": self.info["model_id"]})
+        self._serve_sessions = getattr(self, "_serve_sessions", 0) + 1
+        return Deployment(source, cfg, tracker=self.tracker, name=name or f"{model}-{self._serve_sessions}")
 
 
 def _mean_usage(summaries: list[list[list[float]]]) -> list[list[float]]:

@@ -76,12 +76,12 @@ def device_accuracy(model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[in
 
 
 def finetune(model: nn.Module, x: Tensor, y: Tensor, s: SelectionSettings, seed: int) -> nn.Module:
-    """A copy of ``model`` trained ``s.finetune_epochs`` epochs with SGD (momentum 0.9).
+    """A copy of ``model`` trained ``s.finetune_epochs`` epochs with SGD (BatchNorm in train mode).
 
     The batch order depends only on ``seed`` so every variant sees the same batches.
     """
     model = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(model.parameters(), lr=s.finetune_lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=s.finetune_lr, momentum=s.finetune_momentum)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(s.finetune_epochs):
         perm = torch.randperm(len(x), generator=gen)

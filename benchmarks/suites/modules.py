@@ -121,8 +121,9 @@ def _selection_table(selection: dict, config: ModulesBenchConfig) -> Table:
                                             if s.finetune_epochs else [])
     width = "real widths" if s.channels is None else f"channels={tuple(s.channels)}"
     first = selection["seeds"][0]
-    ft = (f" Fine-tune: {s.finetune_epochs} epochs SGD lr {s.finetune_lr} momentum 0.9, batch "
-          f"{s.finetune_batch_size}, same batches for every variant." if s.finetune_epochs else
+    ft = (f" Fine-tune: {s.finetune_epochs} epochs SGD lr {s.finetune_lr} momentum {s.finetune_momentum}, "
+          f"batch {s.finetune_batch_size}, cross-entropy over all 10 logits, same batches for every variant."
+          if s.finetune_epochs else
           " No fine-tuning in this mode.")
     return Table(
         f"Digits, device with classes {tuple(s.device_classes)}: derived sub-model vs width-prefix slice",

@@ -47,7 +47,7 @@ __all__ = [
 
 from eclm.modules.derive import BudgetTooSmallError, derive_submodel, fits, minimal_cost, shrink_submodel  # noqa: E402
 from eclm.modules.exchange import MalformedPayloadError, pack_state, unpack_state  # noqa: E402
-from eclm.modules.merge import ModuleUpdate, expected_shape, merge_module_updates, tensor_owner, weighted_sum  # noqa: E402
+from eclm.modules.merge import ModuleUpdate, classifier_keys, expected_shape, merge_module_updates, tensor_owner, weighted_sum  # noqa: E402
 from eclm.modules.offline import EpochMetrics, OfflineSettings, evaluate, train_offline  # noqa: E402
 from eclm.modules.subtasks import assign_modules, class_subtasks, target_routing  # noqa: E402
 
@@ -59,6 +59,7 @@ __all__ += [
     "OfflineSettings",
     "assign_modules",
     "class_subtasks",
+    "classifier_keys",
     "derive_submodel",
     "evaluate",
     "expected_shape",

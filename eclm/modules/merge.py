@@ -48,6 +48,8 @@ class ModuleUpdate:
         state: The sub-model's ``state_dict`` (timm key names, sliced shapes).
         importance: Per layer, per module importance on the device's data.
         num_samples: Local samples the update was trained on.
+        classes: Classes in the device's data (used to merge classifier rows by class), or
+            ``None`` if unknown (then the device contributes to every row).
     """
 
     device_id: str
@@ -55,6 +57,7 @@ class ModuleUpdate:
     state: dict[str, Tensor]
     importance: Sequence[Sequence[float]]
     num_samples: int
+    classes: Sequence[int] | None = None
 
 
 def tensor_owner(layers: Sequence[ModuleLayer], key: str) -> tuple[int, str] | None:
@@ -93,6 +96,7 @@ def merge_module_updates(
     weighting: Weighting = "importance",
     reducer: Reducer | None = None,
     skip: Callable[[str], bool] | None = None,
+    class_rows: Sequence[str] = (),
 ) -> dict[str, Tensor]:
     """Compute the merged cloud backbone state (a new dict; inputs are not modified).
 
@@ -113,6 +117,9 @@ def merge_module_updates(
     for key, cloud in cloud_state.items():
         holders = [u for u in updates if key in u.state]
         if not holders or not cloud.is_floating_point() or (skip is not None and skip(key)):
+            continue
+        if key in class_rows:
+            new_state[key] = _merge_class_rows(cloud, key, holders, reduce)
             continue
         owner = tensor_owner(layers, key)
         if owner is None:
@@ -139,6 +146,28 @@ def merge_module_updates(
         if touched:
             new_state[key] = out
     return new_state
+
+
+def _merge_class_rows(cloud: Tensor, key: str, holders: Sequence[ModuleUpdate], reduce: Reducer) -> Tensor:
+    out = cloud.clone()
+    for row in range(cloud.shape[0]):
+        rows_holders = [u for u in holders if u.classes is None or row in u.classes]
+        if rows_holders:
+            w = _weights([float(u.num_samples) for u in rows_holders])
+            out[row] = reduce([u.state[key][row].to(cloud.dtype) for u in rows_holders], w)
+    return out
+
+
+def classifier_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of a timm model's classifier (``get_classifier()``), rows = classes."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, torch.nn.Linear):
+        return []
+    for name, module in model.named_modules():
+        if module is head:
+            return [f"{name}.{p}" for p, _ in head.named_parameters()]
+    return []
 
 
 def _module_weight(u: ModuleUpdate, layer: int, group: int, weighting: Weighting) -> float:

@@ -21,6 +21,7 @@ from eclm.modules import (
     ModularModel,
     ModuleUpdate,
     SubModelSpec,
+    classifier_keys,
     derive_submodel,
     modularize,
     pack_state,
@@ -177,7 +178,8 @@ class CloudService:
                 state, spec, _ = unpack_state(up["payload"])
                 if spec is None:
                     raise MalformedPayloadError("payload carries no sub-model spec")
-                updates.append(ModuleUpdate(device, spec, state, up["importance"], int(up["num_samples"])))
+                updates.append(ModuleUpdate(device, spec, state, up["importance"], int(up["num_samples"]),
+                                            [int(c) for c in up.get("classes", [])] or None))
                 classes[device] = [int(c) for c in up.get("classes", [])]
             except (MalformedPayloadError, KeyError, TypeError, ValueError) as err:
                 rejected[device] = f"malformed upload: {err}"
@@ -187,6 +189,7 @@ class CloudService:
             min_updates=m.min_updates, server_lr=m.server_lr, merge_norm_statistics=m.merge_norm_statistics,
             finalize=None if m.merge_norm_statistics else self._recalibrated,
             reference_accuracy=self.best_val_acc,
+            class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
         )
         cloud_state = self.model.backbone.state_dict()
         try:
@@ -237,6 +240,69 @@ class CloudService:
 
     def ping(self) -> bool:
         return True
+
+    # --- split learning: the server side of a round (logic in eclm.pipelines.split_cloud) ---
+    def split_route(self, device: str, importance: list[list[float]], resources: dict) -> dict:
+        """``auto`` mode: ``{"mode": "local" | "split", "reason"}`` for one device."""
+        from eclm.pipelines.split_cloud import local_training_fits
+
+        a = self.cfg.adaptation
+        fits, reason = local_training_fits(
+            self.model, device, importance, resources, batch_size=a.batch_size,
+            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds)
+        return {"device": device, "mode": "local" if fits else "split", "reason": reason}
+
+    def split_prepare(self, devices: list[dict]) -> dict:
+        """Plan a split round and open the server session; returns the plan and device parts."""
+        from eclm.pipelines.profiler import measure_gflops
+        from eclm.pipelines.split_cloud import prepare_split_round
+
+        classes = sorted({int(c) for d in devices for c in d.get("classes", [])})
+        self._split, info = prepare_split_round(
+            self.model, self.cfg.split, devices, server_gflops=measure_gflops(),
+            allowed_classes=classes if self.cfg.adaptation.restrict_to_local_classes else None)
+        self._split_devices = {d["name"]: d for d in devices}
+        info["cost"] = self.model.costs().total(self._split.spec)
+        for name, dev in info["devices"].items():
+            dev["payload"] = self._split.device_payload(name, version=self.version)
+            self.given_specs[name] = self._split.spec  # the merge checks split updates against it
+            self.usage[name] = [list(v) for v in self._split_devices[name]["importance"]]
+        return info
+
+    def split_epoch_plan(self, epoch: int) -> list[list[int]]:
+        return self._split.epoch_plan(epoch)
+
+    def split_server_step(self, epoch: int, step: int, *messages: bytes) -> list:
+        """One global step; returns one gradient per message, then the step record."""
+        grads = self._split.server_step(epoch, step, messages)
+        return [*grads, self._split.records[-1]]
+
+    def split_aggregate(self, *ends: dict) -> list:
+        """Epoch-end aggregation of device parts (ends in client order); returns one payload per
+        device, then the epoch summary (training loss, step records, payload sizes)."""
+        new = self._split.aggregate({e["device"]: e["state"] for e in ends})
+        summary = self._split.epoch_summary()
+        summary["payload_bytes"] = {name: len(p) for name, p in new.items()}
+        return [*(new[name] for name in self._split.devices), summary]
+
+    def split_evaluate(self, message: bytes) -> dict:
+        return self._split.evaluate(message)
+
+    def split_finish(self) -> dict[str, dict]:
+        """Close the session; every device's upload carries the one aggregated sub-model."""
+        session, self._split = self._split, None
+        state = session.sub.state_dict()
+        return {
+            name: {"device": name, "importance": self._split_devices[name]["importance"],
+                   "num_samples": int(self._split_devices[name]["num_samples"]),
+                   "classes": list(self._split_devices[name].get("classes", [])),
+                   "payload": pack_state(state, session.spec, {"version": self.version, "device": name,
+                                                               "mode": "split"})}
+            for name in session.devices
+        }
+
+    def split_abort(self) -> None:
+        self._split = None
 
 
 __all__ = ["BudgetTooSmallError", "CloudService"]

@@ -203,6 +203,8 @@ class EdgeService:
                          momentum=a.momentum, replay=self.replay if a.replay_capacity else None,
                          replay_ratio=a.replay_ratio, generator=gen,
                          local_classes=self.classes if a.restrict_to_local_classes else None)
+        if a.recalibrate_norms:  # training-mode batches mixed replayed environments into the stats
+            recalibrate_norms(self.model, train.images)
         acc_after, loss_after = evaluate(self.model, test.images, test.labels)
         prev_after = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         importance = self.importance()
@@ -237,3 +239,51 @@ class EdgeService:
 
     def timestamp(self) -> float:
         return time.time()
+
+    # --- split learning: the device side of a round (logic in eclm.pipelines.split_edge) ---
+    def split_hello(self) -> dict:
+        """What the cloud needs to plan a split round: local sizes, classes, resources, host speed."""
+        from eclm.pipelines.profiler import measure_gflops
+
+        return {"device": self.name, "num_samples": len(self.stream.train_set().images),
+                "test_samples": len(self.stream.test_set().images), "classes": self.classes,
+                "resources": self.profile(), "host_gflops": measure_gflops()}
+
+    def split_begin(self, payload: bytes, client_sizes: list[int], client_index: int) -> dict:
+        """Install the device part (prefix of the split sub-model) the cloud sent."""
+        from eclm.pipelines.split_edge import SplitDeviceWorker
+
+        train, test = self.stream.train_set(), self.stream.test_set()
+        self._split = SplitDeviceWorker.from_payload(
+            self.name, self.skeleton, payload, self.cfg.split, client_sizes, client_index,
+            (train.images, train.labels), (test.images, test.labels))
+        return self._split.describe()
+
+    def _split_worker(self):
+        if getattr(self, "_split", None) is None:
+            raise RuntimeError(f"device {self.name} has no split session (split_begin was not called)")
+        return self._split
+
+    def split_forward(self, epoch: int, step: int, gradient: bytes | None = None) -> bytes:
+        """Apply the previous step's gradient (if any), then send this step's smashed activations."""
+        return self._split_worker().forward(epoch, step, gradient)
+
+    def split_backward(self, gradient: bytes) -> None:
+        self._split_worker().backward(gradient)
+
+    def split_epoch_end(self) -> dict:
+        return self._split_worker().epoch_end()
+
+    def split_load(self, payload: bytes) -> None:
+        self._split_worker().load(payload)
+
+    def split_smash_test(self) -> bytes:
+        return self._split_worker().smash_test()
+
+    def split_end(self) -> dict:
+        """Close the split session; the drift reference moves to the adapted state."""
+        info = self._split_worker().describe()
+        self._split = None
+        self.detector.update_reference(None, self.importance())
+        self.rounds += 1
+        return info

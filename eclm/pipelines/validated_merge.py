@@ -73,6 +73,7 @@ class ValidatedMerge:
         merge_norm_statistics: Average BatchNorm running statistics too (else keep the cloud's).
         finalize: Optional ``finalize(state) -> state`` applied to every candidate before it is
             evaluated (the cloud recalibrates norm statistics on its proxy data here).
+        class_rows: Classifier tensors merged row by row over the devices holding each class.
         reference_accuracy: Best overall accuracy of any accepted version; the tolerance is
             measured from ``max(current, reference)`` so small accepted drops cannot accumulate.
     """
@@ -88,6 +89,7 @@ class ValidatedMerge:
     merge_norm_statistics: bool = False
     finalize: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
     reference_accuracy: float | None = None
+    class_rows: tuple[str, ...] = ()
 
     def run(
         self,
@@ -168,7 +170,8 @@ class ValidatedMerge:
     def _merge(self, cloud_state, layers, updates) -> dict[str, Tensor]:
         skip = None if self.merge_norm_statistics else is_norm_statistic
         merged = merge_module_updates(
-            cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator, skip=skip
+            cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator, skip=skip,
+            class_rows=self.class_rows,
         )
         if self.server_lr != 1.0:
             merged = {

@@ -159,9 +159,10 @@ def test_cli_run_with_a_bad_config_exits_2_before_starting_ray(tmp_path, capsys)
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
-@pytest.mark.parametrize("module", ["eclm.config", "eclm.cli", "eclm.pipelines.validated_merge",
-                                    "eclm.pipelines.cloud_service", "eclm.pipelines.edge_pool"])
-def test_config_cli_and_pipelines_do_not_import_ray_or_mlflow(module):
-    code = f"import {module}, sys; assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, sorted(sys.modules)"
+def test_config_cli_and_pipelines_do_not_import_ray_or_mlflow():
+    modules = ["eclm.config", "eclm.cli", "eclm.pipelines.validated_merge", "eclm.pipelines.cloud_service",
+               "eclm.pipelines.edge_pool", "eclm.pipelines.adaptation", "eclm.pipelines.profiler"]
+    code = (f"import {', '.join(modules)}, sys; "
+            "assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, sorted(sys.modules)")
     root = Path(__file__).parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})

@@ -204,7 +204,6 @@ def test_norm_statistics_are_kept_unless_merged(modular):
 
 
 def test_finalize_runs_on_every_candidate_before_evaluation(modular):
-    before = _snapshot(modular)
     seen_marks: list[bool] = []
 
     def finalize(state):

@@ -1,0 +1,700 @@
+"""Driver side of partitioned serving: the pipeline coordinator (the serving code that uses Ray).
+
+A :class:`Deployment` serves one model (the cloud model or a device's sub-model) over a
+:class:`StagePool` of stage actors, one per (emulated) node:
+
+1. every node loads the whole model from architecture + safetensors weights and profiles every
+   block on itself; the configured partitioner (optimal DP, AMP4EC's proportional split, or the
+   whole model on the strongest node) cuts the chain into contiguous stages from those numbers and
+   each node keeps only its blocks;
+2. requests queue in a :class:`~eclm.serving.requests.RequestLedger`; micro-batches are sent
+   through the stages as chained actor calls, each stage's output passed to the next as a Ray
+   object ref (the driver never touches activations), with at most ``max_in_flight`` requests in
+   the pipeline;
+3. a failed micro-batch (a stage died or hung) is re-queued at the front; dead stages are replaced
+   and reloaded with their blocks, so no request is lost;
+4. each stage reports its node's smoothed block latencies and monitor events with its results;
+   when a node slows down or recovers, the coordinator re-costs the plan and, if the optimum is
+   better by ``repartition_min_gain``, drains the pipeline and re-deploys the new cut;
+5. with ``placement="replicas"`` each node holds the whole model and the scheduler (AMP4EC's
+   scoring, round-robin or least-loaded) places every micro-batch.
+
+The coordinator runs in the caller's thread: :meth:`Deployment.submit` dispatches at once, and
+results are collected whenever the caller waits (``handle.result()``, ``wait``, ``infer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from torch import Tensor
+
+from eclm.actors.serving import create_stage_actor
+from eclm.serving.config import ServingConfig
+from eclm.serving.model_source import ModelSource
+from eclm.serving.partition_problem import PartitionPlan
+from eclm.serving.planning import (
+    NodeProfile,
+    SlowdownTracker,
+    StageRoute,
+    build_problem,
+    make_plan,
+    replan,
+    routes_for,
+)
+from eclm.serving.plots import throughput_over_time
+from eclm.serving.requests import RequestLedger, RequestRecord
+from eclm.serving.scheduler import NodeState, create_scheduler
+from eclm.serving.session_stats import summarize, throughput_timeline
+from eclm.serving.worker import NodeSettings
+
+log = logging.getLogger("eclm.serving")
+
+_PROBE_TIMEOUT_S = 20.0
+_CPU_NEED = 0.1  # cores one request asks for in AMP4EC's resource score
+
+
+class StagePool:
+    """One stage actor per node of a serving config; creates, reconfigures and replaces them.
+
+    Args:
+        config: The serving config (node count, shares, links, actor resources).
+        start_timeout_s: Seconds to wait for the actors to come up.
+
+    Raises:
+        RuntimeError: If an actor does not start in time.
+    """
+
+    def __init__(self, config: ServingConfig, start_timeout_s: float = 180.0) -> None:
+        self.config = config
+        self.actors = [create_stage_actor(config, i) for i in range(config.n_nodes)]
+        try:
+            ray.get([a.ping.remote() for a in self.actors], timeout=start_timeout_s)
+        except (GetTimeoutError, RayError) as err:
+            self.close()
+            raise RuntimeError(f"stage actors did not start: {err}") from err
+
+    def configure(self, config: ServingConfig) -> None:
+        """Apply another config's node settings to the running actors (same node count).
+
+        Raises:
+            ValueError: If ``config`` has a different number of nodes.
+        """
+        if config.n_nodes != len(self.actors):
+            raise ValueError(f"pool has {len(self.actors)} nodes, config has {config.n_nodes}")
+        self.config = config
+        ray.get([a.configure_node.remote(NodeSettings.from_config(config, i).model_dump())
+                 for i, a in enumerate(self.actors)])
+
+    def replace(self, node: int, cpu_share: float | None = None):
+        """Kill node ``node``'s actor (if still alive) and start a fresh one; returns its handle."""
+        try:
+            ray.kill(self.actors[node], no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+        actor = create_stage_actor(self.config, node)
+        if cpu_share is not None and cpu_share != self.config.node_cpu_shares[node]:
+            ray.get(actor.set_cpu_share.remote(cpu_share))
+        self.actors[node] = actor
+        return actor
+
+    def close(self) -> None:
+        """Kill every stage actor."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+        self.actors = []
+
+
+@dataclass
+class _Flight:
+    """A micro-batch in the pipeline: its output ref and one timing ref per stage."""
+
+    batch_id: int
+    out_ref: Any
+    timing_refs: list
+    routes: tuple[StageRoute, ...]
+    route_key: Any
+    dispatched: float = field(default_factory=time.monotonic)
+
+
+class RequestHandle:
+    """A submitted request's future.
+
+    Results are collected by the coordinator, which runs in the caller's thread whenever it
+    waits; :meth:`result` waits.
+    """
+
+    def __init__(self, deployment: Deployment, request_id: int) -> None:
+        self.deployment = deployment
+        self.request_id = request_id
+
+    def done(self) -> bool:
+        """Whether the request finished (collects any ready results first, without blocking)."""
+        self.deployment._pump(lambda: True, timeout=0.0)
+        return self.deployment.ledger.records[self.request_id].done
+
+    def result(self, timeout: float | None = None) -> Tensor:
+        """The model output for this request.
+
+        Raises:
+            TimeoutError: If it is not done within ``timeout`` seconds.
+            RuntimeError: If it failed for good (after retries).
+        """
+        self.deployment.wait([self], timeout)
+        rec = self.deployment.ledger.records[self.request_id]
+        if rec.error is not None:
+            raise RuntimeError(f"request {self.request_id} failed: {rec.error}")
+        return rec.output
+
+    def timings(self) -> dict[str, Any]:
+        """Per-request timings (see :meth:`RequestRecord.timings`)."""
+        return self.deployment.ledger.records[self.request_id].timings()
+
+
+class Deployment:
+    """A model served over stage actors; see the module docstring.
+
+    Args:
+        source: The model (architecture + weights).
+        config: Serving settings.
+        tracker: A started :class:`~eclm.tracking.CampaignTracker` to log the session to, or ``None``.
+        name: Session name (used in MLflow keys; letters, digits, ``_-.``).
+        pool: Existing stage actors to reuse (reconfigured to ``config``); a new pool otherwise.
+            A deployment closes only a pool it created.
+
+    Raises:
+        ValueError: If the model cannot be partitioned over the nodes (e.g. memory).
+        RuntimeError: If stage actors fail to start or load the model.
+    """
+
+    def __init__(self, source: ModelSource, config: ServingConfig, *, tracker=None, name: str = "serve",
+                 pool: StagePool | None = None) -> None:
+        self.source = source
+        self.config = config
+        self.tracker = tracker
+        self.name = name
+        self.events: list[dict[str, Any]] = []
+        self.monitor_events: deque[dict] = deque(maxlen=1000)
+        self.ledger = RequestLedger(config.max_in_flight, config.micro_batch_size, config.max_retries,
+                                    source.input_size)
+        self.scheduler = create_scheduler(config.scheduler, seed=config.scheduler_seed, max_load=config.max_load,
+                                          max_latency=config.max_latency_s)
+        self._flight: dict[int, _Flight] = {}
+        self._admitting = True
+        self._shares = list(config.node_cpu_shares)
+        self._busy: list[deque[tuple[float, float]]] = [deque() for _ in range(config.n_nodes)]
+        self._pending_events: list[dict] = []
+        self._status_refs: dict[int, Any] = {}
+        self._last_check = time.monotonic()
+        self._last_repartition = -math.inf
+        self._closed = False
+        self._owns_pool = pool is None
+        self.started_at = time.time()
+        if pool is None:
+            self.pool = StagePool(config)
+        else:
+            self.pool = pool
+            pool.configure(config)
+        try:
+            self._deploy()
+        except Exception:
+            if self._owns_pool:
+                self.pool.close()
+            raise
+
+    # ------------------------------------------------------------------ deploy
+    def _deploy(self) -> None:
+        cfg = self.config
+        t0 = time.perf_counter()
+        self._architecture = self.source.architecture()
+        self._payload_ref = ray.put(self.source.payload)
+        loaded = ray.get([a.load.remote(self._architecture, self._payload_ref, 0, None) for a in self.pool.actors])
+        self.n_blocks = loaded[0]["n_chain"]
+        t1 = time.perf_counter()
+        # One node at a time: profiles taken while other nodes compute would share the host's cores.
+        self.profiles = [NodeProfile.from_dict(ray.get(a.profile.remote(cfg.micro_batch_size, cfg.profile_repeats)))
+                         for a in self.pool.actors]
+        t2 = time.perf_counter()
+        self.problem = build_problem(self.profiles, cfg)
+        self._trackers = [SlowdownTracker(p, cfg.monitor_threshold) for p in self.profiles]
+        self._model_bytes = sum(self.profiles[0].block_memory)
+        if cfg.placement == "pipeline":
+            self.plan = make_plan(self.problem, cfg)
+            ray.get([a.keep.remote(self.plan.boundaries[i], self.plan.boundaries[i + 1])
+                     for i, a in enumerate(self.pool.actors)])
+            self._routes = routes_for(self.plan)
+            self._replicas: list[int] = []
+            for i, tracker in enumerate(self._trackers):
+                tracker.reset(self.plan.blocks_of(i), 1.0)
+        else:
+            self.plan = make_plan(self.problem, cfg, "monolithic")
+            limits = cfg.node_memory_bytes or [math.inf] * cfg.n_nodes
+            self._replicas = [i for i in range(cfg.n_nodes) if self._model_bytes <= limits[i]]
+            if not self._replicas:
+                raise ValueError(f"no node can hold the whole model ({self._model_bytes:.0f} B) for replicas; "
+                                 f"node_memory_bytes={cfg.node_memory_bytes}")
+            self._routes = ()
+        self.started_at = time.time()
+        self._record({"kind": "deploy", "placement": cfg.placement, "partitioner": cfg.partitioner,
+                      "boundaries": list(self.plan.boundaries), "load_s": t1 - t0, "profile_s": t2 - t1,
+                      "predicted": _plan_costs(self.plan)})
+        self._log_plan()
+
+    # ------------------------------------------------------------------ client API
+    @property
+    def stage_actors(self) -> list:
+        """The stage actor handles, by node (for inspection and fault-injection tests)."""
+        return list(self.pool.actors)
+
+    def submit(self, x: Tensor) -> RequestHandle:
+        """Queue one request and dispatch it if the pipeline has room (never blocks).
+
+        Args:
+            x: One input of shape ``input_size`` (or ``(1, *input_size)``).
+
+        Returns:
+            The request's :class:`RequestHandle`.
+
+        Raises:
+            RuntimeError: If the deployment is closed.
+            TypeError, ValueError: If ``x`` is not a tensor of the model's input shape.
+        """
+        self._check_open()
+        rid = self.ledger.submit(x, time.time())
+        self._admit()
+        return RequestHandle(self, rid)
+
+    def submit_many(self, batch: Tensor) -> list[RequestHandle]:
+        """Queue every row of ``batch`` (``(N, *input_size)``) as its own request."""
+        self._check_open()
+        handles = [RequestHandle(self, self.ledger.submit(row, time.time())) for row in batch]
+        self._admit()
+        return handles
+
+    def wait(self, handles: Sequence[RequestHandle], timeout: float | None = None) -> None:
+        """Run the coordinator until every handle is done.
+
+        Raises:
+            TimeoutError: If they are not all done within ``timeout`` seconds.
+        """
+        ids = [h.request_id for h in handles]
+        if not self._pump(lambda: self.ledger.all_done(ids), timeout):
+            left = sum(1 for i in ids if not self.ledger.records[i].done)
+            raise TimeoutError(f"{left} of {len(ids)} requests not done within {timeout} s")
+
+    def infer(self, batch: Tensor, timeout: float | None = None) -> tuple[Tensor, list[dict[str, Any]]]:
+        """Serve every row of ``batch`` and return the outputs with per-request timings.
+
+        Args:
+            batch: ``(N, *input_size)`` inputs; rows are separate requests (micro-batched by the
+                deployment).
+            timeout: Seconds to wait for all of them.
+
+        Returns:
+            ``(outputs, timings)``: ``(N, ...)`` outputs in row order and one timings dict per row.
+
+        Raises:
+            RuntimeError: If a request failed after its retries.
+            TimeoutError: If not done in time.
+        """
+        handles = self.submit_many(batch)
+        self.wait(handles, timeout)
+        records = [self.ledger.records[h.request_id] for h in handles]
+        failed = {r.request_id: r.error for r in records if r.error is not None}
+        if failed:
+            raise RuntimeError(f"{len(failed)} request(s) failed: {dict(list(failed.items())[:3])}")
+        return torch.stack([r.output for r in records]), [r.timings() for r in records]
+
+    def set_cpu_share(self, node: int, cpu_share: float) -> None:
+        """Emulate a change of node ``node``'s CPU capacity (e.g. a slowdown by another tenant).
+
+        The coordinator is not told the plan should change: it notices through the node's
+        monitored block latencies (or, for an idle node, its reported share).
+
+        Raises:
+            ValueError: If ``node`` or ``cpu_share`` is out of range.
+        """
+        if not 0 <= node < self.config.n_nodes:
+            raise ValueError(f"node must be in [0, {self.config.n_nodes}), got {node}")
+        if not 0.0 < cpu_share <= 1.0:
+            raise ValueError(f"cpu_share must be in (0, 1], got {cpu_share!r}")
+        self.pool.actors[node].set_cpu_share.remote(float(cpu_share))
+        self._record({"kind": "cpu_share", "node": node, "from": self._shares[node], "to": float(cpu_share)})
+        self._shares[node] = float(cpu_share)
+
+    def use_partitioner(self, partitioner: str, repartition: bool = False) -> PartitionPlan:
+        """Drain and re-deploy with another partitioner on the profiled numbers (for comparisons).
+
+        Args:
+            partitioner: ``"dp"``, ``"proportional"`` or ``"monolithic"``.
+            repartition: Adapt to node changes from now on (ignored for monolithic).
+
+        Returns:
+            The new plan.
+
+        Raises:
+            ValueError: If the partitioner is unknown or the placement is not a pipeline.
+        """
+        if self.config.placement != "pipeline":
+            raise ValueError("use_partitioner applies to placement='pipeline'")
+        update: dict[str, Any] = {"partitioner": partitioner, "repartition": repartition and partitioner != "monolithic"}
+        self.config = ServingConfig.model_validate({**self.config.model_dump(), **update})
+        plan = make_plan(self.problem, self.config, cpu_shares=self._shares)
+        self._install(plan, {"kind": "partitioner", "partitioner": partitioner})
+        return plan
+
+    def set_repartition(self, enabled: bool) -> None:
+        """Turn adaptive re-partitioning on or off."""
+        self.config = self.config.model_copy(update={"repartition": bool(enabled)})
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self, request_ids: Sequence[int] | None = None) -> dict[str, Any]:
+        """Session figures over ``request_ids`` (default: every request); see
+        :func:`~eclm.serving.session_stats.summarize`. Adds the plan and event counts."""
+        records = self._records(request_ids)
+        out = summarize(records, self.config.max_in_flight)
+        out.update({"boundaries": list(self.plan.boundaries), "predicted": _plan_costs(self.plan),
+                    "repartitions": sum(1 for e in self.events if e["kind"] == "repartition"),
+                    "replacements": sum(1 for e in self.events if e["kind"] == "replace")})
+        return out
+
+    def timeline(self, window_s: float = 0.5, request_ids: Sequence[int] | None = None) -> dict[str, Any]:
+        """Throughput per window since the session start and the events' times (seconds)."""
+        finish = [r.finished_at for r in self._records(request_ids) if r.ok]
+        times, rps = throughput_timeline(finish, self.started_at, window_s)
+        marks = [(e["time_s"], e["kind"]) for e in self.events if e["kind"] in ("repartition", "cpu_share", "replace")]
+        return {"time_s": times, "throughput_rps": rps, "events": marks}
+
+    def _records(self, request_ids: Sequence[int] | None) -> list[RequestRecord]:
+        if request_ids is None:
+            return list(self.ledger.records.values())
+        return [self.ledger.records[i] for i in request_ids]
+
+    # ------------------------------------------------------------------ coordinator loop
+    def _pump(self, until, timeout: float | None) -> bool:
+        """Dispatch, collect, recover and adapt until ``until()`` holds; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._admit()
+            self._collect(0.0 if timeout == 0 else 0.05)
+            self._check_hung()
+            self._maybe_repartition()
+            if until():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if not self._flight:
+                # Queued work but nothing admitted: every replica is filtered out (AMP4EC's load
+                # filter); wait for the measured loads to decay.
+                time.sleep(0.005)
+
+    def _admit(self) -> None:
+        while self._admitting:
+            n = self.ledger.next_size()
+            if n == 0:
+                return
+            t0 = time.perf_counter()
+            if self.config.placement == "pipeline":
+                key, routes = None, self._routes
+            else:
+                key = self._choose_replica()
+                if key is None:
+                    return
+                routes = (StageRoute(key, 0, self.n_blocks, 0, 0),)
+            schedule_s = time.perf_counter() - t0 if self.config.placement == "replicas" else 0.0
+            batch = self.ledger.take_batch(time.time(), key, schedule_s / n)
+            self._dispatch(batch.batch_id, self.ledger.inputs(batch), routes, key, n)
+
+    def _dispatch(self, batch_id: int, x: Tensor, routes: tuple[StageRoute, ...], key: Any, n: int) -> None:
+        ref, timing_refs = x, []
+        full = n == self.config.micro_batch_size
+        for r in routes:
+            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "ingress_hops": r.ingress_hops, "monitor": full}
+            ref, tref = self.pool.actors[r.node].forward.options(num_returns=2).remote(ref, ticket)
+            timing_refs.append(tref)
+        self._flight[batch_id] = _Flight(batch_id, ref, timing_refs, routes, key)
+        if key is not None:
+            self.scheduler.on_start(key)
+
+    def _collect(self, timeout: float) -> None:
+        if not self._flight:
+            return
+        by_ref = {f.out_ref: bid for bid, f in self._flight.items()}
+        ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+        if not ready:
+            return
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
+        failures = []
+        for ref in ready:
+            flight = self._flight.pop(by_ref[ref])
+            try:
+                out, *timings = ray.get([flight.out_ref, *flight.timing_refs])
+            except RayError as err:
+                failures.append((flight, err))
+                continue
+            self._finish(flight, out, timings)
+        if failures:
+            self._recover(failures)
+
+    def _finish(self, flight: _Flight, out: Tensor, timings: list[dict]) -> None:
+        now = time.time()
+        self.ledger.complete(flight.batch_id, out, timings, now)
+        if flight.route_key is not None:
+            self.scheduler.on_finish(flight.route_key, time.monotonic() - flight.dispatched)
+        for t in timings:
+            node = t["node"]
+            if t["monitored"]:
+                self._trackers[node].observe(t["smoothed"])
+            self._busy[node].append((time.monotonic(), t["compute_s"] + t["link_s"] + t["ingress_s"]))
+            if t["events"]:
+                self._pending_events.extend(t["events"])
+                self.monitor_events.extend(t["events"])
+
+    def _check_hung(self) -> None:
+        limit = self.config.request_timeout_s
+        now = time.monotonic()
+        hung = [f for f in self._flight.values() if now - f.dispatched > limit]
+        if hung:
+            for f in hung:
+                del self._flight[f.batch_id]
+                ray.cancel(f.out_ref, force=False)
+            self._recover([(f, TimeoutError(f"no result within {limit} s")) for f in hung])
+
+    # ------------------------------------------------------------------ fault tolerance
+    def _recover(self, failures: list[tuple[_Flight, BaseException]]) -> None:
+        """Replace dead stage actors, then put the failed micro-batches back in the queue."""
+        for node in self._probe_dead():
+            t0 = time.perf_counter()
+            actor = self.pool.replace(node, self._shares[node])
+            start, stop = self._held(node)
+            ray.get(actor.load.remote(self._architecture, self._payload_ref, start, stop))
+            tracker = self._trackers[node]
+            tracker.reset(tracker.held, tracker.factor(self._shares[node]))
+            self._record({"kind": "replace", "node": node, "blocks": [start, stop],
+                          "seconds": time.perf_counter() - t0})
+        now = time.time()
+        for flight, err in failures:
+            if flight.route_key is not None:
+                self.scheduler.on_finish(flight.route_key, time.monotonic() - flight.dispatched)
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            _, failed = self.ledger.fail(flight.batch_id, reason[:300], now)
+            if failed:
+                log.warning("serving %s: %d request(s) failed for good: %s", self.name, len(failed), reason)
+
+    def _probe_dead(self) -> list[int]:
+        nodes = sorted({r.node for r in self._routes} | set(self._replicas))
+        pings = {node: self.pool.actors[node].ping.remote() for node in nodes}
+        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=_PROBE_TIMEOUT_S)
+        dead = []
+        for node, ref in pings.items():
+            if ref not in ready:
+                dead.append(node)  # hung: replace() kills it
+                continue
+            try:
+                ray.get(ref)
+            except RayActorError:
+                dead.append(node)
+            except RayError:
+                pass  # the actor answered with an error: alive
+        return dead
+
+    def _held(self, node: int) -> tuple[int, int]:
+        if self.config.placement == "replicas":
+            return 0, self.n_blocks
+        return self.plan.boundaries[node], self.plan.boundaries[node + 1]
+
+    # ------------------------------------------------------------------ adaptation
+    def _maybe_repartition(self) -> None:
+        cfg = self.config
+        if cfg.placement != "pipeline" or not cfg.repartition or not self._admitting:
+            return
+        now = time.monotonic()
+        self._poll_idle_nodes()
+        due = now - self._last_check >= cfg.monitor_interval_s
+        if not (due or self._pending_events) or now - self._last_repartition < cfg.repartition_cooldown_s:
+            return
+        self._last_check = now
+        events, self._pending_events = self._pending_events, []
+        factors = self._factors()
+        problem = build_problem(self.profiles, cfg, factors)
+        decision = replan(problem, self.plan, cfg, self._shares)
+        if decision.switch:
+            self._install(decision.plan, {
+                "kind": "repartition", "reason": decision.reason, "slowdown": factors,
+                "cost_before": decision.current_cost, "cost_after": decision.best_cost,
+                "trigger": [e["quantity"] for e in events][:10] or ["periodic check"],
+            })
+
+    def _factors(self) -> list[float]:
+        return [t.factor(self._shares[i]) for i, t in enumerate(self._trackers)]
+
+    def _poll_idle_nodes(self) -> None:
+        """Ask idle nodes (no blocks, so no results to piggy-back on) for their status."""
+        for node, ref in list(self._status_refs.items()):
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                continue
+            del self._status_refs[node]
+            try:
+                status = ray.get(ref)
+            except RayError:
+                continue
+            self._shares[node] = status["cpu_share"]
+            self._pending_events.extend(status["events"])
+        if time.monotonic() - self._last_check < self.config.monitor_interval_s:
+            return
+        for node in range(self.config.n_nodes):
+            if not self.plan.blocks_of(node) and node not in self._status_refs:
+                self._status_refs[node] = self.pool.actors[node].status.remote()
+
+    def _drain(self) -> float:
+        t0 = time.perf_counter()
+        self._admitting = False
+        try:
+            while self._flight:
+                self._collect(0.05)
+                self._check_hung()
+        finally:
+            self._admitting = True
+        return time.perf_counter() - t0
+
+    def _install(self, plan: PartitionPlan, event: dict[str, Any]) -> None:
+        """Drain the pipeline, give every node its new blocks, and switch to ``plan``."""
+        old = self.plan
+        drain_s = self._drain()
+        t0 = time.perf_counter()
+        changed = [i for i in range(self.config.n_nodes) if plan.blocks_of(i) != old.blocks_of(i)]
+        ray.get([self.pool.actors[i].load.remote(self._architecture, self._payload_ref,
+                                                 plan.boundaries[i], plan.boundaries[i + 1]) for i in changed])
+        factors = self._factors()
+        for i in changed:
+            self._trackers[i].reset(plan.blocks_of(i), factors[i])
+        self.plan, self._routes = plan, routes_for(plan)
+        self._last_repartition = time.monotonic()
+        self._record({**event, "from": list(old.boundaries), "to": list(plan.boundaries), "drain_s": drain_s,
+                      "reload_s": time.perf_counter() - t0, "predicted": _plan_costs(plan)})
+
+    # ------------------------------------------------------------------ replicas
+    def _choose_replica(self) -> int | None:
+        cfg = self.config
+        now = time.monotonic()
+        limits = cfg.node_memory_bytes or [2.0**50] * cfg.n_nodes
+        need = self._model_bytes + max(self.profiles[0].activation_bytes)
+        states = []
+        for node in self._replicas:
+            busy = self._busy[node]
+            while busy and busy[0][0] < now - cfg.monitor_interval_s:
+                busy.popleft()
+            load = min(1.0, sum(s for _, s in busy) / cfg.monitor_interval_s)
+            states.append(NodeState(node, self._shares[node], limits[node], _CPU_NEED, need, load, cfg.link_latency_s))
+        index = self.scheduler.choose(self.scheduler.with_bookkeeping(states))
+        return None if index is None else self._replicas[index]
+
+    # ------------------------------------------------------------------ logging & lifecycle
+    def _record(self, event: dict[str, Any]) -> None:
+        event = {"time_s": time.time() - self.started_at, **event}
+        self.events.append(event)
+        log.info("serving %s: %s", self.name, event)
+        if event["kind"] in ("repartition", "replace"):
+            k = sum(1 for e in self.events if e["kind"] == event["kind"])
+            self._track(lambda t: t.log_json(f"serving/{self.name}/events/{event['kind']}_{k:03d}.json", event))
+            self._track(lambda t: t.log_round(k, {f"serving/{self.name}/{event['kind']}_time_s": event["time_s"]}))
+
+    def _track(self, action) -> None:
+        """Run a tracker call if a started tracker is attached; never let logging break serving."""
+        if self.tracker is None or getattr(self.tracker, "journal_path", None) is None:
+            return
+        try:
+            action(self.tracker)
+        except (RuntimeError, ValueError, TypeError) as err:
+            log.warning("serving %s: tracking failed: %s", self.name, err)
+
+    def _log_plan(self) -> None:
+        plan = {
+            "session": self.name, "model": self.source.name, "model_meta": self.source.meta,
+            "config": self.config.model_dump(mode="json"), "n_blocks": self.n_blocks,
+            "boundaries": list(self.plan.boundaries), "method": self.plan.method,
+            "stages": [{"node": s.node, "blocks": [s.start, s.stop], "compute_s": s.compute_time,
+                        "transfer_s": s.transfer_time, "memory_bytes": s.memory_bytes} for s in self.plan.stages],
+            "predicted": _plan_costs(self.plan), "replicas": self._replicas,
+            "profiles": [{"node": p.node, "cpu_share": p.cpu_share, "block_seconds": list(p.block_seconds)}
+                         for p in self.profiles],
+        }
+        self._track(lambda t: t.log_json(f"serving/{self.name}/plan.json", plan))
+
+    def log_session(self) -> dict[str, Any]:
+        """Log the session's figures, events and throughput plot to the tracker; returns the stats."""
+        stats = self.stats()
+        prefix = f"serving/{self.name}"
+        metrics = {f"{prefix}/requests": stats.get("requests", 0), f"{prefix}/failed": stats.get("failed", 0),
+                   f"{prefix}/retried": stats.get("retried", 0), f"{prefix}/repartitions": stats["repartitions"],
+                   f"{prefix}/replacements": stats["replacements"]}
+        if stats.get("requests"):
+            metrics.update({f"{prefix}/throughput_rps": stats["throughput_rps"],
+                            f"{prefix}/emulated_throughput_rps": stats["emulated_throughput_rps"],
+                            f"{prefix}/schedule_us_per_request": stats["schedule_us_per_request"]})
+            for key in ("latency_ms", "service_ms", "emulated_latency_ms"):
+                metrics.update({f"{prefix}/{key}_{q}": v for q, v in stats[key].items()})
+            for node, load in stats["stage_load"].items():
+                metrics[f"{prefix}/node{node}_busy_fraction"] = load["busy_fraction"]
+        self._track(lambda t: t.log_round(0, metrics))
+        self._track(lambda t: t.log_json(f"{prefix}/session.json", {"stats": stats, "events": self.events}))
+        line = self.timeline(0.5)
+        for k, value in enumerate(line["throughput_rps"]):
+            self._track(lambda t, k=k, value=value: t.log_round(k, {f"{prefix}/throughput_rps_window": value}))
+        if line["time_s"]:
+            fig = throughput_over_time({self.name: (line["time_s"], line["throughput_rps"])},
+                                       {self.name: line["events"]}, title=f"Serving {self.name}")
+            self._track(lambda t: t.log_figure(fig, f"{prefix}/throughput.png"))
+        return stats
+
+    def close(self, log_session: bool = True) -> None:
+        """Finish in-flight requests, log the session, and stop the actors this deployment owns."""
+        if self._closed:
+            return
+        try:
+            self._drain()
+            if log_session:
+                self.log_session()
+        finally:
+            self._closed = True
+            for ref in self._status_refs.values():
+                ray.cancel(ref, force=False)
+            if self._owns_pool:
+                self.pool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"deployment {self.name!r} is closed")
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _plan_costs(plan: PartitionPlan) -> dict[str, float]:
+    return {"bottleneck_s": plan.bottleneck, "latency_s": plan.latency, "throughput_rps": plan.throughput,
+            "fits_memory": plan.fits_memory}
+
+
+def deploy(source: ModelSource, config: ServingConfig | dict | None = None, **kwargs: Any) -> Deployment:
+    """Create a :class:`Deployment` (validating a dict config first); see its arguments."""
+    cfg = config if isinstance(config, ServingConfig) else ServingConfig.model_validate(config or {})
+    return Deployment(source, cfg, **kwargs)
+
+
+__all__ = ["Deployment", "RequestHandle", "StagePool", "deploy"]

@@ -1,0 +1,97 @@
+"""Multi-node placement on one machine: a ``cloud`` head and three ``edge`` nodes.
+
+``ray.cluster_utils.Cluster`` starts one raylet per node on loopback. The platform connects by
+address (as ``eclm run --address ...`` does on a real cluster), and every actor must land on a
+node that offers the custom resource it asked for; a device pinned with ``node: n2`` must land
+on the node started with ``device:n2``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import tiny_config
+
+from eclm.platform import Platform
+from eclm.resources import CLOUD_RESOURCE, EDGE_RESOURCE, device_resource
+
+pytestmark = pytest.mark.integration
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before any Ray process starts: bind to loopback
+
+NODE_MEMORY = 80 * 2**20
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {CLOUD_RESOURCE: 1}, "object_store_memory": NODE_MEMORY})
+    for extra in ({}, {device_resource("n2"): 1}, {}):
+        c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 2, **extra}, object_store_memory=NODE_MEMORY)
+    c.wait_for_nodes()
+    yield c
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def platform(cluster, tmp_path_factory):
+    import ray
+
+    tmp = tmp_path_factory.mktemp("multinode")
+    cfg = tiny_config(tmp, devices=[{"name": "d0"}, {"name": "d1", "node": "n2"}, {"name": "d2"}],
+                      **{"ray.address": cluster.address, "tracking.enabled": False})
+    p = Platform(cfg).start()  # connects to the cluster by address
+    try:
+        ray.get([h.ping.remote() for h in p.edges.values()])  # every edge actor is up
+        yield p
+    finally:
+        p.shutdown()
+
+
+def _actor_nodes() -> dict[str, dict[str, float]]:
+    """Name of every live actor -> custom resources of the node it runs on."""
+    import ray
+    from ray.util.state import list_actors
+
+    resources = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    return {a.name: resources[a.node_id] for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.name}
+
+
+def test_the_platform_joined_the_cluster(platform, cluster):
+    import ray
+
+    assert platform._owns_ray  # it connected by address itself
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    assert len(alive) == 4
+    assert sum(n["Resources"].get(EDGE_RESOURCE, 0) for n in alive) == 6
+
+
+def test_every_actor_lands_on_a_node_of_its_kind(platform):
+    nodes = _actor_nodes()
+    cloud = f"eclm-cloud-{platform.cfg.name}"
+    edges = {n: f"eclm-edge-{platform.cfg.name}-{n}" for n in platform.names}
+    assert cloud in nodes and set(edges.values()) <= set(nodes)
+    assert CLOUD_RESOURCE in nodes[cloud] and EDGE_RESOURCE not in nodes[cloud]
+    for device, actor in edges.items():
+        assert EDGE_RESOURCE in nodes[actor] and CLOUD_RESOURCE not in nodes[actor], device
+
+
+def test_a_pinned_device_lands_on_its_node(platform):
+    nodes = _actor_nodes()
+    assert device_resource("n2") in nodes[f"eclm-edge-{platform.cfg.name}-d1"]
+
+
+def test_a_cycle_runs_across_the_nodes(platform):
+    platform.pretrain()
+    res = platform.run_cycle()
+    assert not res.failures and set(res.device_metrics) == {"d0", "d1", "d2"}
+    assert all(res.bytes_up[n] > 0 and res.bytes_down[n] > 0 for n in platform.names)
+    assert res.merge["decision"] in ("accept", "partial", "reject") and res.merge["reason"]
