@@ -289,13 +289,15 @@ class Platform:
             if n in split_devs:  # split learning: the split round hands out device parts instead
                 continue
             try:
-                packages[n] = self._get({"c": self.cloud.derive.remote(n, s["importance"], s["resources"])})["c"]
+                packages[n] = self._get({"c": self.cloud.derive.remote(
+                    n, s["importance"], s["resources"], s.get("held_spec"), s.get("held_version"))})["c"]
             except RuntimeError as err:
                 res.failures[n] = f"derive: {err}"
         res.durations["derive"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         installs = self._gather_edges(
-            {n: self.edges[n].install.remote(p["spec"], p["payload"], self.info["costs"]) for n, p in packages.items()},
+            {n: self.edges[n].install.remote(p["spec"], p["payload"], self.info["costs"], p["version"])
+             for n, p in packages.items()},
             res.failures,
         )
         res.durations["ship"] = time.perf_counter() - t1
@@ -311,7 +313,7 @@ class Platform:
             self._pending_restart |= split.lost
         res.durations["adapt"] = time.perf_counter() - t2
         for n in devs:
-            down = len(selector) + (len(packages[n]["payload"]) if n in packages else 0)
+            down = len(selector) + (len(packages[n]["payload"] or b"") if n in packages else 0)
             res.bytes_down[n] = down
             res.bytes_up[n] = len(adapted[n]["payload"]) if n in adapted else 0
         if split is not None:  # split devices sent activations and device parts, not a sub-model

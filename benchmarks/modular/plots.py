@@ -20,7 +20,10 @@ def plot_compression(points: list[dict], path: Path) -> Path:
         for model in models:
             pts = sorted((p for p in points if p["model"] == model), key=lambda p: p["fraction"])
             ax.plot([p["fraction"] for p in pts], [p[key] for p in pts], marker="o", label=model)
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        if key == "throughput_ratio":
+            ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)  # as fast as the full model
+        else:
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)  # exactly proportional
         ax.set_xlabel("parameter budget (fraction of full)")
         ax.set_title(f"{label} / full model")
         ax.set_xlim(0, 1.05)

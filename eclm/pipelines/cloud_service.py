@@ -109,11 +109,16 @@ class CloudService:
         return pack_state(self.model.backbone.state_dict(), self.model.full_spec(), {"version": self.version})
 
     # ------------------------------------------------------------------ derivation
-    def derive(self, device: str, importance: list[list[float]], resources: dict) -> dict:
+    def derive(self, device: str, importance: list[list[float]], resources: dict,
+               held_spec: str | None = None, held_version: int | None = None) -> dict:
         """Derive and package the sub-model for one device.
 
+        If the device already holds exactly the derived spec from the current cloud version
+        (``held_spec``/``held_version``), nothing is shipped: it keeps its locally adapted
+        weights (a refresh only happens when the selection or the cloud model changed).
+
         Returns:
-            ``{"spec": json, "payload": bytes, "budget": dict, "cost": dict}``.
+            ``{"spec": json, "payload": bytes or None, "version": int, "budget": dict, "cost": dict}``.
 
         Raises:
             BudgetTooSmallError: If the device cannot hold even the minimal sub-model.
@@ -127,13 +132,16 @@ class CloudService:
         start = time.perf_counter()
         spec = derive_submodel(self.model, importance, budget)
         solve = time.perf_counter() - start
-        sub = self.model.extract(spec)
         self.given_specs[device] = spec
         self.usage[device] = [list(v) for v in importance]
-        payload = pack_state(sub.state_dict(), spec, {"version": self.version, "device": device})
+        unchanged = held_spec is not None and held_version == self.version and SubModelSpec.from_json(held_spec) == spec
+        payload = None
+        if not unchanged:
+            payload = pack_state(self.model.extract(spec).state_dict(), spec, {"version": self.version, "device": device})
         return {
             "spec": spec.to_json(),
             "payload": payload,
+            "version": self.version,
             "budget": budget.limits(),
             "cost": self.model.costs().total(spec),
             "solve_seconds": solve,

@@ -65,6 +65,7 @@ class EdgeService:
         self.replay = ReplayBuffer(self.cfg.adaptation.replay_capacity, seed=self.cfg.seed + device_index)
         self.detector = DriftDetector(self.cfg.drift.accuracy_drop, self.cfg.drift.shift_scale)
         self._memory_overridden = False
+        self.version: int | None = None
         self.resources = self._initial_resources()
         self.rounds = 0
 
@@ -138,7 +139,9 @@ class EdgeService:
         if selector_payload is not None:
             self.load_selector(selector_payload)
         return {"device": self.name, "importance": self.importance(), "resources": self.profile(),
-                "num_samples": self.stream.local_size, "classes": self.classes}
+                "num_samples": self.stream.local_size, "classes": self.classes,
+                "held_spec": self.spec.to_json() if self.spec is not None else None,
+                "held_version": self.version}
 
     def drift_score(self) -> dict:
         """Drift of the incoming data relative to the state after the last adaptation."""
@@ -149,18 +152,26 @@ class EdgeService:
                 "accuracy_on_new": acc}
 
     # ------------------------------------------------------------------ sub-model
-    def install(self, spec_json: str, payload: bytes, costs: dict) -> dict:
-        """Install a sub-model sent by the cloud.
+    def install(self, spec_json: str, payload: bytes | None, costs: dict, version: int | None = None) -> dict:
+        """Install a sub-model sent by the cloud (``payload=None``: keep the held one).
 
         Raises:
             MalformedPayloadError: If the payload does not decode or does not match the spec.
+            ValueError: If no payload is sent but the device does not hold that spec.
         """
         spec = SubModelSpec.from_json(spec_json)
+        if payload is None:
+            if self.model is None or self.spec != spec:
+                raise ValueError(f"device {self.name}: no weights sent and the held sub-model is not {spec_json}")
+            self.version = version
+            return {"params": sum(p.numel() for p in self.model.parameters()), "modules": spec.num_modules(),
+                    "kept": True}
         state, payload_spec, _ = unpack_state(payload)
         if payload_spec != spec:
             raise MalformedPayloadError("payload spec differs from the announced spec")
         self.model = rebuild_submodel(self.skeleton, spec, state)
         self.spec = spec
+        self.version = version
         self.costs = CostTable.from_dict(costs)
         if self.cfg.adaptation.recalibrate_norms:
             recalibrate_norms(self.model, self.stream.train_set().images)

@@ -244,6 +244,8 @@ class SplitServerSession:
         """
         start = time.perf_counter()
         plan = self._batch_sizes(epoch)
+        if not 0 <= step < len(plan):
+            raise ValueError(f"step {step} does not fit step {(epoch, step)}: epoch has {len(plan)} steps")
         received: dict[int, tuple[Tensor, Tensor]] = {}
         for data in messages:
             encoded, labels, meta = unpack_smashed(data)

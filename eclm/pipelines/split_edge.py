@@ -304,9 +304,10 @@ class SplitDeviceWorker:
             raise RuntimeError(f"device {self.name!r} received a gradient but no step is pending")
         epoch, step, smashed = self._pending
         grad, meta = unpack_gradient(gradient)
-        if (meta.get("epoch"), meta.get("step")) != (epoch, step) or grad.shape != smashed.shape:
+        at = (meta.get("device"), meta.get("epoch"), meta.get("step"))
+        if at != (self.name, epoch, step) or grad.shape != smashed.shape:
             raise ValueError(
-                f"device {self.name!r}: gradient for step {(meta.get('epoch'), meta.get('step'))} shape "
+                f"device {self.name!r}: gradient for {at} shape "
                 f"{tuple(grad.shape)} does not match pending step {(epoch, step)} "
                 f"shape {tuple(smashed.shape)}"
             )

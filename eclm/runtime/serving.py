@@ -76,12 +76,30 @@ class StagePool:
 
     def __init__(self, config: ServingConfig, start_timeout_s: float = 180.0) -> None:
         self.config = config
+        self.owner = True
         self.actors = [create_stage_actor(config, i) for i in range(config.n_nodes)]
         try:
             ray.get([a.ping.remote() for a in self.actors], timeout=start_timeout_s)
         except (GetTimeoutError, RayError) as err:
             self.close()
             raise RuntimeError(f"stage actors did not start: {err}") from err
+
+    def view(self, config: ServingConfig) -> StagePool:
+        """A pool over this pool's first ``config.n_nodes`` actors, configured to ``config``.
+
+        Lets one set of started actors serve configs with fewer nodes (actor start-up costs
+        seconds). Closing the view does not kill the actors; replacements made through it are
+        written back to this pool.
+
+        Raises:
+            ValueError: If ``config`` has more nodes than this pool.
+        """
+        if config.n_nodes > len(self.actors):
+            raise ValueError(f"pool has {len(self.actors)} actors, config needs {config.n_nodes}")
+        sub = object.__new__(StagePool)
+        sub.config, sub.owner, sub.actors = config, False, _SharedList(self.actors, config.n_nodes)
+        sub.configure(config)
+        return sub
 
     def configure(self, config: ServingConfig) -> None:
         """Apply another config's node settings to the running actors (same node count).
@@ -108,13 +126,27 @@ class StagePool:
         return actor
 
     def close(self) -> None:
-        """Kill every stage actor."""
+        """Kill every stage actor (a :meth:`view` kills nothing)."""
+        if not self.owner:
+            return
         for actor in self.actors:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already dead
                 pass
         self.actors = []
+
+
+class _SharedList(list):
+    """The first ``n`` items of another list; item assignment writes through to it."""
+
+    def __init__(self, base: list, n: int) -> None:
+        super().__init__(base[:n])
+        self._base = base
+
+    def __setitem__(self, index, value) -> None:
+        super().__setitem__(index, value)
+        self._base[index] = value
 
 
 @dataclass
@@ -249,7 +281,7 @@ class Deployment:
         self.started_at = time.time()
         self._record({"kind": "deploy", "placement": cfg.placement, "partitioner": cfg.partitioner,
                       "boundaries": list(self.plan.boundaries), "load_s": t1 - t0, "profile_s": t2 - t1,
-                      "predicted": _plan_costs(self.plan)})
+                      "predicted": self._costs(self.plan)})
         self._log_plan()
 
     # ------------------------------------------------------------------ client API
@@ -317,6 +349,10 @@ class Deployment:
             raise RuntimeError(f"{len(failed)} request(s) failed: {dict(list(failed.items())[:3])}")
         return torch.stack([r.output for r in records]), [r.timings() for r in records]
 
+    def poll(self, seconds: float) -> None:
+        """Run the coordinator for ``seconds`` (dispatch, collect, recover, adapt), then return."""
+        self._pump(lambda: False, seconds)
+
     def set_cpu_share(self, node: int, cpu_share: float) -> None:
         """Emulate a change of node ``node``'s CPU capacity (e.g. a slowdown by another tenant).
 
@@ -365,7 +401,7 @@ class Deployment:
         :func:`~eclm.serving.session_stats.summarize`. Adds the plan and event counts."""
         records = self._records(request_ids)
         out = summarize(records, self.config.max_in_flight)
-        out.update({"boundaries": list(self.plan.boundaries), "predicted": _plan_costs(self.plan),
+        out.update({"boundaries": list(self.plan.boundaries), "predicted": self._costs(self.plan),
                     "repartitions": sum(1 for e in self.events if e["kind"] == "repartition"),
                     "replacements": sum(1 for e in self.events if e["kind"] == "replace")})
         return out
@@ -537,6 +573,9 @@ class Deployment:
                 "trigger": [e["quantity"] for e in events][:10] or ["periodic check"],
             })
 
+    def _costs(self, plan: PartitionPlan) -> dict[str, float]:
+        return _plan_costs(plan, self.config.micro_batch_size)
+
     def _factors(self) -> list[float]:
         return [t.factor(self._shares[i]) for i, t in enumerate(self._trackers)]
 
@@ -584,7 +623,7 @@ class Deployment:
         self.plan, self._routes = plan, routes_for(plan)
         self._last_repartition = time.monotonic()
         self._record({**event, "from": list(old.boundaries), "to": list(plan.boundaries), "drain_s": drain_s,
-                      "reload_s": time.perf_counter() - t0, "predicted": _plan_costs(plan)})
+                      "reload_s": time.perf_counter() - t0, "predicted": self._costs(plan)})
 
     # ------------------------------------------------------------------ replicas
     def _choose_replica(self) -> int | None:
@@ -628,7 +667,7 @@ class Deployment:
             "boundaries": list(self.plan.boundaries), "method": self.plan.method,
             "stages": [{"node": s.node, "blocks": [s.start, s.stop], "compute_s": s.compute_time,
                         "transfer_s": s.transfer_time, "memory_bytes": s.memory_bytes} for s in self.plan.stages],
-            "predicted": _plan_costs(self.plan), "replicas": self._replicas,
+            "predicted": self._costs(self.plan), "replicas": self._replicas,
             "profiles": [{"node": p.node, "cpu_share": p.cpu_share, "block_seconds": list(p.block_seconds)}
                          for p in self.profiles],
         }
@@ -686,9 +725,10 @@ class Deployment:
         self.close()
 
 
-def _plan_costs(plan: PartitionPlan) -> dict[str, float]:
-    return {"bottleneck_s": plan.bottleneck, "latency_s": plan.latency, "throughput_rps": plan.throughput,
-            "fits_memory": plan.fits_memory}
+def _plan_costs(plan: PartitionPlan, micro_batch_size: int) -> dict[str, float]:
+    """Profile-predicted costs of a plan; the plan's seconds are per micro-batch."""
+    return {"bottleneck_s": plan.bottleneck, "latency_s": plan.latency,
+            "throughput_rps": micro_batch_size * plan.throughput, "fits_memory": plan.fits_memory}
 
 
 def deploy(source: ModelSource, config: ServingConfig | dict | None = None, **kwargs: Any) -> Deployment:

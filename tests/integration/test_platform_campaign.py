@@ -67,7 +67,10 @@ def campaign(local_ray, pooled_run, tmp_path_factory):
     try:
         p.pretrain()
         results = p.run()
-        yield SimpleNamespace(platform=p, results=results, uri=cfg["tracking"]["tracking_uri"], tmp=tmp)
+        # Later tests log more (e.g. swaps at the current round): keep the campaign's own record.
+        device_keys = _metric_keys_by_step(_journal(p.tracker.journal_path), "device/")
+        yield SimpleNamespace(platform=p, results=results, uri=cfg["tracking"]["tracking_uri"], tmp=tmp,
+                              device_keys=device_keys)
     finally:
         p.shutdown()
 
@@ -264,6 +267,22 @@ def test_a_resource_drop_swaps_to_a_smaller_submodel_locally(campaign, device, d
     assert ray.get(p.edges[device].profile.remote()).items() >= drop.items()
 
 
+def test_a_resource_drop_seen_at_a_step_swaps_automatically(campaign, mlflow_client):
+    import ray
+
+    p = campaign.platform
+    held = SubModelSpec.from_json(campaign.results[-1].specs["d1"])  # d1 was configured at 0.6
+    p.set_device_resources("d1", params_fraction=0.3)
+    p.step()
+    _, spec_now, _ = unpack_state(ray.get(p.edges["d1"].snapshot_model.remote()))
+    assert held.contains(spec_now) and spec_now != held
+    run_id = p.tracker.run_id
+    swaps = [a.path for a in mlflow_client.list_artifacts(run_id, "swaps")]
+    assert any(path.endswith(f"step_{p.step_index:04d}_d1.json") for path in swaps), swaps
+    after = _history(mlflow_client, run_id, "device/d1/params_after_swap")
+    assert after and after[p.round] < campaign.results[-1].device_metrics["d1"]["params"]
+
+
 # ---------------------------------------------------------------------- triggers
 class _MidpointDrift(Trigger):
     """A DriftTrigger whose threshold sits between the lowest and highest score observed, so only
@@ -341,7 +360,7 @@ def test_pooled_mode_logs_the_same_per_device_metrics_as_one_actor_per_device(po
     assert all(isinstance(h, PooledDevice) for h in pooled_run.handles.values())
     assert len({id(h.pool) for h in pooled_run.handles.values()}) == 1
     pooled = _metric_keys_by_step(_journal(pooled_run.journal), "device/")
-    single = _metric_keys_by_step(_journal(campaign.platform.tracker.journal_path), "device/")
+    single = campaign.device_keys
     for rnd in ROUNDS:
         assert pooled[rnd] == single[rnd], rnd
         assert {k.split("/")[1] for k in pooled[rnd]} == set(DEVICES)

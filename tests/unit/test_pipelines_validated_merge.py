@@ -238,3 +238,19 @@ def test_report_is_a_plain_dict():
         "decision": "reject", "reason": "x", "accepted": [], "rejected": {"d": "why"},
         "cloud_acc_before": None, "cloud_acc_after": None, "device_acc_before": {}, "device_acc_after": {},
     }
+
+
+def test_class_rows_merge_the_head_only_over_devices_holding_each_class(modular):
+    before = _snapshot(modular)
+    a, b = _update(modular, "a", 0, 0.01), _update(modular, "b", 1, 0.03)
+    a.classes, b.classes = [0, 1, 2], [2, 3]
+    table = {"before": (0.8, 0.7), frozenset({"a", "b"}): (0.8, 0.7)}
+    pipeline = ValidatedMerge(evaluate=_scripted(before, table), class_rows=("fc.weight", "fc.bias"))
+    state, report = _run(modular, pipeline, [a, b])[1]
+    assert report.decision == "accept"
+    for key in ("fc.weight", "fc.bias"):
+        rows = state[key]
+        assert torch.equal(rows[[0, 1]], a.state[key][[0, 1]])  # only a holds these classes
+        assert torch.equal(rows[3], b.state[key][3])
+        torch.testing.assert_close(rows[2], (a.state[key][2] + b.state[key][2]) / 2)  # equal samples
+        assert torch.equal(rows[4:], before[key][4:])  # nobody holds classes 4..9: untouched
