@@ -5,7 +5,17 @@ derives per-device sub-models, and merges device updates module by module.
 """
 
 from eclm.modules.costs import CostTable
+from eclm.modules.derive import BudgetTooSmallError, derive_submodel, fits, minimal_cost, shrink_submodel
+from eclm.modules.exchange import MalformedPayloadError, pack_state, unpack_state
 from eclm.modules.layer import LayerKind, ModuleLayer, layer_kind, register_layer_kind
+from eclm.modules.merge import (
+    ModuleUpdate,
+    classifier_keys,
+    expected_shape,
+    merge_module_updates,
+    tensor_owner,
+    weighted_sum,
+)
 from eclm.modules.modular import (
     ModularModel,
     create_backbone,
@@ -15,59 +25,52 @@ from eclm.modules.modular import (
     rebuild_submodel,
     skeleton,
 )
+from eclm.modules.offline import EpochMetrics, OfflineSettings, evaluate, train_offline
 from eclm.modules.registry import BackboneAdapter, adapter_for, register_backbone, supported_families
 from eclm.modules.selector import ModuleSelector, Routing, load_balance_loss, noisy_top_k
 from eclm.modules.spec import RESOURCE_DIMS, DeviceProfile, SubModelSpec
+from eclm.modules.subtasks import assign_modules, class_subtasks, target_routing
 
 __all__ = [
     "RESOURCE_DIMS",
     "BackboneAdapter",
+    "BudgetTooSmallError",
     "CostTable",
     "DeviceProfile",
+    "EpochMetrics",
     "LayerKind",
+    "MalformedPayloadError",
     "ModularModel",
     "ModuleLayer",
     "ModuleSelector",
+    "ModuleUpdate",
+    "OfflineSettings",
     "Routing",
     "SubModelSpec",
     "adapter_for",
-    "create_backbone",
-    "layer_kind",
-    "load_balance_loss",
-    "load_local_weights",
-    "modularize",
-    "narrow",
-    "rebuild_submodel",
-    "skeleton",
-    "noisy_top_k",
-    "register_backbone",
-    "register_layer_kind",
-    "supported_families",
-]
-
-from eclm.modules.derive import BudgetTooSmallError, derive_submodel, fits, minimal_cost, shrink_submodel  # noqa: E402
-from eclm.modules.exchange import MalformedPayloadError, pack_state, unpack_state  # noqa: E402
-from eclm.modules.merge import ModuleUpdate, classifier_keys, expected_shape, merge_module_updates, tensor_owner, weighted_sum  # noqa: E402
-from eclm.modules.offline import EpochMetrics, OfflineSettings, evaluate, train_offline  # noqa: E402
-from eclm.modules.subtasks import assign_modules, class_subtasks, target_routing  # noqa: E402
-
-__all__ += [
-    "BudgetTooSmallError",
-    "EpochMetrics",
-    "MalformedPayloadError",
-    "ModuleUpdate",
-    "OfflineSettings",
     "assign_modules",
     "class_subtasks",
     "classifier_keys",
+    "create_backbone",
     "derive_submodel",
     "evaluate",
     "expected_shape",
     "fits",
+    "layer_kind",
+    "load_balance_loss",
+    "load_local_weights",
     "merge_module_updates",
     "minimal_cost",
+    "modularize",
+    "narrow",
+    "noisy_top_k",
     "pack_state",
+    "rebuild_submodel",
+    "register_backbone",
+    "register_layer_kind",
     "shrink_submodel",
+    "skeleton",
+    "supported_families",
     "target_routing",
     "tensor_owner",
     "train_offline",
