@@ -94,6 +94,8 @@ class MergeConfig(_Strict):
     device_tolerance: float = Field(0.05, ge=0, description="max allowed drop on a reporting device's classes")
     min_updates: int = Field(1, ge=1)
     server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
+    repair_epochs: int = Field(1, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
+    repair_lr: float = Field(0.005, gt=0, description="learning rate of that repair fine-tuning")
     head_by_class: bool = Field(True, description="merge classifier rows only over the devices that hold each class")
     merge_norm_statistics: bool = Field(False, description="average BatchNorm running statistics too; by default the cloud keeps its own and recalibrates them on proxy data")
 

@@ -64,7 +64,8 @@ def serving_suite(mode: str, out_dir: Path) -> dict:
     budget = BUDGETS[mode]
     out_dir = Path(out_dir)
     sched = scheduler_overhead(budget.sched_requests)
-    started = runtime.start_ray(None, num_cpus=None, num_devices=0)
+    # "local": always a fresh Ray on this machine, never a cluster someone else started here.
+    started = runtime.start_ray("local", num_cpus=None, num_devices=0)
     try:
         pool = StagePool(config([0.5] * max(len(m) for m in MIXES.values()), 1))
         try:
@@ -110,7 +111,8 @@ def measure(d: Deployment, x: torch.Tensor, micro: int, latency_batches: int, th
     return {"wall_p50_ms": lat["latency_ms"]["p50"], "wall_p95_ms": lat["latency_ms"]["p95"],
             "emu_p50_ms": lat["emulated_latency_ms"]["p50"], "emu_p95_ms": lat["emulated_latency_ms"]["p95"],
             "wall_rps": thr["throughput_rps"], "emu_rps": thr["emulated_throughput_rps"],
-            "loaded_p95_ms": thr["service_ms"]["p95"], "schedule_us": thr["schedule_us_per_request"]}
+            "loaded_p95_ms": thr["service_ms"]["p95"], "emu_loaded_p95_ms": thr["emulated_queued_ms"]["p95"],
+            "schedule_us": thr["schedule_us_per_request"]}
 
 
 def compare_partitioners(pool: StagePool, budget: Budget) -> tuple[list[dict], list[dict]]:
@@ -229,21 +231,25 @@ def adaptivity(pool: StagePool, budget: Budget, out_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------ tables
 def partition_table(rows: list[dict]) -> dict:
     cols = ["nodes", "model", "input", "batch", "partitioner", "plan", "emu p50 ms", "emu p95 ms", "wall p50 ms",
-            "wall p95 ms", "emu req/s", "wall req/s", "emu lat / mono", "emu thr / mono", "wall thr / mono",
-            "emu thr / capacity", "wall thr / capacity"]
+            "wall p95 ms", "saturated emu p95 ms", "predicted req/s", "emu req/s", "wall req/s", "emu lat / mono", "emu thr / mono",
+            "wall thr / mono", "emu thr / capacity", "wall thr / capacity"]
     body = [[r["mix"], r["model"], r["size"], r["micro"], r["partitioner"], "/".join(map(str, r["boundaries"])),
-             r["emu_p50_ms"], r["emu_p95_ms"], r["wall_p50_ms"], r["wall_p95_ms"], r["emu_rps"], r["wall_rps"],
+             r["emu_p50_ms"], r["emu_p95_ms"], r["wall_p50_ms"], r["wall_p95_ms"], r["emu_loaded_p95_ms"],
+             r["predicted_rps"], r["emu_rps"],
+             r["wall_rps"],
              r["lat_ratio_emu"], r["thr_ratio_emu"], r["thr_ratio_wall"], r["capacity_share_emu"],
              r["capacity_share_wall"]] for r in rows]
     return Table("Monolithic (strongest node) vs AMP4EC proportional vs DP partition", cols, body, notes=(
         f"Emulated nodes (stage actors pacing thread CPU time to share x {SCALE} of a host core; links 100 Mbit/s + "
         "1 ms per hop). Latency: one micro-batch at a time (unloaded), per request; throughput: all requests queued, "
-        "at most 2 micro-batches per node in flight. 'emu' = the nodes' own seconds (CPU time / share + link time), "
+        "at most 2 micro-batches per node in flight; saturated p95: admission -> result of a micro-batch in that "
+        "run (queueing included, so higher throughput means lower saturated latency). 'emu' = the nodes' own seconds (CPU time / share + link time), "
         "throughput by replaying the measured micro-batches through FIFO nodes: what real nodes of these shares "
         "would do, without Ray overhead or this host's contention. 'wall' = measured by the driver on this host "
         "(Ray calls ~1-2 ms per hop, all actors, Ray and the driver sharing 2 cores). capacity = the monolithic "
-        "node's measured rate x sum(shares) / its share: the ceiling for any split of the model. plan = block "
-        "boundaries per node.")).to_dict()
+        "node's measured rate x sum(shares) / its share: the ceiling for any split of the model. predicted = the "
+        "partition model's rate from the calibrated profile (what the DP optimises). plan = block boundaries per "
+        "node.")).to_dict()
 
 
 def replicas_table(rows: list[dict]) -> dict:

@@ -29,7 +29,7 @@ from eclm.modules import (
     unpack_state,
 )
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.pipelines.adaptation import evaluate, recalibrate_norms
+from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
@@ -195,7 +195,7 @@ class CloudService:
             evaluate=run, aggregator=create_aggregator(m.aggregator, m.trim_fraction), weighting=m.weighting,
             max_relative_norm=m.max_relative_norm, tolerance=m.tolerance, device_tolerance=m.device_tolerance,
             min_updates=m.min_updates, server_lr=m.server_lr, merge_norm_statistics=m.merge_norm_statistics,
-            finalize=None if m.merge_norm_statistics else self._recalibrated,
+            finalize=self._finalize_candidate,
             reference_accuracy=self.best_val_acc,
             class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
         )
@@ -216,11 +216,21 @@ class CloudService:
         out["version"] = self.version
         return out
 
-    def _recalibrated(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``state`` with BatchNorm statistics re-estimated on the proxy training data."""
+    def _finalize_candidate(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Prepare a merged candidate on a copy: re-estimate BatchNorm statistics on the proxy
+        data (unless device statistics were merged) and, with ``merge.repair_epochs``, fine-tune
+        it briefly on the proxy data so device drift cannot pull the shared weights away from
+        the cloud's own task. The result is what the validation evaluates and what is accepted.
+        """
+        m = self.cfg.merge
         probe = copy.deepcopy(self.model.backbone)
         probe.load_state_dict(state)
-        recalibrate_norms(probe, self.train_x)
+        if not m.merge_norm_statistics:
+            recalibrate_norms(probe, self.train_x)
+        if m.repair_epochs:
+            gen = torch.Generator().manual_seed(self.cfg.seed + self.version)
+            finetune(probe, self.train_x, self.train_y, epochs=m.repair_epochs, lr=m.repair_lr,
+                     batch_size=self.cfg.adaptation.batch_size * 2, generator=gen)
         return probe.state_dict()
 
     def _names(self, spec: SubModelSpec) -> set[str]:

@@ -446,7 +446,8 @@ def _bandwidth_bytes(resources: dict) -> float:
 
 def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_records: Sequence[dict],
                            compute: Mapping[str, ComputeModel], links: Mapping[str, LinkModel],
-                           sync_bytes: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+                           sync_bytes: Mapping[str, tuple[float, float]] | None = None,
+                           shared_bandwidth: float | None = None) -> dict[str, float]:
     """Emulated duration of one synchronous epoch from real measurements (the delay model).
 
     Per step ``t`` with active devices ``A_t``::
@@ -457,7 +458,10 @@ def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_
     with ``emu_k(s) = s * slowdown_k`` (real host seconds scaled to the device's speed) and
     ``link_k(n) = latency_k + n / bandwidth_k``; ``up`` is the codec's exact activation bytes plus
     the labels, ``down`` the float32 gradient. The epoch ends with the device-part exchange,
-    ``max_k [link_k(state up) + link_k(state down)]``. The server runs at host speed.
+    ``max_k [link_k(state up) + link_k(state down)]``; with ``shared_bandwidth`` (the EdgeSplit
+    setting: the shares divide one pool and nothing else is sent meanwhile) it takes
+    ``2 max_k latency_k + (sum up + sum down) / shared_bandwidth`` instead. The server runs at host
+    speed.
 
     Returns:
         ``{"steps_s", "sync_s", "total_s", "device_compute_s"}`` (the last in real seconds).
@@ -477,8 +481,16 @@ def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_
         down = max((links[n].transfer_time(r["bits_down"] / 8) + compute[n].emulated_time(r["backward_s"])
                     for n, r in active.items()), default=0.0)
         steps += up + s["server_s"] + down
-    sync = max((links[n].transfer_time(u) + links[n].transfer_time(d)
-                for n, (u, d) in (sync_bytes or {}).items()), default=0.0)
+    sync_bytes = sync_bytes or {}
+    if shared_bandwidth is None:
+        sync = max((links[n].transfer_time(u) + links[n].transfer_time(d) for n, (u, d) in sync_bytes.items()),
+                   default=0.0)
+    elif sync_bytes:
+        pool = LinkModel(shared_bandwidth, max(links[n].latency for n in sync_bytes))
+        sync = pool.transfer_time(sum(u for u, _ in sync_bytes.values())) + pool.transfer_time(
+            sum(d for _, d in sync_bytes.values()))
+    else:
+        sync = 0.0
     return {"steps_s": steps, "sync_s": sync, "total_s": steps + sync, "device_compute_s": real_device}
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -256,8 +257,7 @@ class Deployment:
         self.n_blocks = loaded[0]["n_chain"]
         t1 = time.perf_counter()
         # One node at a time: profiles taken while other nodes compute would share the host's cores.
-        self.profiles = [NodeProfile.from_dict(ray.get(a.profile.remote(cfg.micro_batch_size, cfg.profile_repeats)))
-                         for a in self.pool.actors]
+        self.profiles = [self._profile(a) for a in self.pool.actors]
         t2 = time.perf_counter()
         self.problem = build_problem(self.profiles, cfg)
         self._trackers = [SlowdownTracker(p, cfg.monitor_threshold) for p in self.profiles]
@@ -283,6 +283,19 @@ class Deployment:
                       "boundaries": list(self.plan.boundaries), "load_s": t1 - t0, "profile_s": t2 - t1,
                       "predicted": self._costs(self.plan)})
         self._log_plan()
+
+    def _profile(self, actor) -> NodeProfile:
+        """Isolated per-block profile, calibrated by serving the whole chain as one stage."""
+        cfg = self.config
+        isolated = NodeProfile.from_dict(ray.get(actor.profile.remote(cfg.micro_batch_size, cfg.profile_repeats)))
+        x = torch.randn(cfg.micro_batch_size, *self.source.input_size, generator=torch.Generator().manual_seed(0))
+        warmup = 2
+        served: list[list[float]] = []
+        for k in range(warmup + cfg.profile_repeats):
+            _, timing = ray.get(actor.forward.options(num_returns=2).remote(x, {"batch_id": -1, "monitor": False}))
+            if k >= warmup:
+                served.append(timing["block_s"])
+        return isolated.calibrated([statistics.median(col) for col in zip(*served, strict=True)])
 
     # ------------------------------------------------------------------ client API
     @property
@@ -448,7 +461,7 @@ class Deployment:
                 key = self._choose_replica()
                 if key is None:
                     return
-                routes = (StageRoute(key, 0, self.n_blocks, 0, 0),)
+                routes = (StageRoute(key, 0, self.n_blocks, 0),)
             schedule_s = time.perf_counter() - t0 if self.config.placement == "replicas" else 0.0
             batch = self.ledger.take_batch(time.time(), key, schedule_s / n)
             self._dispatch(batch.batch_id, self.ledger.inputs(batch), routes, key, n)
@@ -457,8 +470,9 @@ class Deployment:
         ref, timing_refs = x, []
         full = n == self.config.micro_batch_size
         for r in routes:
-            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "ingress_hops": r.ingress_hops, "monitor": full}
-            ref, tref = self.pool.actors[r.node].forward.options(num_returns=2).remote(ref, ticket)
+            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "monitor": full}
+            method = self.pool.actors[r.node].relay if r.is_relay else self.pool.actors[r.node].forward
+            ref, tref = method.options(num_returns=2).remote(ref, ticket)
             timing_refs.append(tref)
         self._flight[batch_id] = _Flight(batch_id, ref, timing_refs, routes, key)
         if key is not None:
@@ -493,7 +507,7 @@ class Deployment:
             node = t["node"]
             if t["monitored"]:
                 self._trackers[node].observe(t["smoothed"])
-            self._busy[node].append((time.monotonic(), t["compute_s"] + t["link_s"] + t["ingress_s"]))
+            self._busy[node].append((time.monotonic(), t["compute_s"] + t["link_s"]))
             if t["events"]:
                 self._pending_events.extend(t["events"])
                 self.monitor_events.extend(t["events"])

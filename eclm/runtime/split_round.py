@@ -172,15 +172,17 @@ def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: l
     devs = info["devices"]
     compute = {n: ComputeModel(slowdown=devs[n]["slowdown"]) for n in order}
     links = {n: LinkModel(bandwidth=devs[n]["bandwidth"], latency=devs[n]["latency"]) for n in order}
-    # The round starts with the device parts going out, then runs its epochs.
-    emulated = max(links[n].transfer_time(len(devs[n]["payload"])) for n in order)
+    # The plan divides one bandwidth pool; when only model weights move, all of it is theirs.
+    pool, shared = info["plan"]["total_bandwidth"], LinkModel(info["plan"]["total_bandwidth"],
+                                                              max(devs[n]["latency"] for n in order))
+    emulated = shared.transfer_time(sum(len(devs[n]["payload"]) for n in order))  # device parts go out
     traffic = {n: dict.fromkeys(("bits_activations", "bytes_labels", "bytes_gradients", "bytes_states_up",
                                  "bytes_states_down", "device_seconds", "steps"), 0) for n in order}
     epoch_reports = []
     for e in epochs:
         records = {n: e["ends"][n]["records"] for n in order}
         sync = {n: (len(e["ends"][n]["state"]), e["summary"]["payload_bytes"][n]) for n in order}
-        times = emulated_epoch_seconds(records, e["summary"]["records"], compute, links, sync)
+        times = emulated_epoch_seconds(records, e["summary"]["records"], compute, links, sync, pool)
         emulated += times["total_s"]
         for n in order:
             t = traffic[n]

@@ -69,7 +69,7 @@ def _solve(problem: PartitionProblem, combine: str, cap: float) -> tuple[int, ..
             for e in range(k + 1, N + 1):
                 if mem_prefix[e] - mem_prefix[k] > problem.node_memory[i]:
                     break  # block memory is non-negative: longer runs only need more
-                compute = prefix[i][e] - prefix[i][k]
+                compute = prefix[i][e] - prefix[i][k] + problem.stage_overhead[i]
                 if e == N:
                     if compute <= cap and compute < best[i][k]:
                         best[i][k], choice[i][k] = compute, (e, None)

@@ -7,8 +7,9 @@ Cost model (shared by every partitioner, so plans are compared on equal terms):
 * A request enters at node 0 (the entry node, e.g. the gateway holding the input). If node 0 is
   skipped, the input (``input_bytes``) is first sent from node 0 to the first active node: the
   *ingress* step. The output stays on the last active node.
-* An active stage's cost is its compute time (sum of its blocks' latencies on that node) plus the
-  time to send the activation at its last cut to the next active node.
+* An active stage's cost is its compute time (sum of its blocks' latencies on that node, plus the
+  node's fixed per-stage overhead if given) plus the time to send the activation at its last cut
+  to the next active node.
 * Links: with a chain of links (``n_nodes - 1`` entries), sending from node ``a`` to node ``b > a``
   crosses every link in between, store-and-forward (each hop costs ``latency + bytes/bandwidth``);
   with an ``n_nodes x n_nodes`` matrix, node ``a`` sends directly over link ``[a][b]``.
@@ -77,6 +78,8 @@ class PartitionProblem:
         block_memory: ``[n_blocks]`` bytes a node must hold to run each block (parameters, buffers,
             and any activation workspace the caller wants to count); ``None`` = zeros.
         node_memory: ``[n_nodes]`` bytes each node may use for blocks; ``None`` = unlimited.
+        stage_overhead: ``[n_nodes]`` seconds every active stage on a node pays per micro-batch on
+            top of its blocks (e.g. dispatch and cache warm-up after idling); ``None`` = zeros.
 
     Raises:
         ValueError: On inconsistent shapes or negative / non-finite values, naming the field.
@@ -89,6 +92,7 @@ class PartitionProblem:
     link_latency: tuple
     block_memory: tuple[float, ...] | None = None
     node_memory: tuple[float, ...] | None = None
+    stage_overhead: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         rows = self.block_latency
@@ -115,6 +119,8 @@ class PartitionProblem:
         set_(self, "block_memory", _as_floats("block_memory", mem, n_blocks))
         limit = [math.inf] * n_nodes if self.node_memory is None else self.node_memory
         set_(self, "node_memory", _as_floats("node_memory", limit, n_nodes, allow_inf=True))
+        overhead = [0.0] * n_nodes if self.stage_overhead is None else self.stage_overhead
+        set_(self, "stage_overhead", _as_floats("stage_overhead", overhead, n_nodes))
 
     @staticmethod
     def _is_matrix(links: tuple) -> bool:
@@ -193,7 +199,8 @@ class PlanStage:
         node: Index of the node in the problem's ordered node list.
         start: First block (inclusive).
         stop: Last block (exclusive).
-        compute_time: Seconds of compute for blocks ``[start, stop)`` on ``node``.
+        compute_time: Seconds of compute for blocks ``[start, stop)`` on ``node`` (with the
+            node's stage overhead).
         transfer_time: Seconds to send the activation after ``stop - 1`` to the next active node
             (0 for the last stage).
         memory_bytes: Bytes of ``block_memory`` the stage holds.
@@ -278,8 +285,8 @@ def evaluate_plan(problem: PartitionProblem, boundaries: Sequence[int], method: 
         start, stop = b[node], b[node + 1]
         nxt = active[pos + 1] if pos + 1 < len(active) else None
         transfer = 0.0 if nxt is None else problem.transfer_time(node, nxt, problem.cut_bytes(stop))
-        stages.append(PlanStage(node, start, stop, math.fsum(problem.block_latency[node][start:stop]),
-                                transfer, math.fsum(problem.block_memory[start:stop])))
+        compute = math.fsum(problem.block_latency[node][start:stop]) + problem.stage_overhead[node]
+        stages.append(PlanStage(node, start, stop, compute, transfer, math.fsum(problem.block_memory[start:stop])))
     ingress = problem.transfer_time(0, active[0], problem.input_bytes)
     fits = all(s.memory_bytes <= problem.node_memory[s.node] for s in stages)
     return PartitionPlan(b, tuple(stages), ingress, fits, method)

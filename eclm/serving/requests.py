@@ -73,11 +73,11 @@ class RequestRecord:
             "latency_s": None if end is None else end - self.submitted_at,
             "queue_s": None if self.dispatched_at is None else self.dispatched_at - self.submitted_at,
             "service_s": None if end is None or self.dispatched_at is None else end - self.dispatched_at,
-            "emulated_s": math.fsum(s["compute_s"] + s["link_s"] + s["ingress_s"] for s in self.stages)
+            "emulated_s": math.fsum(s["compute_s"] + s["link_s"] for s in self.stages)
             if self.stages else None,
             "attempts": self.attempts, "micro_batch": self.batch_size, "route": self.route,
             "schedule_s": self.schedule_s, "error": self.error,
-            "stages": [{k: s[k] for k in ("node", "start", "stop", "compute_s", "link_s", "ingress_s", "wall_s")}
+            "stages": [{k: s[k] for k in ("node", "start", "stop", "compute_s", "link_s", "wall_s")}
                        for s in self.stages],
         }
 

@@ -38,7 +38,7 @@ class BatchTrace:
     Attributes:
         size: Requests in the micro-batch.
         hops: ``((node, node_seconds), ...)`` in route order; node seconds include the stage's
-            ingress and outgoing link time.
+            outgoing link time.
     """
 
     size: int
@@ -54,7 +54,7 @@ def batch_traces(records: Sequence[RequestRecord]) -> list[BatchTrace]:
         key = rec.stages[0].get("batch_id", ("request", rec.request_id))
         if key in seen:
             continue
-        hops = tuple((int(s["node"]), float(s["compute_s"] + s["link_s"] + s["ingress_s"])) for s in rec.stages)
+        hops = tuple((int(s["node"]), float(s["compute_s"] + s["link_s"])) for s in rec.stages)
         seen[key] = (rec.dispatched_at or 0.0, BatchTrace(rec.batch_size, hops))
     return [t for _, t in sorted(seen.values(), key=lambda item: item[0])]
 
@@ -158,7 +158,9 @@ def summarize(records: Sequence[RequestRecord], max_in_flight: int) -> dict[str,
         ``requests``, ``failed``, ``retried`` (extra attempts), ``wall_s`` (first dispatch -> last
         completion), ``throughput_rps`` (wall), ``latency_ms`` / ``service_ms`` percentiles
         (wall; submit -> result and dispatch -> result), ``emulated_latency_ms`` percentiles
-        (sum of a request's stage node seconds), ``emulated_throughput_rps`` (replay),
+        (sum of a request's stage node seconds), ``emulated_throughput_rps`` and
+        ``emulated_queued_ms`` percentiles (replay: admission -> completion of each micro-batch with
+        every request queued at once, i.e. latency under saturation),
         ``stage_load`` (per node: node seconds busy / wall seconds, and micro-batches served),
         ``schedule_us_per_request`` (mean scheduler time per request).
     """
@@ -187,6 +189,7 @@ def summarize(records: Sequence[RequestRecord], max_in_flight: int) -> dict[str,
         "service_ms": {k: 1e3 * v for k, v in percentiles([t["service_s"] for t in timings]).items()},
         "emulated_latency_ms": {k: 1e3 * v for k, v in percentiles([t["emulated_s"] for t in timings]).items()},
         "emulated_throughput_rps": replay.throughput_rps,
+        "emulated_queued_ms": {k: 1e3 * v for k, v in percentiles(replay.batch_latency_s).items()},
         "stage_load": {str(n): {"busy_fraction": busy[n] / wall, "micro_batches": served[n]} for n in sorted(busy)},
         "schedule_us_per_request": 1e6 * float(np.mean([r.schedule_s for r in ok])),
     })

@@ -226,12 +226,11 @@ class StageWorker:
         Args:
             x: The activation entering this stage, ``(batch, ...)``.
             ticket: ``{"batch_id", "hops_out"`` (link hops to the next active node, 0 for the
-                last stage), ``"ingress_hops"`` (hops the input travels to reach this first
-                stage, else 0), ``"monitor"`` (record block times: a full micro-batch)}.
+                last stage), ``"monitor"`` (record block times: a full micro-batch)}.
 
         Returns:
-            ``(y, timing)``; ``timing`` holds node seconds of compute (``compute_s``), ingress and
-            outgoing link (``ingress_s``, ``link_s``), CPU seconds, the wall seconds spent here,
+            ``(y, timing)``; ``timing`` holds node seconds of compute (``compute_s``) and of the
+            outgoing link (``link_s``), CPU seconds, the wall seconds spent here,
             per-block node seconds, the monitor's smoothed block latencies and any change events.
 
         Raises:
@@ -240,7 +239,6 @@ class StageWorker:
         if not self.blocks:
             raise RuntimeError(f"node {self.settings.node} holds no blocks but was sent a micro-batch")
         wall0 = self.pacer.now()
-        ingress = self.pacer.link_seconds(payload_nbytes(x), int(ticket.get("ingress_hops", 0)))
         block_s: list[float] = []
         cpu = 0.0
         for _, block in self.blocks:
@@ -257,17 +255,37 @@ class StageWorker:
             for k, seconds in enumerate(block_s):
                 self.monitor.record_block_latency(self.start + k, seconds)
         events = self._poll_events() if monitor else []
-        slept = self.pacer.pace_until(wall0, ingress + compute + link)
+        slept = self.pacer.pace_until(wall0, compute + link)
         smoothed = self.monitor.block_latencies()
         timing = {
             "batch_id": ticket.get("batch_id"), "node": self.settings.node, "start": self.start, "stop": self.stop,
-            "batch_size": int(x.shape[0]), "compute_s": compute, "link_s": link, "ingress_s": ingress,
+            "batch_size": int(x.shape[0]), "compute_s": compute, "link_s": link,
             "cpu_s": cpu, "wall_s": self.pacer.now() - wall0, "slept_s": slept, "block_s": block_s,
             "smoothed": {b: smoothed[b] for b in range(self.start, self.stop) if b in smoothed},
             "events": events, "monitored": monitor, "cpu_share": self.settings.cpu_share,
             "finished_at": time.time(),
         }
         return x, timing
+
+    def relay(self, x: Tensor, ticket: Mapping[str, Any]) -> tuple[Tensor, dict]:
+        """Send a micro-batch on without computing: the entry node forwarding the input.
+
+        Args:
+            x: The model input micro-batch.
+            ticket: ``{"batch_id", "hops_out"}`` (link hops to the first active node).
+
+        Returns:
+            ``(x, timing)`` with ``compute_s == 0`` and the link time in ``link_s``.
+        """
+        wall0 = self.pacer.now()
+        link = self.pacer.link_seconds(payload_nbytes(x), int(ticket.get("hops_out", 0)))
+        slept = self.pacer.pace_until(wall0, link)
+        return x, {
+            "batch_id": ticket.get("batch_id"), "node": self.settings.node, "start": 0, "stop": 0,
+            "batch_size": int(x.shape[0]), "compute_s": 0.0, "link_s": link, "cpu_s": 0.0,
+            "wall_s": self.pacer.now() - wall0, "slept_s": slept, "block_s": [], "smoothed": {}, "events": [],
+            "monitored": False, "cpu_share": self.settings.cpu_share, "finished_at": time.time(),
+        }
 
     def _poll_events(self) -> list[dict]:
         now = time.monotonic()
@@ -293,3 +311,4 @@ class StageWorker:
     def ping(self) -> int:
         """Liveness check; returns the node index."""
         return self.settings.node
+

@@ -9,6 +9,7 @@ on the node started with ``device:n2``.
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from conftest import tiny_config
@@ -30,8 +31,14 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
+    # A free dashboard port: another Ray on this machine may hold the default 8265, and without
+    # a dashboard the state API (list_actors) has nothing to ask.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dashboard_port = sock.getsockname()[1]
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {CLOUD_RESOURCE: 1}, "object_store_memory": NODE_MEMORY})
+        "num_cpus": 1, "resources": {CLOUD_RESOURCE: 1}, "object_store_memory": NODE_MEMORY,
+        "dashboard_port": dashboard_port})
     for extra in ({}, {device_resource("n2"): 1}, {}):
         c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 2, **extra}, object_store_memory=NODE_MEMORY)
     c.wait_for_nodes()
@@ -56,13 +63,21 @@ def platform(cluster, tmp_path_factory):
         p.shutdown()
 
 
-def _actor_nodes() -> dict[str, dict[str, float]]:
-    """Name of every live actor -> custom resources of the node it runs on."""
+def _actor_nodes(address: str) -> dict[str, dict[str, float]]:
+    """Name of every live actor -> resources of the node it runs on (per Ray's state API)."""
     import ray
     from ray.util.state import list_actors
 
     resources = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
-    return {a.name: resources[a.node_id] for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.name}
+    try:
+        # The explicit address matters: with several Ray instances on the machine, the state API
+        # would otherwise pick "the latest" one, which may not be this cluster.
+        actors = {a.name: a.node_id for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])}
+    except ConnectionError:  # dashboard not up (e.g. an overloaded machine): ask the GCS directly
+        from ray._private import state
+
+        actors = {a["Name"]: a["Address"]["NodeID"] for a in state.actors().values() if a["State"] == "ALIVE"}
+    return {name: resources[node] for name, node in actors.items() if name}
 
 
 def test_the_platform_joined_the_cluster(platform, cluster):
@@ -74,8 +89,8 @@ def test_the_platform_joined_the_cluster(platform, cluster):
     assert sum(n["Resources"].get(EDGE_RESOURCE, 0) for n in alive) == 6
 
 
-def test_every_actor_lands_on_a_node_of_its_kind(platform):
-    nodes = _actor_nodes()
+def test_every_actor_lands_on_a_node_of_its_kind(platform, cluster):
+    nodes = _actor_nodes(cluster.address)
     cloud = f"eclm-cloud-{platform.cfg.name}"
     edges = {n: f"eclm-edge-{platform.cfg.name}-{n}" for n in platform.names}
     assert cloud in nodes and set(edges.values()) <= set(nodes)
@@ -84,8 +99,8 @@ def test_every_actor_lands_on_a_node_of_its_kind(platform):
         assert EDGE_RESOURCE in nodes[actor] and CLOUD_RESOURCE not in nodes[actor], device
 
 
-def test_a_pinned_device_lands_on_its_node(platform):
-    nodes = _actor_nodes()
+def test_a_pinned_device_lands_on_its_node(platform, cluster):
+    nodes = _actor_nodes(cluster.address)
     assert device_resource("n2") in nodes[f"eclm-edge-{platform.cfg.name}-d1"]
 
 

@@ -36,6 +36,22 @@ def serving_config(**kw) -> ServingConfig:
 
 
 @pytest.fixture(scope="module")
+def local_ray():
+    """This module's own local Ray (overrides conftest's): ``address="local"`` always starts a fresh
+    instance, even when another Ray cluster runs on the machine (ray.init() would join that one)."""
+    import ray
+
+    from eclm.resources import CLOUD_RESOURCE, EDGE_RESOURCE
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, resources={CLOUD_RESOURCE: 1, EDGE_RESOURCE: 8}, include_dashboard=False,
+             object_store_memory=300 * 2**20, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
     return modularize("resnet18", modules_per_layer=2, input_size=INPUT, num_classes=10,

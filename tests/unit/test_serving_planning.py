@@ -67,14 +67,17 @@ def test_slowdown_factors_scale_node_rows_and_profiles_are_checked():
 
 
 @pytest.mark.parametrize("boundaries,expected", [
-    ((0, 2, 4, 6), [(0, 0, 2, 1, 0), (1, 2, 4, 1, 0), (2, 4, 6, 0, 0)]),
-    ((0, 3, 3, 6), [(0, 0, 3, 2, 0), (2, 3, 6, 0, 0)]),      # node 1 skipped: two link hops
-    ((0, 0, 6, 6), [(1, 0, 6, 0, 1)]),                       # node 0 idle: the input travels one hop
+    ((0, 2, 4, 6), [(0, 0, 2, 1), (1, 2, 4, 1), (2, 4, 6, 0)]),
+    ((0, 3, 3, 6), [(0, 0, 3, 2), (2, 3, 6, 0)]),          # node 1 skipped: two link hops
+    ((0, 0, 6, 6), [(0, 0, 0, 1), (1, 0, 6, 0)]),          # node 0 idle: it relays the input one hop
+    ((0, 0, 0, 6), [(0, 0, 0, 2), (2, 0, 6, 0)]),
 ])
 def test_routes_follow_the_plan(boundaries, expected):
     cfg = config()
     plan = evaluate_plan(build_problem(profiles(cfg.node_cpu_shares), cfg), boundaries)
-    assert [(r.node, r.start, r.stop, r.hops_out, r.ingress_hops) for r in routes_for(plan)] == expected
+    routes = routes_for(plan)
+    assert [(r.node, r.start, r.stop, r.hops_out) for r in routes] == expected
+    assert [r.is_relay for r in routes] == [r[1] == r[2] for r in expected]
 
 
 def observe(tracker, scale, times=1):

@@ -82,8 +82,8 @@ def test_timings_report_wall_and_emulated_parts():
     led = ledger()
     (rid,) = submit(led, 1)
     b = led.take_batch(now=2.5)
-    stages = [{"node": 0, "start": 0, "stop": 3, "compute_s": 0.01, "link_s": 0.002, "ingress_s": 0.0, "wall_s": 0.02},
-              {"node": 1, "start": 3, "stop": 5, "compute_s": 0.03, "link_s": 0.0, "ingress_s": 0.0, "wall_s": 0.04}]
+    stages = [{"node": 0, "start": 0, "stop": 3, "compute_s": 0.01, "link_s": 0.002, "wall_s": 0.02},
+              {"node": 1, "start": 3, "stop": 5, "compute_s": 0.03, "link_s": 0.0, "wall_s": 0.04}]
     led.complete(b.batch_id, torch.zeros(1, 4), stages, now=3.0)
     t = led.records[rid].timings()
     assert t["latency_s"] == pytest.approx(3.0) and t["queue_s"] == pytest.approx(2.5)

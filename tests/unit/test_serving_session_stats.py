@@ -71,9 +71,9 @@ def test_summarize_counts_requests_retries_and_node_load():
     b1 = led.take_batch(now=0.0)
     led.fail(b1.batch_id, "died", now=0.5)
     stage = lambda bid: [  # noqa: E731
-        {"batch_id": bid, "node": 0, "start": 0, "stop": 2, "compute_s": 0.1, "link_s": 0.0, "ingress_s": 0.0,
+        {"batch_id": bid, "node": 0, "start": 0, "stop": 2, "compute_s": 0.1, "link_s": 0.0,
          "wall_s": 0.1},
-        {"batch_id": bid, "node": 1, "start": 2, "stop": 4, "compute_s": 0.3, "link_s": 0.0, "ingress_s": 0.0,
+        {"batch_id": bid, "node": 1, "start": 2, "stop": 4, "compute_s": 0.3, "link_s": 0.0,
          "wall_s": 0.3}]
     for now in (1.0, 2.0):
         b = led.take_batch(now=now - 1.0)
@@ -86,6 +86,7 @@ def test_summarize_counts_requests_retries_and_node_load():
     assert s["stage_load"]["0"]["micro_batches"] == 2
     # Two micro-batches through (0.1, 0.3) with both in flight: 0.1 + 0.3 + 0.3.
     assert s["emulated_throughput_rps"] == pytest.approx(4 / 0.7)
+    assert s["emulated_queued_ms"]["p50"] == pytest.approx(1e3 * (0.4 + 0.7) / 2)  # batch 2 waits for node 1
 
 
 def test_throughput_figure_draws_series_and_event_markers():

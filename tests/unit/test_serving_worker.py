@@ -118,7 +118,8 @@ def test_profile_feeds_a_partition_plan_whose_routes_serve_exactly(modular):
         w.keep(plan.boundaries[i], plan.boundaries[i + 1])
     x = x0 = torch.randn(2, *MODELS["mobilenet"]["size"])
     for r in routes_for(plan):
-        x, timing = workers[r.node].forward(x, {"batch_id": 1, "hops_out": r.hops_out, "ingress_hops": r.ingress_hops})
+        run_hop = workers[r.node].relay if r.is_relay else workers[r.node].forward
+        x, timing = run_hop(x, {"batch_id": 1, "hops_out": r.hops_out})
         assert (timing["start"], timing["stop"]) == (r.start, r.stop) and len(timing["block_s"]) == r.stop - r.start
     with torch.no_grad():
         ref = m.extract(m.full_spec()).eval()(x0)
@@ -173,3 +174,13 @@ def test_model_source_validates(kwargs, match):
     args = dict(arch={"name": "resnet18"}, modules_per_layer=2, input_size=(3, 8, 8), payload=b"x") | kwargs
     with pytest.raises(ValueError, match=match):
         ModelSource(**args)
+
+
+def test_relay_forwards_the_input_and_pays_only_the_link():
+    slept = []
+    w = StageWorker(NodeSettings(node=0, cpu_share=1.0, link_bandwidth=1e6, link_latency=0.001), sleep=slept.append)
+    x = torch.zeros(2, 3, 8, 8)  # 1536 bytes
+    y, timing = w.relay(x, {"batch_id": 3, "hops_out": 2})
+    assert y is x and timing["compute_s"] == 0.0 and timing["batch_id"] == 3
+    assert timing["link_s"] == pytest.approx(2 * (0.001 + 1536 / 1e6))
+    assert slept and sum(slept) <= timing["link_s"] + 1e-9

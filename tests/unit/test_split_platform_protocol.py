@@ -319,3 +319,6 @@ def test_emulated_epoch_time_follows_the_delay_model() -> None:
     assert out["sync_s"] == pytest.approx(0.01 + 0.5 + 0.01 + 1.0)
     assert out["total_s"] == pytest.approx(out["steps_s"] + out["sync_s"])
     assert out["device_compute_s"] == pytest.approx(0.3 + 0.2 + 0.3)
+    pooled = emulated_epoch_seconds(devices, server, compute, links, sync, shared_bandwidth=500.0)
+    assert pooled["steps_s"] == out["steps_s"]
+    assert pooled["sync_s"] == pytest.approx(2 * 0.01 + 500 / 500 + 1000 / 500)

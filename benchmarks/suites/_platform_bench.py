@@ -1,0 +1,167 @@
+"""Shared pieces of the Ray-based suites (``platform_overhead``, ``scale``): settings, campaign
+configs, and the Ray-free reference cycle.
+
+Nothing here imports Ray: the suites import ``eclm.platform`` / ``eclm.runtime`` inside their
+functions, so discovering the suites (and importing this module) never starts or loads Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from eclm.config import PlatformConfig
+from eclm.pipelines.cloud_service import CloudService
+from eclm.pipelines.edge_service import EdgeService
+
+TIERS = (0.3, 0.55, 0.8)
+
+
+class CampaignShape(BaseModel):
+    """The campaign the Ray suites run: a narrow ResNet-18 on digits, label-skewed drifting devices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: tuple[int, int, int, int] = Field((16, 32, 64, 128), description="resnet18 stage widths")
+    modules_per_layer: int = Field(4, ge=2, le=16)
+    classes_per_device: int = Field(2, ge=1, le=10)
+    samples_per_device: tuple[int, int] = Field((50, 150), description="local training set size range")
+    offline_epochs: int = Field(2, ge=0, description="offline epochs before the cycles (0 = no pretraining)")
+    adapt_epochs: int = Field(3, ge=1, description="local epochs per cycle")
+    accepting_merge: bool = Field(
+        False, description="tolerances of 1.0: every merge passes validation on the first candidate "
+                           "(isolates orchestration cost from the greedy exclusion search)")
+
+
+class OverheadBenchConfig(BaseModel):
+    """Settings of the ``platform_overhead`` suite."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: CampaignShape = Field(default_factory=CampaignShape)
+    devices: int = Field(4, ge=1, description="devices of the campaign whose cycles are timed")
+    cycles: int = Field(3, ge=1, description="timed cycles")
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1, description="torch threads per process compared")
+    repeats: int = Field(4, ge=1, description="timed adapt calls per side and thread count (after one warm-up each)")
+    matmul_size: int = Field(512, ge=16, description="square matmul size of the FLOP/s reference")
+    matmul_repeats: int = Field(10, ge=1, description="matmuls per FLOP/s sample (median of 5 samples)")
+    merge_scaling: list[int] = Field(default_factory=lambda: [2, 4, 8], description="update counts of the merge-cost probe")
+
+    @classmethod
+    def for_mode(cls, mode: str) -> OverheadBenchConfig:
+        """Preset for ``"quick"`` or ``"full"``.
+
+        Raises:
+            ValueError: For an unknown mode.
+        """
+        if mode == "quick":
+            return cls()
+        if mode == "full":
+            return cls(devices=8, cycles=4, threads=[1, 2], repeats=8, merge_scaling=[2, 4, 8, 16])
+        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+
+
+class ScaleBenchConfig(BaseModel):
+    """Settings of the ``scale`` suite."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: CampaignShape = Field(default_factory=lambda: CampaignShape(offline_epochs=0, accepting_merge=True))
+    device_counts: list[int] = Field(default_factory=lambda: [4, 16], min_length=1, description="device counts, ascending")
+    modes: list[str] = Field(default_factory=lambda: ["actor", "pooled"], min_length=1, description="edge placement modes")
+    pool_size: int = Field(2, ge=1, description="edge worker actors in pooled mode")
+    cycles: int = Field(2, ge=1, description="timed cycles per run")
+    memory_limit_gib: float = Field(16.0, gt=0, description="skip a run whose predicted tree PSS exceeds this")
+    time_budget_s: float = Field(300.0, gt=0, description="skip runs predicted to end after this many suite seconds")
+
+    @model_validator(mode="after")
+    def _valid(self) -> ScaleBenchConfig:
+        bad = [m for m in self.modes if m not in ("actor", "pooled")]
+        if bad:
+            raise ValueError(f"modes must be 'actor' or 'pooled', got {bad}")
+        if self.device_counts != sorted(set(self.device_counts)) or self.device_counts[0] < 1:
+            raise ValueError(f"device_counts must be ascending, distinct and >= 1, got {self.device_counts}")
+        return self
+
+    @classmethod
+    def for_mode(cls, mode: str) -> ScaleBenchConfig:
+        """Preset for ``"quick"`` or ``"full"``.
+
+        Raises:
+            ValueError: For an unknown mode.
+        """
+        if mode == "quick":
+            return cls()
+        if mode == "full":
+            return cls(device_counts=[4, 16, 64, 128, 256], cycles=3, time_budget_s=1500.0)
+        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+
+
+def campaign_config(shape: CampaignShape, num_devices: int, workdir: Path, *, name: str, threads: int = 1,
+                    pool_size: int | None = None, tracking_uri: str | None = None, seed: int = 0) -> PlatformConfig:
+    """The platform config of a benchmark campaign.
+
+    Args:
+        shape: Model, data and adaptation settings.
+        num_devices: Devices (resource tiers cycle through :data:`TIERS`).
+        workdir: Checkpoints (and the default MLflow store) go here.
+        name: Campaign name (actor names derive from it, so it must be unique per live campaign).
+        threads: torch threads per actor.
+        pool_size: Pooled edge mode with this many workers (``None``: one actor per device).
+        tracking_uri: MLflow store; ``None`` disables tracking.
+        seed: Campaign seed.
+    """
+    merge = {"tolerance": 1.0, "device_tolerance": 1.0} if shape.accepting_merge else {}
+    return PlatformConfig.from_dict({
+        "name": name, "seed": seed, "workdir": str(workdir), "steps_per_cycle": 1,
+        "data": {"source": "digits", "num_devices": num_devices, "classes_per_device": shape.classes_per_device,
+                 "samples_per_device": list(shape.samples_per_device), "seed": seed,
+                 "drift": {"corruptions": ["gaussian_noise", "contrast", "rotation", "pixelate"], "severity": [2, 4],
+                           "change_every": 1}},
+        "backbone": {"name": "resnet18", "kwargs": {"channels": list(shape.channels)},
+                     "modules_per_layer": shape.modules_per_layer},
+        "offline": {"epochs": shape.offline_epochs, "enhance_epochs": 0, "batch_size": 32, "seed": seed},
+        "devices": [{"name": f"dev{i:03d}", "params_fraction": TIERS[i % len(TIERS)]} for i in range(num_devices)],
+        "adaptation": {"epochs": shape.adapt_epochs},
+        "merge": merge,
+        # Ray's CPU counts are scheduling tokens: tiny reservations let every actor be placed on a
+        # 2-core machine, and the actors then share the cores like processes do.
+        "ray": {"edge_cpus": 0.01, "cloud_cpus": 0.5, "threads_per_actor": threads, "edge_pool_size": pool_size,
+                "call_timeout_s": 3600},
+        "tracking": {"tracking_uri": tracking_uri} if tracking_uri else {"enabled": False},
+    })
+
+
+def in_process_cycle(cloud: CloudService, services: list[EdgeService], costs: dict) -> dict:
+    """One ``Platform.run_cycle`` without Ray and without logging, devices served one after another.
+
+    Returns:
+        ``{"durations": {"summary", "derive", "ship", "adapt", "merge"}, "decision", "bytes_up", "bytes_down"}``
+        with seconds per stage; ``summary`` (device importance) is part of the platform's derive stage.
+    """
+    durations = dict.fromkeys(("summary", "derive", "ship", "adapt", "merge"), 0.0)
+    t0 = time.perf_counter()
+    selector = cloud.selector_payload()
+    summaries = {s.name: s.summary(selector) for s in services}
+    durations["summary"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    packages = {n: cloud.derive(n, s["importance"], s["resources"], s.get("held_spec"), s.get("held_version"))
+                for n, s in summaries.items()}
+    durations["derive"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for s in services:
+        p = packages[s.name]
+        s.install(p["spec"], p["payload"], costs, p["version"])
+    durations["ship"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    uploads = [s.adapt() for s in services]
+    durations["adapt"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = cloud.merge(uploads)
+    cloud.validation_accuracy()  # run_cycle's merge stage also re-evaluates the cloud model
+    durations["merge"] = time.perf_counter() - t0
+    return {"durations": durations, "decision": report.get("decision"),
+            "bytes_down": sum(len(selector) + len(p["payload"] or b"") for p in packages.values()),
+            "bytes_up": sum(len(u["payload"]) for u in uploads)}

@@ -1,0 +1,338 @@
+"""The adaptation, platform-overhead and scale benchmarks' code paths on tiny settings (no Ray).
+
+The adaptation suite runs for real (all five methods, one seed, two cycles). The Ray-side
+measurements of the other two suites are replaced by recorded/fake results; everything they
+feed (in-process reference cycles, merge-cost probe, skip rules, growth fits, tables, plots)
+runs for real. No assertion looks at wall-clock time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks.baselines import (
+    AdaptationBenchConfig,
+    DeviceSlot,
+    measure_adaptation_memory,
+    occupy,
+    prefix_spec,
+    widest_prefix_within,
+)
+from benchmarks.report import check_result
+from benchmarks.suites._platform_bench import CampaignShape, OverheadBenchConfig, ScaleBenchConfig
+from benchmarks.suites._process_tree import TreeMemorySampler, tree_rss
+from benchmarks.suites._scale_measure import predict, run_scale
+from benchmarks.suites.adaptation import run_adaptation_benchmark
+from benchmarks.suites.platform_overhead import derive_figures, run_overhead_benchmark
+from benchmarks.suites.scale import growth_rates, run_scale_benchmark
+from eclm.modules import DeviceProfile, modularize
+
+REPO = Path(__file__).resolve().parents[2]
+METHODS = ("na", "la", "fedavg", "heterofl", "eclm")
+
+
+# ----------------------------------------------------------------------------- import hygiene
+def test_benchmark_modules_import_without_ray_or_mlflow() -> None:
+    code = ("import sys, benchmarks.baselines, benchmarks.suites.adaptation, benchmarks.suites.platform_overhead, "
+            "benchmarks.suites.scale, benchmarks.suites._overhead_measure, benchmarks.suites._scale_measure, "
+            "benchmarks.suites._plain_worker; "
+            "assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('ray', 'mlflow'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ----------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"methods": ["eclm", "magic"]}, "magic"),
+    ({"label_skews": [11]}, "label_skews"),
+    ({"tiers": [0.0]}, "tiers"),
+    ({"num_devices": 4, "devices_per_cycle": 5}, "devices_per_cycle"),
+    ({"samples_per_device": (1, 5)}, "samples_per_device"),
+    ({"unknown_key": 1}, "unknown_key"),
+])
+def test_adaptation_config_rejects_bad_values(overrides: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        AdaptationBenchConfig(**overrides)
+
+
+@pytest.mark.parametrize("factory", [AdaptationBenchConfig.for_mode, OverheadBenchConfig.for_mode,
+                                     ScaleBenchConfig.for_mode])
+def test_presets_reject_unknown_mode(factory) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        factory("medium")
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"modes": ["actor", "threads"]}, "modes"),
+    ({"device_counts": [16, 4]}, "device_counts"),
+])
+def test_scale_config_rejects_bad_values(overrides: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ScaleBenchConfig(**overrides)
+
+
+@pytest.mark.parametrize(("mode", "devices", "per_cycle"), [("quick", 8, 8), ("full", 100, 25)])
+def test_presets_match_the_issue_settings(mode: str, devices: int, per_cycle: int) -> None:
+    cfg = AdaptationBenchConfig.for_mode(mode)
+    assert (cfg.num_devices, cfg.sampled) == (devices, per_cycle)
+    assert cfg.label_skews == [2, 5] and cfg.seeds >= 3 and set(cfg.methods) == set(METHODS)
+    platform = cfg.platform_config(5, 1, REPO)
+    assert platform.data.classes_per_device == 5 and platform.seed == 1 and platform.data.num_devices == devices
+
+
+# ----------------------------------------------------------------------------- width prefix
+@pytest.fixture(scope="module")
+def small_modular():
+    return modularize("resnet18", modules_per_layer=4, num_classes=10, channels=(8, 8, 16, 16))
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.8, 0.95, 1.0])
+def test_widest_prefix_fits_and_the_next_wider_does_not(small_modular, fraction: float) -> None:
+    m = small_modular
+    costs = m.costs()
+    full = costs.total(m.full_spec())["params"]
+    budget = DeviceProfile(name="d", max_params=fraction * full)
+
+    spec = widest_prefix_within(costs, m.model_id, m.layer_sizes, budget)
+
+    width = len(spec.groups[0])
+    assert costs.total(spec)["params"] <= fraction * full
+    assert all(g == tuple(range(len(g))) for g in spec.groups)  # a prefix in every layer
+    if width < 4:
+        assert costs.total(prefix_spec(m.model_id, m.layer_sizes, width + 1, 4))["params"] > fraction * full
+
+
+def test_no_prefix_fits_a_tiny_budget(small_modular) -> None:
+    m = small_modular
+    with pytest.raises(ValueError, match="tiny-device"):
+        widest_prefix_within(m.costs(), m.model_id, m.layer_sizes, DeviceProfile(name="tiny-device", max_params=10))
+
+
+def test_prefix_spec_rejects_out_of_range_width(small_modular) -> None:
+    with pytest.raises(ValueError, match="groups"):
+        prefix_spec(small_modular.model_id, small_modular.layer_sizes, 5, 4)
+
+
+def test_occupy_swaps_method_state_in_and_back() -> None:
+    service = SimpleNamespace(model="device-own", spec=None, costs=None, version=None, replay="r0",
+                              detector="d0", rounds=0)
+    slot = DeviceSlot(replay="r1", detector="d1")
+
+    with occupy(service, slot) as svc:
+        assert svc.replay == "r1" and svc.model is None
+        svc.model, svc.rounds = "adapted", 3
+
+    assert (service.model, service.replay, service.rounds) == ("device-own", "r0", 0)
+    assert (slot.model, slot.rounds, slot.replay) == ("adapted", 3, "r1")
+
+
+# ----------------------------------------------------------------------------- adaptation suite
+@pytest.fixture(scope="module")
+def adaptation_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adaptation")
+    return run_adaptation_benchmark(AdaptationBenchConfig.tiny(), out), out
+
+
+def test_adaptation_result_is_a_valid_report(adaptation_result) -> None:
+    result, out = adaptation_result
+    check_result(result)
+    json.dumps(result)
+    assert len(result["tables"]) == 6
+    for plot in result["plots"]:
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    assert result["summary"] and all(isinstance(line, str) for line in result["summary"])
+
+
+def test_every_method_reports_sane_metrics(adaptation_result) -> None:
+    result, _ = adaptation_result
+    setting = result["settings"]["2"]
+    assert set(setting["methods"]) == set(METHODS) and setting["seeds"] == 1
+    for entry in setting["methods"].values():
+        for key in ("acc_after", "acc_after_dev", "acc_before", "first_acc_after"):
+            assert 0.0 <= entry[key]["mean"] <= 1.0
+        assert len(entry["curves"]["acc_after"]) == 2
+        # A restricted argmax over the device's classes can only be right more often.
+        assert entry["acc_after_dev"]["mean"] >= entry["acc_after"]["mean"] - 1e-9
+    assert set(setting["ratios"]) == set(METHODS) - {"eclm"}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    from benchmarks.baselines import run_job
+
+    return run_job(AdaptationBenchConfig.tiny().model_dump_json(), 2, 0)
+
+
+def test_na_never_changes_and_never_uploads(job) -> None:
+    recs = job["records"]["na"]
+    assert all(r["acc_after"] == r["acc_before"] and r["bytes_up"] == 0 for r in recs)
+    assert all(r["forgetting"] in (None, 0.0) for r in recs)
+    first = {}
+    for r in recs:
+        first.setdefault(r["device"], r)
+        if r is not first[r["device"]]:
+            assert r["bytes_down"] == 0  # derived once, never again
+
+
+def test_la_and_eclm_agree_in_the_first_cycle(job) -> None:
+    # Same pretrained cloud, same importance, same derivation and the same seeded fine-tuning.
+    la = {r["device"]: r for r in job["records"]["la"] if r["round"] == 1}
+    ours = {r["device"]: r for r in job["records"]["eclm"] if r["round"] == 1}
+    assert la.keys() == ours.keys()
+    for device, r in la.items():
+        assert r["groups"] == ours[device]["groups"]
+        assert r["acc_after"] == pytest.approx(ours[device]["acc_after"])
+    assert all(r["bytes_up"] == 0 for r in job["records"]["la"])
+
+
+def test_sub_models_respect_budgets_and_width_rules(job) -> None:
+    full = job["full_cost"]["params"]
+    for method in METHODS:
+        for r in job["records"][method]:
+            assert r["params"] <= r["tier"] * full * (1 + 1e-9)
+    fedavg = {r["params"] for r in job["records"]["fedavg"]}
+    assert len(fedavg) == 1  # one model for everybody
+    assert all(r["params"] >= min(fedavg) for r in job["records"]["heterofl"])
+    for r in job["records"]["fedavg"] + job["records"]["heterofl"]:
+        assert all(g == list(range(len(g))) for g in r["groups"])
+    eclm_down = [r["bytes_down"] for r in job["records"]["eclm"]]
+    la_first = [r["bytes_down"] for r in job["records"]["la"] if r["round"] == 1]
+    assert min(eclm_down) > 0 and max(la_first) > 0
+
+
+def test_memory_probe_measures_each_sub_model(small_modular) -> None:
+    m = small_modular
+    request = {"arch": m.arch, "modules_per_layer": 4, "input_size": [3, 32, 32], "classes": [0, 1], "samples": 24,
+               "epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 8, "replay_capacity": 16,
+               "replay_ratio": 0.5, "specs": {"full": [list(range(4))] * len(m.layers), "narrow": [[0]] * len(m.layers)}}
+
+    results = measure_adaptation_memory(request)
+
+    assert [r["key"] for r in results] == ["full", "narrow"]
+    for r in results:
+        assert "error" not in r, r
+        assert r["peak_rss"] >= r["baseline_rss"] > 0 and r["adaptation_rss"] >= 0
+    assert results[0]["params"] > results[1]["params"]
+
+
+# ----------------------------------------------------------------------------- overhead suite
+def _recorded_ray_side(devices: int) -> dict:
+    runs = [{"wall_seconds": 1.0 + 0.1 * i, "train_seconds": 0.5, "batches": 10, "seconds_per_batch": 0.05}
+            for i in range(3)]
+    plain = [{"wall_seconds": 0.8, "train_seconds": 0.4, "batches": 10, "seconds_per_batch": 0.04, "samples": 240}
+             for _ in range(3)]
+    cycle = {"durations": {"derive": 0.5, "ship": 0.2, "adapt": 2.0, "merge": 1.0, "log": 0.3}, "decision": "reject",
+             "bytes_up": 1, "bytes_down": 1, "failures": {}}
+    return {"cycles": [cycle, cycle], "flops_per_sample": 2e6,
+            "throughput": [{"threads": 1, "samples_per_adapt": 240, "actor": runs, "plain": plain,
+                            "matmul_gflops": 10.0, "matmul_gflops_all": [10.0]}]}
+
+
+def test_overhead_suite_builds_its_report_from_recorded_ray_runs() -> None:
+    shape = CampaignShape(channels=(8, 8, 16, 16), modules_per_layer=2, samples_per_device=(20, 30),
+                          offline_epochs=0, adapt_epochs=1)
+    config = OverheadBenchConfig(campaign=shape, devices=2, cycles=1, merge_scaling=[1, 2])
+
+    result = run_overhead_benchmark(config, ray_result=_recorded_ray_side(2))
+
+    check_result(result)
+    json.dumps(result)
+    d = result["derived"]
+    # actor 480 samples/s vs plain 600 samples/s in every round
+    assert d["throughput"][0]["throughput_ratio"]["mean"] == pytest.approx(0.8)
+    assert d["throughput"][0]["actor_gflops"]["mean"] == pytest.approx(3 * 2e6 * 480 / 1e9)
+    assert 0.0 <= d["orchestration_share"] <= 1.0 and d["log_share"] == pytest.approx(0.3 / 4.0)
+    scaling = result["in_process"]["merge_scaling"]
+    assert [s["updates"] for s in scaling] == [1, 2]
+    assert all(s["candidates"] is None or s["candidates"] >= 1 for s in scaling)
+    assert set(result["in_process"]["cycles"][0]["durations"]) == {"summary", "derive", "ship", "adapt", "merge"}
+
+
+def test_orchestration_share_is_zero_when_ray_matches_the_ideal() -> None:
+    ray = _recorded_ray_side(1)
+    local = {"cycles": [{"durations": {"summary": 0.0, "derive": 0.5, "ship": 0.2, "adapt": 2.0, "merge": 1.0},
+                         "decision": "reject"}], "merge_scaling": []}
+
+    d = derive_figures(ray, local, OverheadBenchConfig(devices=1))
+
+    assert d["ideal"] == pytest.approx(3.7) and d["orchestration_share"] == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------- scale suite
+def _fake_run(per_device_gib: float):
+    def run(config, mode, devices, workdir, uri):
+        if mode == "pooled" and devices == 8:
+            raise RuntimeError("pool exploded")
+        return {"mode": mode, "devices": devices, "status": "ok", "start_seconds": 1.0 + devices,
+                "cycle_seconds": [2.0 + 0.5 * devices, 2.0 + 0.5 * devices], "cycles": [{"adapt": 1.0, "merge": 0.5}] * 2,
+                "failures": 0, "decisions": ["accept"], "peak_rss": int(2 * devices * per_device_gib * 2**30),
+                "peak_pss": int(devices * per_device_gib * 2**30), "processes": devices + 3,
+                "total_seconds": 5.0 + devices, "pool_size": None}
+    return run
+
+
+def test_scale_skips_runs_predicted_to_exceed_memory_and_records_failures(tmp_path: Path) -> None:
+    config = ScaleBenchConfig(device_counts=[2, 4, 8, 64], memory_limit_gib=20.0, time_budget_s=1e6)
+
+    raw = run_scale(config, tmp_path, _fake_run(per_device_gib=0.5), start_ray=False)
+
+    status = {(r["mode"], r["devices"]): r["status"] for r in raw["runs"]}
+    assert status[("actor", 8)] == "ok" and status[("actor", 64)] == "skipped"  # 32 GiB predicted
+    assert status[("pooled", 8)] == "failed" and "pool exploded" in next(
+        r["reason"] for r in raw["runs"] if r["status"] == "failed")
+    result = run_scale_benchmark(config, tmp_path, raw=raw)
+    check_result(result)
+    assert (tmp_path / result["plots"][0]).read_bytes()[:4] == b"\x89PNG"
+    growth = result["growth"]["actor"]
+    assert growth["cycle_seconds"]["per_device"] == pytest.approx(0.5)
+    assert growth["pss_mib"]["per_device"] == pytest.approx(512.0)
+
+
+def test_scale_respects_the_time_budget(tmp_path: Path) -> None:
+    config = ScaleBenchConfig(device_counts=[2, 4, 200], modes=["pooled"], time_budget_s=100.0)
+
+    raw = run_scale(config, tmp_path, _fake_run(per_device_gib=0.01), start_ray=False)
+
+    skipped = [r for r in raw["runs"] if r["status"] == "skipped"]
+    assert [r["devices"] for r in skipped] == [200] and "budget" in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize(("points", "n", "expected"), [
+    ([(2, 10.0)], 8, 40.0),                 # one run: proportional
+    ([(2, 10.0), (4, 14.0)], 8, 22.0),      # two runs: linear through the last two
+])
+def test_predict_extrapolates(points, n: int, expected: float) -> None:
+    done = [{"devices": d, "v": v} for d, v in points]
+    assert predict(done, n, lambda r: r["v"]) == pytest.approx(expected)
+
+
+def test_growth_rates_need_two_device_counts() -> None:
+    run = _fake_run(0.1)(None, "actor", 4, None, None)
+    g = growth_rates([run])
+    assert g["cycle_seconds"]["per_device"] is None and g["exponent"] is None
+
+
+def test_tree_memory_sampler_sees_a_child_process() -> None:
+    import time
+
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; x = b'x' * (64 * 2**20); "
+                              "print('ready', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"  # its 64 MiB are resident now
+        own = psutil.Process().memory_info().rss
+        with TreeMemorySampler(interval_s=0.05, pss_every=2) as mem:
+            time.sleep(0.3)
+        assert mem.processes >= 2 and mem.peak_pss > 0
+        assert mem.peak_rss >= own + 60 * 2**20 and tree_rss() >= mem.peak_rss * 0.5
+    finally:
+        child.kill()
+        child.wait()
