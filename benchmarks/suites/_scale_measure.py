@@ -22,7 +22,7 @@ RunFn = Callable[[ScaleBenchConfig, str, int, Path, str], dict]
 
 def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None, *,
               start_ray: bool = True) -> dict:
-    """Every (mode, device count) run that fits, in ascending device count per mode.
+    """Every (device count, mode) run that fits; once a mode skips a count it skips all larger ones.
 
     Args:
         config: What to run.
@@ -45,13 +45,17 @@ def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None,
         procs = tree()
         baseline = {"rss": tree_rss(procs), "pss": tree_pss(procs)}
         runs = []
-        for mode in config.modes:
-            done: list[dict] = []
-            for n in config.device_counts:
+        done: dict[str, list[dict]] = {mode: [] for mode in config.modes}
+        stopped: dict[str, str] = {}
+        # Device count outer, mode inner: both modes get the small counts before either gets a
+        # large one, so a time budget cut hits the largest runs of both modes alike.
+        for n in config.device_counts:
+            for mode in config.modes:
                 elapsed = time.perf_counter() - began
-                skip = _skip_reason(config, done, n, elapsed, baseline)
+                skip = stopped.get(mode) or _skip_reason(config, done[mode], n, elapsed, baseline)
                 if skip:
                     runs.append({"mode": mode, "devices": n, "status": "skipped", "reason": skip})
+                    stopped.setdefault(mode, f"stopped after a smaller run was skipped ({skip})")
                     continue
                 try:
                     record = run(config, mode, n, workdir / f"{mode}-{n}", tracking_uri)
@@ -59,7 +63,7 @@ def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None,
                     record = {"mode": mode, "devices": n, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
                 runs.append(record)
                 if record.get("status") == "ok":
-                    done.append(record)
+                    done[mode].append(record)
                 wait_quiet(2.0)
         return {"baseline": baseline, "runs": runs, "seconds": time.perf_counter() - began}
     finally:

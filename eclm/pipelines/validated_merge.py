@@ -116,7 +116,7 @@ class ValidatedMerge:
         seen: set[str] = set()
         for u in updates:
             if u.device_id in seen:
-                report.rejected[u.device_id] = "duplicate update from the same device"
+                report.rejected[f"{u.device_id} (duplicate upload)"] = "duplicate update from the same device; the first was kept"
                 continue
             seen.add(u.device_id)
             given = given_specs.get(u.device_id)

@@ -195,7 +195,8 @@ def test_validated_merge_rejects_each_malformed_update_with_its_reason(modular):
         assert report.rejected[name].startswith("integrity: ") and reason in report.rejected[name], case
     assert report.rejected["stranger"].startswith("unknown device")
     assert "never given" in report.rejected["overreach"]
-    assert "duplicate" in report.rejected["good"]  # the second upload; the first was merged
+    assert "duplicate" in report.rejected["good (duplicate upload)"]  # the second upload; the first was merged
+    assert "good" not in report.rejected
     assert all(ids == {"good"} for ids in evaluated)  # nothing malformed reached evaluation
     assert all(torch.equal(cloud_state[k], before[k]) for k in before)
     assert state is not None and torch.isfinite(state["fc.weight"]).all()
