@@ -198,6 +198,7 @@ class CloudService:
             finalize=self._finalize_candidate,
             reference_accuracy=self.best_val_acc,
             class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
+            max_samples=self.cfg.data.samples_per_device[1],
         )
         cloud_state = self.model.backbone.state_dict()
         try:

@@ -21,6 +21,7 @@ def check_update(
     expected_names: set[str],
     *,
     max_relative_norm: float,
+    max_samples: int | None = None,
 ) -> list[str]:
     """Every problem found with ``update`` (an empty list means it passes).
 
@@ -43,6 +44,9 @@ def check_update(
         problems.append("importance summary is not finite")
     if update.num_samples < 1:
         problems.append(f"num_samples must be >= 1, got {update.num_samples}")
+    elif max_samples is not None and update.num_samples > max_samples:
+        # a device claiming more data than it can hold would dominate sample-weighted averages
+        problems.append(f"num_samples {update.num_samples} exceeds the plausible maximum {max_samples}")
     names = set(update.state)
     if names != expected_names:
         missing, extra = sorted(expected_names - names), sorted(names - expected_names)

@@ -73,6 +73,7 @@ class ValidatedMerge:
         merge_norm_statistics: Average BatchNorm running statistics too (else keep the cloud's).
         finalize: Optional ``finalize(state) -> state`` applied to every candidate before it is
             evaluated (the cloud recalibrates norm statistics on its proxy data here).
+        max_samples: Upper bound on a device's claimed sample count (integrity).
         class_rows: Classifier tensors merged row by row over the devices holding each class.
         reference_accuracy: Best overall accuracy of any accepted version; the tolerance is
             measured from ``max(current, reference)`` so small accepted drops cannot accumulate.
@@ -90,6 +91,7 @@ class ValidatedMerge:
     finalize: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
     reference_accuracy: float | None = None
     class_rows: tuple[str, ...] = ()
+    max_samples: int | None = None
 
     def run(
         self,
@@ -129,7 +131,8 @@ class ValidatedMerge:
                 report.rejected[u.device_id] = f"integrity: spec does not fit the cloud model: {err}"
                 continue
             problems = check_update(
-                u, cloud_state, layers, given, names, max_relative_norm=self.max_relative_norm
+                u, cloud_state, layers, given, names, max_relative_norm=self.max_relative_norm,
+                    max_samples=self.max_samples
             )
             if problems:
                 report.rejected[u.device_id] = "integrity: " + "; ".join(problems[:3])

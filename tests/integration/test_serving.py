@@ -86,16 +86,19 @@ def inputs(n: int, seed: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("settings", [
     dict(partitioner="dp"),
+    dict(partitioner="dp", node_cpu_shares=[0.02, 1.0, 1.0]),  # node 0 too slow: it only relays the input
     dict(partitioner="proportional", objective="latency"),
     dict(partitioner="monolithic", micro_batch_size=1),
     dict(placement="replicas", scheduler="amp4ec"),
     dict(placement="replicas", scheduler="round_robin", micro_batch_size=1, max_in_flight=3),
-], ids=["dp", "proportional", "monolithic", "replicas-amp4ec", "replicas-rr"])
+], ids=["dp", "dp-relay", "proportional", "monolithic", "replicas-amp4ec", "replicas-rr"])
 def test_served_outputs_equal_the_monolithic_model(pool, source, reference, settings):
     x = inputs(12)
     with Deployment(source, serving_config(**settings), pool=pool, name="exact") as d:
         out, timings = d.infer(x, timeout=120)
         stats = d.stats()
+    if settings.get("node_cpu_shares"):
+        assert d.plan.boundaries[1] == 0
     assert torch.allclose(out, reference(x), atol=1e-5)
     assert len(timings) == 12 and all(t["latency_s"] > 0 and t["stages"] for t in timings)
     assert stats["requests"] == 12 and stats["failed"] == 0
@@ -106,6 +109,8 @@ def test_served_outputs_equal_the_monolithic_model(pool, source, reference, sett
         blocks = [(s["start"], s["stop"]) for s in timings[0]["stages"]]
         assert blocks[0][0] == 0 and blocks[-1][1] == d.n_blocks
         assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+        if d.plan.boundaries[1] == 0:
+            assert blocks[0] == (0, 0) and timings[0]["stages"][0]["node"] == 0  # the relay hop
 
 
 def test_single_requests_through_handles(pool, source, reference):

@@ -215,3 +215,14 @@ def test_only_malformed_updates_reject_the_merge_and_keep_the_cloud(modular):
     assert sorted(report.rejected) == sorted(u.device_id for u in updates)
     assert "0 valid update(s)" in report.reason
     assert all(torch.equal(cloud_state[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("claimed, ok", [(40, True), (150, True), (151, False), (10**9, False)])
+def test_a_device_cannot_claim_more_samples_than_it_can_hold(modular, claimed, ok):
+    update = _honest(modular)
+    update.num_samples = claimed
+    problems = check_update(update, modular.backbone.state_dict(), modular.layers, update.spec,
+                            set(update.state), max_relative_norm=0.5, max_samples=150)
+    assert (problems == []) == ok
+    if not ok:
+        assert any("exceeds the plausible maximum 150" in p for p in problems)
