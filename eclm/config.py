@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from eclm.data.config import DataConfig
 from eclm.modules.offline import OfflineSettings
 from eclm.pipelines.triggers.config import TriggerConfig
+from eclm.serving.config import ServingConfig
 from eclm.split.config import SplitConfig
 from eclm.tracking.config import TrackingConfig
 
@@ -133,6 +134,7 @@ class PlatformConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     trigger: TriggerConfig | None = Field(None, description="default trigger for schedule(); None = periodic every cycle")
     split: SplitConfig = Field(default_factory=SplitConfig, description="split learning for devices in mode split/auto")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="partitioned inference (Platform.serve / eclm serve)")
 
     @model_validator(mode="after")
     def _devices_match_data(self) -> PlatformConfig:

@@ -21,7 +21,7 @@ RunFn = Callable[[ScaleBenchConfig, str, int, Path, str], dict]
 
 
 def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None, *,
-              start_ray: bool = True) -> dict:
+              start_ray: bool = True, settle_s: float = 2.0) -> dict:
     """Every (device count, mode) run that fits; once a mode skips a count it skips all larger ones.
 
     Args:
@@ -30,6 +30,7 @@ def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None,
         run: ``run(config, mode, devices, workdir, tracking_uri) -> record``; default
             :func:`platform_run` (tests pass a fake).
         start_ray: Start (and finally stop) a local Ray for the runs.
+        settle_s: Pause after each run so the stopped actors' processes are gone before the next.
 
     Returns:
         ``{"baseline": {"rss", "pss"}, "runs": [record or skip record], "seconds"}``.
@@ -64,7 +65,7 @@ def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None,
                 runs.append(record)
                 if record.get("status") == "ok":
                     done[mode].append(record)
-                wait_quiet(2.0)
+                wait_quiet(settle_s)
         return {"baseline": baseline, "runs": runs, "seconds": time.perf_counter() - began}
     finally:
         if start_ray:

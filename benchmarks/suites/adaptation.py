@@ -36,15 +36,20 @@ LABELS = {name: cls.label for name, cls in METHODS.items()}
 @register_suite("adaptation", num_threads=1)
 def adaptation_suite(mode: str, out_dir: Path) -> dict:
     """Adaptation under drift: NA, LA, FedAvg, HeteroFL and eclm side by side (accuracy, forgetting, traffic, memory)."""
-    return run_adaptation_benchmark(AdaptationBenchConfig.for_mode(mode), out_dir)
+    result = run_adaptation_benchmark(AdaptationBenchConfig.for_mode(mode), out_dir)
+    for line in result["summary"]:  # the headline figures, also on the console
+        print(f"[adaptation] {line}", flush=True)
+    return result
 
 
-def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None = None) -> dict:
+def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None = None,
+                             jobs: list[dict] | None = None) -> dict:
     """Run every (label skew, seed) job, the memory probe, and build the suite result.
 
     Args:
         config: What to run (:meth:`AdaptationBenchConfig.for_mode` or ``.tiny``).
         out_dir: Where the PNG plots go; ``None`` skips plots.
+        jobs: Already computed :func:`run_job` results to aggregate instead of running them.
 
     Returns:
         ``{"tables", "plots", "summary", "config", "settings": {skew: aggregate}, "measured_memory",
@@ -52,7 +57,7 @@ def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None
     """
     load_before = _load_average()
     t0 = time.perf_counter()
-    jobs = _run_jobs(config)
+    jobs = sorted(jobs, key=lambda j: (j["label_skew"], j["seed"])) if jobs is not None else _run_jobs(config)
     jobs_s = time.perf_counter() - t0
     by_skew = {skew: setting_summary([j for j in jobs if j["label_skew"] == skew], config.methods, config.cycles)
                for skew in config.label_skews}

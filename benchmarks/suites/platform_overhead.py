@@ -26,7 +26,10 @@ STAGES = ("derive", "ship", "adapt", "merge", "log")
 @register_suite("platform_overhead", num_threads=1)
 def platform_overhead_suite(mode: str, out_dir: Path) -> dict:
     """Platform overhead: EdgeActor vs plain process, cycle time split, achieved vs matmul FLOP/s, merge cost."""
-    return run_overhead_benchmark(OverheadBenchConfig.for_mode(mode))
+    result = run_overhead_benchmark(OverheadBenchConfig.for_mode(mode))
+    for line in result["summary"]:  # the headline figures, also on the console
+        print(f"[platform_overhead] {line}", flush=True)
+    return result
 
 
 def run_overhead_benchmark(config: OverheadBenchConfig, ray_result: dict | None = None) -> dict:

@@ -24,7 +24,10 @@ MODE_LABELS = {"actor": "one actor per device", "pooled": "pooled"}
 @register_suite("scale", num_threads=1)
 def scale_suite(mode: str, out_dir: Path) -> dict:
     """Scale on one machine: cycle time and process-tree memory for growing device counts, actor vs pooled mode."""
-    return run_scale_benchmark(ScaleBenchConfig.for_mode(mode), out_dir)
+    result = run_scale_benchmark(ScaleBenchConfig.for_mode(mode), out_dir)
+    for line in result["summary"]:  # the headline figures, also on the console
+        print(f"[scale] {line}", flush=True)
+    return result
 
 
 def run_scale_benchmark(config: ScaleBenchConfig, out_dir: Path | None = None, raw: dict | None = None) -> dict:

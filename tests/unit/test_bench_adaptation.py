@@ -135,16 +135,24 @@ def test_occupy_swaps_method_state_in_and_back() -> None:
 
 # ----------------------------------------------------------------------------- adaptation suite
 @pytest.fixture(scope="module")
-def adaptation_result(tmp_path_factory):
+def job():
+    """One tiny (label skew, seed) job with all five methods; shared by the tests below."""
+    from benchmarks.baselines import run_job
+
+    return run_job(AdaptationBenchConfig.tiny().model_dump_json(), 2, 0)
+
+
+@pytest.fixture(scope="module")
+def adaptation_result(job, tmp_path_factory):
     out = tmp_path_factory.mktemp("adaptation")
-    return run_adaptation_benchmark(AdaptationBenchConfig.tiny(), out), out
+    return run_adaptation_benchmark(AdaptationBenchConfig.tiny(), out, jobs=[job]), out
 
 
 def test_adaptation_result_is_a_valid_report(adaptation_result) -> None:
     result, out = adaptation_result
     check_result(result)
     json.dumps(result)
-    assert len(result["tables"]) == 6
+    assert len(result["tables"]) == 5  # one accuracy table per skew, cost, ratios, server, paper
     for plot in result["plots"]:
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     assert result["summary"] and all(isinstance(line, str) for line in result["summary"])
@@ -161,13 +169,6 @@ def test_every_method_reports_sane_metrics(adaptation_result) -> None:
         # A restricted argmax over the device's classes can only be right more often.
         assert entry["acc_after_dev"]["mean"] >= entry["acc_after"]["mean"] - 1e-9
     assert set(setting["ratios"]) == set(METHODS) - {"eclm"}
-
-
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    from benchmarks.baselines import run_job
-
-    return run_job(AdaptationBenchConfig.tiny().model_dump_json(), 2, 0)
 
 
 def test_na_never_changes_and_never_uploads(job) -> None:
@@ -281,7 +282,7 @@ def _fake_run(per_device_gib: float):
 def test_scale_skips_runs_predicted_to_exceed_memory_and_records_failures(tmp_path: Path) -> None:
     config = ScaleBenchConfig(device_counts=[2, 4, 8, 64], memory_limit_gib=20.0, time_budget_s=1e6)
 
-    raw = run_scale(config, tmp_path, _fake_run(per_device_gib=0.5), start_ray=False)
+    raw = run_scale(config, tmp_path, _fake_run(per_device_gib=0.5), start_ray=False, settle_s=0.0)
 
     status = {(r["mode"], r["devices"]): r["status"] for r in raw["runs"]}
     assert status[("actor", 8)] == "ok" and status[("actor", 64)] == "skipped"  # 32 GiB predicted
@@ -298,7 +299,7 @@ def test_scale_skips_runs_predicted_to_exceed_memory_and_records_failures(tmp_pa
 def test_scale_respects_the_time_budget(tmp_path: Path) -> None:
     config = ScaleBenchConfig(device_counts=[2, 4, 200], modes=["pooled"], time_budget_s=100.0)
 
-    raw = run_scale(config, tmp_path, _fake_run(per_device_gib=0.01), start_ray=False)
+    raw = run_scale(config, tmp_path, _fake_run(per_device_gib=0.01), start_ray=False, settle_s=0.0)
 
     skipped = [r for r in raw["runs"] if r["status"] == "skipped"]
     assert [r["devices"] for r in skipped] == [200] and "budget" in skipped[0]["reason"]
