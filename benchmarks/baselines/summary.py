@@ -43,6 +43,7 @@ def seed_summary(records: Sequence[dict], cycles: int) -> dict:
         # Mean over cycles of the per-cycle device mean, so cycles weigh equally.
         out[key] = _mean(_mean(r[key] for r in rows if r["round"] == c) for c in range(1, cycles + 1))
     out["train_memory_max"] = max((r["train_memory"] for r in rows if r["train_memory"] is not None), default=None)
+    out["train_memory_min"] = min((r["train_memory"] for r in rows if r["train_memory"] is not None), default=None)
     out["curves"] = {key: [_mean(r[key] for r in rows if r["round"] == c) for c in range(1, cycles + 1)]
                      for key in CURVES}
     for key in CURVES:

@@ -15,6 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from benchmarks.suites._plain_worker import PlainDevice
 from benchmarks.suites._platform_bench import OverheadBenchConfig, campaign_config, in_process_cycle
 from eclm.config import PlatformConfig
@@ -45,6 +47,7 @@ def ray_side(config: OverheadBenchConfig, workdir: Path) -> dict:
                 platform.pretrain()
             cycles = []
             for _ in range(config.cycles):
+                platform.step()  # the drift step Platform.run takes before each cycle (not timed)
                 r = platform.run_cycle()
                 cycles.append({"durations": dict(r.durations), "decision": r.merge.get("decision"),
                                "bytes_up": sum(r.bytes_up.values()), "bytes_down": sum(r.bytes_down.values()),
@@ -117,16 +120,17 @@ def in_process_side(config: OverheadBenchConfig, workdir: Path) -> dict:
     """
     cfg = campaign_config(config.campaign, config.devices, workdir, name="overhead-inproc")
     cloud, services = _campaign(cfg)
+    pretrained = copy.deepcopy(cloud)
     costs = cloud.info()["costs"]
     cycles = []
     for _ in range(config.cycles):
         for s in services:
             s.advance(cfg.steps_per_cycle)
         cycles.append(in_process_cycle(cloud, services, costs))
-    return {"cycles": cycles, "merge_scaling": merge_scaling(config, workdir)}
+    return {"cycles": cycles, "merge_scaling": merge_scaling(config, workdir, pretrained)}
 
 
-def merge_scaling(config: OverheadBenchConfig, workdir: Path) -> list[dict]:
+def merge_scaling(config: OverheadBenchConfig, workdir: Path, pretrained: CloudService | None = None) -> list[dict]:
     """Time ``CloudService.merge`` (platform default merge settings) for growing numbers of updates.
 
     All counts merge into copies of the same pretrained cloud; the updates of the first ``k``
@@ -136,7 +140,7 @@ def merge_scaling(config: OverheadBenchConfig, workdir: Path) -> list[dict]:
         return []
     shape = config.campaign.model_copy(update={"accepting_merge": False})
     cfg = campaign_config(shape, max(config.merge_scaling), workdir, name="overhead-merge")
-    cloud, services = _campaign(cfg)
+    cloud, services = _campaign(cfg, pretrained)
     costs = cloud.info()["costs"]
     selector = cloud.selector_payload()
     uploads = []
@@ -174,9 +178,16 @@ def _count_candidates(cloud: CloudService) -> list[int] | None:
     return calls
 
 
-def _campaign(cfg: PlatformConfig) -> tuple[CloudService, list[EdgeService]]:
+def _campaign(cfg: PlatformConfig, pretrained: CloudService | None = None) -> tuple[CloudService, list[EdgeService]]:
+    """Cloud and devices of ``cfg``; the offline stage is reused from ``pretrained`` when it was
+    trained on the very same proxy data (the cloud's share does not depend on the device count)."""
     cfg_json = cfg.model_dump_json()
     cloud = CloudService(cfg_json, 1)
-    if cfg.offline.epochs:
+    same_data = (pretrained is not None and torch.equal(pretrained.train_y, cloud.train_y)
+                 and torch.equal(pretrained.train_x, cloud.train_x) and torch.equal(pretrained.val_y, cloud.val_y))
+    if same_data:
+        cloud.model.load_state_dict(pretrained.model.state_dict())
+        cloud.best_val_acc = pretrained.best_val_acc
+    elif cfg.offline.epochs:
         cloud.pretrain()
     return cloud, [EdgeService(cfg_json, i, 1) for i in range(cfg.data.num_devices)]

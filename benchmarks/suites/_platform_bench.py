@@ -28,7 +28,8 @@ class CampaignShape(BaseModel):
     modules_per_layer: int = Field(4, ge=2, le=16)
     classes_per_device: int = Field(2, ge=1, le=10)
     samples_per_device: tuple[int, int] = Field((50, 150), description="local training set size range")
-    offline_epochs: int = Field(2, ge=0, description="offline epochs before the cycles (0 = no pretraining)")
+    offline_epochs: int = Field(12, ge=0, description="offline stage-1 epochs before the cycles (0 = no pretraining)")
+    enhance_epochs: int = Field(2, ge=0, description="offline stage-2 epochs")
     adapt_epochs: int = Field(3, ge=1, description="local epochs per cycle")
     accepting_merge: bool = Field(
         False, description="tolerances of 1.0: every merge passes validation on the first candidate "
@@ -68,7 +69,8 @@ class ScaleBenchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    campaign: CampaignShape = Field(default_factory=lambda: CampaignShape(offline_epochs=0, accepting_merge=True))
+    campaign: CampaignShape = Field(
+        default_factory=lambda: CampaignShape(offline_epochs=0, enhance_epochs=0, accepting_merge=True))
     device_counts: list[int] = Field(default_factory=lambda: [4, 16], min_length=1, description="device counts, ascending")
     modes: list[str] = Field(default_factory=lambda: ["actor", "pooled"], min_length=1, description="edge placement modes")
     pool_size: int = Field(2, ge=1, description="edge worker actors in pooled mode")
@@ -122,7 +124,8 @@ def campaign_config(shape: CampaignShape, num_devices: int, workdir: Path, *, na
                            "change_every": 1}},
         "backbone": {"name": "resnet18", "kwargs": {"channels": list(shape.channels)},
                      "modules_per_layer": shape.modules_per_layer},
-        "offline": {"epochs": shape.offline_epochs, "enhance_epochs": 0, "batch_size": 32, "seed": seed},
+        "offline": {"epochs": shape.offline_epochs, "enhance_epochs": shape.enhance_epochs, "batch_size": 32,
+                    "classes_per_subtask": shape.classes_per_device, "seed": seed},
         "devices": [{"name": f"dev{i:03d}", "params_fraction": TIERS[i % len(TIERS)]} for i in range(num_devices)],
         "adaptation": {"epochs": shape.adapt_epochs},
         "merge": merge,

@@ -100,6 +100,7 @@ def platform_run(config: ScaleBenchConfig, mode: str, devices: int, workdir: Pat
                 pretrain_s = time.perf_counter() - t0
             cycles, seconds, failures, decisions = [], [], 0, []
             for _ in range(config.cycles):
+                platform.step()  # the drift step Platform.run takes before each cycle (not timed)
                 t0 = time.perf_counter()
                 result = platform.run_cycle()
                 seconds.append(time.perf_counter() - t0)

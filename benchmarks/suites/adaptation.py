@@ -29,6 +29,7 @@ from benchmarks.baselines.tables import (
     server_table,
 )
 from benchmarks.registry import register_suite
+from eclm.pipelines.adaptation import training_memory_bytes
 
 LABELS = {name: cls.label for name, cls in METHODS.items()}
 
@@ -77,7 +78,8 @@ def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None
             plots.append(name)
     tables = [accuracy_table(skew, s, LABELS, config).to_dict() for skew, s in by_skew.items()]
     tables += [cost_table(by_skew, LABELS, measured).to_dict(), ratio_table(by_skew, LABELS, measured).to_dict(),
-               server_table(by_skew).to_dict(), reference_table(by_skew, LABELS).to_dict()]
+               server_table(by_skew).to_dict(),
+               reference_table(by_skew, LABELS, _full_training_memory(jobs[0]), probe).to_dict()]
     return {
         "tables": tables,
         "plots": plots,
@@ -169,6 +171,12 @@ def _headlines(by_skew: dict[int, dict], measured: dict | None) -> list[str]:
         lines.append(f"Measured adaptation RSS: eclm {measured['eclm']['mean'] / 2**20:.1f} MiB vs full model "
                      f"{measured['full model']['mean'] / 2**20:.1f} MiB.")
     return lines
+
+
+def _full_training_memory(job: dict) -> float:
+    """The platform's analytic training-memory estimate for the full cloud model on a device."""
+    full = job["full_cost"]
+    return training_memory_bytes(full["params"], full["activation_bytes"], job["effective_batch"])
 
 
 def _load_average() -> list[float] | None:

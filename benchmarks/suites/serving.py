@@ -190,14 +190,18 @@ def adaptivity(pool: StagePool, budget: Budget, out_dir: Path) -> list[dict]:
     """Throughput over time; the strongest node drops to a quarter of its share at a third of the run."""
     size, micro = budget.sizes[-1], 4
     src = source("mobilenetv3_small_100", size)
-    x = torch.randn(2 * 8 * micro, 3, size, size, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2 * 2 * 3 * micro, 3, size, size, generator=torch.Generator().manual_seed(2))
     shares = MIXES["amp4ec 1.0/0.6/0.4"]
     series, marks, rows = {}, {}, []
     for adaptive in (False, True):
-        cfg = config(shares, micro, repartition=adaptive, monitor_interval_s=0.5, repartition_cooldown_s=1.0)
+        # A 50% threshold: on this shared host a block's CPU time moves by up to ~1.8x between an
+        # idle and a saturated pipeline (cache and memory contention), which must not read as a
+        # node change; the 4x slowdown below is far above it.
+        cfg = config(shares, micro, repartition=adaptive, monitor_interval_s=0.5, repartition_cooldown_s=1.0,
+                     monitor_threshold=0.5)
         label = "re-partitioning (DP)" if adaptive else "static DP plan"
         with Deployment(src, cfg, pool=pool.view(cfg), name="bench-adapt") as d:
-            d.infer(x[: 4 * micro])
+            d.infer(x[: 2 * cfg.max_in_flight])  # warm up under load: the baselines settle saturated
             start, slow_at, ids, slowed = time.time(), budget.adapt_seconds / 3, [], False
             d.started_at = start
             while (elapsed := time.time() - start) < budget.adapt_seconds:
@@ -280,8 +284,9 @@ def adapt_table(rows: list[dict]) -> dict:
              r["first_reaction_s"], r["drain_s"], r["reload_s"], "/".join(map(str, r["final_plan"]))] for r in rows]
     return Table("Adaptivity: node 0 drops from 1.0 to 0.25 CPU share a third into the run", cols, body, notes=(
         "'after' counts requests dispatched from 2 s after the slowdown to the end. Reaction: seconds from the "
-        "slowdown to the first re-partition (monitor EWMA alpha 0.3, events at 25% change, check every 0.5 s, "
-        "switch only for >= 10% predicted gain). Drain/reload: the pipeline bubble the re-deploy costs.")).to_dict()
+        "slowdown to the first re-partition (negative: a re-partition before it). Monitor EWMA alpha 0.3, node "
+        "factors change at 50% (this host's own contention moves CPU time per block by up to ~1.8x), checks every "
+        "0.5 s, 1 s cooldown, switch only for >= 10% predicted gain. Drain/reload: the pipeline bubble the re-deploy costs.")).to_dict()
 
 
 def summary(rows: list[dict], sched: list[dict], adapt: list[dict]) -> list[str]:

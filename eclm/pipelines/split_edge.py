@@ -165,20 +165,9 @@ class SplitDeviceWorker:
             differs from the sampler's size for this client.
     """
 
-    def __init__(
-        self,
-        name: str,
-        sub: nn.Module,
-        stages: Stages,
-        cut: int,
-        spec: SubModelSpec,
-        codec: SmashedCodec,
-        optimizer: OptimizerSettings,
-        sampler: LocalBatchSampler,
-        client_index: int,
-        train: tuple[Tensor, Tensor],
-        test: tuple[Tensor, Tensor],
-    ) -> None:
+    def __init__(self, name: str, sub: nn.Module, stages: Stages, cut: int, spec: SubModelSpec,
+                 codec: SmashedCodec, optimizer: OptimizerSettings, sampler: LocalBatchSampler,
+                 client_index: int, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> None:
         self.name, self.sub, self.cut, self.spec = name, sub, cut, spec
         self.prefix, _ = cut_chain(stages, cut)
         meta = [k for k, t in segment_state(sub, self.prefix).items() if t.is_meta]
@@ -200,17 +189,9 @@ class SplitDeviceWorker:
         self.records: dict[tuple[int, int], dict] = {}
 
     @classmethod
-    def from_payload(
-        cls,
-        name: str,
-        skeleton: ModularModel,
-        payload: bytes,
-        config: SplitConfig,
-        client_sizes: Sequence[int],
-        client_index: int,
-        train: tuple[Tensor, Tensor],
-        test: tuple[Tensor, Tensor],
-    ) -> SplitDeviceWorker:
+    def from_payload(cls, name: str, skeleton: ModularModel, payload: bytes, config: SplitConfig,
+                     client_sizes: Sequence[int], client_index: int, train: tuple[Tensor, Tensor],
+                     test: tuple[Tensor, Tensor]) -> SplitDeviceWorker:
         """Build the worker from the cloud's device-part payload (safetensors, spec, ``cut``).
 
         The sub-model is materialised from the weightless ``skeleton``; only the prefix gets
@@ -232,19 +213,8 @@ class SplitDeviceWorker:
         # Chain only after loading: stages that register raw parameters must see the loaded ones.
         stages = skeleton.chain(sub)
         sampler = build_sampler(config, client_sizes)
-        return cls(
-            name,
-            sub,
-            stages,
-            int(meta["cut"]),
-            spec,
-            build_codec(config.codec),
-            optimizer_settings(config),
-            sampler,
-            client_index,
-            train,
-            test,
-        )
+        return cls(name, sub, stages, int(meta["cut"]), spec, build_codec(config.codec),
+                   optimizer_settings(config), sampler, client_index, train, test)
 
     # ------------------------------------------------------------------ protocol
     def _indices(self, epoch: int, step: int) -> Tensor:

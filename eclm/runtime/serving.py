@@ -1,26 +1,24 @@
 """Driver side of partitioned serving: the pipeline coordinator (the serving code that uses Ray).
 
 A :class:`Deployment` serves one model (the cloud model or a device's sub-model) over a
-:class:`StagePool` of stage actors, one per (emulated) node:
+:class:`~eclm.actors.serving.StagePool` of stage actors, one per (emulated) node:
 
-1. every node loads the whole model from architecture + safetensors weights and profiles every
-   block on itself; the configured partitioner (optimal DP, AMP4EC's proportional split, or the
-   whole model on the strongest node) cuts the chain into contiguous stages from those numbers and
-   each node keeps only its blocks;
-2. requests queue in a :class:`~eclm.serving.requests.RequestLedger`; micro-batches are sent
-   through the stages as chained actor calls, each stage's output passed to the next as a Ray
-   object ref (the driver never touches activations), with at most ``max_in_flight`` requests in
-   the pipeline;
+1. every node loads the whole model from architecture + safetensors weights and is profiled on
+   itself; the configured partitioner cuts the chain into contiguous stages from those numbers
+   and each node keeps only its blocks;
+2. requests queue in a :class:`~eclm.serving.requests.RequestLedger`; micro-batches go through
+   the stages as chained actor calls, each stage's output handed to the next as a Ray object ref
+   (the driver never touches activations), with at most ``max_in_flight`` requests in flight;
 3. a failed micro-batch (a stage died or hung) is re-queued at the front; dead stages are replaced
-   and reloaded with their blocks, so no request is lost;
-4. each stage reports its node's smoothed block latencies and monitor events with its results;
-   when a node slows down or recovers, the coordinator re-costs the plan and, if the optimum is
-   better by ``repartition_min_gain``, drains the pipeline and re-deploys the new cut;
-5. with ``placement="replicas"`` each node holds the whole model and the scheduler (AMP4EC's
-   scoring, round-robin or least-loaded) places every micro-batch.
+   and reload their blocks, so no request is lost;
+4. stages report smoothed block latencies and monitor events with their results; the
+   :class:`~eclm.serving.adaptation.RepartitionPolicy` decides when a new cut is worth it, and the
+   coordinator drains the pipeline and re-deploys it;
+5. with ``placement="replicas"`` each node holds the whole model and the request scheduler places
+   every micro-batch.
 
 The coordinator runs in the caller's thread: :meth:`Deployment.submit` dispatches at once, and
-results are collected whenever the caller waits (``handle.result()``, ``wait``, ``infer``).
+results are collected whenever the caller waits (``handle.result()``, ``wait``, ``infer``, ``poll``).
 """
 
 from __future__ import annotations
@@ -30,144 +28,46 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import RayActorError, RayError
 from torch import Tensor
 
-from eclm.actors.serving import create_stage_actor
+from eclm.actors.serving import StagePool
+from eclm.serving.adaptation import RepartitionPolicy
 from eclm.serving.config import ServingConfig
 from eclm.serving.model_source import ModelSource
 from eclm.serving.partition_problem import PartitionPlan
-from eclm.serving.planning import (
-    NodeProfile,
-    SlowdownTracker,
-    StageRoute,
-    build_problem,
-    make_plan,
-    replan,
-    routes_for,
-)
+from eclm.serving.placement import busy_fraction, replica_states
+from eclm.serving.planning import NodeProfile, StageRoute, build_problem, make_plan, routes_for
 from eclm.serving.plots import throughput_over_time
 from eclm.serving.requests import RequestLedger, RequestRecord
-from eclm.serving.scheduler import NodeState, create_scheduler
+from eclm.serving.scheduler import create_scheduler
+from eclm.serving.session_log import plan_costs, plan_record, session_metrics
 from eclm.serving.session_stats import summarize, throughput_timeline
-from eclm.serving.worker import NodeSettings
 
 log = logging.getLogger("eclm.serving")
 
 _PROBE_TIMEOUT_S = 20.0
-_CPU_NEED = 0.1  # cores one request asks for in AMP4EC's resource score
-
-
-class StagePool:
-    """One stage actor per node of a serving config; creates, reconfigures and replaces them.
-
-    Args:
-        config: The serving config (node count, shares, links, actor resources).
-        start_timeout_s: Seconds to wait for the actors to come up.
-
-    Raises:
-        RuntimeError: If an actor does not start in time.
-    """
-
-    def __init__(self, config: ServingConfig, start_timeout_s: float = 180.0) -> None:
-        self.config = config
-        self.owner = True
-        self.actors = [create_stage_actor(config, i) for i in range(config.n_nodes)]
-        try:
-            ray.get([a.ping.remote() for a in self.actors], timeout=start_timeout_s)
-        except (GetTimeoutError, RayError) as err:
-            self.close()
-            raise RuntimeError(f"stage actors did not start: {err}") from err
-
-    def view(self, config: ServingConfig) -> StagePool:
-        """A pool over this pool's first ``config.n_nodes`` actors, configured to ``config``.
-
-        Lets one set of started actors serve configs with fewer nodes (actor start-up costs
-        seconds). Closing the view does not kill the actors; replacements made through it are
-        written back to this pool.
-
-        Raises:
-            ValueError: If ``config`` has more nodes than this pool.
-        """
-        if config.n_nodes > len(self.actors):
-            raise ValueError(f"pool has {len(self.actors)} actors, config needs {config.n_nodes}")
-        sub = object.__new__(StagePool)
-        sub.config, sub.owner, sub.actors = config, False, _SharedList(self.actors, config.n_nodes)
-        sub.configure(config)
-        return sub
-
-    def configure(self, config: ServingConfig) -> None:
-        """Apply another config's node settings to the running actors (same node count).
-
-        Raises:
-            ValueError: If ``config`` has a different number of nodes.
-        """
-        if config.n_nodes != len(self.actors):
-            raise ValueError(f"pool has {len(self.actors)} nodes, config has {config.n_nodes}")
-        self.config = config
-        ray.get([a.configure_node.remote(NodeSettings.from_config(config, i).model_dump())
-                 for i, a in enumerate(self.actors)])
-
-    def replace(self, node: int, cpu_share: float | None = None):
-        """Kill node ``node``'s actor (if still alive) and start a fresh one; returns its handle."""
-        try:
-            ray.kill(self.actors[node], no_restart=True)
-        except Exception:  # noqa: BLE001 - already dead
-            pass
-        actor = create_stage_actor(self.config, node)
-        if cpu_share is not None and cpu_share != self.config.node_cpu_shares[node]:
-            ray.get(actor.set_cpu_share.remote(cpu_share))
-        self.actors[node] = actor
-        return actor
-
-    def close(self) -> None:
-        """Kill every stage actor (a :meth:`view` kills nothing)."""
-        if not self.owner:
-            return
-        for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
-        self.actors = []
-
-
-class _SharedList(list):
-    """The first ``n`` items of another list; item assignment writes through to it."""
-
-    def __init__(self, base: list, n: int) -> None:
-        super().__init__(base[:n])
-        self._base = base
-
-    def __setitem__(self, index, value) -> None:
-        super().__setitem__(index, value)
-        self._base[index] = value
 
 
 @dataclass
 class _Flight:
-    """A micro-batch in the pipeline: its output ref and one timing ref per stage."""
+    """A micro-batch in the pipeline: its output ref and one timing ref per hop."""
 
     batch_id: int
     out_ref: Any
     timing_refs: list
-    routes: tuple[StageRoute, ...]
     route_key: Any
     dispatched: float = field(default_factory=time.monotonic)
 
 
 class RequestHandle:
-    """A submitted request's future.
-
-    Results are collected by the coordinator, which runs in the caller's thread whenever it
-    waits; :meth:`result` waits.
-    """
+    """A submitted request's future (results are collected while the caller waits)."""
 
     def __init__(self, deployment: Deployment, request_id: int) -> None:
         self.deployment = deployment
@@ -175,7 +75,7 @@ class RequestHandle:
 
     def done(self) -> bool:
         """Whether the request finished (collects any ready results first, without blocking)."""
-        self.deployment._pump(lambda: True, timeout=0.0)
+        self.deployment.poll(0.0)
         return self.deployment.ledger.records[self.request_id].done
 
     def result(self, timeout: float | None = None) -> Tensor:
@@ -214,10 +114,7 @@ class Deployment:
 
     def __init__(self, source: ModelSource, config: ServingConfig, *, tracker=None, name: str = "serve",
                  pool: StagePool | None = None) -> None:
-        self.source = source
-        self.config = config
-        self.tracker = tracker
-        self.name = name
+        self.source, self.config, self.tracker, self.name = source, config, tracker, name
         self.events: list[dict[str, Any]] = []
         self.monitor_events: deque[dict] = deque(maxlen=1000)
         self.ledger = RequestLedger(config.max_in_flight, config.micro_batch_size, config.max_retries,
@@ -226,21 +123,15 @@ class Deployment:
                                           max_latency=config.max_latency_s)
         self._flight: dict[int, _Flight] = {}
         self._admitting = True
-        self._shares = list(config.node_cpu_shares)
         self._busy: list[deque[tuple[float, float]]] = [deque() for _ in range(config.n_nodes)]
-        self._pending_events: list[dict] = []
         self._status_refs: dict[int, Any] = {}
-        self._last_check = time.monotonic()
-        self._last_repartition = -math.inf
         self._closed = False
         self._owns_pool = pool is None
         self.started_at = time.time()
-        if pool is None:
-            self.pool = StagePool(config)
-        else:
-            self.pool = pool
-            pool.configure(config)
+        self.pool = StagePool(config) if pool is None else pool
         try:
+            if pool is not None:
+                pool.configure(config)
             self._deploy()
         except Exception:
             if self._owns_pool:
@@ -260,29 +151,30 @@ class Deployment:
         self.profiles = [self._profile(a) for a in self.pool.actors]
         t2 = time.perf_counter()
         self.problem = build_problem(self.profiles, cfg)
-        self._trackers = [SlowdownTracker(p, cfg.monitor_threshold) for p in self.profiles]
-        self._model_bytes = sum(self.profiles[0].block_memory)
+        self._need_bytes = sum(self.profiles[0].block_memory) + max(self.profiles[0].activation_bytes)
+        self._replicas: list[int] = []
         if cfg.placement == "pipeline":
             self.plan = make_plan(self.problem, cfg)
             ray.get([a.keep.remote(self.plan.boundaries[i], self.plan.boundaries[i + 1])
                      for i, a in enumerate(self.pool.actors)])
             self._routes = routes_for(self.plan)
-            self._replicas: list[int] = []
-            for i, tracker in enumerate(self._trackers):
-                tracker.reset(self.plan.blocks_of(i), 1.0)
         else:
             self.plan = make_plan(self.problem, cfg, "monolithic")
             limits = cfg.node_memory_bytes or [math.inf] * cfg.n_nodes
-            self._replicas = [i for i in range(cfg.n_nodes) if self._model_bytes <= limits[i]]
+            model_bytes = sum(self.profiles[0].block_memory)
+            self._replicas = [i for i in range(cfg.n_nodes) if model_bytes <= limits[i]]
             if not self._replicas:
-                raise ValueError(f"no node can hold the whole model ({self._model_bytes:.0f} B) for replicas; "
+                raise ValueError(f"no node can hold the whole model ({model_bytes:.0f} B) for replicas; "
                                  f"node_memory_bytes={cfg.node_memory_bytes}")
             self._routes = ()
+        self.policy = RepartitionPolicy(self.profiles, cfg, self.plan, time.monotonic())
         self.started_at = time.time()
         self._record({"kind": "deploy", "placement": cfg.placement, "partitioner": cfg.partitioner,
                       "boundaries": list(self.plan.boundaries), "load_s": t1 - t0, "profile_s": t2 - t1,
-                      "predicted": self._costs(self.plan)})
-        self._log_plan()
+                      "predicted": plan_costs(self.plan, cfg.micro_batch_size)})
+        record = plan_record(self.name, self.source.name, self.source.meta, cfg, self.n_blocks, self.plan,
+                             self.profiles, self._replicas)
+        self._track(lambda t: t.log_json(f"serving/{self.name}/plan.json", record))
 
     def _profile(self, actor) -> NodeProfile:
         """Isolated per-block profile, calibrated by serving the whole chain as one stage."""
@@ -364,13 +256,13 @@ class Deployment:
 
     def poll(self, seconds: float) -> None:
         """Run the coordinator for ``seconds`` (dispatch, collect, recover, adapt), then return."""
-        self._pump(lambda: False, seconds)
+        self._pump(lambda: seconds == 0, seconds)
 
     def set_cpu_share(self, node: int, cpu_share: float) -> None:
         """Emulate a change of node ``node``'s CPU capacity (e.g. a slowdown by another tenant).
 
-        The coordinator is not told the plan should change: it notices through the node's
-        monitored block latencies (or, for an idle node, its reported share).
+        The plan is not changed here: the coordinator notices through the node's monitored block
+        latencies (or, for an idle node, its reported share).
 
         Raises:
             ValueError: If ``node`` or ``cpu_share`` is out of range.
@@ -380,8 +272,8 @@ class Deployment:
         if not 0.0 < cpu_share <= 1.0:
             raise ValueError(f"cpu_share must be in (0, 1], got {cpu_share!r}")
         self.pool.actors[node].set_cpu_share.remote(float(cpu_share))
-        self._record({"kind": "cpu_share", "node": node, "from": self._shares[node], "to": float(cpu_share)})
-        self._shares[node] = float(cpu_share)
+        self._record({"kind": "cpu_share", "node": node, "from": self.policy.shares[node], "to": float(cpu_share)})
+        self.policy.set_share(node, cpu_share)
 
     def use_partitioner(self, partitioner: str, repartition: bool = False) -> PartitionPlan:
         """Drain and re-deploy with another partitioner on the profiled numbers (for comparisons).
@@ -398,23 +290,26 @@ class Deployment:
         """
         if self.config.placement != "pipeline":
             raise ValueError("use_partitioner applies to placement='pipeline'")
-        update: dict[str, Any] = {"partitioner": partitioner, "repartition": repartition and partitioner != "monolithic"}
-        self.config = ServingConfig.model_validate({**self.config.model_dump(), **update})
-        plan = make_plan(self.problem, self.config, cpu_shares=self._shares)
-        self._install(plan, {"kind": "partitioner", "partitioner": partitioner})
+        update = {"partitioner": partitioner, "repartition": repartition and partitioner != "monolithic"}
+        self._set_config(ServingConfig.model_validate({**self.config.model_dump(), **update}))
+        plan = make_plan(self.problem, self.config, cpu_shares=self.policy.shares)
+        self._install(plan, {"kind": "partitioner", "partitioner": partitioner}, switched=False)
         return plan
 
     def set_repartition(self, enabled: bool) -> None:
         """Turn adaptive re-partitioning on or off."""
-        self.config = self.config.model_copy(update={"repartition": bool(enabled)})
+        self._set_config(self.config.model_copy(update={"repartition": bool(enabled)}))
+
+    def _set_config(self, config: ServingConfig) -> None:
+        self.config = self.policy.config = config
 
     # ------------------------------------------------------------------ statistics
     def stats(self, request_ids: Sequence[int] | None = None) -> dict[str, Any]:
         """Session figures over ``request_ids`` (default: every request); see
         :func:`~eclm.serving.session_stats.summarize`. Adds the plan and event counts."""
-        records = self._records(request_ids)
-        out = summarize(records, self.config.max_in_flight)
-        out.update({"boundaries": list(self.plan.boundaries), "predicted": self._costs(self.plan),
+        out = summarize(self._records(request_ids), self.config.max_in_flight)
+        out.update({"boundaries": list(self.plan.boundaries),
+                    "predicted": plan_costs(self.plan, self.config.micro_batch_size),
                     "repartitions": sum(1 for e in self.events if e["kind"] == "repartition"),
                     "replacements": sum(1 for e in self.events if e["kind"] == "replace")})
         return out
@@ -432,14 +327,14 @@ class Deployment:
         return [self.ledger.records[i] for i in request_ids]
 
     # ------------------------------------------------------------------ coordinator loop
-    def _pump(self, until, timeout: float | None) -> bool:
+    def _pump(self, until: Callable[[], bool], timeout: float | None) -> bool:
         """Dispatch, collect, recover and adapt until ``until()`` holds; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._admit()
             self._collect(0.0 if timeout == 0 else 0.05)
             self._check_hung()
-            self._maybe_repartition()
+            self._adapt()
             if until():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
@@ -454,27 +349,25 @@ class Deployment:
             n = self.ledger.next_size()
             if n == 0:
                 return
-            t0 = time.perf_counter()
-            if self.config.placement == "pipeline":
-                key, routes = None, self._routes
-            else:
+            key, schedule_s, routes = None, 0.0, self._routes
+            if self.config.placement == "replicas":
+                t0 = time.perf_counter()
                 key = self._choose_replica()
+                schedule_s = time.perf_counter() - t0
                 if key is None:
                     return
                 routes = (StageRoute(key, 0, self.n_blocks, 0),)
-            schedule_s = time.perf_counter() - t0 if self.config.placement == "replicas" else 0.0
             batch = self.ledger.take_batch(time.time(), key, schedule_s / n)
             self._dispatch(batch.batch_id, self.ledger.inputs(batch), routes, key, n)
 
     def _dispatch(self, batch_id: int, x: Tensor, routes: tuple[StageRoute, ...], key: Any, n: int) -> None:
         ref, timing_refs = x, []
-        full = n == self.config.micro_batch_size
         for r in routes:
-            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "monitor": full}
-            method = self.pool.actors[r.node].relay if r.is_relay else self.pool.actors[r.node].forward
-            ref, tref = method.options(num_returns=2).remote(ref, ticket)
+            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "monitor": n == self.config.micro_batch_size}
+            actor = self.pool.actors[r.node]
+            ref, tref = (actor.relay if r.is_relay else actor.forward).options(num_returns=2).remote(ref, ticket)
             timing_refs.append(tref)
-        self._flight[batch_id] = _Flight(batch_id, ref, timing_refs, routes, key)
+        self._flight[batch_id] = _Flight(batch_id, ref, timing_refs, key)
         if key is not None:
             self.scheduler.on_start(key)
 
@@ -499,18 +392,13 @@ class Deployment:
             self._recover(failures)
 
     def _finish(self, flight: _Flight, out: Tensor, timings: list[dict]) -> None:
-        now = time.time()
-        self.ledger.complete(flight.batch_id, out, timings, now)
+        self.ledger.complete(flight.batch_id, out, timings, time.time())
         if flight.route_key is not None:
             self.scheduler.on_finish(flight.route_key, time.monotonic() - flight.dispatched)
         for t in timings:
-            node = t["node"]
-            if t["monitored"]:
-                self._trackers[node].observe(t["smoothed"])
-            self._busy[node].append((time.monotonic(), t["compute_s"] + t["link_s"]))
-            if t["events"]:
-                self._pending_events.extend(t["events"])
-                self.monitor_events.extend(t["events"])
+            self._busy[t["node"]].append((time.monotonic(), t["compute_s"] + t["link_s"]))
+            self.policy.observe(t)
+            self.monitor_events.extend(t["events"])
 
     def _check_hung(self) -> None:
         limit = self.config.request_timeout_s
@@ -527,11 +415,10 @@ class Deployment:
         """Replace dead stage actors, then put the failed micro-batches back in the queue."""
         for node in self._probe_dead():
             t0 = time.perf_counter()
-            actor = self.pool.replace(node, self._shares[node])
+            actor = self.pool.replace(node, self.policy.shares[node])
             start, stop = self._held(node)
             ray.get(actor.load.remote(self._architecture, self._payload_ref, start, stop))
-            tracker = self._trackers[node]
-            tracker.reset(tracker.held, tracker.factor(self._shares[node]))
+            self.policy.replaced(node)
             self._record({"kind": "replace", "node": node, "blocks": [start, stop],
                           "seconds": time.perf_counter() - t0})
         now = time.time()
@@ -566,51 +453,36 @@ class Deployment:
         return self.plan.boundaries[node], self.plan.boundaries[node + 1]
 
     # ------------------------------------------------------------------ adaptation
-    def _maybe_repartition(self) -> None:
-        cfg = self.config
-        if cfg.placement != "pipeline" or not cfg.repartition or not self._admitting:
+    def _adapt(self) -> None:
+        if self.config.placement != "pipeline" or not self.config.repartition or not self._admitting:
             return
         now = time.monotonic()
-        self._poll_idle_nodes()
-        due = now - self._last_check >= cfg.monitor_interval_s
-        if not (due or self._pending_events) or now - self._last_repartition < cfg.repartition_cooldown_s:
+        self._poll_idle_nodes(now)
+        checked = self.policy.decide(now)
+        if checked is None:
             return
-        self._last_check = now
-        events, self._pending_events = self._pending_events, []
-        factors = self._factors()
-        problem = build_problem(self.profiles, cfg, factors)
-        decision = replan(problem, self.plan, cfg, self._shares)
+        decision, events = checked
         if decision.switch:
             self._install(decision.plan, {
-                "kind": "repartition", "reason": decision.reason, "slowdown": factors,
+                "kind": "repartition", "reason": decision.reason, "slowdown": self.policy.factors(),
                 "cost_before": decision.current_cost, "cost_after": decision.best_cost,
                 "trigger": [e["quantity"] for e in events][:10] or ["periodic check"],
             })
 
-    def _costs(self, plan: PartitionPlan) -> dict[str, float]:
-        return _plan_costs(plan, self.config.micro_batch_size)
-
-    def _factors(self) -> list[float]:
-        return [t.factor(self._shares[i]) for i, t in enumerate(self._trackers)]
-
-    def _poll_idle_nodes(self) -> None:
-        """Ask idle nodes (no blocks, so no results to piggy-back on) for their status."""
+    def _poll_idle_nodes(self, now: float) -> None:
+        """Ask idle nodes (no blocks, so no results to report through) for their status."""
         for node, ref in list(self._status_refs.items()):
             ready, _ = ray.wait([ref], timeout=0)
-            if not ready:
-                continue
-            del self._status_refs[node]
-            try:
-                status = ray.get(ref)
-            except RayError:
-                continue
-            self._shares[node] = status["cpu_share"]
-            self._pending_events.extend(status["events"])
-        if time.monotonic() - self._last_check < self.config.monitor_interval_s:
-            return
-        for node in range(self.config.n_nodes):
-            if not self.plan.blocks_of(node) and node not in self._status_refs:
-                self._status_refs[node] = self.pool.actors[node].status.remote()
+            if ready:
+                del self._status_refs[node]
+                try:
+                    self.policy.observe_status(ray.get(ref))
+                except RayError:
+                    pass
+        if self.policy.status_due(now):
+            for node in self.policy.idle_nodes():
+                if node not in self._status_refs:
+                    self._status_refs[node] = self.pool.actors[node].status.remote()
 
     def _drain(self) -> float:
         t0 = time.perf_counter()
@@ -623,7 +495,7 @@ class Deployment:
             self._admitting = True
         return time.perf_counter() - t0
 
-    def _install(self, plan: PartitionPlan, event: dict[str, Any]) -> None:
+    def _install(self, plan: PartitionPlan, event: dict[str, Any], switched: bool = True) -> None:
         """Drain the pipeline, give every node its new blocks, and switch to ``plan``."""
         old = self.plan
         drain_s = self._drain()
@@ -631,27 +503,19 @@ class Deployment:
         changed = [i for i in range(self.config.n_nodes) if plan.blocks_of(i) != old.blocks_of(i)]
         ray.get([self.pool.actors[i].load.remote(self._architecture, self._payload_ref,
                                                  plan.boundaries[i], plan.boundaries[i + 1]) for i in changed])
-        factors = self._factors()
-        for i in changed:
-            self._trackers[i].reset(plan.blocks_of(i), factors[i])
+        self.policy.installed(plan, time.monotonic(), switched)
         self.plan, self._routes = plan, routes_for(plan)
-        self._last_repartition = time.monotonic()
         self._record({**event, "from": list(old.boundaries), "to": list(plan.boundaries), "drain_s": drain_s,
-                      "reload_s": time.perf_counter() - t0, "predicted": self._costs(plan)})
+                      "reload_s": time.perf_counter() - t0,
+                      "predicted": plan_costs(plan, self.config.micro_batch_size)})
 
     # ------------------------------------------------------------------ replicas
     def _choose_replica(self) -> int | None:
         cfg = self.config
         now = time.monotonic()
-        limits = cfg.node_memory_bytes or [2.0**50] * cfg.n_nodes
-        need = self._model_bytes + max(self.profiles[0].activation_bytes)
-        states = []
-        for node in self._replicas:
-            busy = self._busy[node]
-            while busy and busy[0][0] < now - cfg.monitor_interval_s:
-                busy.popleft()
-            load = min(1.0, sum(s for _, s in busy) / cfg.monitor_interval_s)
-            states.append(NodeState(node, self._shares[node], limits[node], _CPU_NEED, need, load, cfg.link_latency_s))
+        loads = [busy_fraction(self._busy[i], now, cfg.monitor_interval_s) for i in range(cfg.n_nodes)]
+        states = replica_states(self._replicas, self.policy.shares, cfg.node_memory_bytes, loads,
+                                self._need_bytes, cfg.link_latency_s)
         index = self.scheduler.choose(self.scheduler.with_bookkeeping(states))
         return None if index is None else self._replicas[index]
 
@@ -665,7 +529,7 @@ class Deployment:
             self._track(lambda t: t.log_json(f"serving/{self.name}/events/{event['kind']}_{k:03d}.json", event))
             self._track(lambda t: t.log_round(k, {f"serving/{self.name}/{event['kind']}_time_s": event["time_s"]}))
 
-    def _track(self, action) -> None:
+    def _track(self, action: Callable[[Any], Any]) -> None:
         """Run a tracker call if a started tracker is attached; never let logging break serving."""
         if self.tracker is None or getattr(self.tracker, "journal_path", None) is None:
             return
@@ -674,35 +538,11 @@ class Deployment:
         except (RuntimeError, ValueError, TypeError) as err:
             log.warning("serving %s: tracking failed: %s", self.name, err)
 
-    def _log_plan(self) -> None:
-        plan = {
-            "session": self.name, "model": self.source.name, "model_meta": self.source.meta,
-            "config": self.config.model_dump(mode="json"), "n_blocks": self.n_blocks,
-            "boundaries": list(self.plan.boundaries), "method": self.plan.method,
-            "stages": [{"node": s.node, "blocks": [s.start, s.stop], "compute_s": s.compute_time,
-                        "transfer_s": s.transfer_time, "memory_bytes": s.memory_bytes} for s in self.plan.stages],
-            "predicted": self._costs(self.plan), "replicas": self._replicas,
-            "profiles": [{"node": p.node, "cpu_share": p.cpu_share, "block_seconds": list(p.block_seconds)}
-                         for p in self.profiles],
-        }
-        self._track(lambda t: t.log_json(f"serving/{self.name}/plan.json", plan))
-
     def log_session(self) -> dict[str, Any]:
         """Log the session's figures, events and throughput plot to the tracker; returns the stats."""
         stats = self.stats()
         prefix = f"serving/{self.name}"
-        metrics = {f"{prefix}/requests": stats.get("requests", 0), f"{prefix}/failed": stats.get("failed", 0),
-                   f"{prefix}/retried": stats.get("retried", 0), f"{prefix}/repartitions": stats["repartitions"],
-                   f"{prefix}/replacements": stats["replacements"]}
-        if stats.get("requests"):
-            metrics.update({f"{prefix}/throughput_rps": stats["throughput_rps"],
-                            f"{prefix}/emulated_throughput_rps": stats["emulated_throughput_rps"],
-                            f"{prefix}/schedule_us_per_request": stats["schedule_us_per_request"]})
-            for key in ("latency_ms", "service_ms", "emulated_latency_ms"):
-                metrics.update({f"{prefix}/{key}_{q}": v for q, v in stats[key].items()})
-            for node, load in stats["stage_load"].items():
-                metrics[f"{prefix}/node{node}_busy_fraction"] = load["busy_fraction"]
-        self._track(lambda t: t.log_round(0, metrics))
+        self._track(lambda t: t.log_round(0, session_metrics(self.name, stats)))
         self._track(lambda t: t.log_json(f"{prefix}/session.json", {"stats": stats, "events": self.events}))
         line = self.timeline(0.5)
         for k, value in enumerate(line["throughput_rps"]):
@@ -737,12 +577,6 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _plan_costs(plan: PartitionPlan, micro_batch_size: int) -> dict[str, float]:
-    """Profile-predicted costs of a plan; the plan's seconds are per micro-batch."""
-    return {"bottleneck_s": plan.bottleneck, "latency_s": plan.latency,
-            "throughput_rps": micro_batch_size * plan.throughput, "fits_memory": plan.fits_memory}
 
 
 def deploy(source: ModelSource, config: ServingConfig | dict | None = None, **kwargs: Any) -> Deployment:

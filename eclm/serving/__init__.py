@@ -8,6 +8,7 @@ forward) and the coordinator's bookkeeping (:class:`RequestLedger`, :func:`summa
 too; the Ray shells are ``eclm.actors.serving`` and ``eclm.runtime.serving``.
 """
 
+from eclm.serving.adaptation import RepartitionPolicy
 from eclm.serving.config import ServingConfig
 from eclm.serving.emulation import DutyCycle, LinkDelay
 from eclm.serving.model_source import ModelSource, build_chain, stage_module
@@ -22,6 +23,7 @@ from eclm.serving.partition import (
     proportional_partition,
 )
 from eclm.serving.partition_problem import PartitionPlan, PartitionProblem, PlanStage, evaluate_plan
+from eclm.serving.placement import CPU_NEED, busy_fraction, replica_states
 from eclm.serving.planning import (
     NodeProfile,
     SlowdownTracker,
@@ -45,6 +47,7 @@ from eclm.serving.scheduler import (
     RoundRobinScheduler,
     create_scheduler,
 )
+from eclm.serving.session_log import plan_costs, plan_record, session_metrics
 from eclm.serving.session_stats import (
     BatchTrace,
     ReplayResult,
@@ -66,6 +69,7 @@ from eclm.serving.stages import (
 from eclm.serving.worker import NodeSettings, StageWorker
 
 __all__ = [
+    "CPU_NEED",
     "OBJECTIVES",
     "SCHEDULERS",
     "Amp4ecScheduler",
@@ -88,6 +92,7 @@ __all__ = [
     "PartitionProblem",
     "PlanStage",
     "RepartitionDecision",
+    "RepartitionPolicy",
     "ReplayResult",
     "RequestLedger",
     "RequestRecord",
@@ -105,6 +110,7 @@ __all__ = [
     "brute_force_partition",
     "build_chain",
     "build_problem",
+    "busy_fraction",
     "create_scheduler",
     "decide_repartition",
     "dp_partition",
@@ -114,11 +120,15 @@ __all__ = [
     "monolithic_plan",
     "payload_nbytes",
     "percentiles",
+    "plan_costs",
+    "plan_record",
     "proportional_partition",
     "replan",
     "replay_emulated",
+    "replica_states",
     "routes_for",
     "run_pipeline_inprocess",
+    "session_metrics",
     "split_into_stages",
     "stage_module",
     "strongest_node",

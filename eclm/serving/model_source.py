@@ -15,11 +15,12 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from eclm.modules import ModularModel, SubModelSpec, pack_state, rebuild_submodel, skeleton, unpack_state
+if TYPE_CHECKING:  # eclm.modules pulls in timm; import it only where a model is (re)built
+    from eclm.modules import ModularModel, SubModelSpec
 
 _ARCH_KEYS = ("arch", "modules_per_layer", "input_size", "selector_width", "selector_dim")
 
@@ -85,6 +86,8 @@ class ModelSource:
         Returns:
             The source; its payload holds the extracted sub-model's state and the spec.
         """
+        from eclm.modules import pack_state
+
         spec = spec or modular.full_spec()
         sub = modular.extract(spec)
         payload = pack_state(sub.state_dict(), spec, {"source": name})
@@ -96,6 +99,8 @@ class ModelSource:
 def _cached_skeleton(architecture_json: str) -> ModularModel:
     # Building a skeleton costs ~0.2 s (timm model on the meta device plus layer discovery); a
     # stage actor rebuilds its stage on every re-partition, so keep the last few around.
+    from eclm.modules import skeleton
+
     a = json.loads(architecture_json)
     return skeleton(a["arch"], a["modules_per_layer"], tuple(a["input_size"]), a["selector_width"], a["selector_dim"])
 
@@ -114,6 +119,8 @@ def build_chain(architecture: Mapping[str, Any], payload: bytes) -> list[tuple[s
     Raises:
         ValueError: If the architecture lacks a key, or the payload has no spec or does not match.
     """
+    from eclm.modules import rebuild_submodel, unpack_state
+
     missing = [k for k in _ARCH_KEYS if k not in architecture]
     if missing:
         raise ValueError(f"architecture lacks {missing}")

@@ -205,7 +205,9 @@ class SlowdownTracker:
     takes their ratio to the profile as the baseline of the factor believed at that moment
     (1.0 at deploy); later observations are read relative to that baseline. A changed factor is
     reported only when it moved by more than ``threshold`` (relative), so jitter never re-plans.
-    An idle node has no block timings; its factor is the ratio of profiled to current CPU share.
+    An idle node has no block timings: its factor is the one believed when it went idle, scaled
+    by how its CPU share changed since (so an emulated recovery shows, while a slowdown that
+    never showed in the share is remembered rather than forgotten).
 
     Args:
         profile: The node's profile.
@@ -226,12 +228,25 @@ class SlowdownTracker:
         self.settle = settle
         self.reset(range(0), 1.0)
 
-    def reset(self, held: range, factor: float) -> None:
-        """The node now runs ``held``; ``factor`` is the slowdown believed at this moment."""
+    def reset(self, held: range, factor: float, cpu_share: float | None = None) -> None:
+        """The node now runs ``held``; ``factor`` is the slowdown believed at this moment.
+
+        Args:
+            held: Blocks the node runs from now on (empty: idle).
+            factor: Slowdown believed now (> 0).
+            cpu_share: The node's CPU share now (default: its share when profiled).
+
+        Raises:
+            ValueError: If ``factor`` or ``cpu_share`` is not positive.
+        """
         if not (factor > 0 and math.isfinite(factor)):
             raise ValueError(f"factor must be a positive finite number, got {factor!r}")
+        share = self.profile.cpu_share if cpu_share is None else float(cpu_share)
+        if not share > 0:
+            raise ValueError(f"cpu_share must be > 0, got {cpu_share!r}")
         self.held = held
         self.known = float(factor)
+        self.share_at_reset = share
         self.calibration: float | None = None
         self.observations = 0
         self.latest: dict[int, float] = {}
@@ -263,7 +278,7 @@ class SlowdownTracker:
                 return self.known
             raw = ratio / self.calibration
         elif current_share is not None and current_share > 0:
-            raw = self.profile.cpu_share / current_share
+            raw = self.known * self.share_at_reset / current_share
         else:
             return self.known
         if not (raw > 0 and math.isfinite(raw)) or abs(raw / self.known - 1.0) <= self.threshold:

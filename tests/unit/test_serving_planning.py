@@ -139,3 +139,13 @@ def test_replan_switches_dp_after_a_slowdown_and_proportional_on_share_change():
     mono_cfg = config(partitioner="monolithic", repartition=False)
     with pytest.raises(ValueError, match="re-partition"):
         replan(build_problem(profs, mono_cfg), current, mono_cfg, mono_cfg.node_cpu_shares)
+
+
+def test_an_idle_tracker_remembers_a_slowdown_and_sees_a_share_recovery():
+    (p,) = profiles((1.0,))
+    t = SlowdownTracker(p, threshold=0.25)
+    t.reset(range(0), 4.0, cpu_share=0.25)  # went idle while 4x slow at share 0.25
+    assert t.factor(0.25) == 4.0            # no news: still believed slow
+    assert t.factor(1.0) == pytest.approx(1.0)  # the share came back
+    t.reset(range(0), 5.0, cpu_share=1.0)   # slow without a share change (contention)
+    assert t.factor(1.0) == 5.0

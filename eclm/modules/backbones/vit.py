@@ -62,7 +62,9 @@ def _stem(s: nn.Module, x: Tensor) -> Tensor:
 
 
 def _head(s: nn.Module, x: Tensor) -> Tensor:
-    return s.model_type.forward_head(s, s.norm(x))
+    # forward_head calls self.pool(), a VisionTransformer method the stage does not inherit.
+    x = s.model_type.pool(s, s.norm(x))
+    return s.head(s.head_drop(s.fc_norm(x)))
 
 
 @register_backbone
