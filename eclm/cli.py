@@ -25,7 +25,7 @@ def _fmt(v, pct: bool = True) -> str:
     return f"{100 * v:5.1f}%" if pct else f"{v:,.0f}"
 
 
-def run_campaign(cfg: PlatformConfig, cycles: int | None, out=sys.stdout) -> int:
+def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None) -> int:
     """Pretrain, run cycles with a progress line per cycle, print a summary table."""
     from eclm.platform import Platform
 
@@ -112,7 +112,7 @@ def load_serve_config(path: Path):
 
 
 def serve_model(cfg: PlatformConfig, serving, model: str = "cloud", requests: int = 64, pretrain: bool = False,
-                cycles: int = 0, out=sys.stdout) -> int:
+                cycles: int = 0, out=None) -> int:
     """Start the platform, deploy ``model`` across the serving nodes, serve random requests, report."""
     import torch
 

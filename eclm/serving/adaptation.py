@@ -8,7 +8,11 @@ running plan change now?*, with a decision value. The coordinator carries the de
 
 Rate limits: a check runs when an event arrived or every ``monitor_interval_s``, and never within
 ``repartition_cooldown_s`` of the last switch (new stages need a few micro-batches to settle their
-baselines before their numbers mean anything).
+baselines before their numbers mean anything). A check acts only on *settled* factors: if any
+node's factor moved by more than half the monitor threshold since the previous check, the
+smoothed latencies are still converging (an EWMA needs several readings to reach a step change),
+and acting then would cut for a half-measured slowdown and re-baseline the moved stages on it -
+the check waits for the next one instead.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class RepartitionPolicy:
         self.pending: list[dict[str, Any]] = []
         self.last_check = now
         self.last_switch = -math.inf
+        self.last_factors = [1.0] * config.n_nodes
 
     # ------------------------------------------------------------------ inputs
     def observe(self, timing: Mapping[str, Any]) -> None:
@@ -81,11 +86,11 @@ class RepartitionPolicy:
 
     # ------------------------------------------------------------------ decision
     def decide(self, now: float) -> tuple[RepartitionDecision, list[dict]] | None:
-        """Check the running plan if due; ``None`` when no check ran.
+        """Check the running plan if due; ``None`` when no check ran or the factors still move.
 
         Returns:
             ``(decision, events)``: the :class:`RepartitionDecision` on the problem rebuilt with
-            the current factors, and the monitor events that triggered the check.
+            the current factors, and the monitor events since the last check.
         """
         cfg = self.config
         if not cfg.repartition or now - self.last_switch < cfg.repartition_cooldown_s:
@@ -93,8 +98,13 @@ class RepartitionPolicy:
         if not (self.pending or self.status_due(now)):
             return None
         self.last_check = now
+        factors, previous = self.factors(), self.last_factors
+        self.last_factors = factors
+        settled = all(abs(f / p - 1.0) <= cfg.monitor_threshold / 2 for f, p in zip(factors, previous, strict=True))
+        if not settled:
+            return None  # keep the events: they still explain the next check
         events, self.pending = self.pending, []
-        problem = build_problem(self.profiles, cfg, self.factors())
+        problem = build_problem(self.profiles, cfg, factors)
         return replan(problem, self.plan, cfg, self.shares), events
 
     def installed(self, plan: PartitionPlan, now: float, switched: bool = True) -> list[int]:
@@ -109,6 +119,7 @@ class RepartitionPolicy:
             The nodes whose block ranges changed.
         """
         factors = self.factors()
+        self.last_factors = factors
         changed = [i for i in range(self.config.n_nodes) if plan.blocks_of(i) != self.plan.blocks_of(i)]
         for i in changed:
             self.trackers[i].reset(plan.blocks_of(i), factors[i], self.shares[i])

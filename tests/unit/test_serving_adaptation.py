@@ -45,18 +45,22 @@ def test_a_slowed_node_makes_the_check_switch_and_the_cooldown_holds_the_next():
     policy, plan = setup()
     settle(policy)
     busiest = max(range(3), key=lambda i: len(plan.blocks_of(i)))
-    policy.observe(timing(policy, busiest, 5.0, events=[{"quantity": "block_latency[1]"}]))
-    decision, events = policy.decide(now=0.2)  # an event triggers the check before the interval
+    policy.observe(timing(policy, busiest, 2.5, events=[{"quantity": "block_latency[1]"}]))
+    assert policy.decide(now=0.2) is None  # an event triggers a check, but the factor still moves
+    policy.observe(timing(policy, busiest, 5.0))
+    assert policy.decide(now=1.2) is None  # still converging: 2.5 -> 5
+    policy.observe(timing(policy, busiest, 5.0))
+    decision, events = policy.decide(now=2.2)  # settled: act on the full slowdown
     assert decision.switch and [e["quantity"] for e in events] == ["block_latency[1]"]
     assert policy.factors()[busiest] == pytest.approx(5.0)
-    changed = policy.installed(decision.plan, now=0.3)
+    changed = policy.installed(decision.plan, now=2.3)
     assert busiest in changed and len(decision.plan.blocks_of(busiest)) < len(plan.blocks_of(busiest))
     # The moved node keeps its believed factor while it re-settles, so nothing flips back.
     assert policy.factors()[busiest] == pytest.approx(5.0)
     policy.observe(timing(policy, busiest, 5.0, events=[{"quantity": "block_latency[2]"}]))
-    assert policy.decide(now=1.0) is None  # within the 2 s cooldown
+    assert policy.decide(now=3.0) is None  # within the 2 s cooldown
     settle(policy, times=5)
-    checked = policy.decide(now=3.0)
+    checked = policy.decide(now=5.0)
     assert checked is not None and not checked[0].switch
 
 
