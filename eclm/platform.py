@@ -73,6 +73,7 @@ class Platform:
         self._pending_restart: set[str] = set()
         self._last_resources: dict[str, dict] = {}
         self._manual: list[str] = []
+        self._deployments: list = []
         self.tracker = CampaignTracker.from_config(self.cfg.tracking, workdir=self.cfg.workdir)
 
     @classmethod
@@ -119,6 +120,12 @@ class Platform:
         """End the MLflow run and stop the actors (and Ray, if this platform started it)."""
         from eclm import runtime
 
+        for deployment in self._deployments:
+            try:
+                deployment.close()  # idempotent; logs its session while the run is still open
+            except Exception as err:  # shutting down must not fail because a deployment did
+                log.warning("closing deployment failed: %s", err)
+        self._deployments = []
         self.tracker.end(status)
         for actor in [self.cloud, *self.edges.values()]:
             if actor is not None:
@@ -445,7 +452,9 @@ class Platform:
         source = ModelSource(self.info["arch"], b.modules_per_layer, self.cfg.input_size, payload,
                              b.selector_width, b.selector_dim, name=model, meta={"model_id": self.info["model_id"]})
         self._serve_sessions = getattr(self, "_serve_sessions", 0) + 1
-        return Deployment(source, cfg, tracker=self.tracker, name=name or f"{model}-{self._serve_sessions}")
+        deployment = Deployment(source, cfg, tracker=self.tracker, name=name or f"{model}-{self._serve_sessions}")
+        self._deployments.append(deployment)
+        return deployment
 
 
 def _mean_usage(summaries: list[list[list[float]]]) -> list[list[float]]:

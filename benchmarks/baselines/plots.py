@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # benchmarks run headless
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 _PANELS = (("acc_after", "after adaptation, 10-way"), ("acc_after_dev", "after adaptation, device's classes"),
            ("acc_before", "on arrival (before adapting), 10-way"))
@@ -38,6 +39,7 @@ def plot_accuracy_over_cycles(summary: dict, labels: dict[str, str], title: str,
                             [m + s for m, s in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.15)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("cycle (one new environment each)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("accuracy on the device's current environment")

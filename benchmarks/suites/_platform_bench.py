@@ -97,7 +97,7 @@ class ScaleBenchConfig(BaseModel):
         if mode == "quick":
             return cls()
         if mode == "full":
-            return cls(device_counts=[4, 16, 64, 128, 256], cycles=3, time_budget_s=1500.0)
+            return cls(device_counts=[4, 16, 64, 128, 256], cycles=3, time_budget_s=900.0)
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
 
 

@@ -29,7 +29,7 @@ from benchmarks.report import Table
 from eclm import runtime
 from eclm.modules import modularize
 from eclm.runtime.serving import Deployment, StagePool
-from eclm.serving import ModelSource, NodeState, ServingConfig, create_scheduler
+from eclm.serving import ModelSource, NodeState, ServingConfig, create_scheduler, make_plan
 from eclm.serving.plots import throughput_over_time
 
 MIXES = {"amp4ec 1.0/0.6/0.4": [1.0, 0.6, 0.4], "4 x 0.5": [0.5, 0.5, 0.5, 0.5]}
@@ -42,19 +42,26 @@ CLAIMS = {"latency": "-78%", "throughput": "+414%", "scheduling": "10 ms"}
 
 @dataclass(frozen=True)
 class Budget:
-    """How much each part runs in a mode."""
+    """How much each part runs in a mode.
+
+    Partitioners (and schedulers) of one setting are measured in interleaved rounds, rotating the
+    order each round, and medians are reported: the host is shared, and its load drifts over the
+    seconds one setting takes, so measuring them one after the other would compare different
+    machines.
+    """
 
     sizes: tuple[int, ...]
-    latency_batches: int
-    throughput_batches: int
+    rounds: int
+    latency_batches: int  # per round: micro-batches sent one at a time
+    throughput_batches: int  # per round: micro-batches queued at once
     replicas_models: tuple[str, ...]
     adapt_seconds: float
     sched_requests: int
 
 
 BUDGETS = {
-    "quick": Budget((32, 96), 6, 6, ("mobilenetv3_small_100",), 9.0, 4000),
-    "full": Budget((32, 128), 20, 24, tuple(MODELS), 24.0, 40000),
+    "quick": Budget((32, 96), 2, 2, 6, ("mobilenetv3_small_100",), 9.0, 4000),
+    "full": Budget((32, 128), 3, 6, 10, tuple(MODELS), 24.0, 40000),
 }
 
 
@@ -99,20 +106,41 @@ def source(model: str, size: int) -> ModelSource:
     return ModelSource.from_modular(modular.eval(), name=model)
 
 
-def measure(d: Deployment, x: torch.Tensor, micro: int, latency_batches: int, throughput_batches: int) -> dict:
-    """Unloaded latency (micro-batches one at a time) and saturated throughput on ``d``."""
+def measure_round(d: Deployment, x: torch.Tensor, micro: int, budget: Budget) -> tuple[list[int], dict]:
+    """One round on ``d``: unloaded latency (micro-batches one at a time), then a saturated run."""
     d.infer(x[: 2 * micro])  # warm the freshly loaded stages
     ids = []
-    for k in range(latency_batches):
+    for k in range(budget.latency_batches):
         ids += [t["request_id"] for t in d.infer(x[k * micro:(k + 1) * micro])[1]]
-    lat = d.stats(ids)
-    _, timings = d.infer(x[: throughput_batches * micro])
-    thr = d.stats([t["request_id"] for t in timings])
+    _, timings = d.infer(x[: budget.throughput_batches * micro])
+    return ids, d.stats([t["request_id"] for t in timings])
+
+
+def aggregate(d: Deployment, latency_ids: list[int], runs: list[dict]) -> dict:
+    """Latency percentiles over every round's unloaded requests; medians of the saturated runs."""
+    lat = d.stats(latency_ids)
+
+    def med(key, sub=None):
+        return statistics.median(r[key] if sub is None else r[key][sub] for r in runs)
+
     return {"wall_p50_ms": lat["latency_ms"]["p50"], "wall_p95_ms": lat["latency_ms"]["p95"],
             "emu_p50_ms": lat["emulated_latency_ms"]["p50"], "emu_p95_ms": lat["emulated_latency_ms"]["p95"],
-            "wall_rps": thr["throughput_rps"], "emu_rps": thr["emulated_throughput_rps"],
-            "loaded_p95_ms": thr["service_ms"]["p95"], "emu_loaded_p95_ms": thr["emulated_queued_ms"]["p95"],
-            "schedule_us": thr["schedule_us_per_request"]}
+            "wall_rps": med("steady_throughput_rps"), "emu_rps": med("emulated_steady_throughput_rps"),
+            "loaded_p95_ms": med("service_ms", "p95"), "emu_loaded_p95_ms": med("emulated_queued_ms", "p95"),
+            "schedule_us": med("schedule_us_per_request")}
+
+
+def interleaved(d: Deployment, options: tuple[str, ...], switch, x, micro, budget) -> dict[str, dict]:
+    """Measure every option of ``d`` (``switch(option)`` installs it) in rotating rounds."""
+    ids: dict[str, list[int]] = {o: [] for o in options}
+    runs: dict[str, list[dict]] = {o: [] for o in options}
+    for r in range(budget.rounds):
+        for option in options[r % len(options):] + options[: r % len(options)]:
+            switch(option)
+            lat_ids, run = measure_round(d, x, micro, budget)
+            ids[option] += lat_ids
+            runs[option].append(run)
+    return {o: aggregate(d, ids[o], runs[o]) for o in options}
 
 
 def compare_partitioners(pool: StagePool, budget: Budget) -> tuple[list[dict], list[dict]]:
@@ -121,17 +149,16 @@ def compare_partitioners(pool: StagePool, budget: Budget) -> tuple[list[dict], l
         for model in MODELS:
             for size in budget.sizes:
                 src = source(model, size)
-                x = torch.randn(budget.throughput_batches * 8, 3, size, size, generator=torch.Generator().manual_seed(1))
+                x = torch.randn(budget.throughput_batches * 8, 3, size, size,
+                                generator=torch.Generator().manual_seed(1))
                 for micro in (1, 8):
                     cfg = config(shares, micro)
                     with Deployment(src, cfg, pool=pool.view(cfg), name="bench") as d:
-                        group = []
-                        for part in PARTITIONERS:
-                            plan = d.use_partitioner(part)
-                            m = measure(d, x, micro, budget.latency_batches, budget.throughput_batches)
-                            group.append({"mix": mix, "model": model, "size": size, "micro": micro, "partitioner": part,
-                                          "boundaries": list(plan.boundaries),
-                                          "predicted_rps": micro / plan.bottleneck, **m})
+                        plans = {p: make_plan(d.problem, cfg, p) for p in PARTITIONERS}
+                        measured = interleaved(d, PARTITIONERS, d.use_partitioner, x, micro, budget)
+                    group = [{"mix": mix, "model": model, "size": size, "micro": micro, "partitioner": p,
+                              "boundaries": list(plans[p].boundaries), "predicted_rps": micro / plans[p].bottleneck,
+                              **measured[p]} for p in PARTITIONERS]
                     rows += with_ratios(group, shares)
                     if mix.startswith("amp4ec") and model in budget.replicas_models:
                         replicas += run_replicas(src, pool, shares, micro, x, budget, group[0])
@@ -151,14 +178,14 @@ def with_ratios(group: list[dict], shares: list[float]) -> list[dict]:
 
 
 def run_replicas(src, pool, shares, micro, x, budget, mono) -> list[dict]:
-    out = []
-    for name in ("amp4ec", "round_robin", "least_loaded"):
-        cfg = config(shares, micro, placement="replicas", scheduler=name)
-        with Deployment(src, cfg, pool=pool.view(cfg), name="bench-replicas") as d:
-            m = measure(d, x, micro, budget.latency_batches, budget.throughput_batches)
-        out.append({"model": src.name, "size": src.input_size[1], "micro": micro, "scheduler": name, **m,
-                    "thr_ratio_emu": m["emu_rps"] / mono["emu_rps"], "thr_ratio_wall": m["wall_rps"] / mono["wall_rps"]})
-    return out
+    """Whole-model replicas with each scheduler (interleaved rounds on one deployment)."""
+    names = ("amp4ec", "round_robin", "least_loaded")
+    cfg = config(shares, micro, placement="replicas")
+    with Deployment(src, cfg, pool=pool.view(cfg), name="bench-replicas") as d:
+        measured = interleaved(d, names, d.use_scheduler, x, micro, budget)
+    return [{"model": src.name, "size": src.input_size[1], "micro": micro, "scheduler": n, **measured[n],
+             "thr_ratio_emu": measured[n]["emu_rps"] / mono["emu_rps"],
+             "thr_ratio_wall": measured[n]["wall_rps"] / mono["wall_rps"]} for n in names]
 
 
 def scheduler_overhead(requests: int, repeats: int = 5) -> list[dict]:
@@ -245,9 +272,11 @@ def partition_table(rows: list[dict]) -> dict:
              r["capacity_share_wall"]] for r in rows]
     return Table("Monolithic (strongest node) vs AMP4EC proportional vs DP partition", cols, body, notes=(
         f"Emulated nodes (stage actors pacing thread CPU time to share x {SCALE} of a host core; links 100 Mbit/s + "
-        "1 ms per hop). Latency: one micro-batch at a time (unloaded), per request; throughput: all requests queued, "
-        "at most 2 micro-batches per node in flight; saturated p95: admission -> result of a micro-batch in that "
-        "run (queueing included, so higher throughput means lower saturated latency). 'emu' = the nodes' own seconds (CPU time / share + link time), "
+        "1 ms per hop). The three partitioners of a setting share one deployment and are measured in rotating "
+        "rounds (medians), so drifting host load hits them alike. Latency: one micro-batch at a time (unloaded), per "
+        "request; throughput: micro-batches queued at once, at most 2 per node in flight, counted from the first "
+        "completion (pipeline fill excluded); saturated p95: admission -> result of a micro-batch in that run "
+        "(queueing included, so higher throughput means lower saturated latency). 'emu' = the nodes' own seconds (CPU time / share + link time), "
         "throughput by replaying the measured micro-batches through FIFO nodes: what real nodes of these shares "
         "would do, without Ray overhead or this host's contention. 'wall' = measured by the driver on this host "
         "(Ray calls ~1-2 ms per hop, all actors, Ray and the driver sharing 2 cores). capacity = the monolithic "

@@ -44,6 +44,7 @@ def start_ray(address: str | None, *, num_cpus: float | None, num_devices: int) 
         return False
     if address is None:
         ray.init(
+            address="local",  # always a new local instance, never an unrelated Ray already running here
             num_cpus=num_cpus,
             resources={CLOUD_RESOURCE: 1, EDGE_RESOURCE: max(num_devices, 1)},
             include_dashboard=False,

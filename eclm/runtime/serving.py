@@ -296,6 +296,18 @@ class Deployment:
         self._install(plan, {"kind": "partitioner", "partitioner": partitioner}, switched=False)
         return plan
 
+    def use_scheduler(self, scheduler: str) -> None:
+        """Drain and switch the request scheduler (``replicas`` placement) to a fresh ``scheduler``.
+
+        Raises:
+            ValueError: If the scheduler name is unknown.
+        """
+        self._drain()
+        self._set_config(ServingConfig.model_validate({**self.config.model_dump(), "scheduler": scheduler}))
+        cfg = self.config
+        self.scheduler = create_scheduler(scheduler, seed=cfg.scheduler_seed, max_load=cfg.max_load,
+                                          max_latency=cfg.max_latency_s)
+
     def set_repartition(self, enabled: bool) -> None:
         """Turn adaptive re-partitioning on or off."""
         self._set_config(self.config.model_copy(update={"repartition": bool(enabled)}))

@@ -54,6 +54,7 @@ from eclm.serving.session_stats import (
     batch_traces,
     percentiles,
     replay_emulated,
+    steady_rate,
     summarize,
     throughput_timeline,
 )
@@ -131,6 +132,7 @@ __all__ = [
     "session_metrics",
     "split_into_stages",
     "stage_module",
+    "steady_rate",
     "strongest_node",
     "summarize",
     "throughput_timeline",

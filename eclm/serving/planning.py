@@ -63,11 +63,10 @@ class NodeProfile:
 
         The isolated profile times every block back to back on warm caches. A stage serving real
         traffic wakes from idling for each micro-batch, and its first block then pays for cold
-        code and data paths (measured 0.2-0.6 ms of CPU per stage on a shared 2-core host, the
-        same whichever block comes first). Timing the whole chain as one served stage gives each
-        block's serving cost, block 0 included that entry cost: the excess of served over
-        isolated block 0 becomes the per-stage overhead, and the served times of the other blocks
-        replace the isolated ones.
+        code and data paths (measured 0.15-0.6 ms of CPU per stage on a shared 2-core host).
+        Timing the whole chain as one served stage gives each block's serving cost, block 0
+        including that entry cost: the excess of served over isolated block 0 becomes the
+        per-stage overhead, and the served times of the other blocks replace the isolated ones.
 
         Args:
             served_block_seconds: ``[n_blocks]`` median block times of the chain served as one stage.

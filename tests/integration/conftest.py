@@ -19,7 +19,7 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, resources={CLOUD_RESOURCE: 1, EDGE_RESOURCE: 8}, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, resources={CLOUD_RESOURCE: 1, EDGE_RESOURCE: 8}, include_dashboard=False,
              object_store_memory=300 * 2**20,
              log_to_driver=False, configure_logging=False)
     yield ray

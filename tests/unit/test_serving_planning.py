@@ -1,13 +1,17 @@
 """From node profiles to plans and routes; slowdown tracking with calibration; re-plans."""
 
+import random
+
 import pytest
 
 from eclm.serving import (
     NodeProfile,
+    PartitionProblem,
     ServingConfig,
     SlowdownTracker,
     brute_force_partition,
     build_problem,
+    dp_partition,
     evaluate_plan,
     make_plan,
     replan,
@@ -149,3 +153,23 @@ def test_an_idle_tracker_remembers_a_slowdown_and_sees_a_share_recovery():
     assert t.factor(1.0) == pytest.approx(1.0)  # the share came back
     t.reset(range(0), 5.0, cpu_share=1.0)   # slow without a share change (contention)
     assert t.factor(1.0) == 5.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("objective", ["throughput", "latency"])
+def test_stage_overhead_is_charged_per_active_stage_and_dp_stays_optimal(seed, objective):
+    rng = random.Random(seed)
+    n, blocks = rng.randint(2, 4), rng.randint(3, 7)
+    overhead = [rng.uniform(0.0, 0.02) for _ in range(n)]
+    problem = PartitionProblem([[rng.uniform(0.001, 0.01) for _ in range(blocks)] for _ in range(n)],
+                               [rng.uniform(0, 1e4) for _ in range(blocks)], 1e3, [1e6] * (n - 1), [1e-3] * (n - 1),
+                               stage_overhead=overhead)
+    plan = dp_partition(problem, objective)
+    best = brute_force_partition(problem, objective)
+    key = (lambda p: p.bottleneck) if objective == "throughput" else (lambda p: p.latency)
+    assert key(plan) == pytest.approx(key(best))
+    for stage in plan.stages:
+        blocks_s = sum(problem.block_latency[stage.node][stage.start:stage.stop])
+        assert stage.compute_time == pytest.approx(blocks_s + overhead[stage.node])
+    with pytest.raises(ValueError, match="stage_overhead"):
+        PartitionProblem([[1.0]], [1.0], 1.0, [], [], stage_overhead=[-1.0])

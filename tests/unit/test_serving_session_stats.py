@@ -10,6 +10,7 @@ from eclm.serving import (
     RequestLedger,
     percentiles,
     replay_emulated,
+    steady_rate,
     summarize,
     throughput_timeline,
 )
@@ -33,6 +34,19 @@ def test_a_full_pipeline_runs_at_the_bottleneck_rate(stages, in_flight):
     # Pipeline fill plus n times the slowest stage.
     assert result.makespan_s == pytest.approx(sum(stages) + (n - 1) * max(stages))
     assert result.throughput_rps == pytest.approx(n / result.makespan_s)
+    # Counted from the first completion, the fill drops out: exactly the bottleneck rate.
+    assert result.steady_throughput_rps == pytest.approx(1 / max(stages))
+
+
+@pytest.mark.parametrize("finish,sizes,expected", [
+    ([1.0, 2.0, 3.0], [4, 4, 4], 4.0),
+    ([3.0, 1.0, 2.0], [2, 8, 2], 2.0),   # order does not matter; the first batch only starts the clock
+    ([1.0], [5], math.nan),
+    ([2.0, 2.0], [1, 1], math.nan),
+])
+def test_steady_rate(finish, sizes, expected):
+    got = steady_rate(finish, sizes)
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
 
 
 def test_in_flight_bound_limits_overlap():
@@ -81,6 +95,8 @@ def test_summarize_counts_requests_retries_and_node_load():
     s = summarize([led.records[i] for i in ids], max_in_flight=4)
     assert s["requests"] == 4 and s["failed"] == 0 and s["retried"] == 2
     assert s["throughput_rps"] == pytest.approx(4 / 2.0)
+    assert s["steady_throughput_rps"] == pytest.approx(2 / 1.0)  # batch 2 finished 1 s after batch 1
+    assert s["emulated_steady_throughput_rps"] == pytest.approx(2 / 0.3)
     assert s["emulated_latency_ms"]["p50"] == pytest.approx(400.0)
     assert s["stage_load"]["1"]["busy_fraction"] == pytest.approx(0.6 / 2.0)
     assert s["stage_load"]["0"]["micro_batches"] == 2
