@@ -55,6 +55,7 @@ class DeviceConfig(_Strict):
     memory_mb: float | None = Field(None, gt=0, description="memory available for training, MB")
     gflops: float | None = Field(None, gt=0, description="sustained compute, GFLOP/s")
     bandwidth_mbps: float | None = Field(None, gt=0, description="link bandwidth to the cloud, Mbit/s")
+    latency_ms: float | None = Field(None, ge=0, description="one-way link latency to the cloud, ms (split learning's delay model)")
     params_fraction: float | None = Field(None, gt=0, le=1, description="cap sub-model params at this share of the cloud model")
     measure: bool = Field(False, description="measure unset resources on the node (memory, matmul GFLOP/s, link)")
     node: str | None = Field(None, description="pin to a node that offers the custom resource device:<node>")

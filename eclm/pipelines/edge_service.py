@@ -73,7 +73,8 @@ class EdgeService:
     def _initial_resources(self) -> dict:
         d = self.device
         res = {"memory_mb": d.memory_mb, "gflops": d.gflops, "bandwidth_mbps": d.bandwidth_mbps,
-               "params_fraction": d.params_fraction}
+               "params_fraction": d.params_fraction,
+               "latency_s": d.latency_ms / 1000 if d.latency_ms is not None else None}
         if d.measure:
             measured = measure_resources()
             res = {k: (v if v is not None else measured.get(k)) for k, v in res.items()}
