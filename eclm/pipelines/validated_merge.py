@@ -145,6 +145,7 @@ class ValidatedMerge:
         before = self.evaluate(cloud_state, valid)
         report.cloud_acc_before, report.device_acc_before = before.overall, before.per_device
         chosen = list(valid)
+        exclusion_order: list[tuple[ModuleUpdate, Evaluation]] | None = None
         while chosen:
             candidate = self._merge(cloud_state, layers, chosen)
             after = self.evaluate(candidate, chosen)
@@ -162,9 +163,13 @@ class ValidatedMerge:
             if len(chosen) == 1:
                 report.rejected[chosen[0].device_id] = f"harmful: {failure}"
                 break
-            worst, worst_eval = self._most_harmful(cloud_state, layers, chosen)
+            if exclusion_order is None:
+                # Rank devices once by how much leaving each out helps (N candidates), then drop
+                # them in that order: at most 2N candidates instead of O(N^2) greedy re-ranking.
+                exclusion_order = self._rank_by_harm(cloud_state, layers, chosen)
+            worst, worst_eval = exclusion_order.pop(0)
             report.rejected[worst.device_id] = (
-                f"harmful: {failure}; without it cloud accuracy is {worst_eval.overall:.4f}"
+                f"harmful: {failure}; leaving it out alone gave cloud accuracy {worst_eval.overall:.4f}"
             )
             chosen = [u for u in chosen if u is not worst]
         report.reason = "no subset of the updates keeps the cloud model within tolerance"
@@ -196,12 +201,10 @@ class ValidatedMerge:
                 return f"device {u.device_id} accuracy {b:.4f} -> {a:.4f} (tolerance {self.device_tolerance})"
         return None
 
-    def _most_harmful(self, cloud_state, layers, chosen) -> tuple[ModuleUpdate, Evaluation]:
-        best: tuple[ModuleUpdate, Evaluation] | None = None
+    def _rank_by_harm(self, cloud_state, layers, chosen) -> list[tuple[ModuleUpdate, Evaluation]]:
+        """Devices ordered most harmful first: by the overall accuracy of the merge without them."""
+        ranked = []
         for u in chosen:
             rest = [v for v in chosen if v is not u]
-            ev = self.evaluate(self._merge(cloud_state, layers, rest), rest)
-            if best is None or ev.overall > best[1].overall:
-                best = (u, ev)
-        assert best is not None
-        return best
+            ranked.append((u, self.evaluate(self._merge(cloud_state, layers, rest), rest)))
+        return sorted(ranked, key=lambda item: -item[1].overall)

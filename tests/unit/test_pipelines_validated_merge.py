@@ -254,3 +254,23 @@ def test_class_rows_merge_the_head_only_over_devices_holding_each_class(modular)
         assert torch.equal(rows[3], b.state[key][3])
         torch.testing.assert_close(rows[2], (a.state[key][2] + b.state[key][2]) / 2)  # equal samples
         assert torch.equal(rows[4:], before[key][4:])  # nobody holds classes 4..9: untouched
+
+
+@pytest.mark.parametrize("devices", [2, 4, 7])
+def test_finding_the_harmful_devices_costs_a_linear_number_of_candidates(modular, devices):
+    calls = []
+    updates = [_update(modular, f"d{i}", i % 2, 1e-4) for i in range(devices)]
+    baseline = {"seen": False}
+
+    def scripted(state, ups):  # the baseline is fine, every merged candidate is too harmful
+        if not baseline["seen"]:
+            baseline["seen"] = True
+            return Evaluation(0.9, {})
+        calls.append(len(ups))
+        return Evaluation(0.1, {})
+
+    cloud, (state, report) = _run(modular, ValidatedMerge(evaluate=scripted), updates)
+    assert state is None and report.decision == "reject"
+    assert sorted(report.rejected) == sorted(u.device_id for u in updates)
+    # full merge + N leave-one-out ranks + (N - 1) shrinking candidates
+    assert len(calls) <= 2 * devices
