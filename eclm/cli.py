@@ -81,34 +81,14 @@ def _summary(p, out) -> None:
 
 
 def load_serve_config(path: Path):
-    """A platform YAML plus its optional ``serving:`` section (a ``ServingConfig``) for ``eclm serve``.
+    """A platform YAML and its ``serving:`` section (a ``ServingConfig``) for ``eclm serve``.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ConfigError: If the YAML or a field (platform or serving) is invalid; the message names it.
     """
-    import yaml
-    from pydantic import ValidationError
-
-    from eclm.serving import ServingConfig
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if "serving" in PlatformConfig.model_fields:  # once the platform config composes the section
-        cfg = PlatformConfig.from_dict(raw, source=str(path))
-        return cfg, cfg.serving
-    section = raw.pop("serving", None) or {}
-    cfg = PlatformConfig.from_dict(raw, source=str(path))
-    try:
-        return cfg, ServingConfig.model_validate(section)
-    except ValidationError as err:
-        lines = [f"serving.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(f"{path}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+    cfg = PlatformConfig.from_yaml(path)
+    return cfg, cfg.serving
 
 
 def serve_model(cfg: PlatformConfig, serving, model: str = "cloud", requests: int = 64, pretrain: bool = False,
