@@ -75,6 +75,9 @@ class AdaptationConfig(_Strict):
     restrict_to_local_classes: bool = Field(False, description="restrict the training softmax to the device's classes")
     target_step_seconds: float = Field(0.5, gt=0, description="compute budget: one training batch should take this long")
     max_transfer_seconds: float = Field(30.0, gt=0, description="bandwidth budget: shipping a sub-model should take this long")
+    exchange: Literal["delta", "weights"] = Field(
+        "delta", description="delta: devices upload this cycle's change and receive the cloud's change since the "
+        "version they hold, keeping their local adaptation; weights: full sub-model weights both ways")
 
 
 class DriftDetectionConfig(_Strict):
@@ -96,7 +99,9 @@ class MergeConfig(_Strict):
     device_tolerance: float = Field(0.05, ge=0, description="max allowed drop on a reporting device's classes")
     min_updates: int = Field(1, ge=1)
     server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
-    repair_epochs: int = Field(1, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
+    step_backoff: int = Field(3, ge=0, description="halvings of server_lr tried on a failing candidate before devices are excluded")
+    keep_versions: int = Field(4, ge=1, description="recent cloud versions kept in memory to ship deltas against")
+    repair_epochs: int = Field(0, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
     repair_lr: float = Field(0.005, gt=0, description="learning rate of that repair fine-tuning")
     head_by_class: bool = Field(True, description="merge classifier rows only over the devices that hold each class")
     merge_norm_statistics: bool = Field(False, description="average BatchNorm running statistics too; by default the cloud keeps its own and recalibrates them on proxy data")

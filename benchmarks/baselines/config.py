@@ -138,7 +138,7 @@ class AdaptationBenchConfig(BaseModel):
         if mode == "quick":
             return cls(seeds=3, num_devices=8, cycles=3, workers=2)
         if mode == "full":
-            return cls(seeds=3, num_devices=100, devices_per_cycle=25, cycles=4, workers=2)
+            return cls(seeds=3, num_devices=100, devices_per_cycle=25, cycles=3, workers=2)
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
 
     @classmethod

@@ -184,10 +184,11 @@ def _merge_table(scaling: list[dict]) -> Table:
         ["updates", "candidates evaluated", "seconds", "decision", "accepted", "reason"],
         rows,
         notes=("One adaptation cycle of k devices merged into copies of the same pretrained cloud, in-process. A "
-               "candidate is one merged state that is finalised (BatchNorm recalibration and repair fine-tuning on "
-               "the proxy data) and validated. When the full set fails validation, ValidatedMerge excludes updates "
-               "greedily and re-evaluates every leave-one-out subset at each step: about k^2/2 candidates, each "
-               "validated against all remaining devices, so the merge grows roughly with k^3."),
+               "candidate is one merged state that is finalised (BatchNorm recalibration on the proxy data, plus "
+               "merge.repair_epochs of fine-tuning if set) and validated. A failing candidate is retried with the "
+               "server step halved up to merge.step_backoff times; if the full set still fails, the updates are "
+               "ranked once by leave-one-out (k candidates) and dropped in that order, so a merge evaluates at most "
+               "about (step_backoff + 2) * k candidates, each against the remaining devices' classes."),
     )
 
 

@@ -152,14 +152,22 @@ class ModularModel(nn.Module):
         return [(s / max(len(x), 1)).tolist() for s in sums]
 
     # ----------------------------------------------------------------- extraction
-    def extract(self, spec: SubModelSpec) -> nn.Module:
+    def extract(self, spec: SubModelSpec, state: dict[str, Tensor] | None = None) -> nn.Module:
         """Materialise the sub-model ``spec`` as a plain compact timm ``nn.Module``.
 
         The result shares no storage with the cloud model. ``extract(full_spec())`` computes the
         source model's function; smaller specs are genuinely narrower blocks.
+
+        Args:
+            spec: The sub-model to materialise.
+            state: A backbone ``state_dict`` to extract from instead of the current weights
+                (e.g. an older cloud version).
         """
         self.check_spec(spec)
-        model = strip_gate_points(copy.deepcopy(self.backbone))
+        model = copy.deepcopy(self.backbone)
+        if state is not None:
+            model.load_state_dict(state)
+        model = strip_gate_points(model)
         return narrow(model, self.layers, [tuple(range(l.n_modules)) for l in self.layers], spec.groups)
 
     def chain(self, model: nn.Module | None = None) -> list[tuple[str, nn.Module]]:

@@ -28,6 +28,7 @@ from eclm.modules import (
     train_offline,
     unpack_state,
 )
+from eclm.modules.deltas import apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
@@ -68,6 +69,8 @@ class CloudService:
         self.checkpoint_dir = Path(self.cfg.workdir) / "checkpoints" / self.cfg.name
         self.usage: dict[str, list[list[float]]] = {}
         self.best_val_acc: float | None = None
+        self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
+        self._remember_version()
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
@@ -94,6 +97,8 @@ class CloudService:
             num_classes=self.num_classes, progress=progress,
         )
         self._save_checkpoint()
+        self._versions = {}
+        self._remember_version()
         self.best_val_acc = self.validation_accuracy()
         return [vars(h) for h in history]
 
@@ -115,7 +120,9 @@ class CloudService:
 
         If the device already holds exactly the derived spec from the current cloud version
         (``held_spec``/``held_version``), nothing is shipped: it keeps its locally adapted
-        weights (a refresh only happens when the selection or the cloud model changed).
+        weights. If it holds the spec from an older version and ``adaptation.exchange`` is
+        ``delta``, it gets the cloud's change since that version (it adds it to its adapted
+        weights); otherwise the full sub-model.
 
         Returns:
             ``{"spec": json, "payload": bytes or None, "version": int, "budget": dict, "cost": dict}``.
@@ -134,10 +141,10 @@ class CloudService:
         solve = time.perf_counter() - start
         self.given_specs[device] = spec
         self.usage[device] = [list(v) for v in importance]
-        unchanged = held_spec is not None and held_version == self.version and SubModelSpec.from_json(held_spec) == spec
+        same_spec = held_spec is not None and SubModelSpec.from_json(held_spec) == spec
         payload = None
-        if not unchanged:
-            payload = pack_state(self.model.extract(spec).state_dict(), spec, {"version": self.version, "device": device})
+        if not (same_spec and held_version == self.version):
+            payload = self._package(device, spec, held_version if same_spec else None)
         return {
             "spec": spec.to_json(),
             "payload": payload,
@@ -146,6 +153,34 @@ class CloudService:
             "cost": self.model.costs().total(spec),
             "solve_seconds": solve,
         }
+
+    def _package(self, device: str, spec: SubModelSpec, held_version: int | None) -> bytes:
+        """The full sub-model, or the change since ``held_version`` when a delta can be made."""
+        meta = {"version": self.version, "device": device}
+        current = self.model.extract(spec).state_dict()
+        base = self._versions.get(held_version) if held_version is not None else None
+        if self.cfg.adaptation.exchange == "delta" and base is not None:
+            delta = state_delta(current, self.model.extract(spec, base).state_dict(), statistics=False)
+            return pack_state(delta, spec, meta | {"kind": "delta", "base_version": held_version})
+        return pack_state(current, spec, meta)
+
+    def _remember_version(self) -> None:
+        """Keep the current weights (the last ``merge.keep_versions`` versions) to diff against."""
+        self._versions[self.version] = {k: v.detach().clone() for k, v in self.model.backbone.state_dict().items()}
+        for old in sorted(self._versions)[: -self.cfg.merge.keep_versions]:
+            del self._versions[old]
+
+    def _rebase(self, state: dict[str, Tensor], spec: SubModelSpec, meta: dict) -> dict[str, Tensor]:
+        """An upload as absolute weights: a delta upload is added to the cloud's current slices."""
+        if meta.get("kind", "weights") == "weights":
+            return state
+        if meta.get("kind") != "delta":
+            raise MalformedPayloadError(f"unknown update kind {meta.get('kind')!r}")
+        try:
+            current = self.model.extract(spec).state_dict()
+        except (ValueError, IndexError) as err:
+            raise MalformedPayloadError(f"spec does not fit the cloud model: {err}") from err
+        return apply_delta(current, state)
 
     # ------------------------------------------------------------------ merge
     def _evaluator(self):
@@ -183,9 +218,10 @@ class CloudService:
         for up in uploads:
             device = str(up.get("device"))
             try:
-                state, spec, _ = unpack_state(up["payload"])
+                state, spec, meta = unpack_state(up["payload"])
                 if spec is None:
                     raise MalformedPayloadError("payload carries no sub-model spec")
+                state = self._rebase(state, spec, meta)
                 updates.append(ModuleUpdate(device, spec, state, up["importance"], int(up["num_samples"]),
                                             [int(c) for c in up.get("classes", [])] or None))
                 classes[device] = [int(c) for c in up.get("classes", [])]
@@ -194,7 +230,7 @@ class CloudService:
         pipeline = ValidatedMerge(
             evaluate=run, aggregator=create_aggregator(m.aggregator, m.trim_fraction), weighting=m.weighting,
             max_relative_norm=m.max_relative_norm, tolerance=m.tolerance, device_tolerance=m.device_tolerance,
-            min_updates=m.min_updates, server_lr=m.server_lr, merge_norm_statistics=m.merge_norm_statistics,
+            min_updates=m.min_updates, server_lr=m.server_lr, step_backoff=m.step_backoff, merge_norm_statistics=m.merge_norm_statistics,
             finalize=self._finalize_candidate,
             reference_accuracy=self.best_val_acc,
             class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
@@ -211,6 +247,7 @@ class CloudService:
         if new_state is not None:
             self.model.backbone.load_state_dict(new_state)
             self.version += 1
+            self._remember_version()
             if report.cloud_acc_after is not None:
                 self.best_val_acc = max(self.best_val_acc or 0.0, report.cloud_acc_after)
             out["checkpoint"] = str(self._save_checkpoint())

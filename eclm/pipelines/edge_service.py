@@ -27,6 +27,7 @@ from eclm.modules import (
     skeleton,
     unpack_state,
 )
+from eclm.modules.deltas import apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms, training_memory_bytes
 from eclm.pipelines.drift_detection import DriftDetector
@@ -156,6 +157,9 @@ class EdgeService:
     def install(self, spec_json: str, payload: bytes | None, costs: dict, version: int | None = None) -> dict:
         """Install a sub-model sent by the cloud (``payload=None``: keep the held one).
 
+        A payload of kind ``delta`` carries the cloud's change since the version held here and is
+        added to the locally adapted weights (see :mod:`eclm.modules.deltas`).
+
         Raises:
             MalformedPayloadError: If the payload does not decode or does not match the spec.
             ValueError: If no payload is sent but the device does not hold that spec.
@@ -167,10 +171,16 @@ class EdgeService:
             self.version = version
             return {"params": sum(p.numel() for p in self.model.parameters()), "modules": spec.num_modules(),
                     "kept": True}
-        state, payload_spec, _ = unpack_state(payload)
+        state, payload_spec, meta = unpack_state(payload)
         if payload_spec != spec:
             raise MalformedPayloadError("payload spec differs from the announced spec")
-        self.model = rebuild_submodel(self.skeleton, spec, state)
+        if meta.get("kind") == "delta":  # the cloud's change since the version held here
+            if self.model is None or self.spec != spec or self.version != meta.get("base_version"):
+                raise ValueError(f"device {self.name}: got a delta against version {meta.get('base_version')} "
+                                 f"but holds version {self.version} of {self.spec.to_json() if self.spec else None}")
+            self.model.load_state_dict(apply_delta(self.model.state_dict(), state))
+        else:
+            self.model = rebuild_submodel(self.skeleton, spec, state)
         self.spec = spec
         self.version = version
         self.costs = CostTable.from_dict(costs)
@@ -202,7 +212,11 @@ class EdgeService:
 
     # ------------------------------------------------------------------ adaptation
     def adapt(self) -> dict:
-        """Fine-tune on local data; return metrics and the update (safetensors bytes)."""
+        """Fine-tune on local data; return metrics and the update (safetensors bytes).
+
+        With ``adaptation.exchange: delta`` the update is this cycle's change of the weights
+        (``after - before``); with ``weights`` it is the adapted sub-model itself.
+        """
         if self.model is None or self.spec is None:
             raise RuntimeError(f"device {self.name} has no sub-model installed")
         a = self.cfg.adaptation
@@ -210,6 +224,7 @@ class EdgeService:
         acc_before, loss_before = evaluate(self.model, test.images, test.labels)
         prev_before = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         rss_before = psutil.Process().memory_info().rss
+        start_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rounds)
         stats = finetune(self.model, train.images, train.labels, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                          momentum=a.momentum, replay=self.replay if a.replay_capacity else None,
@@ -223,7 +238,11 @@ class EdgeService:
         self.detector.update_reference(evaluate(self.model, train.images, train.labels)[0], importance)
         cost = self.costs.total(self.spec) if self.costs else {}
         self.rounds += 1
-        payload = pack_state(self.model.state_dict(), self.spec, {"device": self.name, "round": self.rounds})
+        meta = {"device": self.name, "round": self.rounds, "base_version": self.version}
+        if a.exchange == "delta":  # this cycle's change only; the cloud re-bases it on its current slices
+            payload = pack_state(state_delta(self.model.state_dict(), start_state), self.spec, meta | {"kind": "delta"})
+        else:
+            payload = pack_state(self.model.state_dict(), self.spec, meta)
         return {
             "device": self.name,
             "payload": payload,

@@ -8,7 +8,9 @@ The paper merges whatever devices send. eclm refuses to regress silently:
 3. The candidate is evaluated on the cloud's held-out proxy set and, for every reporting device,
    its re-derived sub-model on the proxy samples of that device's classes.
 4. If the candidate loses more than ``tolerance`` overall or ``device_tolerance`` on a device,
-   devices are excluded greedily (the one whose exclusion helps most first) until it passes:
+   shorter server steps are tried first (``server_lr`` halved up to ``step_backoff`` times: a
+   backtracking line search towards the merged weights); if none passes, devices are excluded
+   greedily (the one whose exclusion helps most first) until it passes:
    *partial accept*. If no subset passes: *reject*.
 
 The input state is never modified; a rejected merge returns ``None`` and the caller keeps its
@@ -52,6 +54,7 @@ class MergeReport:
     cloud_acc_after: float | None = None
     device_acc_before: dict[str, float] = field(default_factory=dict)
     device_acc_after: dict[str, float] = field(default_factory=dict)
+    server_step: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +73,8 @@ class ValidatedMerge:
         device_tolerance: Allowed drop on any reporting device's classes.
         min_updates: Minimum valid updates to merge at all.
         server_lr: Step towards the merged weights (1.0 = take them).
+        step_backoff: How many times a failing candidate's step is halved before devices are
+            excluded (0 = only ``server_lr``).
         merge_norm_statistics: Average BatchNorm running statistics too (else keep the cloud's).
         finalize: Optional ``finalize(state) -> state`` applied to every candidate before it is
             evaluated (the cloud recalibrates norm statistics on its proxy data here).
@@ -87,6 +92,7 @@ class ValidatedMerge:
     device_tolerance: float = 0.05
     min_updates: int = 1
     server_lr: float = 1.0
+    step_backoff: int = 0
     merge_norm_statistics: bool = False
     finalize: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
     reference_accuracy: float | None = None
@@ -147,19 +153,24 @@ class ValidatedMerge:
         chosen = list(valid)
         exclusion_order: list[tuple[ModuleUpdate, Evaluation]] | None = None
         while chosen:
-            candidate = self._merge(cloud_state, layers, chosen)
-            after = self.evaluate(candidate, chosen)
-            failure = self._failure(before, after, chosen)
-            if failure is None:
-                report.cloud_acc_after, report.device_acc_after = after.overall, after.per_device
-                report.accepted = [u.device_id for u in chosen]
-                partial = bool(report.rejected)
-                report.decision = "partial" if partial else "accept"
-                report.reason = (
-                    f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} within tolerance"
-                    + (f"; excluded {sorted(report.rejected)}" if partial else "")
-                )
-                return candidate, report
+            for step in self._steps():
+                candidate = self._merge(cloud_state, layers, chosen, step)
+                after = self.evaluate(candidate, chosen)
+                failure = self._failure(before, after, chosen)
+                if failure is None:
+                    report.cloud_acc_after, report.device_acc_after = after.overall, after.per_device
+                    report.accepted = [u.device_id for u in chosen]
+                    report.server_step = step
+                    partial = bool(report.rejected)
+                    report.decision = "partial" if partial else "accept"
+                    report.reason = (
+                        f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} within tolerance"
+                        + (f" at server step {step:g}" if step != self.server_lr else "")
+                        + (f"; excluded {sorted(report.rejected)}" if partial else "")
+                    )
+                    return candidate, report
+            if self.step_backoff:
+                failure += f" even at server step {step:g}"
             if len(chosen) == 1:
                 report.rejected[chosen[0].device_id] = f"harmful: {failure}"
                 break
@@ -175,15 +186,20 @@ class ValidatedMerge:
         report.reason = "no subset of the updates keeps the cloud model within tolerance"
         return None, report
 
-    def _merge(self, cloud_state, layers, updates) -> dict[str, Tensor]:
+    def _steps(self) -> list[float]:
+        """Server steps to try, longest first."""
+        return [self.server_lr / 2**i for i in range(self.step_backoff + 1)]
+
+    def _merge(self, cloud_state, layers, updates, step: float | None = None) -> dict[str, Tensor]:
         skip = None if self.merge_norm_statistics else is_norm_statistic
         merged = merge_module_updates(
             cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator, skip=skip,
             class_rows=self.class_rows,
         )
-        if self.server_lr != 1.0:
+        step = self.server_lr if step is None else step
+        if step != 1.0:
             merged = {
-                k: (cloud_state[k] + self.server_lr * (v - cloud_state[k])) if v is not cloud_state[k]
+                k: (cloud_state[k] + step * (v - cloud_state[k])) if v is not cloud_state[k]
                 and v.is_floating_point() else v
                 for k, v in merged.items()
             }

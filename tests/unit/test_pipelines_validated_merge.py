@@ -237,6 +237,7 @@ def test_report_is_a_plain_dict():
     assert report.to_dict() == {
         "decision": "reject", "reason": "x", "accepted": [], "rejected": {"d": "why"},
         "cloud_acc_before": None, "cloud_acc_after": None, "device_acc_before": {}, "device_acc_after": {},
+        "server_step": None,
     }
 
 
@@ -274,3 +275,46 @@ def test_finding_the_harmful_devices_costs_a_linear_number_of_candidates(modular
     assert sorted(report.rejected) == sorted(u.device_id for u in updates)
     # full merge + N leave-one-out ranks + (N - 1) shrinking candidates
     assert len(calls) <= 2 * devices
+
+
+def _step_scored(cloud_copy: dict, shift: float, slope: float, base: float = 0.9):
+    """Evaluator whose overall accuracy falls linearly with the step taken towards an update that
+    moves ``fc.weight`` by ``shift``: ``base - slope * step``."""
+
+    def run(state, updates) -> Evaluation:
+        step = float((state["fc.weight"] - cloud_copy["fc.weight"]).mean()) / shift
+        return Evaluation(base - slope * step, {})
+
+    return run
+
+
+@pytest.mark.parametrize(("backoff", "expected_step"), [(3, 0.125), (4, 0.125), (2, None), (0, None)])
+def test_failing_candidate_retries_shorter_server_steps(modular, backoff, expected_step):
+    cloud_copy = _snapshot(modular)
+    update = _update(modular, "d", 0, 0.1)
+    # Tolerance 0.03 with slope 0.2 admits steps up to 0.15: from 1.0, halving reaches 0.125 after 3.
+    pipeline = ValidatedMerge(evaluate=_step_scored(cloud_copy, 0.1, 0.2), tolerance=0.03, server_lr=1.0,
+                              step_backoff=backoff, max_relative_norm=1e9)
+    cloud_state, (state, report) = _run(modular, pipeline, [update])
+    assert all(torch.equal(cloud_state[k], cloud_copy[k]) for k in cloud_state)  # input untouched
+    if expected_step is None:
+        assert state is None and report.decision == "reject"
+        assert report.server_step is None
+        if backoff:
+            assert f"even at server step {1.0 / 2**backoff:g}" in report.rejected["d"]
+        return
+    assert report.decision == "accept" and report.server_step == expected_step
+    assert "at server step 0.125" in report.reason
+    # The accepted state is the cloud moved 0.125 of the way to the merged weights.
+    torch.testing.assert_close(state["fc.weight"], cloud_copy["fc.weight"] + 0.125 * 0.1, rtol=0, atol=1e-6)
+
+
+def test_backoff_is_tried_before_devices_are_excluded(modular):
+    cloud_copy = _snapshot(modular)
+    updates = [_update(modular, "a", 0, 0.1), _update(modular, "b", 1, 0.1)]
+    pipeline = ValidatedMerge(evaluate=_step_scored(cloud_copy, 0.1, 0.2), tolerance=0.06, server_lr=0.5,
+                              step_backoff=1, max_relative_norm=1e9)
+    _, (state, report) = _run(modular, pipeline, updates)
+    # Step 0.5 costs 0.1 > tolerance 0.06; step 0.25 costs 0.05: both devices stay in.
+    assert report.decision == "accept" and sorted(report.accepted) == ["a", "b"] and report.server_step == 0.25
+    assert state is not None

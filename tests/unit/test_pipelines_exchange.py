@@ -1,0 +1,162 @@
+"""The delta exchange between the cloud and edge services (in-process, no Ray).
+
+Devices upload only a cycle's change, which the cloud re-bases on its current slices; a device
+that holds the derived spec from an older cloud version receives the cloud's change since that
+version and keeps its own adaptation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eclm.config import PlatformConfig
+from eclm.modules import pack_state, unpack_state
+from eclm.modules.deltas import is_delta_key
+from eclm.pipelines.cloud_service import CloudService
+from eclm.pipelines.edge_service import EdgeService
+
+torch.set_num_threads(1)
+
+
+def config(tmp_path, exchange: str = "delta") -> str:
+    return PlatformConfig.from_dict({
+        "name": f"exchange-{exchange}", "workdir": str(tmp_path),
+        "data": {"source": "digits", "image_size": 16, "num_devices": 2, "classes_per_device": 3,
+                 "samples_per_device": [30, 40]},
+        "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
+        "devices": [{"name": "d0"}, {"name": "d1", "params_fraction": 0.6}],
+        "adaptation": {"epochs": 1, "exchange": exchange},
+        # Every candidate passes and the full step is taken, so merged weights are predictable.
+        "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0},
+        "tracking": {"enabled": False},
+    }).model_dump_json()
+
+
+def ship(cloud: CloudService, edge: EdgeService) -> dict:
+    summary = edge.summary(cloud.selector_payload())
+    package = cloud.derive(edge.name, summary["importance"], summary["resources"],
+                           summary["held_spec"], summary["held_version"])
+    edge.install(package["spec"], package["payload"], cloud.info()["costs"], package["version"])
+    return package
+
+
+def weights(edge: EdgeService) -> dict:
+    return unpack_state(edge.snapshot_model())[0]
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    text = config(tmp_path)
+    return CloudService(text), EdgeService(text, 0)
+
+
+def test_upload_is_this_cycles_change_and_the_merge_rebases_it(pair):
+    cloud, edge = pair
+    ship(cloud, edge)
+    start = weights(edge)
+    upload = edge.adapt()
+    delta, _, meta = unpack_state(upload["payload"])
+    adapted = weights(edge)
+    assert meta["kind"] == "delta" and meta["base_version"] == 0
+    for key, value in delta.items():
+        expected = adapted[key] - start[key] if is_delta_key(key, value) else adapted[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+    old_slices = cloud.model.extract(unpack_state(upload["payload"])[1]).state_dict()
+    report = cloud.merge([upload])
+    assert report["decision"] == "accept" and cloud.version == 1
+    # One device, full step: the cloud's slices are the device's adapted weights (classifier rows
+    # only for the device's classes; the others are merged by class and stay the cloud's).
+    new_slices = cloud.model.extract(unpack_state(upload["payload"])[1]).state_dict()
+    rows = torch.tensor(upload["classes"])
+    others = torch.tensor([c for c in range(10) if c not in upload["classes"]])
+    for key, value in adapted.items():
+        if not is_delta_key(key, value):
+            continue
+        if key.startswith("fc."):
+            torch.testing.assert_close(new_slices[key][rows], value[rows], rtol=0, atol=1e-5)
+            assert torch.equal(new_slices[key][others], old_slices[key][others])
+        else:
+            torch.testing.assert_close(new_slices[key], value, rtol=0, atol=1e-5)
+
+
+def test_new_cloud_version_reaches_a_device_as_a_delta_keeping_its_adaptation(tmp_path):
+    text = config(tmp_path)
+    cloud, mine, other = CloudService(text), EdgeService(text, 0), EdgeService(text, 1)
+    ship(cloud, mine)
+    ship(cloud, other)
+    spec = mine.spec
+    mine.adapt()  # local adaptation the device keeps
+    local = weights(mine)
+    old_slices = cloud.model.extract(spec).state_dict()
+    assert cloud.merge([other.adapt()])["decision"] in ("accept", "partial") and cloud.version == 1
+    new_slices = cloud.model.extract(spec).state_dict()
+
+    package = ship(cloud, mine)
+    _, _, meta = unpack_state(package["payload"])
+    assert meta["kind"] == "delta" and meta["base_version"] == 0 and mine.version == 1
+    rebased = weights(mine)
+    moved = 0
+    for key, value in local.items():
+        if is_delta_key(key, value):
+            torch.testing.assert_close(rebased[key], value + (new_slices[key] - old_slices[key]), rtol=0, atol=1e-5)
+            moved += int(not torch.equal(new_slices[key], old_slices[key]))
+    assert moved > 0  # the merge did change something this device holds
+    # Up to date now: the next derivation ships nothing.
+    assert ship(cloud, mine)["payload"] is None
+
+
+def test_weights_exchange_replaces_the_device_model_on_a_new_version(tmp_path):
+    text = config(tmp_path, "weights")
+    cloud, mine, other = CloudService(text), EdgeService(text, 0), EdgeService(text, 1)
+    ship(cloud, mine)
+    ship(cloud, other)
+    mine.adapt()
+    upload = other.adapt()
+    assert "kind" not in unpack_state(upload["payload"])[2]
+    cloud.merge([upload])
+    package = ship(cloud, mine)
+    assert "kind" not in unpack_state(package["payload"])[2]
+    fresh = cloud.model.extract(mine.spec).state_dict()
+    assert all(torch.equal(weights(mine)[k], fresh[k]) for k in fresh if is_delta_key(k, fresh[k]))
+
+
+def test_a_version_the_cloud_no_longer_keeps_gets_full_weights(pair):
+    cloud, edge = pair
+    ship(cloud, edge)
+    summary = edge.summary(cloud.selector_payload())
+    cloud.version = 3  # pretend merges happened and version 0 was the only one remembered
+    package = cloud.derive(edge.name, summary["importance"], summary["resources"], summary["held_spec"], 17)
+    assert "kind" not in unpack_state(package["payload"])[2]
+
+
+def test_device_refuses_a_delta_against_a_version_it_does_not_hold(pair):
+    cloud, edge = pair
+    package = ship(cloud, edge)
+    state = {k: torch.zeros_like(v) for k, v in weights(edge).items() if is_delta_key(k, v)}
+    spec = unpack_state(package["payload"])[1]
+    stale = pack_state(state, spec, {"kind": "delta", "base_version": 5, "version": 6})
+    before = weights(edge)
+    with pytest.raises(ValueError, match="version 5"):
+        edge.install(package["spec"], stale, cloud.info()["costs"], 6)
+    assert all(torch.equal(weights(edge)[k], before[k]) for k in before) and edge.version == 0
+
+
+@pytest.mark.parametrize("damage", ["shape", "missing", "kind"])
+def test_malformed_delta_uploads_are_rejected_and_the_cloud_is_untouched(pair, damage):
+    cloud, edge = pair
+    ship(cloud, edge)
+    upload = edge.adapt()
+    delta, spec, meta = unpack_state(upload["payload"])
+    if damage == "shape":
+        delta["fc.weight"] = delta["fc.weight"][:, :3].contiguous()
+    elif damage == "missing":
+        del delta["fc.weight"]
+    else:
+        meta["kind"] = "gradient"
+    upload["payload"] = pack_state(delta, spec, meta)
+    digest = cloud.cloud_state_digest()
+    report = cloud.merge([upload])
+    assert report["decision"] == "reject" and cloud.version == 0
+    assert report["rejected"]["d0"].startswith("malformed upload")
+    assert cloud.cloud_state_digest() == digest
