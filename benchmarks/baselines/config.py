@@ -133,8 +133,8 @@ class AdaptationBenchConfig(BaseModel):
         Raises:
             ValueError: For an unknown mode.
         """
-        # Run time is dominated by eclm's validated merge (every candidate subset is repaired and
-        # validated on the proxy data), hence few cycles; see the server-step table for its cost.
+        # Run time is dominated by eclm's validated merge (every candidate is finalised and validated
+        # on the proxy data), hence few cycles; see the server-step table for its cost.
         if mode == "quick":
             return cls(seeds=3, num_devices=8, cycles=3, workers=2)
         if mode == "full":

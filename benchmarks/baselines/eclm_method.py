@@ -10,9 +10,9 @@ class EclmMethod(AdaptationMethod):
     """One ``Platform.run_cycle`` without Ray: summary -> derive -> install -> adapt -> merge.
 
     Every cycle the device sends its importance summary (computed with the cloud's selector) and
-    receives the sub-model derived from the current cloud model (kept without shipping when spec
-    and cloud version are unchanged); after adapting, its update
-    goes through ``CloudService.merge`` (integrity checks, module-wise aggregation, validation on
+    receives the sub-model derived from the current cloud model (nothing when spec and cloud
+    version are unchanged, the cloud's change since its version when only the version changed);
+    after adapting, its update (this cycle's change) goes through ``CloudService.merge`` (integrity checks, module-wise aggregation, validation on
     the proxy set, accept / partial / reject) with the platform's default merge settings.
     """
 

@@ -156,9 +156,10 @@ def server_table(summary_by_skew: dict[int, dict]) -> Table:
         "Server step per cycle",
         ["classes/device", "method", "merges accepted", "partially accepted", "rejected", "seconds per server step"],
         rows,
-        notes=("eclm: CloudService.merge with the platform's default merge settings (importance x samples "
-               "weighting, server lr 0.5, proxy-accuracy tolerance 0.02, per-device tolerance 0.05, greedy "
-               "exclusion of harmful updates). A rejected merge leaves the cloud model unchanged, so the next "
-               "cycle derives from the same weights. FedAvg/HeteroFL: plain sample-weighted averaging, no "
-               "validation. Counts over all seeds and cycles."),
+        notes=("eclm: CloudService.merge with the platform's default merge settings (delta uploads re-based on "
+               "the current cloud, importance x samples weighting, server step 0.5 halved up to 3 times while "
+               "the candidate fails, proxy-accuracy tolerance 0.02, per-device tolerance 0.05, then exclusion of "
+               "harmful updates). A rejected merge leaves the cloud model unchanged, so the next cycle derives "
+               "from the same weights. FedAvg/HeteroFL: plain sample-weighted averaging, no validation. Counts "
+               "over all seeds and cycles."),
     )

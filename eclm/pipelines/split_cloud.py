@@ -53,6 +53,7 @@ from eclm.split import BlockCosts, ComputeModel, LinkModel, LocalBatchSampler, O
 from eclm.split.codecs.base import SmashedCodec
 from eclm.split.config import SplitConfig
 from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
+from eclm.split.norms import batch_safe_norms
 
 __all__ = [
     "DEFAULT_BANDWIDTH_MBPS",
@@ -261,7 +262,9 @@ class SplitServerSession:
             present = [k for k in members if k in received]
             if present:
                 part = self.server_parts[c].train()  # normalisation layers use batch statistics
-                logits.append(part(torch.cat([received[k][0] for k in present])))
+                group_batch = torch.cat([received[k][0] for k in present])
+                with batch_safe_norms(part, int(group_batch.shape[0])):  # ... unless it is one sample
+                    logits.append(part(group_batch))
                 labels.extend(received[k][1] for k in present)
         all_logits, all_labels = torch.cat(logits), torch.cat(labels)
         loss = F.cross_entropy(self._masked(all_logits), all_labels)

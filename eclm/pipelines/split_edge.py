@@ -24,6 +24,7 @@ from eclm.modules import ModularModel, SubModelSpec, pack_state, unpack_state
 from eclm.split import EncodedActivation, LocalBatchSampler, OptimizerSettings, SmashedCodec
 from eclm.split.config import SplitConfig
 from eclm.split.factory import build_codec, build_sampler, optimizer_settings
+from eclm.split.norms import batch_safe_norms
 
 __all__ = [
     "SplitDeviceWorker",
@@ -246,7 +247,8 @@ class SplitDeviceWorker:
         idx = self._indices(epoch, step)
         self.prefix.train()
         start = time.perf_counter()
-        smashed = self.prefix(self.train_x[idx])
+        with batch_safe_norms(self.prefix, len(idx)):
+            smashed = self.prefix(self.train_x[idx])
         encoded = self.codec.encode(smashed.detach())
         seconds = time.perf_counter() - start
         labels = self.train_y[idx]

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from eclm.split.codecs.base import SmashedCodec
+from eclm.split.norms import batch_safe_norms
 from eclm.split.samplers.base import LocalBatchSampler
 
 __all__ = ["EpochMetrics", "OptimizerSettings", "ParallelSplitTrainer", "replicate"]
@@ -261,7 +262,8 @@ class ParallelSplitTrainer:
         for k, indices in enumerate(step_indices):
             if indices.size == 0:
                 continue
-            smashed = self.client_parts[k](client_data[k][0][torch.from_numpy(indices)])
+            with batch_safe_norms(self.client_parts[k], int(indices.size)):
+                smashed = self.client_parts[k](client_data[k][0][torch.from_numpy(indices)])
             encoded = self.codec.encode(smashed.detach())
             # The server's copy starts a new graph: this is the network boundary.
             received = self.codec.decode(encoded).to(smashed.device).requires_grad_(True)
@@ -273,7 +275,9 @@ class ParallelSplitTrainer:
         for g, ks in self.members.items():
             present = [k for k in ks if k in sent]
             if present:
-                logits.append(self.server_parts[g](torch.cat([sent[k][1] for k in present])))
+                group_batch = torch.cat([sent[k][1] for k in present])
+                with batch_safe_norms(self.server_parts[g], int(group_batch.shape[0])):
+                    logits.append(self.server_parts[g](group_batch))
                 labels.extend(client_data[k][1][torch.from_numpy(step_indices[k])] for k in present)
         all_logits, all_labels = torch.cat(logits), torch.cat(labels)
         loss = F.cross_entropy(all_logits, all_labels)
