@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --mode full
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks.run --mode quick
+	$(BIN)/python -m benchmarks.run --mode quick --out benchmarks/results/quick --docs docs/benchmarks-quick.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check eclm tests benchmarks

@@ -16,9 +16,9 @@ from pathlib import Path
 from benchmarks.machine import describe
 
 REPRODUCE = (
-    "make bench          # every suite, full mode",
-    "make bench-quick    # every suite, quick mode",
-    "python -m benchmarks.run --mode quick --suite modules   # one suite",
+    "make bench          # every suite, full mode -> benchmarks/results, docs/benchmarks.md",
+    "make bench-quick    # every suite, quick mode -> benchmarks/results/quick, docs/benchmarks-quick.md",
+    "python -m benchmarks.run --mode full --suite modules   # one suite (re-renders docs/benchmarks.md)",
 )
 REQUIRED_KEYS = ("suite", "mode", "machine", "started", "seconds", "tables", "plots")
 

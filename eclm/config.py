@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from eclm.data.config import DataConfig
-from eclm.modules.offline import OfflineSettings
+from eclm.modules.offline_settings import OfflineSettings
 from eclm.pipelines.triggers.config import TriggerConfig
 from eclm.serving.config import ServingConfig
 from eclm.split.config import SplitConfig

@@ -11,9 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from eclm.data.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SEVERITY
-from eclm.data.sources.digits import DIGITS_NUM_CLASSES
-from eclm.data.sources.torchvision_dataset import TORCHVISION_NUM_CLASSES, normalise_torchvision_name
+from eclm.data.catalog import (
+    CORRUPTION_NAMES as CORRUPTIONS,
+)
+from eclm.data.catalog import (
+    DIGITS_NUM_CLASSES,
+    MAX_SEVERITY,
+    MIN_SEVERITY,
+    TORCHVISION_NUM_CLASSES,
+    normalise_torchvision_name,
+)
 
 SourceKind = Literal["digits", "image_folder", "npz", "torchvision"]
 

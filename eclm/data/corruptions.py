@@ -17,10 +17,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from eclm.data.catalog import CORRUPTION_NAMES, MAX_SEVERITY, MIN_SEVERITY
+
 Corruption = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
-MIN_SEVERITY = 1
-MAX_SEVERITY = 5
 
 # One parameter per severity 1..5 (index severity - 1).
 _NOISE_STD = (0.04, 0.08, 0.12, 0.17, 0.24)
@@ -122,6 +122,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "pixelate": pixelate,
     "inversion": inversion,
 }
+assert tuple(CORRUPTIONS) == CORRUPTION_NAMES, "eclm.data.catalog.CORRUPTION_NAMES is out of date"
 
 
 def check_corruption(name: str, severity: int) -> None:

@@ -23,3 +23,7 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"eclm.pipelines.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'eclm.pipelines' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,32 +1,84 @@
 """Split learning for weak edge devices: cut planning (EdgeSplit), global sampling (GPSL),
 activation codecs (Mask-Encoded Sparsification and baselines), device emulation and an
-in-process parallel split-learning trainer. Pure Python/torch/numpy: no Ray here."""
+in-process parallel split-learning trainer. Pure Python/torch/numpy: no Ray here.
 
-from eclm.split.codecs import (
-    EncodedActivation,
-    IdentityCodec,
-    MaskEncodedSparsification,
-    RandomizedTopKCodec,
-    SmashedCodec,
-    TopKCodec,
-    UniformQuantizationCodec,
-    straight_through,
-)
-from eclm.split.config import CodecConfig, SplitConfig
-from eclm.split.costs import BlockCosts
-from eclm.split.edgesplit import (
-    SplitDevice,
-    SplitPlan,
-    best_common_cut_plan,
-    brute_force_plan,
-    plan_edgesplit,
-    uniform_cut_plan,
-)
-from eclm.split.emulation import ComputeModel, LinkModel, emulated_step_time
-from eclm.split.evaluation import EvalResult, evaluate
-from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
-from eclm.split.samplers import FixedEqualSampler, FixedProportionalSampler, GlobalSampler, LocalBatchSampler
-from eclm.split.training import EpochMetrics, OptimizerSettings, ParallelSplitTrainer, replicate
+Names are imported on first use (PEP 562), so importing one light submodule (for example
+a config) does not pull in torch through this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from eclm.split.codecs import (
+        EncodedActivation,
+        IdentityCodec,
+        MaskEncodedSparsification,
+        RandomizedTopKCodec,
+        SmashedCodec,
+        TopKCodec,
+        UniformQuantizationCodec,
+        straight_through,
+    )
+    from eclm.split.config import CodecConfig, SplitConfig
+    from eclm.split.costs import BlockCosts
+    from eclm.split.edgesplit import (
+        SplitDevice,
+        SplitPlan,
+        best_common_cut_plan,
+        brute_force_plan,
+        plan_edgesplit,
+        uniform_cut_plan,
+    )
+    from eclm.split.emulation import ComputeModel, LinkModel, emulated_step_time
+    from eclm.split.evaluation import EvalResult, evaluate
+    from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
+    from eclm.split.samplers import (
+        FixedEqualSampler,
+        FixedProportionalSampler,
+        GlobalSampler,
+        LocalBatchSampler,
+    )
+    from eclm.split.training import EpochMetrics, OptimizerSettings, ParallelSplitTrainer, replicate
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "EncodedActivation": ("eclm.split.codecs", "EncodedActivation"),
+    "IdentityCodec": ("eclm.split.codecs", "IdentityCodec"),
+    "MaskEncodedSparsification": ("eclm.split.codecs", "MaskEncodedSparsification"),
+    "RandomizedTopKCodec": ("eclm.split.codecs", "RandomizedTopKCodec"),
+    "SmashedCodec": ("eclm.split.codecs", "SmashedCodec"),
+    "TopKCodec": ("eclm.split.codecs", "TopKCodec"),
+    "UniformQuantizationCodec": ("eclm.split.codecs", "UniformQuantizationCodec"),
+    "straight_through": ("eclm.split.codecs", "straight_through"),
+    "CodecConfig": ("eclm.split.config", "CodecConfig"),
+    "SplitConfig": ("eclm.split.config", "SplitConfig"),
+    "BlockCosts": ("eclm.split.costs", "BlockCosts"),
+    "SplitDevice": ("eclm.split.edgesplit", "SplitDevice"),
+    "SplitPlan": ("eclm.split.edgesplit", "SplitPlan"),
+    "best_common_cut_plan": ("eclm.split.edgesplit", "best_common_cut_plan"),
+    "brute_force_plan": ("eclm.split.edgesplit", "brute_force_plan"),
+    "plan_edgesplit": ("eclm.split.edgesplit", "plan_edgesplit"),
+    "uniform_cut_plan": ("eclm.split.edgesplit", "uniform_cut_plan"),
+    "ComputeModel": ("eclm.split.emulation", "ComputeModel"),
+    "LinkModel": ("eclm.split.emulation", "LinkModel"),
+    "emulated_step_time": ("eclm.split.emulation", "emulated_step_time"),
+    "EvalResult": ("eclm.split.evaluation", "EvalResult"),
+    "evaluate": ("eclm.split.evaluation", "evaluate"),
+    "build_codec": ("eclm.split.factory", "build_codec"),
+    "build_sampler": ("eclm.split.factory", "build_sampler"),
+    "optimizer_settings": ("eclm.split.factory", "optimizer_settings"),
+    "plan_cuts": ("eclm.split.factory", "plan_cuts"),
+    "FixedEqualSampler": ("eclm.split.samplers", "FixedEqualSampler"),
+    "FixedProportionalSampler": ("eclm.split.samplers", "FixedProportionalSampler"),
+    "GlobalSampler": ("eclm.split.samplers", "GlobalSampler"),
+    "LocalBatchSampler": ("eclm.split.samplers", "LocalBatchSampler"),
+    "EpochMetrics": ("eclm.split.training", "EpochMetrics"),
+    "OptimizerSettings": ("eclm.split.training", "OptimizerSettings"),
+    "ParallelSplitTrainer": ("eclm.split.training", "ParallelSplitTrainer"),
+    "replicate": ("eclm.split.training", "replicate"),
+}
 
 __all__ = [
     "BlockCosts",
@@ -64,3 +116,16 @@ __all__ = [
     "straight_through",
     "uniform_cut_plan",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,19 +2,47 @@
 
 Used from the cloud/driver side only. MLflow is imported lazily, when a tracker starts a run, so
 importing this package (for example for :class:`TrackingConfig`) loads neither MLflow nor Ray.
+
+
+Names are imported on first use (PEP 562), so importing one light submodule (for example
+a config) does not pull in torch through this package.
 """
 
-from eclm.tracking.config import TrackingConfig
-from eclm.tracking.flatten import MAX_PARAM_VALUE_LENGTH, config_params, flatten_config, param_value
-from eclm.tracking.journal import RECORD_KINDS, RunJournal, read_journal
-from eclm.tracking.plots import accuracy_over_rounds, module_usage_heatmap
-from eclm.tracking.plots import close as close_figure
-from eclm.tracking.tracker import (
-    RUN_STATUSES,
-    CampaignTracker,
-    default_artifact_location,
-    default_tracking_uri,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from eclm.tracking.config import TrackingConfig
+    from eclm.tracking.flatten import MAX_PARAM_VALUE_LENGTH, config_params, flatten_config, param_value
+    from eclm.tracking.journal import RECORD_KINDS, RunJournal, read_journal
+    from eclm.tracking.plots import accuracy_over_rounds, module_usage_heatmap
+    from eclm.tracking.plots import close as close_figure
+    from eclm.tracking.tracker import (
+        RUN_STATUSES,
+        CampaignTracker,
+        default_artifact_location,
+        default_tracking_uri,
+    )
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "TrackingConfig": ("eclm.tracking.config", "TrackingConfig"),
+    "MAX_PARAM_VALUE_LENGTH": ("eclm.tracking.flatten", "MAX_PARAM_VALUE_LENGTH"),
+    "config_params": ("eclm.tracking.flatten", "config_params"),
+    "flatten_config": ("eclm.tracking.flatten", "flatten_config"),
+    "param_value": ("eclm.tracking.flatten", "param_value"),
+    "RECORD_KINDS": ("eclm.tracking.journal", "RECORD_KINDS"),
+    "RunJournal": ("eclm.tracking.journal", "RunJournal"),
+    "read_journal": ("eclm.tracking.journal", "read_journal"),
+    "accuracy_over_rounds": ("eclm.tracking.plots", "accuracy_over_rounds"),
+    "module_usage_heatmap": ("eclm.tracking.plots", "module_usage_heatmap"),
+    "close_figure": ("eclm.tracking.plots", "close"),
+    "RUN_STATUSES": ("eclm.tracking.tracker", "RUN_STATUSES"),
+    "CampaignTracker": ("eclm.tracking.tracker", "CampaignTracker"),
+    "default_artifact_location": ("eclm.tracking.tracker", "default_artifact_location"),
+    "default_tracking_uri": ("eclm.tracking.tracker", "default_tracking_uri"),
+}
 
 __all__ = [
     "MAX_PARAM_VALUE_LENGTH",
@@ -33,3 +61,16 @@ __all__ = [
     "param_value",
     "read_journal",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

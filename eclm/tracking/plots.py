@@ -18,6 +18,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 
+#: Above this many devices the accuracy plot draws them faintly and labels only their mean.
+MAX_LABELLED_DEVICES = 12
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(known) / len(known) if known else float("nan")
+
+
 def _new_figure(width_in: float, height_in: float) -> Figure:
     figure = Figure(figsize=(width_in, height_in), layout="constrained")
     FigureCanvasAgg(figure)  # attaches itself to the figure; PNG rendering without a display
@@ -54,14 +63,24 @@ def accuracy_over_rounds(
     figure = _new_figure(7.0, 4.0)
     axes = figure.add_subplot()
     palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    crowded = len(history) > MAX_LABELLED_DEVICES
+    per_round: dict[int, list[tuple[float | None, float | None]]] = {}
     for index, (device, entries) in enumerate(history.items()):
         rows = sorted(_checked_rows(f"history[{device!r}]", entries, width=3))
         rounds = [row[0] for row in rows]
-        colour = palette[index % len(palette)]
-        axes.plot(rounds, [row[1] for row in rows], linestyle="--", marker=".", color=colour, alpha=0.7)
-        axes.plot(
-            rounds, [row[2] for row in rows], linestyle="-", marker="o", color=colour, label=str(device)
-        )
+        for row in rows:
+            per_round.setdefault(row[0], []).append((row[1], row[2]))
+        colour = "grey" if crowded else palette[index % len(palette)]
+        faint = 0.25 if crowded else 0.7
+        axes.plot(rounds, [row[1] for row in rows], linestyle="--", marker=".", color=colour, alpha=faint)
+        axes.plot(rounds, [row[2] for row in rows], linestyle="-", marker="" if crowded else "o", color=colour,
+                  alpha=faint if crowded else 1.0, label=None if crowded else str(device))
+    if crowded:  # too many devices to tell apart: their mean carries the legend
+        rounds = sorted(per_round)
+        for column, style in ((0, "--"), (1, "-")):
+            means = [_mean([pair[column] for pair in per_round[r]]) for r in rounds]
+            axes.plot(rounds, means, linestyle=style, marker="o", color="tab:blue", linewidth=2.0,
+                      label=f"mean of {len(history)} devices" if column == 1 else None)
     if cloud_accuracy:
         rows = sorted(_checked_rows("cloud_accuracy", cloud_accuracy, width=2))
         axes.plot(

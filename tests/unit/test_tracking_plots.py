@@ -102,3 +102,21 @@ def test_figures_render_to_png_without_a_display(build):
     assert buffer.getvalue().startswith(PNG_MAGIC)
     close_figure(fig)
     assert fig.axes == []
+
+
+def test_many_devices_are_summarised_by_their_mean_and_the_plot_still_lays_out():
+    import warnings
+
+    history = {f"dev{i:03d}": [(r, 0.1 * (i % 5), 0.5 + 0.01 * (i % 7)) for r in range(1, 4)] for i in range(60)}
+    history["dev000"] = [(1, None, 0.6), (2, 0.2, None), (3, 0.3, 0.7)]
+    figure = accuracy_over_rounds(history, cloud_accuracy=[(1, 0.9), (2, 0.91), (3, 0.92)])
+    axes = figure.axes[0]
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert labels == ["mean of 60 devices", "cloud (val)", "before adaptation", "after adaptation"]
+    mean_after = next(line for line in axes.get_lines() if line.get_label().startswith("mean of"))
+    expected = np.mean([h[0][2] for h in history.values() if h[0][2] is not None])
+    assert mean_after.get_ydata()[0] == pytest.approx(expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "constrained_layout not applied" with a 60-entry legend
+        figure.savefig(io.BytesIO(), format="png", dpi=60)
+    close_figure(figure)

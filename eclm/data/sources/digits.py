@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from eclm.data.catalog import DIGITS_NUM_CLASSES
 from eclm.data.labelled_images import LabelledImages
 from eclm.data.sources.base import DatasetSource
 
-DIGITS_NUM_CLASSES = 10
 # load_digits stores each pixel as an ink count in 0..16.
 _DIGITS_MAX_VALUE = 16.0
 

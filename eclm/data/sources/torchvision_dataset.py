@@ -7,54 +7,17 @@ and says downloads are disabled, instead of torchvision's generic ``RuntimeError
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from eclm.data._image_tensor import labels_to_tensor, to_nchw, to_unit_float
+from eclm.data.catalog import TORCHVISION_SPECS, normalise_torchvision_name
 from eclm.data.labelled_images import LabelledImages
 from eclm.data.sources.base import DatasetSource
 
-
-@dataclass(frozen=True)
-class _TorchvisionSpec:
-    class_name: str
-    num_classes: int
-    # How the dataset object stores its pixel array (`.data`).
-    layout: Literal["nchw", "nhwc"]
-    # MNIST-style datasets take `train=bool`; SVHN/STL10 take `split="train"|"test"`.
-    split_argument: bool = False
-
-
-_SPECS: dict[str, _TorchvisionSpec] = {
-    "mnist": _TorchvisionSpec("MNIST", 10, "nchw"),
-    "fashionmnist": _TorchvisionSpec("FashionMNIST", 10, "nchw"),
-    "kmnist": _TorchvisionSpec("KMNIST", 10, "nchw"),
-    "usps": _TorchvisionSpec("USPS", 10, "nchw"),
-    "cifar10": _TorchvisionSpec("CIFAR10", 10, "nhwc"),
-    "cifar100": _TorchvisionSpec("CIFAR100", 100, "nhwc"),
-    "svhn": _TorchvisionSpec("SVHN", 10, "nchw", split_argument=True),
-    "stl10": _TorchvisionSpec("STL10", 10, "nchw", split_argument=True),
-}
-
-#: Classes of every supported torchvision dataset, keyed by normalised name (lower case, no ``-``/``_``).
-TORCHVISION_NUM_CLASSES: dict[str, int] = {key: spec.num_classes for key, spec in _SPECS.items()}
-
-
-def normalise_torchvision_name(name: str) -> str:
-    """Canonical key for a dataset name: ``"Fashion-MNIST"`` and ``"fashion_mnist"`` both give ``"fashionmnist"``.
-
-    Raises:
-        ValueError: If the name is not a supported dataset (the message lists the supported ones).
-    """
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in _SPECS:
-        supported = sorted(spec.class_name for spec in _SPECS.values())
-        raise ValueError(f"unsupported torchvision dataset name {name!r}; supported: {supported}")
-    return key
+_SPECS = TORCHVISION_SPECS
 
 
 class TorchvisionSource(DatasetSource):
