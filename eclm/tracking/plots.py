@@ -17,7 +17,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-
 #: Above this many devices the accuracy plot draws them faintly and labels only their mean.
 MAX_LABELLED_DEVICES = 12
 
