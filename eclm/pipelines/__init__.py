@@ -5,7 +5,7 @@ Submodules are imported on first use (``eclm.pipelines.X``), so importing a ligh
 such as ``eclm.pipelines.triggers`` does not pull in torch.
 """
 
-import importlib
+from eclm._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainStats": "adaptation", "evaluate": "adaptation", "finetune": "adaptation",
@@ -19,11 +19,6 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"eclm.pipelines.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'eclm.pipelines' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(
+    __name__, {name: (f"eclm.pipelines.{module}", name) for name, module in _EXPORTS.items()}, __all__
+)

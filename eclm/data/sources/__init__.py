@@ -6,8 +6,9 @@ a config) does not pull in torch through this package.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from eclm._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from eclm.data.catalog import DIGITS_NUM_CLASSES, TORCHVISION_NUM_CLASSES, normalise_torchvision_name
@@ -44,14 +45,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module, attr = _EXPORTS[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
