@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks.baselines.base import AdaptationMethod
 from benchmarks.baselines.width_prefix import widest_prefix_within
 from eclm.modules import ModuleUpdate, merge_module_updates, pack_state, unpack_state
+from eclm.modules.deltas import apply_delta
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
@@ -48,9 +49,13 @@ class FedAvg(AdaptationMethod):
     def finish_cycle(self, uploads: list[dict]) -> dict:
         updates = []
         for up in uploads:
-            state, spec, _ = unpack_state(up["payload"])
+            state, spec, meta = unpack_state(up["payload"])
             if spec is None:
                 raise MalformedPayloadError(f"upload of {up['device']} carries no spec")
+            if meta.get("kind") == "delta":
+                # The device trained the global slice it received this cycle and sent its change
+                # (the platform's default exchange): FedAvg averages the resulting weights.
+                state = apply_delta(self.cloud.model.extract(spec).state_dict(), state)
             updates.append(ModuleUpdate(up["device"], spec, state, up["importance"], int(up["num_samples"])))
         if not updates:
             return {"aggregated": 0}

@@ -337,3 +337,31 @@ def test_tree_memory_sampler_sees_a_child_process() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("method_name", ["fedavg", "heterofl"])
+def test_federated_baselines_average_weights_not_the_uploaded_deltas(tmp_path, method_name: str) -> None:
+    # Devices upload their change (the platform's delta exchange); FedAvg/HeteroFL must re-base it
+    # on the global slice they delivered. With one device, the new global slice is its weights.
+    import torch
+
+    from benchmarks.baselines.experiment import METHODS
+    from eclm.modules import unpack_state
+    from eclm.modules.deltas import is_delta_key
+    from eclm.pipelines.cloud_service import CloudService
+    from eclm.pipelines.edge_service import EdgeService
+
+    cfg_json = AdaptationBenchConfig.tiny().platform_config(2, 0, tmp_path).model_dump_json()
+    cloud, service = CloudService(cfg_json), EdgeService(cfg_json, 0)
+    method = METHODS[method_name](cloud, [service])
+    with occupy(service, method.slots[service.name]) as svc:
+        method.deliver(svc)
+        upload = svc.adapt()
+        adapted = unpack_state(svc.snapshot_model())[0]
+        spec = svc.spec
+    assert unpack_state(upload["payload"])[2]["kind"] == "delta"
+    method.finish_cycle([upload])
+    global_slice = cloud.model.extract(spec).state_dict()
+    for key, value in adapted.items():
+        if is_delta_key(key, value):
+            torch.testing.assert_close(global_slice[key], value, rtol=0, atol=1e-5)
