@@ -8,7 +8,7 @@ Ray, weights as safetensors bytes, everything else as plain dicts.
 from __future__ import annotations
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from eclm.resources import device_resource
 from eclm.serving.config import ServingConfig
@@ -99,6 +99,27 @@ class StagePool:
             ray.get(actor.set_cpu_share.remote(cpu_share))
         self.actors[node] = actor
         return actor
+
+    def unresponsive(self, nodes: list[int], timeout_s: float) -> list[int]:
+        """Nodes whose actor is dead or does not answer a ping within ``timeout_s`` seconds.
+
+        An actor that answers with an error is alive; a hung one counts as dead (:meth:`replace`
+        kills it).
+        """
+        pings = {node: self.actors[node].ping.remote() for node in nodes}
+        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=timeout_s)
+        dead = []
+        for node, ref in pings.items():
+            if ref not in ready:
+                dead.append(node)
+                continue
+            try:
+                ray.get(ref)
+            except RayActorError:
+                dead.append(node)
+            except RayError:
+                pass
+        return dead
 
     def close(self) -> None:
         """Kill every stage actor (a :meth:`view` kills nothing)."""

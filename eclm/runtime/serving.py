@@ -29,71 +29,30 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import RayError
 from torch import Tensor
 
 from eclm.actors.serving import StagePool
+from eclm.runtime.serving_events import SessionEvents
+from eclm.runtime.serving_handles import Flight, RequestHandle
 from eclm.serving.adaptation import RepartitionPolicy
 from eclm.serving.config import ServingConfig
 from eclm.serving.model_source import ModelSource
 from eclm.serving.partition_problem import PartitionPlan
 from eclm.serving.placement import busy_fraction, replica_states
 from eclm.serving.planning import NodeProfile, StageRoute, build_problem, make_plan, routes_for
-from eclm.serving.plots import throughput_over_time
 from eclm.serving.requests import RequestLedger, RequestRecord
 from eclm.serving.scheduler import create_scheduler
-from eclm.serving.session_log import plan_costs, plan_record, session_metrics
+from eclm.serving.session_log import plan_costs, plan_record
 from eclm.serving.session_stats import summarize, throughput_timeline
 
 log = logging.getLogger("eclm.serving")
 
 _PROBE_TIMEOUT_S = 20.0
-
-
-@dataclass
-class _Flight:
-    """A micro-batch in the pipeline: its output ref and one timing ref per hop."""
-
-    batch_id: int
-    out_ref: Any
-    timing_refs: list
-    route_key: Any
-    dispatched: float = field(default_factory=time.monotonic)
-
-
-class RequestHandle:
-    """A submitted request's future (results are collected while the caller waits)."""
-
-    def __init__(self, deployment: Deployment, request_id: int) -> None:
-        self.deployment = deployment
-        self.request_id = request_id
-
-    def done(self) -> bool:
-        """Whether the request finished (collects any ready results first, without blocking)."""
-        self.deployment.poll(0.0)
-        return self.deployment.ledger.records[self.request_id].done
-
-    def result(self, timeout: float | None = None) -> Tensor:
-        """The model output for this request.
-
-        Raises:
-            TimeoutError: If it is not done within ``timeout`` seconds.
-            RuntimeError: If it failed for good (after retries).
-        """
-        self.deployment.wait([self], timeout)
-        rec = self.deployment.ledger.records[self.request_id]
-        if rec.error is not None:
-            raise RuntimeError(f"request {self.request_id} failed: {rec.error}")
-        return rec.output
-
-    def timings(self) -> dict[str, Any]:
-        """Per-request timings (see :meth:`RequestRecord.timings`)."""
-        return self.deployment.ledger.records[self.request_id].timings()
 
 
 class Deployment:
@@ -115,19 +74,18 @@ class Deployment:
     def __init__(self, source: ModelSource, config: ServingConfig, *, tracker=None, name: str = "serve",
                  pool: StagePool | None = None) -> None:
         self.source, self.config, self.tracker, self.name = source, config, tracker, name
-        self.events: list[dict[str, Any]] = []
+        self.session = SessionEvents(name, tracker)
         self.monitor_events: deque[dict] = deque(maxlen=1000)
         self.ledger = RequestLedger(config.max_in_flight, config.micro_batch_size, config.max_retries,
                                     source.input_size)
         self.scheduler = create_scheduler(config.scheduler, seed=config.scheduler_seed, max_load=config.max_load,
                                           max_latency=config.max_latency_s)
-        self._flight: dict[int, _Flight] = {}
+        self._flight: dict[int, Flight] = {}
         self._admitting = True
         self._busy: list[deque[tuple[float, float]]] = [deque() for _ in range(config.n_nodes)]
         self._status_refs: dict[int, Any] = {}
         self._closed = False
         self._owns_pool = pool is None
-        self.started_at = time.time()
         self.pool = StagePool(config) if pool is None else pool
         try:
             if pool is not None:
@@ -168,7 +126,7 @@ class Deployment:
                                  f"node_memory_bytes={cfg.node_memory_bytes}")
             self._routes = ()
         self.policy = RepartitionPolicy(self.profiles, cfg, self.plan, time.monotonic())
-        self.started_at = time.time()
+        self.session.started_at = time.time()
         self._record({"kind": "deploy", "placement": cfg.placement, "partitioner": cfg.partitioner,
                       "boundaries": list(self.plan.boundaries), "load_s": t1 - t0, "profile_s": t2 - t1,
                       "predicted": plan_costs(self.plan, cfg.micro_batch_size)})
@@ -379,7 +337,7 @@ class Deployment:
             actor = self.pool.actors[r.node]
             ref, tref = (actor.relay if r.is_relay else actor.forward).options(num_returns=2).remote(ref, ticket)
             timing_refs.append(tref)
-        self._flight[batch_id] = _Flight(batch_id, ref, timing_refs, key)
+        self._flight[batch_id] = Flight(batch_id, ref, timing_refs, key)
         if key is not None:
             self.scheduler.on_start(key)
 
@@ -403,7 +361,7 @@ class Deployment:
         if failures:
             self._recover(failures)
 
-    def _finish(self, flight: _Flight, out: Tensor, timings: list[dict]) -> None:
+    def _finish(self, flight: Flight, out: Tensor, timings: list[dict]) -> None:
         self.ledger.complete(flight.batch_id, out, timings, time.time())
         if flight.route_key is not None:
             self.scheduler.on_finish(flight.route_key, time.monotonic() - flight.dispatched)
@@ -423,9 +381,10 @@ class Deployment:
             self._recover([(f, TimeoutError(f"no result within {limit} s")) for f in hung])
 
     # ------------------------------------------------------------------ fault tolerance
-    def _recover(self, failures: list[tuple[_Flight, BaseException]]) -> None:
+    def _recover(self, failures: list[tuple[Flight, BaseException]]) -> None:
         """Replace dead stage actors, then put the failed micro-batches back in the queue."""
-        for node in self._probe_dead():
+        for node in self.pool.unresponsive(sorted({r.node for r in self._routes} | set(self._replicas)),
+                                           _PROBE_TIMEOUT_S):
             t0 = time.perf_counter()
             actor = self.pool.replace(node, self.policy.shares[node])
             start, stop = self._held(node)
@@ -441,23 +400,6 @@ class Deployment:
             _, failed = self.ledger.fail(flight.batch_id, reason[:300], now)
             if failed:
                 log.warning("serving %s: %d request(s) failed for good: %s", self.name, len(failed), reason)
-
-    def _probe_dead(self) -> list[int]:
-        nodes = sorted({r.node for r in self._routes} | set(self._replicas))
-        pings = {node: self.pool.actors[node].ping.remote() for node in nodes}
-        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=_PROBE_TIMEOUT_S)
-        dead = []
-        for node, ref in pings.items():
-            if ref not in ready:
-                dead.append(node)  # hung: replace() kills it
-                continue
-            try:
-                ray.get(ref)
-            except RayActorError:
-                dead.append(node)
-            except RayError:
-                pass  # the actor answered with an error: alive
-        return dead
 
     def _held(self, node: int) -> tuple[int, int]:
         if self.config.placement == "replicas":
@@ -533,36 +475,24 @@ class Deployment:
 
     # ------------------------------------------------------------------ logging & lifecycle
     def _record(self, event: dict[str, Any]) -> None:
-        event = {"time_s": time.time() - self.started_at, **event}
-        self.events.append(event)
-        log.info("serving %s: %s", self.name, event)
-        if event["kind"] in ("repartition", "replace"):
-            k = sum(1 for e in self.events if e["kind"] == event["kind"])
-            self._track(lambda t: t.log_json(f"serving/{self.name}/events/{event['kind']}_{k:03d}.json", event))
-            self._track(lambda t: t.log_round(k, {f"serving/{self.name}/{event['kind']}_time_s": event["time_s"]}))
+        self.session.record(event)
 
     def _track(self, action: Callable[[Any], Any]) -> None:
-        """Run a tracker call if a started tracker is attached; never let logging break serving."""
-        if self.tracker is None or getattr(self.tracker, "journal_path", None) is None:
-            return
-        try:
-            action(self.tracker)
-        except (RuntimeError, ValueError, TypeError) as err:
-            log.warning("serving %s: tracking failed: %s", self.name, err)
+        self.session.track(action)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Deploy, re-partition, replacement and CPU-share events, in order (``time_s`` from start)."""
+        return self.session.events
+
+    @property
+    def started_at(self) -> float:
+        return self.session.started_at
 
     def log_session(self) -> dict[str, Any]:
         """Log the session's figures, events and throughput plot to the tracker; returns the stats."""
         stats = self.stats()
-        prefix = f"serving/{self.name}"
-        self._track(lambda t: t.log_round(0, session_metrics(self.name, stats)))
-        self._track(lambda t: t.log_json(f"{prefix}/session.json", {"stats": stats, "events": self.events}))
-        line = self.timeline(0.5)
-        for k, value in enumerate(line["throughput_rps"]):
-            self._track(lambda t, k=k, value=value: t.log_round(k, {f"{prefix}/throughput_rps_window": value}))
-        if line["time_s"]:
-            fig = throughput_over_time({self.name: (line["time_s"], line["throughput_rps"])},
-                                       {self.name: line["events"]}, title=f"Serving {self.name}")
-            self._track(lambda t: t.log_figure(fig, f"{prefix}/throughput.png"))
+        self.session.log(stats, self.timeline(0.5))
         return stats
 
     def close(self, log_session: bool = True) -> None:
