@@ -54,8 +54,12 @@ def cost_table(summary_by_skew: dict[int, dict], labels: dict[str, str], measure
         ["classes/device", "method", "KiB down", "KiB up", "params (k)", "train memory, analytic (MiB)",
          "analytic max (MiB)", "measured adaptation RSS (MiB)", "ms / batch"],
         rows,
-        notes=("Traffic: safetensors payload bytes per served device per cycle (eclm: selector + derived sub-model "
-               "down, adapted sub-model up; NA/LA download once, never upload). Analytic training memory: the "
+        notes=("Traffic: safetensors payload bytes per served device per cycle. eclm down: selector + derived "
+               "sub-model (float32) the first time or when its spec changes, else the cloud's change since the "
+               "version the device holds (float16 differences) or nothing. Up, for every merging method: this "
+               "cycle's change (the platform's delta exchange, float16 differences, BatchNorm statistics "
+               "float32). FedAvg/HeteroFL download their full float32 slice every cycle; NA/LA download once, "
+               "never upload. Analytic training memory: the "
                "platform's estimate 12 B/param (weights, grads, momentum) + 2 x activation bytes x batch, with "
                "the steady-state batch of 16 fresh + 8 replayed samples, from the cost table of each device's "
                "sub-model. Measured: extra peak RSS of one adaptation run (3 epochs, 150 samples) of each method's "

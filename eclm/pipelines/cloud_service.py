@@ -28,7 +28,7 @@ from eclm.modules import (
     train_offline,
     unpack_state,
 )
-from eclm.modules.deltas import apply_delta, state_delta
+from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
@@ -160,7 +160,8 @@ class CloudService:
         current = self.model.extract(spec).state_dict()
         base = self._versions.get(held_version) if held_version is not None else None
         if self.cfg.adaptation.exchange == "delta" and base is not None:
-            delta = state_delta(current, self.model.extract(spec, base).state_dict(), statistics=False)
+            delta = state_delta(current, self.model.extract(spec, base).state_dict(), statistics=False,
+                                dtype=WIRE_DTYPES[self.cfg.adaptation.delta_dtype])
             return pack_state(delta, spec, meta | {"kind": "delta", "base_version": held_version})
         return pack_state(current, spec, meta)
 

@@ -27,7 +27,7 @@ from eclm.modules import (
     skeleton,
     unpack_state,
 )
-from eclm.modules.deltas import apply_delta, state_delta
+from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms, training_memory_bytes
 from eclm.pipelines.drift_detection import DriftDetector
@@ -240,7 +240,8 @@ class EdgeService:
         self.rounds += 1
         meta = {"device": self.name, "round": self.rounds, "base_version": self.version}
         if a.exchange == "delta":  # this cycle's change only; the cloud re-bases it on its current slices
-            payload = pack_state(state_delta(self.model.state_dict(), start_state), self.spec, meta | {"kind": "delta"})
+            delta = state_delta(self.model.state_dict(), start_state, dtype=WIRE_DTYPES[a.delta_dtype])
+            payload = pack_state(delta, self.spec, meta | {"kind": "delta"})
         else:
             payload = pack_state(self.model.state_dict(), self.spec, meta)
         return {

@@ -144,8 +144,11 @@ def test_traffic_is_counted_per_device_and_direction(campaign):
     first = campaign.results[0]
     for res in campaign.results:
         for n in DEVICES:
-            # The adapted fp32 sub-model always goes up; down always carries the selector.
-            assert res.bytes_up[n] >= 4 * res.device_metrics[n]["params"]
+            # Up: this cycle's change of every learned weight as float16 (the default delta_dtype), so
+            # 2 bytes per parameter plus headers and float32 norm statistics, well under fp32 weights.
+            params = res.device_metrics[n]["params"]
+            assert 2 * params <= res.bytes_up[n] < 3 * params
+            # Down always carries the selector.
             assert res.bytes_down[n] > 0
     for n in DEVICES:
         # Round 1: nobody holds a sub-model yet, so down = selector + the whole sub-model.

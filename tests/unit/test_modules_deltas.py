@@ -92,3 +92,55 @@ def test_states_with_different_layouts_cannot_be_diffed(states):
         state_delta({k: v for k, v in after.items() if k != "fc.bias"}, before)
     with pytest.raises(ValueError, match="fc.weight"):
         state_delta(after | {"fc.weight": after["fc.weight"][:2]}, before)
+
+
+@pytest.mark.parametrize("wire", [torch.float16, torch.bfloat16])
+def test_narrow_wire_type_halves_the_differences_and_keeps_the_change(states, wire):
+    before, after = states
+    exact, narrow = state_delta(after, before), state_delta(after, before, dtype=wire)
+    learned = [k for k, v in after.items() if is_delta_key(k, v)]
+    for key in learned:
+        assert narrow[key].dtype == wire
+        assert narrow[key].element_size() * 2 == exact[key].element_size()
+    for key in set(after) - set(learned):  # statistics and integer buffers are never narrowed
+        assert narrow[key].dtype == after[key].dtype and torch.equal(narrow[key], exact[key])
+    restored = apply_delta(before, unpack_state(pack_state(narrow))[0])
+    tolerance = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[wire]  # relative to the change, not the weight
+    for key in learned:
+        assert restored[key].dtype == before[key].dtype
+        change = (after[key] - before[key]).abs()
+        assert ((restored[key] - after[key]).abs() <= tolerance * change + 1e-7).all(), key
+
+
+def test_narrow_wire_type_shrinks_the_payload(states):
+    before, after = states
+    full = len(pack_state(state_delta(after, before, statistics=False)))
+    half = len(pack_state(state_delta(after, before, statistics=False, dtype=torch.float16)))
+    assert 0.45 < half / full < 0.55
+
+
+def test_a_change_too_large_for_float16_travels_exactly(states):
+    before, after = states
+    huge = dict(after, **{"fc.weight": before["fc.weight"] + 1e6})
+    delta = state_delta(huge, before, dtype=torch.float16)
+    assert delta["fc.weight"].dtype == torch.float32 and torch.isfinite(delta["fc.weight"]).all()
+    assert delta["fc.bias"].dtype == torch.float16
+    torch.testing.assert_close(apply_delta(before, delta)["fc.weight"], huge["fc.weight"])
+
+
+def test_a_narrow_type_is_refused_for_absolute_tensors(states):
+    before, after = states
+    delta = state_delta(after, before)
+    stat = next(k for k, v in after.items() if v.is_floating_point() and not is_delta_key(k, v))
+    delta[stat] = delta[stat].half()
+    with pytest.raises(MalformedPayloadError, match=stat):
+        apply_delta(before, delta)
+
+
+def test_wire_types_match_the_config_choices():
+    from typing import get_args
+
+    from eclm.config import AdaptationConfig
+    from eclm.modules.deltas import WIRE_DTYPES
+
+    assert set(get_args(AdaptationConfig.model_fields["delta_dtype"].annotation)) == set(WIRE_DTYPES)

@@ -19,14 +19,15 @@ from eclm.pipelines.edge_service import EdgeService
 torch.set_num_threads(1)
 
 
-def config(tmp_path, exchange: str = "delta") -> str:
+def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> str:
     return PlatformConfig.from_dict({
         "name": f"exchange-{exchange}", "workdir": str(tmp_path),
         "data": {"source": "digits", "image_size": 16, "num_devices": 2, "classes_per_device": 3,
                  "samples_per_device": [30, 40]},
         "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
         "devices": [{"name": "d0"}, {"name": "d1", "params_fraction": 0.6}],
-        "adaptation": {"epochs": 1, "exchange": exchange},
+        # Differences travel exactly (float32) unless a test asks for the narrow wire type.
+        "adaptation": {"epochs": 1, "exchange": exchange, "delta_dtype": delta_dtype},
         # Every candidate passes and the full step is taken, so merged weights are predictable.
         "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0},
         "tracking": {"enabled": False},
@@ -160,3 +161,28 @@ def test_malformed_delta_uploads_are_rejected_and_the_cloud_is_untouched(pair, d
     assert report["decision"] == "reject" and cloud.version == 0
     assert report["rejected"]["d0"].startswith("malformed upload")
     assert cloud.cloud_state_digest() == digest
+
+
+def test_float16_deltas_halve_the_traffic_both_ways_and_land_within_rounding(tmp_path):
+    exact_text, half_text = config(tmp_path / "f32"), config(tmp_path / "f16", delta_dtype="float16")
+    runs = {}
+    for name, text in (("float32", exact_text), ("float16", half_text)):
+        cloud, mine, other = CloudService(text), EdgeService(text, 0), EdgeService(text, 1)
+        ship(cloud, mine)
+        ship(cloud, other)
+        up = mine.adapt()
+        assert cloud.merge([other.adapt()])["decision"] == "accept"
+        down = ship(cloud, mine)
+        runs[name] = {"up": up["payload"], "down": down["payload"], "device": weights(mine),
+                      "cloud": cloud.model.extract(mine.spec).state_dict()}
+    exact, half = runs["float32"], runs["float16"]
+    for way in ("up", "down"):
+        delta, _, meta = unpack_state(half[way])
+        assert meta["kind"] == "delta"
+        assert {v.dtype for k, v in delta.items() if is_delta_key(k, v)} == {torch.float16}
+        assert len(half[way]) < 0.6 * len(exact[way])
+    # Same seeds, same data: the float16 run lands where the exact one does, up to rounding.
+    for key, value in exact["device"].items():
+        if is_delta_key(key, value):
+            torch.testing.assert_close(half["device"][key], value, rtol=0, atol=2e-3)
+            torch.testing.assert_close(half["cloud"][key], exact["cloud"][key], rtol=0, atol=2e-3)
