@@ -32,13 +32,10 @@ from benchmarks.registry import register_suite
 from benchmarks.report import Table
 from eclm.data import DigitsSource
 from eclm.modules import modularize, skeleton
-from eclm.pipelines.split_cloud import (
-    SplitServerSession,
-    emulated_epoch_seconds,
-    measure_block_costs,
-    run_local_epochs,
-)
+from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import SplitDeviceWorker
+from eclm.pipelines.split_local import emulated_epoch_seconds, run_local_epochs
+from eclm.pipelines.split_planning import measure_block_costs
 from eclm.split import (
     ComputeModel,
     IdentityCodec,

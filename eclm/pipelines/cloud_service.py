@@ -298,10 +298,10 @@ class CloudService:
     def ping(self) -> bool:
         return True
 
-    # --- split learning: the server side of a round (logic in eclm.pipelines.split_cloud) ---
+    # --- split learning: the server side of a round (logic in eclm.pipelines.split_planning / split_cloud) ---
     def split_route(self, device: str, importance: list[list[float]], resources: dict) -> dict:
         """``auto`` mode: ``{"mode": "local" | "split", "reason"}`` for one device."""
-        from eclm.pipelines.split_cloud import local_training_fits
+        from eclm.pipelines.split_planning import local_training_fits
 
         a = self.cfg.adaptation
         fits, reason = local_training_fits(
@@ -312,7 +312,7 @@ class CloudService:
     def split_prepare(self, devices: list[dict]) -> dict:
         """Plan a split round and open the server session; returns the plan and device parts."""
         from eclm.pipelines.profiler import measure_gflops
-        from eclm.pipelines.split_cloud import prepare_split_round
+        from eclm.pipelines.split_planning import prepare_split_round
 
         classes = sorted({int(c) for d in devices for c in d.get("classes", [])})
         self._split, info = prepare_split_round(

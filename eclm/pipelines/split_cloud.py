@@ -1,23 +1,21 @@
 """The cloud side of parallel split learning: one server model for many device parts.
 
-A split round (see ``docs/split_learning.md``) trains *one* sub-model with several devices:
+A split round (see ``docs/split_learning.md``) trains *one* sub-model with several devices.
+:func:`eclm.pipelines.split_planning.prepare_split_round` plans it and opens the
+:class:`SplitServerSession` defined here:
 
-1. :func:`prepare_split_round` derives the split spec (pooled importance; only the devices'
-   ``params_fraction`` limits it, because memory is what the cut takes care of), measures per-block
-   costs of its chain (:func:`measure_block_costs`), plans a cut and a bandwidth share per device
-   with the configured policy (EdgeSplit, best common cut or a fixed cut), and opens a
-   :class:`SplitServerSession`.
-2. Every global step the session receives the active devices' smashed activations (codec
+1. Every global step the session receives the active devices' smashed activations (codec
    payloads), runs stages ``[cut, L)`` per cut group on the concatenation, computes *one* mean
    cross-entropy over the global batch, steps the server optimiser once, and returns each device
    the gradient of the loss with respect to the activation it sent.
-3. At the end of every epoch :meth:`SplitServerSession.aggregate` averages every chain stage over
+2. At the end of every epoch :meth:`SplitServerSession.aggregate` averages every chain stage over
    all copies that trained it (device parts of deeper-cut devices, and the server's copy for
    shallower-cut devices), weighted by the samples that passed through each copy, and sends the
    devices their new prefixes: after each round there is one model.
 
-:func:`run_local_epochs` drives the same objects in-process; ``eclm.runtime.split_round`` drives
-them across Ray actors with the same call sequence. Pure torch, no Ray.
+:func:`eclm.pipelines.split_local.run_local_epochs` drives the same objects in-process;
+``eclm.runtime.split_round`` drives them across Ray actors with the same call sequence. Pure
+torch, no Ray.
 """
 
 from __future__ import annotations
@@ -31,126 +29,22 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from eclm.modules import (
-    BudgetTooSmallError,
-    DeviceProfile,
-    ModularModel,
     SubModelSpec,
-    derive_submodel,
     pack_state,
     unpack_state,
 )
-from eclm.modules.costs import measure
-from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.split_edge import (
-    SplitDeviceWorker,
     Stages,
     cut_chain,
     pack_gradient,
     segment_state,
     unpack_smashed,
 )
-from eclm.split import BlockCosts, ComputeModel, LinkModel, LocalBatchSampler, OptimizerSettings, SplitDevice
+from eclm.split import LocalBatchSampler, OptimizerSettings
 from eclm.split.codecs.base import SmashedCodec
-from eclm.split.config import SplitConfig
-from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
 from eclm.split.norms import batch_safe_norms
 
-__all__ = [
-    "DEFAULT_BANDWIDTH_MBPS",
-    "SplitServerSession",
-    "emulated_epoch_seconds",
-    "local_training_fits",
-    "measure_block_costs",
-    "prepare_split_round",
-    "run_local_epochs",
-    "split_spec",
-]
-
-#: Link assumed for a device whose config gives no ``bandwidth_mbps`` (Mbit/s).
-DEFAULT_BANDWIDTH_MBPS = 100.0
-# Training state per parameter (fp32 weights, gradients, momentum) and stored activation copies
-# (activations and their gradients): the model of ``adaptation.training_memory_bytes``.
-_STATE_BYTES_PER_PARAM = 12.0
-_ACTIVATION_COPIES = 2.0
-_UNBOUNDED_MEMORY = 1e30
-
-
-def measure_block_costs(stages: Stages, example: Tensor) -> BlockCosts:
-    """Per-stage costs of a chain, measured by running ``example`` through it.
-
-    Args:
-        stages: ``ModularModel.chain(sub)``; ``L`` stages.
-        example: ``(1, C, H, W)`` input (costs are per sample).
-
-    Returns:
-        :class:`BlockCosts`: measured forward FLOPs per stage, bytes of the tensor at every
-        boundary, 12 bytes of training state per parameter and 2x the stored activations.
-
-    Raises:
-        ValueError: If ``example`` does not have batch size 1.
-    """
-    if example.shape[0] != 1:
-        raise ValueError(f"example must have batch size 1, got shape {tuple(example.shape)}")
-    flops, state, acts, boundary = [], [], [], [float(example.numel() * example.element_size())]
-    x = example
-    for _, stage in stages:
-        params, stage_flops, act_bytes, _ = measure(stage, x)
-        flops.append(stage_flops)
-        state.append(_STATE_BYTES_PER_PARAM * params)
-        acts.append(_ACTIVATION_COPIES * act_bytes)
-        was = stage.training
-        with torch.no_grad():
-            x = stage.eval()(x)
-        stage.train(was)
-        boundary.append(float(x.numel() * x.element_size()))
-    return BlockCosts(forward_flops=flops, activation_bytes=boundary, param_bytes=state,
-                      train_activation_bytes=acts)
-
-
-def local_training_fits(model: ModularModel, device: str, importance: Sequence[Sequence[float]],
-                        resources: dict, *, batch_size: int, target_step_seconds: float,
-                        max_transfer_seconds: float) -> tuple[bool, str]:
-    """The ``auto`` mode decision: can the device train a derived sub-model locally?
-
-    Local training does not fit when derivation fails for the device's budget but succeeds once
-    its memory limit is lifted (memory is the binding resource). A budget that fails for other
-    reasons stays local, where derivation reports the error as usual.
-
-    Returns:
-        ``(fits, reason)``.
-    """
-    full_params = model.costs().total(model.full_spec())["params"]
-
-    def budget(res: dict) -> DeviceProfile:
-        return budget_from_resources(device, res, full_params=full_params, batch_size=batch_size,
-                                     target_step_seconds=target_step_seconds,
-                                     max_transfer_seconds=max_transfer_seconds)
-
-    try:
-        derive_submodel(model, importance, budget(resources))
-        return True, "a derived sub-model fits the device's budget"
-    except BudgetTooSmallError as err:
-        try:
-            derive_submodel(model, importance, budget(dict(resources, memory_mb=None)))
-        except BudgetTooSmallError:
-            return True, f"budget too small for reasons other than memory: {err}"
-        return False, f"local training does not fit the memory: {err}"
-
-
-def split_spec(model: ModularModel, importances: Sequence[Sequence[Sequence[float]]],
-               resources: Sequence[dict]) -> SubModelSpec:
-    """The one sub-model a split round trains: pooled importance, tightest ``params_fraction``.
-
-    Raises:
-        ValueError: If ``importances`` is empty.
-    """
-    if not importances:
-        raise ValueError("split_spec needs at least one device's importance")
-    pooled = [np.mean([imp[i] for imp in importances], axis=0).tolist() for i in range(len(importances[0]))]
-    fractions = [float(r["params_fraction"]) for r in resources if r.get("params_fraction")]
-    full_params = model.costs().total(model.full_spec())["params"]
-    limit = {"max_params": min(fractions) * full_params} if fractions else {}
-    return derive_submodel(model, pooled, DeviceProfile(name="split", **limit))
+__all__ = ["SplitServerSession"]
 
 
 class SplitServerSession:
@@ -357,178 +251,3 @@ class SplitServerSession:
                "records": self.records}
         self.stats, self.records = {"loss_sum": 0.0, "correct": 0, "samples": 0}, []
         return out
-
-
-def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Sequence[dict], *,
-                        server_gflops: float, allowed_classes: Sequence[int] | None = None,
-                        ) -> tuple[SplitServerSession, dict]:
-    """Derive the split spec, measure block costs, plan cuts and open the server session.
-
-    Args:
-        model: The cloud's modular model.
-        config: Split settings.
-        devices: Per device ``{"name", "importance", "resources", "num_samples", "host_gflops"}``;
-            ``resources`` may give ``memory_mb``, ``gflops``, ``bandwidth_mbps``, ``latency_s``
-            and ``params_fraction``.
-        server_gflops: Server compute speed (GFLOP/s) for the planner.
-        allowed_classes: Loss restricted to these classes, or ``None``.
-
-    Returns:
-        ``(session, info)``; ``info`` holds the spec, stage names, costs, the plan, per device
-        ``{"cut", "index", "bandwidth" (bytes/s), "slowdown", "latency", "memory" (bytes)}``, and ``excluded``
-        (devices no cut fits, with the reason).
-
-    Raises:
-        ValueError: If ``client_sync`` is ``"step"``, no device can take part, or the planner fails.
-    """
-    if config.client_sync != "epoch":
-        raise ValueError("split.client_sync='step' shares gradients every step, which the actor protocol "
-                         "does not implement; use client_sync='epoch'")
-    spec = split_spec(model, [d["importance"] for d in devices], [d["resources"] for d in devices])
-    sub = model.extract(spec)
-    stages = model.chain(sub)
-    costs = measure_block_costs(stages, torch.zeros(1, *model.input_size))
-    excluded = {}
-    first_batches = _local_batches(config, [int(d["num_samples"]) for d in devices])
-    for d, batch in zip(devices, first_batches, strict=True):
-        need, memory = costs.device_memory(1, batch), _memory_bytes(d["resources"])
-        if d["num_samples"] < 1:
-            excluded[d["name"]] = "no local training samples"
-        elif need > memory:
-            excluded[d["name"]] = (f"no cut fits: stage 1 needs {need:.4g} bytes at batch {batch}, "
-                                   f"the device has {memory:.4g}")
-    kept = [d for d in devices if d["name"] not in excluded]
-    if not kept:
-        raise ValueError(f"no device can take part in split learning: {excluded}")
-    sizes = [int(d["num_samples"]) for d in kept]
-    batches = _local_batches(config, sizes)
-    planned = [SplitDevice(speed=1e9 * _gflops(d), memory=_memory_bytes(d["resources"]), batch_size=b,
-                           latency=float(d["resources"].get("latency_s") or 0.0), name=d["name"])
-               for d, b in zip(kept, batches, strict=True)]
-    total_bandwidth = sum(_bandwidth_bytes(d["resources"]) for d in kept)
-    plan = plan_cuts(config, costs, planned, total_bandwidth, 1e9 * server_gflops)
-    session = SplitServerSession(sub, stages, spec, [d["name"] for d in kept], list(plan.cuts),
-                                 build_codec(config.codec), optimizer_settings(config),
-                                 build_sampler(config, sizes), allowed_classes=allowed_classes)
-    info = {
-        "spec": spec.to_json(), "stages": session.stage_names, "client_sizes": sizes, "excluded": excluded,
-        "costs": {"forward_flops": costs.forward_flops, "activation_bytes": costs.activation_bytes,
-                  "param_bytes": costs.param_bytes},
-        "plan": {"method": plan.method, "cuts": list(plan.cuts), "bandwidths": list(plan.bandwidths),
-                 "device_times": list(plan.device_times), "round_time": plan.round_time,
-                 "iterations": plan.iterations, "local_batches": batches, "total_bandwidth": total_bandwidth,
-                 "server_gflops": server_gflops},
-        "devices": {d["name"]: {"cut": plan.cuts[k], "index": k, "bandwidth": plan.bandwidths[k],
-                                "slowdown": float(d["host_gflops"]) / _gflops(d),
-                                "latency": planned[k].latency,
-                                "memory": costs.device_memory(plan.cuts[k], batches[k])}
-                    for k, d in enumerate(kept)},
-    }
-    return session, info
-
-
-def _local_batches(config: SplitConfig, sizes: Sequence[int]) -> list[int]:
-    """Largest local batch each client gets in epoch 0 (what its memory must hold)."""
-    if sum(sizes) < 1:
-        raise ValueError("no split device holds local training samples")
-    return [max(1, int(v)) for v in build_sampler(config, sizes).batch_sizes(0).max(axis=0)]
-
-
-def _gflops(device: dict) -> float:
-    return float(device["resources"].get("gflops") or device["host_gflops"])
-
-
-def _memory_bytes(resources: dict) -> float:
-    mem = resources.get("memory_mb")
-    return float(mem) * 2**20 if mem else _UNBOUNDED_MEMORY
-
-
-def _bandwidth_bytes(resources: dict) -> float:
-    return float(resources.get("bandwidth_mbps") or DEFAULT_BANDWIDTH_MBPS) * 1e6 / 8
-
-
-def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_records: Sequence[dict],
-                           compute: Mapping[str, ComputeModel], links: Mapping[str, LinkModel],
-                           sync_bytes: Mapping[str, tuple[float, float]] | None = None,
-                           shared_bandwidth: float | None = None) -> dict[str, float]:
-    """Emulated duration of one synchronous epoch from real measurements (the delay model).
-
-    Per step ``t`` with active devices ``A_t``::
-
-        T_t = max_{k in A_t} [emu_k(forward_k) + link_k(up_k)] + server_t
-              + max_{k in A_t} [link_k(down_k) + emu_k(backward_k)]
-
-    with ``emu_k(s) = s * slowdown_k`` (real host seconds scaled to the device's speed) and
-    ``link_k(n) = latency_k + n / bandwidth_k``; ``up`` is the codec's exact activation bytes plus
-    the labels, ``down`` the float32 gradient. The epoch ends with the device-part exchange,
-    ``max_k [link_k(state up) + link_k(state down)]``; with ``shared_bandwidth`` (the EdgeSplit
-    setting: the shares divide one pool and nothing else is sent meanwhile) it takes
-    ``2 max_k latency_k + (sum up + sum down) / shared_bandwidth`` instead. The server runs at host
-    speed.
-
-    Returns:
-        ``{"steps_s", "sync_s", "total_s", "device_compute_s"}`` (the last in real seconds).
-    """
-    by_step: dict[tuple[int, int], dict[str, dict]] = {}
-    real_device = 0.0
-    for name, records in device_records.items():
-        for r in records:
-            by_step.setdefault((r["epoch"], r["step"]), {})[name] = r
-            real_device += r["forward_s"] + r["backward_s"]
-    steps = 0.0
-    for s in server_records:
-        active = by_step.get((s["epoch"], s["step"]), {})
-        up = max((compute[n].emulated_time(r["forward_s"])
-                  + links[n].transfer_time((r["bits_up"] + r["label_bits"]) / 8)
-                  for n, r in active.items()), default=0.0)
-        down = max((links[n].transfer_time(r["bits_down"] / 8) + compute[n].emulated_time(r["backward_s"])
-                    for n, r in active.items()), default=0.0)
-        steps += up + s["server_s"] + down
-    sync_bytes = sync_bytes or {}
-    if shared_bandwidth is None:
-        sync = max((links[n].transfer_time(u) + links[n].transfer_time(d) for n, (u, d) in sync_bytes.items()),
-                   default=0.0)
-    elif sync_bytes:
-        pool = LinkModel(shared_bandwidth, max(links[n].latency for n in sync_bytes))
-        sync = pool.transfer_time(sum(u for u, _ in sync_bytes.values())) + pool.transfer_time(
-            sum(d for _, d in sync_bytes.values()))
-    else:
-        sync = 0.0
-    return {"steps_s": steps, "sync_s": sync, "total_s": steps + sync, "device_compute_s": real_device}
-
-
-def run_local_epochs(server: SplitServerSession, workers: Sequence[SplitDeviceWorker], epochs: int,
-                     start_epoch: int = 0) -> list[dict]:
-    """Drive a split round in-process with the actor protocol's call sequence (reference driver).
-
-    Returns:
-        Per epoch ``{"epoch", "loss", "accuracy", "samples", "records", "device_records", "sync_bytes"}``.
-
-    Raises:
-        ValueError: If ``workers`` are not the session's devices in client order.
-    """
-    if [w.name for w in workers] != server.devices:
-        raise ValueError(f"workers {[w.name for w in workers]} must be the session's devices "
-                         f"{server.devices}")
-    history = []
-    for epoch in range(start_epoch, start_epoch + epochs):
-        pending: dict[int, bytes] = {}
-        for step, row in enumerate(server.epoch_plan(epoch)):
-            active = [k for k, count in enumerate(row) if count > 0]
-            # A device's pending gradient rides with its next forward call, as over the actors.
-            messages = [workers[k].forward(epoch, step, pending.pop(k, None)) for k in active]
-            for k in list(pending):
-                workers[k].backward(pending.pop(k))
-            pending.update(zip(active, server.server_step(epoch, step, messages), strict=True))
-        for k, grad in pending.items():
-            workers[k].backward(grad)
-        ends = [w.epoch_end() for w in workers]
-        new = server.aggregate({e["device"]: e["state"] for e in ends})
-        for w in workers:
-            w.load(new[w.name])
-        summary = server.epoch_summary()
-        summary.update(epoch=epoch, device_records={e["device"]: e["records"] for e in ends},
-                       sync_bytes={e["device"]: (float(len(e["state"])), float(len(new[e["device"]])))
-                                   for e in ends})
-        history.append(summary)
-    return history

@@ -2,7 +2,7 @@
 
 The driver only sequences calls; the work is in ``CloudService.split_*`` / ``EdgeService.split_*``
 (logic in :mod:`eclm.pipelines.split_cloud` / :mod:`eclm.pipelines.split_edge`), and the call
-sequence is the one :func:`eclm.pipelines.split_cloud.run_local_epochs` runs in-process.
+sequence is the one :func:`eclm.pipelines.split_local.run_local_epochs` runs in-process.
 
 Data never passes through the driver during training: a step's smashed-activation refs go
 straight into the cloud's ``split_server_step`` (``num_returns`` = one gradient per device + a
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eclm.config import PlatformConfig
-from eclm.pipelines.split_cloud import emulated_epoch_seconds
+from eclm.pipelines.split_local import emulated_epoch_seconds
 from eclm.runtime.ray_runtime import ActorFailure, gather
 from eclm.split import ComputeModel, LinkModel
 

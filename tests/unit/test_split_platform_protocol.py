@@ -17,12 +17,7 @@ from torch.nn import functional as F
 
 from eclm.modules import modularize, skeleton
 from eclm.modules.costs import measure
-from eclm.pipelines.split_cloud import (
-    SplitServerSession,
-    emulated_epoch_seconds,
-    measure_block_costs,
-    run_local_epochs,
-)
+from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import (
     SplitDeviceWorker,
     cut_chain,
@@ -31,6 +26,8 @@ from eclm.pipelines.split_edge import (
     unpack_gradient,
     unpack_smashed,
 )
+from eclm.pipelines.split_local import emulated_epoch_seconds, run_local_epochs
+from eclm.pipelines.split_planning import measure_block_costs
 from eclm.split import (
     ComputeModel,
     IdentityCodec,
@@ -101,7 +98,7 @@ def train_epoch_by_hand(server, workers, epoch: int) -> float:
 
 
 def test_split_packages_import_without_ray() -> None:
-    code = ("import eclm.pipelines.split_edge, eclm.pipelines.split_cloud, sys; "
+    code = ("import eclm.pipelines.split_edge, eclm.pipelines.split_cloud, eclm.pipelines.split_planning, eclm.pipelines.split_local, sys; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
