@@ -56,25 +56,55 @@ def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None) -> int:
     return 0
 
 
+def device_summary(history, names) -> list[dict]:
+    """Per device: means over the cycles it took part in (each measured on that cycle's environment).
+
+    A device's environment changes between cycles, so its accuracy in the first and the last cycle
+    are not comparable; the mean before/after adaptation and the mean gain are.
+
+    Args:
+        history: Cycle results (``device_metrics``, ``bytes_up``, ``bytes_down`` per device).
+        names: Device names, in display order.
+
+    Returns:
+        One dict per device: ``device``, ``cycles``, ``params`` (last sub-model), ``acc_before``,
+        ``acc_after``, ``gain``, ``forgetting`` (means; ``None`` without data), ``mb_up``, ``mb_down``.
+    """
+    rows = []
+    for n in names:
+        metrics = [h.device_metrics[n] for h in history if n in h.device_metrics]
+
+        def mean(key: str, metrics: list[dict] = metrics) -> float | None:
+            values = [m[key] for m in metrics if m.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        before, after = mean("acc_before"), mean("acc_after")
+        rows.append({
+            "device": n, "cycles": len(metrics), "params": metrics[-1]["params"] if metrics else None,
+            "acc_before": before, "acc_after": after,
+            "gain": None if before is None or after is None else after - before,
+            "forgetting": mean("forgetting"),
+            "mb_up": sum(h.bytes_up.get(n, 0) for h in history) / 1e6,
+            "mb_down": sum(h.bytes_down.get(n, 0) for h in history) / 1e6,
+        })
+    return rows
+
+
 def _summary(p, out) -> None:
     if not p.history:
         return
-    print("\nSummary per device (first cycle -> last cycle)", file=out)
-    header = f"{'device':<12}{'params':>10}{'acc before':>12}{'acc after':>11}{'last gain':>11}{'forgetting':>12}{'MB up':>8}{'MB down':>9}"
+    print("\nSummary per device (means over its cycles, each on that cycle's environment)", file=out)
+    header = (f"{'device':<12}{'params':>10}{'cycles':>8}{'acc before':>12}{'acc after':>11}{'gain':>8}"
+              f"{'forgetting':>12}{'MB up':>8}{'MB down':>9}")
     print(header, file=out)
     print("-" * len(header), file=out)
-    for n in p.names:
-        rows = [h for h in p.history if n in h.device_metrics]
-        if not rows:
-            print(f"{n:<12}{'(no successful cycle)':>40}", file=out)
+    for r in device_summary(p.history, p.names):
+        if not r["cycles"]:
+            print(f"{r['device']:<12}{'(no successful cycle)':>40}", file=out)
             continue
-        first, last = rows[0].device_metrics[n], rows[-1].device_metrics[n]
-        forg = [h.device_metrics[n]["forgetting"] for h in rows if h.device_metrics[n].get("forgetting") is not None]
-        up = sum(h.bytes_up.get(n, 0) for h in p.history) / 1e6
-        down = sum(h.bytes_down.get(n, 0) for h in p.history) / 1e6
-        print(f"{n:<12}{last['params']:>10,.0f}{_fmt(first['acc_before']):>12}{_fmt(last['acc_after']):>11}"
-              f"{_fmt(last['acc_after'] - last['acc_before']):>11}"
-              f"{_fmt(sum(forg) / len(forg) if forg else None):>12}{up:>8.2f}{down:>9.2f}", file=out)
+        print(f"{r['device']:<12}{r['params']:>10,.0f}{r['cycles']:>8}{_fmt(r['acc_before']):>12}"
+              f"{_fmt(r['acc_after']):>11}{_fmt(r['gain']):>8}{_fmt(r['forgetting']):>12}"
+              f"{r['mb_up']:>8.2f}{r['mb_down']:>9.2f}", file=out)
     decisions = [h.merge.get("decision") for h in p.history]
     print(f"\nmerges: {decisions}; cloud val accuracy by cycle: "
           f"{[round(100 * h.cloud_val_acc, 1) for h in p.history]}", file=out)
