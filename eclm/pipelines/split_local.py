@@ -14,7 +14,7 @@ from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import SplitDeviceWorker
 from eclm.split import ComputeModel, LinkModel
 
-__all__ = ["emulated_epoch_seconds", "run_local_epochs"]
+__all__ = ["emulated_epoch_seconds", "run_epoch_steps", "run_local_epochs"]
 
 
 def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_records: Sequence[dict],
@@ -67,6 +67,23 @@ def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_
     return {"steps_s": steps, "sync_s": sync, "total_s": steps + sync, "device_compute_s": real_device}
 
 
+def run_epoch_steps(server: SplitServerSession, workers: Sequence[SplitDeviceWorker], epoch: int) -> None:
+    """Every global step of one epoch, in-process, without the epoch-end aggregation.
+
+    A device's pending gradient rides with its next forward call, as over the actors; the last
+    gradients are applied after the final step.
+    """
+    pending: dict[int, bytes] = {}
+    for step, row in enumerate(server.epoch_plan(epoch)):
+        active = [k for k, count in enumerate(row) if count > 0]
+        messages = [workers[k].forward(epoch, step, pending.pop(k, None)) for k in active]
+        for k in list(pending):
+            workers[k].backward(pending.pop(k))
+        pending.update(zip(active, server.server_step(epoch, step, messages), strict=True))
+    for k, grad in pending.items():
+        workers[k].backward(grad)
+
+
 def run_local_epochs(server: SplitServerSession, workers: Sequence[SplitDeviceWorker], epochs: int,
                      start_epoch: int = 0) -> list[dict]:
     """Drive a split round in-process with the actor protocol's call sequence (reference driver).
@@ -82,16 +99,7 @@ def run_local_epochs(server: SplitServerSession, workers: Sequence[SplitDeviceWo
                          f"{server.devices}")
     history = []
     for epoch in range(start_epoch, start_epoch + epochs):
-        pending: dict[int, bytes] = {}
-        for step, row in enumerate(server.epoch_plan(epoch)):
-            active = [k for k, count in enumerate(row) if count > 0]
-            # A device's pending gradient rides with its next forward call, as over the actors.
-            messages = [workers[k].forward(epoch, step, pending.pop(k, None)) for k in active]
-            for k in list(pending):
-                workers[k].backward(pending.pop(k))
-            pending.update(zip(active, server.server_step(epoch, step, messages), strict=True))
-        for k, grad in pending.items():
-            workers[k].backward(grad)
+        run_epoch_steps(server, workers, epoch)
         ends = [w.epoch_end() for w in workers]
         new = server.aggregate({e["device"]: e["state"] for e in ends})
         for w in workers:

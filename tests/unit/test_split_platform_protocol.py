@@ -26,7 +26,7 @@ from eclm.pipelines.split_edge import (
     unpack_gradient,
     unpack_smashed,
 )
-from eclm.pipelines.split_local import emulated_epoch_seconds, run_local_epochs
+from eclm.pipelines.split_local import emulated_epoch_seconds, run_epoch_steps, run_local_epochs
 from eclm.pipelines.split_planning import measure_block_costs
 from eclm.split import (
     ComputeModel,
@@ -85,15 +85,7 @@ def session(model, cuts: list[int], sizes: list[int], config: SplitConfig, codec
 
 def train_epoch_by_hand(server, workers, epoch: int) -> float:
     """One epoch of the protocol without the epoch-end aggregation; returns the mean loss."""
-    pending = {}
-    for step, row in enumerate(server.epoch_plan(epoch)):
-        active = [k for k, c in enumerate(row) if c > 0]
-        messages = [workers[k].forward(epoch, step, pending.pop(k, None)) for k in active]
-        for k in list(pending):
-            workers[k].backward(pending.pop(k))
-        pending.update(zip(active, server.server_step(epoch, step, messages), strict=True))
-    for k, grad in pending.items():
-        workers[k].backward(grad)
+    run_epoch_steps(server, workers, epoch)
     return server.epoch_summary()["loss"]
 
 
