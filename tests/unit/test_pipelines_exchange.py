@@ -186,3 +186,23 @@ def test_float16_deltas_halve_the_traffic_both_ways_and_land_within_rounding(tmp
         if is_delta_key(key, value):
             torch.testing.assert_close(half["device"][key], value, rtol=0, atol=2e-3)
             torch.testing.assert_close(half["cloud"][key], exact["cloud"][key], rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("damage", ["inf", "float64"])
+def test_a_poisoned_float16_delta_upload_is_rejected_and_the_cloud_is_untouched(tmp_path, damage):
+    text = config(tmp_path, delta_dtype="float16")
+    cloud, edge = CloudService(text), EdgeService(text, 0)
+    ship(cloud, edge)
+    upload = edge.adapt()
+    delta, spec, meta = unpack_state(upload["payload"])
+    assert delta["fc.weight"].dtype == torch.float16
+    if damage == "inf":  # what an overflowing float16 change looks like on arrival
+        delta["fc.weight"] = torch.full_like(delta["fc.weight"], float("inf"))
+    else:  # a wider type than the weights is never a valid wire type
+        delta["fc.weight"] = delta["fc.weight"].double()
+    upload["payload"] = pack_state(delta, spec, meta)
+    digest = cloud.cloud_state_digest()
+    report = cloud.merge([upload])
+    assert report["decision"] == "reject" and cloud.version == 0
+    assert "fc.weight" in report["rejected"]["d0"]
+    assert cloud.cloud_state_digest() == digest
