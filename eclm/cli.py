@@ -25,27 +25,33 @@ def _fmt(v, pct: bool = True) -> str:
     return f"{100 * v:5.1f}%" if pct else f"{v:,.0f}"
 
 
-def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None) -> int:
-    """Pretrain, run cycles with a progress line per cycle, print a summary table."""
+def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool = False) -> int:
+    """Pretrain (unless resuming), run cycles with a progress line per cycle, print a summary table."""
     from eclm.platform import Platform
 
-    with Platform(cfg) as p:
-        print(f"eclm: cloud model {cfg.backbone.name} ({p.info['full_cost']['params']:,.0f} params, "
-              f"{len(p.info['layer_names'])} module layers x {cfg.backbone.modules_per_layer} modules), "
+    with Platform(cfg, resume=resume) as p:
+        print(f"eclm: cloud model {cfg.backbone.name} ({p.info.full_cost['params']:,.0f} params, "
+              f"{len(p.info.layer_names)} module layers x {cfg.backbone.modules_per_layer} modules), "
               f"{len(p.names)} edge devices", file=out)
-        print("eclm: offline stage on the cloud's proxy data ...", file=out, flush=True)
-        hist = p.pretrain()
-        print(f"eclm: offline done, proxy val accuracy {100 * hist[-1]['val_acc_dense']:.1f}% "
-              f"after {len(hist)} epochs", file=out, flush=True)
+        if p.resumed_from is not None:
+            print(f"eclm: resumed from round {p.resumed_from} (cloud version {p.state.version}, store {p.store.root})",
+                  file=out, flush=True)
+        else:
+            if resume:
+                print("eclm: nothing to resume; starting a new campaign", file=out, flush=True)
+            print("eclm: offline stage on the cloud's proxy data ...", file=out, flush=True)
+            hist = p.pretrain()
+            print(f"eclm: offline done, proxy val accuracy {100 * hist[-1].val_acc_dense:.1f}% "
+                  f"after {len(hist)} epochs", file=out, flush=True)
         total = cfg.cycles if cycles is None else cycles
         for c in range(total):
-            ran = p.run(cycles=1)
+            ran = p.run(steps=1)
             if not ran:
                 print(f"cycle {c + 1}/{total}: trigger decided nothing", file=out, flush=True)
                 continue
             r = ran[-1]
-            print(f"cycle {r.round}/{total}: device acc {_fmt(r.mean('acc_before'))} -> {_fmt(r.mean('acc_after'))}"
-                  f" | merge {r.merge.get('decision')} ({len(r.merge.get('accepted', []))} accepted)"
+            print(f"cycle {r.round}: device acc {_fmt(r.mean('acc_before'))} -> {_fmt(r.mean('acc_after'))}"
+                  f" | merge {r.merge.decision} ({len(r.merge.accepted)} accepted)"
                   f" | cloud val {_fmt(r.cloud_val_acc)} | up {sum(r.bytes_up.values()) / 1e6:.2f} MB"
                   f" down {sum(r.bytes_down.values()) / 1e6:.2f} MB"
                   + (f" | failed {sorted(r.failures)}" if r.failures else ""), file=out, flush=True)
@@ -74,13 +80,13 @@ def device_summary(history, names) -> list[dict]:
     for n in names:
         metrics = [h.device_metrics[n] for h in history if n in h.device_metrics]
 
-        def mean(key: str, metrics: list[dict] = metrics) -> float | None:
-            values = [m[key] for m in metrics if m.get(key) is not None]
+        def mean(key: str, metrics: list = metrics) -> float | None:
+            values = [getattr(m, key) for m in metrics if getattr(m, key) is not None]
             return sum(values) / len(values) if values else None
 
         before, after = mean("acc_before"), mean("acc_after")
         rows.append({
-            "device": n, "cycles": len(metrics), "params": metrics[-1]["params"] if metrics else None,
+            "device": n, "cycles": len(metrics), "params": metrics[-1].params if metrics else None,
             "acc_before": before, "acc_after": after,
             "gain": None if before is None or after is None else after - before,
             "forgetting": mean("forgetting"),
@@ -105,9 +111,9 @@ def _summary(p, out) -> None:
         print(f"{r['device']:<12}{r['params']:>10,.0f}{r['cycles']:>8}{_fmt(r['acc_before']):>12}"
               f"{_fmt(r['acc_after']):>11}{_fmt(r['gain']):>8}{_fmt(r['forgetting']):>12}"
               f"{r['mb_up']:>8.2f}{r['mb_down']:>9.2f}", file=out)
-    decisions = [h.merge.get("decision") for h in p.history]
+    decisions = [h.merge.decision for h in p.history]
     print(f"\nmerges: {decisions}; cloud val accuracy by cycle: "
-          f"{[round(100 * h.cloud_val_acc, 1) for h in p.history]}", file=out)
+          f"{[round(100 * h.cloud_val_acc, 1) if h.cloud_val_acc is not None else None for h in p.history]}", file=out)
 
 
 def load_serve_config(path: Path):
@@ -165,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--config", type=Path, required=True)
     r.add_argument("--address", default=None, help="Ray address ('auto' on a cluster head)")
     r.add_argument("--cycles", type=int, default=None)
+    r.add_argument("--resume", action="store_true",
+                   help="continue the newest run of this campaign (same name and workdir) from its last commit")
     c = sub.add_parser("check-config", help="validate a YAML config and print it")
     c.add_argument("config", type=Path)
     v = sub.add_parser("serve", help="serve the cloud model or a device's sub-model across edge nodes")
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.address:
             cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
-        return run_campaign(cfg, args.cycles)
+        return run_campaign(cfg, args.cycles, resume=args.resume)
     except (ConfigError, FileNotFoundError, ConnectionError) as err:
         print(f"eclm: error: {err}", file=sys.stderr)
         return 2

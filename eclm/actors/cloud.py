@@ -12,10 +12,14 @@ CloudActor = ray.remote(CloudService)
 
 
 def create_cloud_actor(cfg: PlatformConfig):
-    """Start the cloud actor; it needs one unit of the custom ``cloud`` resource."""
+    """Start the cloud actor; it needs one unit of the custom ``cloud`` resource.
+
+    ``max_restarts=0``: a dead cloud is recreated by the coordinator, which restores it from
+    the campaign store (Ray's own restart would bring back a cloud without its versions).
+    """
     return CloudActor.options(
-        name=f"eclm-cloud-{cfg.name}",
         num_cpus=cfg.ray.cloud_cpus,
         resources={CLOUD_RESOURCE: 1},
         max_concurrency=1,
-    ).remote(cfg.model_dump_json(), cfg.ray.threads_per_actor)
+        max_restarts=0,
+    ).remote(cfg, cfg.ray.threads_per_actor)

@@ -1,6 +1,10 @@
-"""The EdgeActor: :class:`~eclm.pipelines.edge_service.EdgeService` placed on an ``edge`` node."""
+"""The EdgeActor: :class:`~eclm.pipelines.edge_service.EdgeService` placed on an ``edge`` node,
+and the pooled worker (:class:`~eclm.pipelines.edge_pool.EdgePool`) hosting many virtual devices."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
 
 import ray
 
@@ -10,52 +14,28 @@ from eclm.pipelines.edge_service import EdgeService
 from eclm.resources import EDGE_RESOURCE, device_resource
 
 EdgeActor = ray.remote(EdgeService)
+EdgePoolActor = ray.remote(EdgePool)
 
 
-def create_edge_actor(cfg: PlatformConfig, index: int, stream_state: dict | None = None):
+def create_edge_actor(cfg: PlatformConfig, index: int, store_dir: Path | None = None, resume_at: int | None = None):
     """Start the actor of device ``index``; it needs one ``edge`` slot, and the per-device
-    resource ``device:<node>`` when the config pins it to a node."""
+    resource ``device:<node>`` when the config pins it to a node. It resumes from ``store_dir``."""
     device = cfg.devices[index]
     resources = {EDGE_RESOURCE: 1}
     if device.node:
         resources[device_resource(device.node)] = 0.001
     return EdgeActor.options(
-        name=f"eclm-edge-{cfg.name}-{device.name}",
         num_cpus=cfg.ray.edge_cpus,
         resources=resources,
         max_restarts=0,
-    ).remote(cfg.model_dump_json(), index, cfg.ray.threads_per_actor, stream_state)
+    ).remote(cfg, index, cfg.ray.threads_per_actor, store_dir, resume_at)
 
 
-EdgePoolActor = ray.remote(EdgePool)
-
-
-def create_edge_pool(cfg: PlatformConfig, indices: list[int], stream_states: dict[str, dict] | None = None):
+def create_edge_pool(cfg: PlatformConfig, indices: list[int], store_root: Path | None = None,
+                     resume_at: Mapping[str, int] | None = None):
     """Start a pooled edge worker hosting the devices ``indices`` (one ``edge`` slot)."""
     return EdgePoolActor.options(
         num_cpus=cfg.ray.edge_cpus,
         resources={EDGE_RESOURCE: 1},
         max_restarts=0,
-    ).remote(cfg.model_dump_json(), indices, cfg.ray.threads_per_actor, stream_states)
-
-
-class PooledDevice:
-    """Looks like a device's actor handle (``handle.method.remote(...)``) but routes the call
-    through the pool that hosts the device."""
-
-    def __init__(self, pool, device: str) -> None:
-        self.pool = pool
-        self.device = device
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return _PooledMethod(self.pool, self.device, method)
-
-
-class _PooledMethod:
-    def __init__(self, pool, device: str, method: str) -> None:
-        self.pool, self.device, self.method = pool, device, method
-
-    def remote(self, *args, **kwargs):
-        return self.pool.call.remote(self.device, self.method, *args, **kwargs)
+    ).remote(cfg, indices, cfg.ray.threads_per_actor, store_root, dict(resume_at or {}))

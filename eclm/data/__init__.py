@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     )
     from eclm.data.device_stream import DeviceStream
     from eclm.data.drift import DriftSchedule, Environment
-    from eclm.data.factory import build_device_stream, build_schedule, build_source, build_split, device_seed
+    from eclm.data.factory import (
+        build_device_stream,
+        build_schedule,
+        build_source,
+        build_split,
+        device_seed,
+        load_dataset,
+    )
     from eclm.data.labelled_images import LabelledImages
     from eclm.data.loader import batches, num_batches
     from eclm.data.partition import CloudData, DataSplit, DevicePool, split_cloud_and_devices
@@ -56,6 +63,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "build_source": ("eclm.data.factory", "build_source"),
     "build_split": ("eclm.data.factory", "build_split"),
     "device_seed": ("eclm.data.factory", "device_seed"),
+    "load_dataset": ("eclm.data.factory", "load_dataset"),
     "LabelledImages": ("eclm.data.labelled_images", "LabelledImages"),
     "batches": ("eclm.data.loader", "batches"),
     "num_batches": ("eclm.data.loader", "num_batches"),
@@ -99,6 +107,7 @@ __all__ = [
     "build_split",
     "check_corruption",
     "device_seed",
+    "load_dataset",
     "num_batches",
     "split_cloud_and_devices",
 ]

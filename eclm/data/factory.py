@@ -81,3 +81,23 @@ def build_device_stream(data: LabelledImages, pool: DevicePool, cfg: DataConfig)
         test_size=cfg.drift.test_size,
         seed=cfg.seed,
     )
+
+
+_LOADED: dict[str, tuple[LabelledImages, DataSplit]] = {}
+
+
+def load_dataset(cfg: DataConfig) -> tuple[LabelledImages, DataSplit]:
+    """The loaded source and its cloud/device split, loaded once per process and config.
+
+    Every service of one process (the cloud, the devices of a pool, a benchmark's in-process
+    devices) reads the same tensors; nothing writes to them, so one copy serves all. Only the
+    most recent two configs are kept.
+    """
+    key = cfg.model_dump_json()
+    if key not in _LOADED:
+        data = build_source(cfg).load()
+        _LOADED[key] = (data, build_split(data, cfg))
+        for old in list(_LOADED)[:-2]:
+            del _LOADED[old]
+    return _LOADED[key]
+

@@ -122,3 +122,40 @@ class ReplayBuffer:
         mixed_x = torch.cat([batch_x, replay_x.to(batch_x.dtype)])
         mixed_y = torch.cat([batch_y, replay_y.to(batch_y.dtype)])
         return mixed_x, mixed_y
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The buffer's state: JSON-able facts (sizes, RNG state) and its stored tensors.
+
+        Returns:
+            ``(info, tensors)``; ``tensors`` holds ``images`` and ``labels`` (the filled rows
+            only), empty for an empty buffer.
+        """
+        info = {"capacity": self.capacity, "seed": self.seed, "size": self._size, "seen": self.seen,
+                "rng": self._rng.bit_generator.state}
+        if self._images is None or self._labels is None:
+            return info, {}
+        return info, {"images": self._images[: self._size].clone(), "labels": self._labels[: self._size].clone()}
+
+    def load_state_dict(self, info: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` output (same capacity and seed).
+
+        Raises:
+            ValueError: If capacity or seed differ, or the tensors do not match the sizes.
+        """
+        if int(info["capacity"]) != self.capacity or int(info["seed"]) != self.seed:
+            raise ValueError(f"replay state of capacity {info['capacity']} / seed {info['seed']} does not fit "
+                             f"a buffer of capacity {self.capacity} / seed {self.seed}")
+        size = int(info["size"])
+        if size and (tensors.get("images") is None or len(tensors["images"]) != size or len(tensors["labels"]) != size):
+            raise ValueError(f"replay state says {size} samples but carries other tensors")
+        self._rng.bit_generator.state = info["rng"]
+        self._size, self.seen = size, int(info["seen"])
+        if not size:
+            self._images = self._labels = None
+            return
+        images, labels = tensors["images"], tensors["labels"]
+        self._images = images.new_zeros((self.capacity, *images.shape[1:]))
+        self._labels = labels.new_zeros((self.capacity,))
+        self._images[:size], self._labels[:size] = images, labels
+

@@ -67,7 +67,12 @@ def unpack_state(data: bytes) -> tuple[dict[str, Tensor], SubModelSpec | None, d
             spec = SubModelSpec.from_json(meta_header[_SPEC_KEY])
         except ValueError as err:
             raise MalformedPayloadError(f"invalid sub-model spec in payload: {err}") from err
-    meta = json.loads(meta_header[_META_KEY]) if _META_KEY in meta_header else {}
+    try:
+        meta = json.loads(meta_header[_META_KEY]) if _META_KEY in meta_header else {}
+    except ValueError as err:
+        raise MalformedPayloadError(f"payload metadata is not JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise MalformedPayloadError(f"payload metadata must be a JSON object, got {type(meta).__name__}")
     return state, spec, meta
 
 

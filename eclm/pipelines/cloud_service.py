@@ -1,21 +1,33 @@
 """The cloud's work, Ray-free: offline stage, per-device derivation, validated merge, versions.
 
 :class:`CloudService` is a plain class; ``eclm.actors`` turns it into the ``CloudActor`` with
-``ray.remote`` and the ``cloud`` resource. Every method takes and returns plain values, bytes
-(safetensors) or JSON-able dicts, so nothing crossing the actor boundary needs pickled code.
+``ray.remote`` and the ``cloud`` resource, and :mod:`eclm.campaign.local` calls it in-process.
+It takes and returns the typed messages of :mod:`eclm.campaign.messages`; weights travel as
+safetensors bytes. It keeps no state about devices between calls: the spec issued to a device
+comes back with its update, so a cloud restored from a :class:`CloudSnapshot` after a crash
+merges exactly as the one that died would have.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from eclm.campaign.messages import (
+    AttributedUpdate,
+    CloudInfo,
+    CloudSnapshot,
+    DeviceSummary,
+    EpochRecord,
+    MergeOutcome,
+    SubModelPackage,
+)
 from eclm.config import PlatformConfig
-from eclm.data import build_source, build_split
+from eclm.data import load_dataset
 from eclm.modules import (
     BudgetTooSmallError,
     ModularModel,
@@ -30,77 +42,63 @@ from eclm.modules import (
 )
 from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
+from eclm.modules.merge import merge_module_updates
 from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.profiler import budget_from_resources
+from eclm.pipelines.split_service import SplitCloudMixin
+from eclm.pipelines.upload_admission import admit
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 
 
-class CloudService:
-    """Holds the modular cloud model and its version history.
+class CloudService(SplitCloudMixin):
+    """Holds the modular cloud model and its recent versions.
 
     Args:
-        config_json: The platform config as JSON (validated again here).
+        config: The platform config.
         threads: torch threads for this process.
     """
 
-    def __init__(self, config_json: str, threads: int = 1) -> None:
+    def __init__(self, config: PlatformConfig, threads: int = 1) -> None:
         torch.set_num_threads(threads)
-        self.cfg = PlatformConfig.model_validate_json(config_json)
-        torch.manual_seed(self.cfg.seed)
-        data = build_source(self.cfg.data).load()
-        cloud = build_split(data, self.cfg.data).cloud
+        self.cfg = config
+        torch.manual_seed(config.seed)
+        data, split = load_dataset(config.data)
+        cloud = split.cloud
         self.train_x, self.train_y = cloud.train.images, cloud.train.labels
         self.val_x, self.val_y = cloud.val.images, cloud.val.labels
         self.num_classes = data.num_classes
-        b = self.cfg.backbone
+        b = config.backbone
         self.model: ModularModel = modularize(
-            b.name,
-            modules_per_layer=b.modules_per_layer,
-            input_size=self.cfg.input_size,
-            weights_path=b.weights_path,
-            selector_width=b.selector_width,
-            selector_dim=b.selector_dim,
-            num_classes=self.num_classes,
-            **b.kwargs,
+            b.name, modules_per_layer=b.modules_per_layer, input_size=config.input_size, weights_path=b.weights_path,
+            selector_width=b.selector_width, selector_dim=b.selector_dim, num_classes=self.num_classes, **b.kwargs,
         ).eval()
         self.version = 0
-        self.given_specs: dict[str, SubModelSpec] = {}
-        self.checkpoint_dir = Path(self.cfg.workdir) / "checkpoints" / self.cfg.name
-        self.usage: dict[str, list[list[float]]] = {}
         self.best_val_acc: float | None = None
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
         self._remember_version()
 
     # ------------------------------------------------------------------ info
-    def info(self) -> dict:
-        """Architecture facts devices and the driver need (all JSON-able)."""
+    def info(self) -> CloudInfo:
+        """Architecture facts devices and the coordinator need."""
         costs = self.model.costs()
-        return {
-            "model_id": self.model.model_id,
-            "arch": self.model.arch,
-            "layer_names": [l.name for l in self.model.layers],
-            "layer_sizes": self.model.layer_sizes,
-            "allows_empty": [l.allows_empty for l in self.model.layers],
-            "costs": costs.to_dict(),
-            "full_cost": costs.total(self.model.full_spec()),
-            "num_classes": self.num_classes,
-            "version": self.version,
-            "proxy_train": len(self.train_x),
-            "proxy_val": len(self.val_x),
-        }
+        return CloudInfo(
+            model_id=self.model.model_id, arch=self.model.arch, layer_names=[l.name for l in self.model.layers],
+            layer_sizes=self.model.layer_sizes, allows_empty=[l.allows_empty for l in self.model.layers],
+            costs=costs.to_dict(), full_cost=costs.total(self.model.full_spec()), num_classes=self.num_classes,
+            version=self.version, proxy_train=len(self.train_x), proxy_val=len(self.val_x),
+        )
 
-    def pretrain(self, progress: bool = False) -> list[dict]:
-        """Run the offline stage on the proxy data; saves version 0."""
+    def pretrain(self, progress: bool = False) -> list[EpochRecord]:
+        """Run the offline stage on the proxy data; the result is version 0."""
         history = train_offline(
             self.model, self.train_x, self.train_y, self.val_x, self.val_y, self.cfg.offline,
             num_classes=self.num_classes, progress=progress,
         )
-        self._save_checkpoint()
         self._versions = {}
         self._remember_version()
         self.best_val_acc = self.validation_accuracy()
-        return [vars(h) for h in history]
+        return [EpochRecord(**vars(h)) for h in history]
 
     def validation_accuracy(self) -> float:
         return evaluate(self.model.extract(self.model.full_spec()), self.val_x, self.val_y)[0]
@@ -113,19 +111,51 @@ class CloudService:
         """The full cloud backbone (safetensors) with its full spec."""
         return pack_state(self.model.backbone.state_dict(), self.model.full_spec(), {"version": self.version})
 
-    # ------------------------------------------------------------------ derivation
-    def derive(self, device: str, importance: list[list[float]], resources: dict,
-               held_spec: str | None = None, held_version: int | None = None) -> dict:
-        """Derive and package the sub-model for one device.
+    # ------------------------------------------------------------------ durable state
+    def snapshot(self) -> CloudSnapshot:
+        """The current version as a checkpoint (``backbone.*`` and ``selector.*`` tensors)."""
+        state = {f"backbone.{k}": v for k, v in self.model.backbone.state_dict().items()}
+        state |= {f"selector.{k}": v for k, v in self.model.selector.state_dict().items()}
+        weights = pack_state(state, meta={"model_id": self.model.model_id, "version": self.version})
+        return CloudSnapshot(version=self.version, weights=weights, best_val_acc=self.best_val_acc)
 
-        If the device already holds exactly the derived spec from the current cloud version
-        (``held_spec``/``held_version``), nothing is shipped: it keeps its locally adapted
-        weights. If it holds the spec from an older version and ``adaptation.exchange`` is
-        ``delta``, it gets the cloud's change since that version (it adds it to its adapted
-        weights); otherwise the full sub-model.
+    def restore(self, snapshot: CloudSnapshot) -> int:
+        """Become the cloud of ``snapshot`` (weights, version, kept versions, best accuracy).
 
         Returns:
-            ``{"spec": json, "payload": bytes or None, "version": int, "budget": dict, "cost": dict}``.
+            The restored version.
+
+        Raises:
+            MalformedPayloadError: If the weights do not decode or do not fit the model.
+        """
+        backbone, selector = _split_checkpoint(snapshot.weights)
+        self.model.backbone.load_state_dict(backbone)
+        self.model.selector.load_state_dict(selector)
+        self.version, self.best_val_acc = snapshot.version, snapshot.best_val_acc
+        self._versions = {v: _split_checkpoint(b)[0] for v, b in sorted(snapshot.kept_versions.items())}
+        self._remember_version()
+        return self.version
+
+    def kept_versions(self) -> list[int]:
+        """Versions the cloud can ship deltas against (the current one included)."""
+        return sorted(self._versions)
+
+    def state_digest(self) -> str:
+        """SHA-256 of the cloud backbone's tensors (lets tests prove bit-identity across actors)."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.model.backbone.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ derivation
+    def derive(self, summary: DeviceSummary) -> SubModelPackage:
+        """Derive and package the sub-model for one device.
+
+        If the device already holds exactly the derived spec from the current cloud version,
+        nothing is shipped: it keeps its locally adapted weights. If it holds the spec from an
+        older version and ``adaptation.exchange`` is ``delta``, it gets the cloud's change since
+        that version (it adds it to its adapted weights); otherwise the full sub-model.
 
         Raises:
             BudgetTooSmallError: If the device cannot hold even the minimal sub-model.
@@ -133,26 +163,19 @@ class CloudService:
         a = self.cfg.adaptation
         full = self.model.costs().total(self.model.full_spec())
         budget = budget_from_resources(
-            device, resources, full_params=full["params"], batch_size=a.batch_size,
+            summary.device, summary.resources.as_dict(), full_params=full["params"], batch_size=a.batch_size,
             target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
         )
         start = time.perf_counter()
-        spec = derive_submodel(self.model, importance, budget)
+        spec = derive_submodel(self.model, [list(r) for r in summary.importance], budget)
         solve = time.perf_counter() - start
-        self.given_specs[device] = spec
-        self.usage[device] = [list(v) for v in importance]
-        same_spec = held_spec is not None and SubModelSpec.from_json(held_spec) == spec
+        held = summary.held
+        same_spec = held is not None and held.spec == spec
         payload = None
-        if not (same_spec and held_version == self.version):
-            payload = self._package(device, spec, held_version if same_spec else None)
-        return {
-            "spec": spec.to_json(),
-            "payload": payload,
-            "version": self.version,
-            "budget": budget.limits(),
-            "cost": self.model.costs().total(spec),
-            "solve_seconds": solve,
-        }
+        if not (same_spec and held.version == self.version):
+            payload = self._package(summary.device, spec, held.version if same_spec else None)
+        return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
+                               budget=budget.limits(), cost=self.model.costs().total(spec), solve_seconds=solve)
 
     def _package(self, device: str, spec: SubModelSpec, held_version: int | None) -> bytes:
         """The full sub-model, or the change since ``held_version`` when a delta can be made."""
@@ -184,76 +207,91 @@ class CloudService:
         return apply_delta(current, state)
 
     # ------------------------------------------------------------------ merge
-    def _evaluator(self):
-        # Devices report the classes they hold; the cloud evaluates each device's re-derived
-        # sub-model on the proxy-validation samples of those classes (device data never leaves).
-        classes: dict[str, list[int]] = {}
-
+    def _evaluator(self, classes: dict[str, list[int]]):
+        # The cloud evaluates each device's re-derived sub-model on the proxy-validation samples
+        # of the classes it reported (device data never leaves the device).
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
             probe = copy.deepcopy(self.model)
             probe.backbone.load_state_dict(state)
             overall = evaluate(probe.extract(probe.full_spec()), self.val_x, self.val_y)[0]
             per_device = {}
             for u in updates:
-                cls = classes.get(u.device_id) or []
-                mask = torch.isin(self.val_y, torch.tensor(cls, dtype=self.val_y.dtype))
+                mask = torch.isin(self.val_y, torch.tensor(classes.get(u.device_id) or [], dtype=self.val_y.dtype))
                 if mask.sum() > 0:
                     per_device[u.device_id] = evaluate(probe.extract(u.spec), self.val_x[mask], self.val_y[mask])[0]
             return Evaluation(overall, per_device)
 
-        return run, classes
+        return run
 
-    def merge(self, uploads: list[dict]) -> dict:
-        """Validate and merge device uploads.
-
-        Args:
-            uploads: ``{"device", "payload" (safetensors bytes), "importance", "num_samples",
-                "classes"}`` per device.
-
-        Returns:
-            The merge report as a dict, plus ``version`` and, when accepted, ``checkpoint``.
-        """
+    def _pipeline(self, classes: dict[str, list[int]]) -> ValidatedMerge:
         m = self.cfg.merge
-        run, classes = self._evaluator()
-        updates, rejected = [], {}
-        for up in uploads:
-            device = str(up.get("device"))
-            try:
-                state, spec, meta = unpack_state(up["payload"])
-                if spec is None:
-                    raise MalformedPayloadError("payload carries no sub-model spec")
-                state = self._rebase(state, spec, meta)
-                updates.append(ModuleUpdate(device, spec, state, up["importance"], int(up["num_samples"]),
-                                            [int(c) for c in up.get("classes", [])] or None))
-                classes[device] = [int(c) for c in up.get("classes", [])]
-            except (MalformedPayloadError, KeyError, TypeError, ValueError) as err:
-                rejected[device] = f"malformed upload: {err}"
-        pipeline = ValidatedMerge(
-            evaluate=run, aggregator=create_aggregator(m.aggregator, m.trim_fraction), weighting=m.weighting,
-            max_relative_norm=m.max_relative_norm, tolerance=m.tolerance, device_tolerance=m.device_tolerance,
-            min_updates=m.min_updates, server_lr=m.server_lr, step_backoff=m.step_backoff, merge_norm_statistics=m.merge_norm_statistics,
-            finalize=self._finalize_candidate,
-            reference_accuracy=self.best_val_acc,
+        return ValidatedMerge(
+            evaluate=self._evaluator(classes), aggregator=create_aggregator(m.aggregator, m.trim_fraction),
+            weighting=m.weighting, max_relative_norm=m.max_relative_norm, tolerance=m.tolerance,
+            device_tolerance=m.device_tolerance, min_updates=m.min_updates, server_lr=m.server_lr,
+            step_backoff=m.step_backoff, merge_norm_statistics=m.merge_norm_statistics,
+            finalize=self._finalize_candidate, reference_accuracy=self.best_val_acc,
             class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
             max_samples=self.cfg.data.samples_per_device[1],
         )
+
+    def merge(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
+        """Validate and merge device uploads; a rejected or failed merge leaves the model bit-identical.
+
+        Every upload is admitted on its own first (:mod:`eclm.pipelines.upload_admission`): one
+        that is malformed, claims another device or foreign classes, or raises anything while
+        being decoded or checked is rejected alone with its reason.
+        """
+        admission = admit(uploads, self.model.layer_sizes, self._rebase)
+        classes = {u.device_id: list(u.classes or []) for u in admission.updates}
         cloud_state = self.model.backbone.state_dict()
+        updates, rejected = admission.updates, dict(admission.rejected)
         try:
-            new_state, report = pipeline.run(cloud_state, self.model.layers, updates, self.given_specs, self._names)
-        except Exception as err:  # a failed merge must leave the model untouched
-            return {"decision": "reject", "reason": f"merge failed: {err!r}", "accepted": [],
-                    "rejected": rejected, "version": self.version}
+            new_state, report = self._pipeline(classes).run(cloud_state, self.model.layers, updates,
+                                                            admission.issued, self._names)
+        except Exception as err:  # noqa: BLE001 - find the upload that breaks the merge, merge the rest
+            broken = self._breaking_updates(cloud_state, updates)
+            if not broken:
+                return MergeOutcome(decision="reject", reason=f"merge failed: {err!r}", rejected=rejected,
+                                    version=self.version)
+            rejected |= {u.device_id: f"merge failed on this upload: {e}" for u, e in broken}
+            kept = [u for u in updates if all(u is not b for b, _ in broken)]
+            return self._merge_rest(cloud_state, kept, admission.issued, classes, rejected)
+        return self._conclude(new_state, report, rejected)
+
+    def _merge_rest(self, cloud_state, updates, issued, classes, rejected) -> MergeOutcome:
+        try:
+            new_state, report = self._pipeline(classes).run(cloud_state, self.model.layers, updates, issued,
+                                                            self._names)
+        except Exception as err:  # noqa: BLE001 - the model must stay untouched whatever happens
+            return MergeOutcome(decision="reject", reason=f"merge failed: {err!r}", rejected=rejected,
+                                version=self.version)
+        return self._conclude(new_state, report, rejected)
+
+    def _breaking_updates(self, cloud_state, updates: list[ModuleUpdate]) -> list[tuple[ModuleUpdate, str]]:
+        """The updates whose merge math raises on their own (only looked for when a merge raised)."""
+        broken = []
+        for u in updates:
+            try:
+                merge_module_updates(cloud_state, self.model.layers, [u])
+            except Exception as err:  # noqa: BLE001
+                broken.append((u, f"{type(err).__name__}: {err}"))
+        return broken
+
+    def _conclude(self, new_state, report, rejected: dict[str, str]) -> MergeOutcome:
         report.rejected.update(rejected)
-        out = report.to_dict()
         if new_state is not None:
             self.model.backbone.load_state_dict(new_state)
             self.version += 1
             self._remember_version()
             if report.cloud_acc_after is not None:
                 self.best_val_acc = max(self.best_val_acc or 0.0, report.cloud_acc_after)
-            out["checkpoint"] = str(self._save_checkpoint())
-        out["version"] = self.version
-        return out
+        return MergeOutcome(
+            decision=report.decision, reason=report.reason, accepted=report.accepted, rejected=report.rejected,
+            cloud_acc_before=report.cloud_acc_before, cloud_acc_after=report.cloud_acc_after,
+            device_acc_before=report.device_acc_before, device_acc_after=report.device_acc_after,
+            server_step=report.server_step, version=self.version,
+        )
 
     def _finalize_candidate(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Prepare a merged candidate on a copy: re-estimate BatchNorm statistics on the proxy
@@ -275,91 +313,18 @@ class CloudService:
     def _names(self, spec: SubModelSpec) -> set[str]:
         return set(self.model.extract(spec).state_dict())
 
-    def _save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
-
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_dir / f"cloud_v{self.version:04d}.safetensors"
-        state = {f"backbone.{k}": v.contiguous() for k, v in self.model.backbone.state_dict().items()}
-        state |= {f"selector.{k}": v.contiguous() for k, v in self.model.selector.state_dict().items()}
-        save_file(state, str(path), metadata={"model_id": self.model.model_id, "version": str(self.version)})
-        return path
-
-    def cloud_state_digest(self) -> str:
-        """SHA-256 of the cloud backbone's tensors (lets tests prove bit-identity across actors)."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for k, v in sorted(self.model.backbone.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().contiguous().numpy().tobytes())
-        return h.hexdigest()
-
     def ping(self) -> bool:
         return True
 
-    # --- split learning: the server side of a round (logic in eclm.pipelines.split_planning / split_cloud) ---
-    def split_route(self, device: str, importance: list[list[float]], resources: dict) -> dict:
-        """``auto`` mode: ``{"mode": "local" | "split", "reason"}`` for one device."""
-        from eclm.pipelines.split_planning import local_training_fits
 
-        a = self.cfg.adaptation
-        fits, reason = local_training_fits(
-            self.model, device, importance, resources, batch_size=a.batch_size,
-            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds)
-        return {"device": device, "mode": "local" if fits else "split", "reason": reason}
-
-    def split_prepare(self, devices: list[dict]) -> dict:
-        """Plan a split round and open the server session; returns the plan and device parts."""
-        from eclm.pipelines.profiler import measure_gflops
-        from eclm.pipelines.split_planning import prepare_split_round
-
-        classes = sorted({int(c) for d in devices for c in d.get("classes", [])})
-        self._split, info = prepare_split_round(
-            self.model, self.cfg.split, devices, server_gflops=measure_gflops(),
-            allowed_classes=classes if self.cfg.adaptation.restrict_to_local_classes else None)
-        self._split_devices = {d["name"]: d for d in devices}
-        info["cost"] = self.model.costs().total(self._split.spec)
-        for name, dev in info["devices"].items():
-            dev["payload"] = self._split.device_payload(name, version=self.version)
-            self.given_specs[name] = self._split.spec  # the merge checks split updates against it
-            self.usage[name] = [list(v) for v in self._split_devices[name]["importance"]]
-        return info
-
-    def split_epoch_plan(self, epoch: int) -> list[list[int]]:
-        return self._split.epoch_plan(epoch)
-
-    def split_server_step(self, epoch: int, step: int, *messages: bytes) -> list:
-        """One global step; returns one gradient per message, then the step record."""
-        grads = self._split.server_step(epoch, step, messages)
-        return [*grads, self._split.records[-1]]
-
-    def split_aggregate(self, *ends: dict) -> list:
-        """Epoch-end aggregation of device parts (ends in client order); returns one payload per
-        device, then the epoch summary (training loss, step records, payload sizes)."""
-        new = self._split.aggregate({e["device"]: e["state"] for e in ends})
-        summary = self._split.epoch_summary()
-        summary["payload_bytes"] = {name: len(p) for name, p in new.items()}
-        return [*(new[name] for name in self._split.devices), summary]
-
-    def split_evaluate(self, message: bytes) -> dict:
-        return self._split.evaluate(message)
-
-    def split_finish(self) -> dict[str, dict]:
-        """Close the session; every device's upload carries the one aggregated sub-model."""
-        session, self._split = self._split, None
-        state = session.sub.state_dict()
-        return {
-            name: {"device": name, "importance": self._split_devices[name]["importance"],
-                   "num_samples": int(self._split_devices[name]["num_samples"]),
-                   "classes": list(self._split_devices[name].get("classes", [])),
-                   "payload": pack_state(state, session.spec, {"version": self.version, "device": name,
-                                                               "mode": "split"})}
-            for name in session.devices
-        }
-
-    def split_abort(self) -> None:
-        self._split = None
+def _split_checkpoint(data: bytes) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(backbone state, selector state)`` of a checkpoint written by :meth:`CloudService.snapshot`."""
+    state, _, _ = unpack_state(data)
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    selector = {k[len("selector."):]: v for k, v in state.items() if k.startswith("selector.")}
+    if not backbone or len(backbone) + len(selector) != len(state):
+        raise MalformedPayloadError("not an eclm cloud checkpoint (expected backbone.* and selector.* tensors)")
+    return backbone, selector
 
 
 __all__ = ["BudgetTooSmallError", "CloudService"]

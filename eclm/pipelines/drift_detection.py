@@ -64,3 +64,13 @@ class DriftDetector:
             self.reference_accuracy = accuracy
         if importance is not None:
             self.reference_importance = [list(map(float, v)) for v in importance]
+
+    def state_dict(self) -> dict:
+        """The reference state as JSON-able values."""
+        return {"reference_accuracy": self.reference_accuracy, "reference_importance": self.reference_importance}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference_accuracy = state.get("reference_accuracy")
+        ref = state.get("reference_importance")
+        self.reference_importance = [list(map(float, v)) for v in ref] if ref is not None else None
+

@@ -183,6 +183,30 @@ class CampaignTracker:
         self._call("logging of params", lambda: self._run().log_params(params, journal_tag))
         return run_key
 
+    def close_stale_run(self, run_id: str, status: str = "KILLED") -> bool:
+        """End an earlier run that MLflow still shows as running (its driver died).
+
+        A resumed campaign calls this for the run it continues, so the UI never shows a run
+        that nothing writes to any more as RUNNING.
+
+        Args:
+            run_id: The earlier run's id.
+            status: Terminal status to give it.
+
+        Returns:
+            Whether the run was running and is now ended (``False`` when MLflow is unreachable).
+        """
+        def close() -> bool:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            if client.get_run(run_id).info.status != "RUNNING":
+                return False
+            client.set_terminated(run_id, status)
+            return True
+
+        return bool(self._call(f"closing the earlier run {run_id}", close))
+
     def log_round(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log one campaign round's metrics with ``step=round``.
 

@@ -21,18 +21,19 @@ def test_accepted_merges_reach_devices_as_deltas_through_the_actors(local_ray, t
     p = Platform(cfg).start()
     try:
         p.pretrain()
-        first, second = p.run(cycles=2)
-        assert first.merge["decision"] == "accept" and second.merge["decision"] == "accept"
+        first, second = p.run(steps=2)
+        assert first.merge.decision == "accept" and second.merge.decision == "accept"
         assert not first.failures and not second.failures
-        selector = len(p._get({"s": p.cloud.selector_payload.remote()})["s"])
+        selector, _ = p.coordinator.selector()
         kept = [n for n in DEVICES if first.specs[n] == second.specs[n]]  # same modules: a delta can be sent
         assert {"d0", "d2"} <= set(kept)  # unconstrained devices always get the full model
         for n in kept:
             # A delta leaves BatchNorm statistics out (devices keep their own), so it is strictly
             # smaller than the full sub-model of the first cycle.
             assert selector < second.bytes_down[n] < first.bytes_down[n]
-        version = p._get({"c": p.cloud.info.remote()})["c"]["version"]
-        summaries = p._get({n: p.edges[n].summary.remote(None) for n in DEVICES})
-        assert all(s["held_version"] == version - 1 for s in summaries.values())  # installed before the merge
+        version = p.state.version
+        summaries, failures = p.fleet.gather({n: p.fleet.devices[n].summary(None) for n in DEVICES})
+        assert not failures
+        assert all(s.held.version == version - 1 for s in summaries.values())  # installed before the merge
     finally:
         p.shutdown()

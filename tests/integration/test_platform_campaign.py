@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from eclm.campaign.messages import AttributedUpdate, DeviceUpdate
 from eclm.modules import SubModelSpec, pack_state, unpack_state
 from eclm.pipelines.triggers import Decision, DriftTrigger, Observation, PeriodicTrigger, Trigger
 from eclm.platform import Platform
@@ -54,7 +55,8 @@ def pooled_run(local_ray, tmp_path_factory):
         p.pretrain()
         history = p.run()
         out = SimpleNamespace(platform=p, history=history, degraded=p.tracker.degraded,
-                              journal=p.tracker.journal_path, handles=dict(p.edges))
+                              journal=p.tracker.journal_path, fleet=p.fleet,
+                              actors={n: p.fleet.actor(n) for n in DEVICES})
     return out
 
 
@@ -99,9 +101,9 @@ def test_campaign_runs_one_edge_actor_per_device(campaign):
     assert [r.round for r in campaign.results] == list(ROUNDS)
     assert all(r.devices == DEVICES and not r.failures for r in campaign.results)
     assert all(set(r.device_metrics) == set(DEVICES) for r in campaign.results)
-    ids = {n: h._actor_id.hex() for n, h in p.edges.items()}
+    ids = {n: p.fleet.actor(n)._actor_id.hex() for n in DEVICES}
     assert len(set(ids.values())) == 3  # three distinct actors, not a pool
-    names = {n: ray.get(h.ping.remote()) for n, h in p.edges.items()}
+    names = {n: ray.get(p.fleet.actor(n).ping.remote()) for n in DEVICES}
     assert names == {n: n for n in DEVICES}
 
 
@@ -125,7 +127,7 @@ def test_mlflow_holds_per_round_metrics_for_every_device(campaign, mlflow_client
             if key in ("bytes_up", "bytes_down"):
                 expected = getattr(res, key)[n]
             else:
-                expected = res.device_metrics[n][key]
+                expected = getattr(res.device_metrics[n], key)
             assert hist[res.round] == pytest.approx(expected, rel=1e-6), (n, key, res.round)
 
 
@@ -136,7 +138,7 @@ def test_mlflow_holds_cloud_and_merge_metrics_with_step_equal_round(campaign, ml
     assert {0, *ROUNDS} <= set(val) and set(ROUNDS) <= set(decision)
     for res in campaign.results:
         assert val[res.round] == pytest.approx(res.cloud_val_acc)
-        assert decision[res.round] == DECISION_CODE[res.merge["decision"]]
+        assert decision[res.round] == DECISION_CODE[res.merge.decision]
     assert 0.0 < val[0] <= 1.0  # the offline stage learned something before round 1
 
 
@@ -146,7 +148,7 @@ def test_traffic_is_counted_per_device_and_direction(campaign):
         for n in DEVICES:
             # Up: this cycle's change of every learned weight as float16 (the default delta_dtype), so
             # 2 bytes per parameter plus headers and float32 norm statistics, well under fp32 weights.
-            params = res.device_metrics[n]["params"]
+            params = res.device_metrics[n].params
             assert 2 * params <= res.bytes_up[n] < 3 * params
             # Down always carries the selector.
             assert res.bytes_down[n] > 0
@@ -162,15 +164,15 @@ def test_round_artifacts_exist(campaign, mlflow_client):
         listed = {Path(a.path).name for a in mlflow_client.list_artifacts(run_id, folder)}
         assert {"merge_report.json", "accuracy.png", "module_usage.png"} <= listed
         report = json.loads(_artifact(mlflow_client, run_id, f"{folder}/merge_report.json", campaign.tmp / "dl"))
-        assert report["round"] == res.round and report["decision"] == res.merge["decision"]
+        assert report["round"] == res.round and report["decision"] == res.merge.decision
         assert report["reason"] and set(report["specs"]) == set(DEVICES)
         for png in ("accuracy.png", "module_usage.png"):
             assert _artifact(mlflow_client, run_id, f"{folder}/{png}", campaign.tmp / "dl")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_adaptation_beats_the_drifted_starting_point(campaign):
-    before = [r.device_metrics[n]["acc_before"] for r in campaign.results for n in DEVICES]
-    after = [r.device_metrics[n]["acc_after"] for r in campaign.results for n in DEVICES]
+    before = [r.device_metrics[n].acc_before for r in campaign.results for n in DEVICES]
+    after = [r.device_metrics[n].acc_after for r in campaign.results for n in DEVICES]
     assert all(0.0 <= a <= 1.0 for a in before + after)
     assert sum(after) / len(after) > sum(before) / len(before) + 0.05, (before, after)
 
@@ -179,7 +181,7 @@ def test_accepted_versions_are_registered(campaign, mlflow_client):
     p = campaign.platform
     versions = [v for v in mlflow_client.search_model_versions(f"name='{p.cfg.tracking.registered_model_name}'")
                 if v.run_id == p.tracker.run_id]
-    accepted = sum(r.merge["decision"] in ("accept", "partial") for r in campaign.results)
+    accepted = sum(r.merge.changed for r in campaign.results)
     assert len(versions) == 1 + accepted  # version 0 after the offline stage, then every accepted merge
     tags = {v.tags["eclm.version_tag"] for v in versions}
     assert "v0000" in tags
@@ -204,13 +206,31 @@ def _mutations(state: dict[str, torch.Tensor]):
             "huge norm": (huge, "exceeds bound")}
 
 
-def test_malformed_uploads_are_rejected_and_the_cloud_stays_bit_identical(campaign):
-    import ray
+def _device_state(p, device: str):
+    state, spec, _ = unpack_state(_one(p, p.fleet.devices[device].snapshot_model()))
+    return state, spec, _one(p, p.fleet.devices[device].summary(None))
 
+
+def _one(p, pending):
+    results, failures = p.fleet.gather({"x": pending})
+    assert not failures, failures
+    return results["x"]
+
+
+def _merge(p, uploads: list[tuple[str, bytes]]):
+    items = []
+    for device, payload in uploads:
+        summary = _one(p, p.fleet.devices[device].summary(None))
+        update = DeviceUpdate(device=device, payload=payload, importance=summary.importance,
+                              num_samples=summary.num_samples, classes=summary.classes)
+        items.append(AttributedUpdate(channel=device, issued=summary.held.spec, enrolled_classes=summary.classes,
+                                      update=update))
+    return _one(p, p.fleet.cloud.merge(items))
+
+
+def test_malformed_uploads_are_rejected_and_the_cloud_stays_bit_identical(campaign):
     p = campaign.platform
-    snapshot = ray.get(p.edges["d0"].snapshot_model.remote())
-    state, spec, _ = unpack_state(snapshot)
-    summary = ray.get(p.edges["d0"].summary.remote())
+    state, spec, _ = _device_state(p, "d0")
     uploads: dict[str, tuple[bytes, str]] = {}
     for case, (mutate, reason) in _mutations(state).items():
         s = dict(state)
@@ -219,74 +239,64 @@ def test_malformed_uploads_are_rejected_and_the_cloud_stays_bit_identical(campai
     uploads["garbage bytes"] = (b"\x07not a safetensors payload at all", "malformed upload")
     uploads["no spec"] = (pack_state(state), "carries no sub-model spec")
     foreign = SubModelSpec(model_id="0" * 16, groups=spec.groups)
-    uploads["foreign spec"] = (pack_state(state, foreign), "spec does not fit the cloud model")
+    uploads["foreign spec"] = (pack_state(state, foreign), "spec is for model")
 
     for case, (payload, reason) in uploads.items():
-        digest, version = p.cloud_digest(), ray.get(p.cloud.info.remote())["version"]
-        upload = {"device": "d0", "payload": payload, "importance": summary["importance"],
-                  "num_samples": summary["num_samples"], "classes": summary["classes"]}
-        report = ray.get(p.cloud.merge.remote([upload]))
-        assert report["decision"] == "reject", case
-        assert reason in report["rejected"]["d0"], (case, report["rejected"])
-        assert report["version"] == version, case
+        digest, version = p.cloud_digest(), p.state.version
+        report = _merge(p, [("d0", payload)])
+        assert report.decision == "reject", case
+        assert reason in report.rejected["d0"], (case, report.rejected)
+        assert report.version == version, case
         assert p.cloud_digest() == digest, case
 
 
 def test_a_malformed_upload_does_not_sink_an_honest_one(campaign):
-    import ray
-
     p = campaign.platform
     uploads = []
     for device, poison in (("d0", True), ("d2", False)):
-        state, spec, _ = unpack_state(ray.get(p.edges[device].snapshot_model.remote()))
+        state, spec, _ = _device_state(p, device)
         if poison:
             state = {k: v * float("nan") if v.is_floating_point() else v for k, v in state.items()}
-        summary = ray.get(p.edges[device].summary.remote())
-        uploads.append({"device": device, "payload": pack_state(state, spec), "importance": summary["importance"],
-                        "num_samples": summary["num_samples"], "classes": summary["classes"]})
-    digest, version = p.cloud_digest(), ray.get(p.cloud.info.remote())["version"]
+        uploads.append((device, pack_state(state, spec)))
+    digest, version = p.cloud_digest(), p.state.version
 
-    report = ray.get(p.cloud.merge.remote(uploads))
+    report = _merge(p, uploads)
 
-    assert report["rejected"]["d0"].startswith("integrity:")
-    assert report["cloud_acc_before"] is not None  # the honest update reached evaluation
-    if report["decision"] in ("accept", "partial"):
-        assert report["accepted"] == ["d2"] and report["version"] == version + 1 and p.cloud_digest() != digest
+    assert report.rejected["d0"].startswith("integrity:")
+    assert report.cloud_acc_before is not None  # the honest update reached evaluation
+    if report.changed:
+        assert report.accepted == ("d2",) and report.version == version + 1 and p.cloud_digest() != digest
+        p.coordinator._commit_version(_one(p, p.fleet.cloud.snapshot()), None)  # keep the store in step
     else:
-        assert report["rejected"]["d2"].startswith("harmful:") and p.cloud_digest() == digest
+        assert report.rejected["d2"].startswith("harmful:") and p.cloud_digest() == digest
 
 
 # ---------------------------------------------------------------------- resource change
 @pytest.mark.parametrize(("device", "drop"), [("d0", {"params_fraction": 0.5}), ("d2", {"bandwidth_mbps": 0.1})])
 def test_a_resource_drop_swaps_to_a_smaller_submodel_locally(campaign, device, drop):
-    import ray
-
     p = campaign.platform
-    held = SubModelSpec.from_json(campaign.results[-1].specs[device])
+    held = campaign.results[-1].specs[device]
     out = p.shrink_device(device, **drop)
-    new = SubModelSpec.from_json(out["spec"])
-    assert out["params_after"] < out["params_before"]
-    assert held.contains(new) and new != held
+    assert out.params_after < out.params_before
+    assert held.contains(out.spec) and out.spec != held
     # The device really holds the smaller model now.
-    _, spec_now, _ = unpack_state(ray.get(p.edges[device].snapshot_model.remote()))
-    assert spec_now == new
-    assert ray.get(p.edges[device].profile.remote()).items() >= drop.items()
+    _, spec_now, _ = _device_state(p, device)
+    assert spec_now == out.spec == p.state.held[device].spec
+    assert _one(p, p.fleet.devices[device].profile()).as_dict().items() >= drop.items()
 
 
 def test_a_resource_drop_seen_at_a_step_swaps_automatically(campaign, mlflow_client):
-    import ray
-
     p = campaign.platform
-    held = SubModelSpec.from_json(campaign.results[-1].specs["d1"])  # d1 was configured at 0.6
+    held = campaign.results[-1].specs["d1"]  # d1 was configured at 0.6
     p.set_device_resources("d1", params_fraction=0.3)
-    p.step()
-    _, spec_now, _ = unpack_state(ray.get(p.edges["d1"].snapshot_model.remote()))
+    p.observe()
+    _, spec_now, _ = _device_state(p, "d1")
     assert held.contains(spec_now) and spec_now != held
     run_id = p.tracker.run_id
     swaps = [a.path for a in mlflow_client.list_artifacts(run_id, "swaps")]
-    assert any(path.endswith(f"step_{p.step_index:04d}_d1.json") for path in swaps), swaps
+    assert any(path.endswith(f"step_{p.state.step:04d}_d1.json") for path in swaps), swaps
     after = _history(mlflow_client, run_id, "device/d1/params_after_swap")
-    assert after and after[p.round] < campaign.results[-1].device_metrics["d1"]["params"]
+    assert after and after[p.state.round] < campaign.results[-1].device_metrics["d1"].params
 
 
 # ---------------------------------------------------------------------- triggers
@@ -311,8 +321,8 @@ def test_drift_trigger_adapts_only_the_drifted_devices(campaign, mlflow_client):
     p = campaign.platform
     trigger = _MidpointDrift()
     p.schedule(trigger)
-    rounds_before = p.round
-    ran = p.run(cycles=1)
+    rounds_before = p.state.round
+    ran = p.run(steps=1)
     p.schedule(PeriodicTrigger(every_steps=1))
 
     scores = trigger.observed
@@ -320,7 +330,7 @@ def test_drift_trigger_adapts_only_the_drifted_devices(campaign, mlflow_client):
     assert max(scores.values()) > min(scores.values()), f"all devices drifted alike: {scores}"
     expected = [n for n, s in scores.items() if s > trigger.threshold]
     assert 0 < len(expected) < len(DEVICES)
-    assert len(ran) == 1 and p.round == rounds_before + 1
+    assert len(ran) == 1 and p.state.round == rounds_before + 1
     res = ran[0]
     assert res.devices == expected
     assert set(res.device_metrics) == set(expected) and set(res.bytes_down) == set(expected)
@@ -332,10 +342,10 @@ def test_drift_trigger_adapts_only_the_drifted_devices(campaign, mlflow_client):
 def test_a_drift_trigger_nobody_exceeds_runs_no_cycle(campaign):
     p = campaign.platform
     p.schedule(DriftTrigger(threshold=1e9))
-    rounds_before, steps_before = p.round, p.step_index
-    assert p.run(cycles=1) == []
+    rounds_before, steps_before = p.state.round, p.state.step
+    assert p.run(steps=1) == []
     p.schedule(PeriodicTrigger(every_steps=1))
-    assert p.round == rounds_before and p.step_index == steps_before + 1
+    assert p.state.round == rounds_before and p.state.step == steps_before + 1
 
 
 # ---------------------------------------------------------------------- pooled, MLflow down
@@ -361,10 +371,8 @@ def test_unreachable_mlflow_degrades_to_the_journal_and_the_campaign_completes(p
 
 
 def test_pooled_mode_logs_the_same_per_device_metrics_as_one_actor_per_device(pooled_run, campaign):
-    from eclm.actors import PooledDevice
-
-    assert all(isinstance(h, PooledDevice) for h in pooled_run.handles.values())
-    assert len({id(h.pool) for h in pooled_run.handles.values()}) == 1
+    assert all(e.pooled for e in pooled_run.fleet.devices.values()) or not pooled_run.fleet.devices
+    assert len({id(a) for a in pooled_run.actors.values()}) == 1
     pooled = _metric_keys_by_step(_journal(pooled_run.journal), "device/")
     single = campaign.device_keys
     for rnd in ROUNDS:
@@ -377,25 +385,25 @@ def test_a_killed_edge_actor_fails_its_cycle_and_is_restarted_with_its_stream(ca
     import ray
 
     p = campaign.platform
-    p.step()
-    step_at_kill = p.stream_states["d1"]["step_index"]
-    killed = p.edges["d1"]
+    p.observe()
+    step_at_kill = p.state.positions["d1"]
+    killed = p.fleet.actor("d1")
     ray.kill(killed, no_restart=True)
 
     res = p.run_cycle()
 
-    assert set(res.failures) == {"d1"} and res.failures["d1"].startswith("dead")
+    assert set(res.failures) == {"d1"} and res.failures["d1"].startswith("summary: dead")
     assert set(res.device_metrics) == {"d0", "d2"}
-    assert "d1" not in res.merge.get("accepted", [])
+    assert "d1" not in res.merge.accepted
     run_id = p.tracker.run_id
     report = json.loads(_artifact(mlflow_client, run_id, f"rounds/round_{res.round:03d}/merge_report.json",
                                   campaign.tmp / "dl-kill"))
     assert set(report["failures"]) == {"d1"}
     assert _history(mlflow_client, run_id, "devices/failed")[res.round] == 1
 
-    p.step()  # recreates d1 from its last stream snapshot, then advances it
-    assert p.edges["d1"]._actor_id != killed._actor_id
-    assert p.stream_states["d1"]["step_index"] == step_at_kill + p.cfg.steps_per_cycle
+    p.observe()  # recreates d1 from its store, then advances it
+    assert p.fleet.actor("d1")._actor_id != killed._actor_id
+    assert p.state.positions["d1"] == step_at_kill + p.cfg.steps_per_cycle
     again = p.run_cycle()
     assert not again.failures and set(again.device_metrics) == set(DEVICES)
-    assert any(a.path.startswith("rounds/restarts_step_") for a in mlflow_client.list_artifacts(run_id, "rounds"))
+    assert any("restarted" in a.path for a in mlflow_client.list_artifacts(run_id, "events"))

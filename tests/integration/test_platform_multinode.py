@@ -57,14 +57,14 @@ def platform(cluster, tmp_path_factory):
                       **{"ray.address": cluster.address, "tracking.enabled": False})
     p = Platform(cfg).start()  # connects to the cluster by address
     try:
-        ray.get([h.ping.remote() for h in p.edges.values()])  # every edge actor is up
+        ray.get([p.fleet.actor(n).ping.remote() for n in p.names])  # every edge actor is up
         yield p
     finally:
         p.shutdown()
 
 
 def _actor_nodes(address: str) -> dict[str, dict[str, float]]:
-    """Name of every live actor -> resources of the node it runs on (per Ray's state API)."""
+    """Id (hex) of every live actor -> resources of the node it runs on (per Ray's state API)."""
     import ray
     from ray.util.state import list_actors
 
@@ -72,12 +72,12 @@ def _actor_nodes(address: str) -> dict[str, dict[str, float]]:
     try:
         # The explicit address matters: with several Ray instances on the machine, the state API
         # would otherwise pick "the latest" one, which may not be this cluster.
-        actors = {a.name: a.node_id for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])}
+        actors = {a.actor_id: a.node_id for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])}
     except ConnectionError:  # dashboard not up (e.g. an overloaded machine): ask the GCS directly
         from ray._private import state
 
-        actors = {a["Name"]: a["Address"]["NodeID"] for a in state.actors().values() if a["State"] == "ALIVE"}
-    return {name: resources[node] for name, node in actors.items() if name}
+        actors = {a["ActorID"]: a["Address"]["NodeID"] for a in state.actors().values() if a["State"] == "ALIVE"}
+    return {actor: resources[node] for actor, node in actors.items()}
 
 
 def test_the_platform_joined_the_cluster(platform, cluster):
@@ -91,8 +91,8 @@ def test_the_platform_joined_the_cluster(platform, cluster):
 
 def test_every_actor_lands_on_a_node_of_its_kind(platform, cluster):
     nodes = _actor_nodes(cluster.address)
-    cloud = f"eclm-cloud-{platform.cfg.name}"
-    edges = {n: f"eclm-edge-{platform.cfg.name}-{n}" for n in platform.names}
+    cloud = platform.fleet.cloud.actor._actor_id.hex()
+    edges = {n: platform.fleet.actor(n)._actor_id.hex() for n in platform.names}
     assert cloud in nodes and set(edges.values()) <= set(nodes)
     assert CLOUD_RESOURCE in nodes[cloud] and EDGE_RESOURCE not in nodes[cloud]
     for device, actor in edges.items():
@@ -101,7 +101,7 @@ def test_every_actor_lands_on_a_node_of_its_kind(platform, cluster):
 
 def test_a_pinned_device_lands_on_its_node(platform, cluster):
     nodes = _actor_nodes(cluster.address)
-    assert device_resource("n2") in nodes[f"eclm-edge-{platform.cfg.name}-d1"]
+    assert device_resource("n2") in nodes[platform.fleet.actor("d1")._actor_id.hex()]
 
 
 def test_a_cycle_runs_across_the_nodes(platform):
@@ -109,4 +109,4 @@ def test_a_cycle_runs_across_the_nodes(platform):
     res = platform.run_cycle()
     assert not res.failures and set(res.device_metrics) == {"d0", "d1", "d2"}
     assert all(res.bytes_up[n] > 0 and res.bytes_down[n] > 0 for n in platform.names)
-    assert res.merge["decision"] in ("accept", "partial", "reject") and res.merge["reason"]
+    assert res.merge.decision in ("accept", "partial", "reject") and res.merge.reason

@@ -15,7 +15,7 @@ import torch
 import yaml
 from conftest import tiny_config
 
-from eclm.modules import SubModelSpec, modularize, unpack_state
+from eclm.modules import modularize, unpack_state
 from eclm.runtime.serving import Deployment, StagePool
 from eclm.serving import ModelSource, ServingConfig, build_chain
 from eclm.tracking import CampaignTracker
@@ -203,7 +203,7 @@ def test_platform_serves_the_cloud_model_and_a_device_sub_model(local_ray, tmp_p
         with p.serve("cloud", nodes=[1.0, 0.5], objective="latency", emulation_scale=0.5, micro_batch_size=2,
                      max_in_flight=4, stage_actor_cpus=0.05, repartition=False) as d:
             out, _ = d.infer(x, timeout=120)
-            ref = _rebuild(local_ray.get(p.cloud.model_payload.remote()), d)(x)
+            ref = _rebuild(local_ray.get(p.fleet.cloud.actor.model_payload.remote()), d)(x)
             assert d.config.objective == "latency" and d.config.n_nodes == 2
         assert torch.allclose(out, ref, atol=1e-5)
         with pytest.raises(ValueError, match="no sub-model"):
@@ -214,11 +214,11 @@ def test_platform_serves_the_cloud_model_and_a_device_sub_model(local_ray, tmp_p
         with p.serve("d0", nodes=[{"cpu_share": 0.8}, {"cpu_share": 0.4}], scheduler="least_loaded",
                      placement="replicas", emulation_scale=0.5, stage_actor_cpus=0.05, repartition=False) as d:
             out, _ = d.infer(x, timeout=120)
-            payload = local_ray.get(p.edges["d0"].snapshot_model.remote())
+            payload = local_ray.get(p.fleet.actor("d0").snapshot_model.remote())
             ref = _rebuild(payload, d)(x)
-            full = _rebuild(local_ray.get(p.cloud.model_payload.remote()), d)(x)
+            full = _rebuild(local_ray.get(p.fleet.cloud.actor.model_payload.remote()), d)(x)
         assert torch.allclose(out, ref, atol=1e-5)
-        assert unpack_state(payload)[1] == SubModelSpec.from_json(p.history[-1].specs["d0"])  # its own spec
+        assert unpack_state(payload)[1] == p.history[-1].specs["d0"]  # its own spec
         assert not torch.allclose(out, full, atol=1e-4)  # the device's adapted sub-model, not the cloud's
         journal = [json.loads(line) for line in Path(p.tracker.journal_path).read_text().splitlines()]
     artifacts = {r["data"]["artifact_path"] for r in journal if r["kind"] == "artifact"}

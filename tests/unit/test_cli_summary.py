@@ -7,12 +7,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from eclm.campaign.messages import DeviceMetrics, MergeOutcome
+from eclm.campaign.results import CycleResult
 from eclm.cli import _summary, device_summary
 
 
-def cycle(metrics: dict[str, dict], up: dict[str, int], down: dict[str, int]) -> SimpleNamespace:
-    return SimpleNamespace(device_metrics=metrics, bytes_up=up, bytes_down=down, merge={"decision": "accept"},
-                           cloud_val_acc=0.9)
+def cycle(metrics: dict[str, dict], up: dict[str, int], down: dict[str, int]) -> CycleResult:
+    return CycleResult(round=1, devices=sorted(metrics), device_metrics={n: DeviceMetrics(**m) for n, m in metrics.items()},
+                       bytes_up=up, bytes_down=down, merge=MergeOutcome(decision="accept", reason="ok"),
+                       cloud_val_acc=0.9)
 
 
 HISTORY = [

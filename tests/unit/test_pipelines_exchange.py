@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eclm.campaign.messages import AttributedUpdate, DeviceUpdate, SubModelPackage
 from eclm.config import PlatformConfig
 from eclm.modules import pack_state, unpack_state
 from eclm.modules.deltas import is_delta_key
@@ -19,7 +20,7 @@ from eclm.pipelines.edge_service import EdgeService
 torch.set_num_threads(1)
 
 
-def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> str:
+def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> PlatformConfig:
     return PlatformConfig.from_dict({
         "name": f"exchange-{exchange}", "workdir": str(tmp_path),
         "data": {"source": "digits", "image_size": 16, "num_devices": 2, "classes_per_device": 3,
@@ -31,15 +32,19 @@ def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> s
         # Every candidate passes and the full step is taken, so merged weights are predictable.
         "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0},
         "tracking": {"enabled": False},
-    }).model_dump_json()
+    })
 
 
-def ship(cloud: CloudService, edge: EdgeService) -> dict:
-    summary = edge.summary(cloud.selector_payload())
-    package = cloud.derive(edge.name, summary["importance"], summary["resources"],
-                           summary["held_spec"], summary["held_version"])
-    edge.install(package["spec"], package["payload"], cloud.info()["costs"], package["version"])
+def ship(cloud: CloudService, edge: EdgeService) -> SubModelPackage:
+    package = cloud.derive(edge.summary(cloud.selector_payload()))
+    edge.install(package, cloud.info().costs)
     return package
+
+
+def merge(cloud: CloudService, *pairs: tuple[EdgeService, DeviceUpdate]):
+    """The cloud's merge of uploads attributed to the devices (the coordinator's job on the platform)."""
+    return cloud.merge([AttributedUpdate(channel=e.name, issued=e.spec, enrolled_classes=e.classes, update=u)
+                        for e, u in pairs])
 
 
 def weights(edge: EdgeService) -> dict:
@@ -57,20 +62,20 @@ def test_upload_is_this_cycles_change_and_the_merge_rebases_it(pair):
     ship(cloud, edge)
     start = weights(edge)
     upload = edge.adapt()
-    delta, _, meta = unpack_state(upload["payload"])
+    delta, _, meta = unpack_state(upload.payload)
     adapted = weights(edge)
     assert meta["kind"] == "delta" and meta["base_version"] == 0
     for key, value in delta.items():
         expected = adapted[key] - start[key] if is_delta_key(key, value) else adapted[key]
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
-    old_slices = cloud.model.extract(unpack_state(upload["payload"])[1]).state_dict()
-    report = cloud.merge([upload])
-    assert report["decision"] == "accept" and cloud.version == 1
+    old_slices = cloud.model.extract(unpack_state(upload.payload)[1]).state_dict()
+    report = merge(cloud, (edge, upload))
+    assert report.decision == "accept" and cloud.version == 1
     # One device, full step: the cloud's slices are the device's adapted weights (classifier rows
     # only for the device's classes; the others are merged by class and stay the cloud's).
-    new_slices = cloud.model.extract(unpack_state(upload["payload"])[1]).state_dict()
-    rows = torch.tensor(upload["classes"])
-    others = torch.tensor([c for c in range(10) if c not in upload["classes"]])
+    new_slices = cloud.model.extract(unpack_state(upload.payload)[1]).state_dict()
+    rows = torch.tensor(upload.classes)
+    others = torch.tensor([c for c in range(10) if c not in upload.classes])
     for key, value in adapted.items():
         if not is_delta_key(key, value):
             continue
@@ -90,11 +95,11 @@ def test_new_cloud_version_reaches_a_device_as_a_delta_keeping_its_adaptation(tm
     mine.adapt()  # local adaptation the device keeps
     local = weights(mine)
     old_slices = cloud.model.extract(spec).state_dict()
-    assert cloud.merge([other.adapt()])["decision"] in ("accept", "partial") and cloud.version == 1
+    assert merge(cloud, (other, other.adapt())).decision in ("accept", "partial") and cloud.version == 1
     new_slices = cloud.model.extract(spec).state_dict()
 
     package = ship(cloud, mine)
-    _, _, meta = unpack_state(package["payload"])
+    _, _, meta = unpack_state(package.payload)
     assert meta["kind"] == "delta" and meta["base_version"] == 0 and mine.version == 1
     rebased = weights(mine)
     moved = 0
@@ -104,7 +109,7 @@ def test_new_cloud_version_reaches_a_device_as_a_delta_keeping_its_adaptation(tm
             moved += int(not torch.equal(new_slices[key], old_slices[key]))
     assert moved > 0  # the merge did change something this device holds
     # Up to date now: the next derivation ships nothing.
-    assert ship(cloud, mine)["payload"] is None
+    assert ship(cloud, mine).payload is None
 
 
 def test_weights_exchange_replaces_the_device_model_on_a_new_version(tmp_path):
@@ -114,10 +119,10 @@ def test_weights_exchange_replaces_the_device_model_on_a_new_version(tmp_path):
     ship(cloud, other)
     mine.adapt()
     upload = other.adapt()
-    assert "kind" not in unpack_state(upload["payload"])[2]
-    cloud.merge([upload])
+    assert "kind" not in unpack_state(upload.payload)[2]
+    merge(cloud, (other, upload))
     package = ship(cloud, mine)
-    assert "kind" not in unpack_state(package["payload"])[2]
+    assert "kind" not in unpack_state(package.payload)[2]
     fresh = cloud.model.extract(mine.spec).state_dict()
     assert all(torch.equal(weights(mine)[k], fresh[k]) for k in fresh if is_delta_key(k, fresh[k]))
 
@@ -127,19 +132,20 @@ def test_a_version_the_cloud_no_longer_keeps_gets_full_weights(pair):
     ship(cloud, edge)
     summary = edge.summary(cloud.selector_payload())
     cloud.version = 3  # pretend merges happened and version 0 was the only one remembered
-    package = cloud.derive(edge.name, summary["importance"], summary["resources"], summary["held_spec"], 17)
-    assert "kind" not in unpack_state(package["payload"])[2]
+    summary = summary.model_copy(update={"held": summary.held.model_copy(update={"version": 17})})
+    package = cloud.derive(summary)
+    assert "kind" not in unpack_state(package.payload)[2]
 
 
 def test_device_refuses_a_delta_against_a_version_it_does_not_hold(pair):
     cloud, edge = pair
     package = ship(cloud, edge)
     state = {k: torch.zeros_like(v) for k, v in weights(edge).items() if is_delta_key(k, v)}
-    spec = unpack_state(package["payload"])[1]
+    spec = unpack_state(package.payload)[1]
     stale = pack_state(state, spec, {"kind": "delta", "base_version": 5, "version": 6})
     before = weights(edge)
     with pytest.raises(ValueError, match="version 5"):
-        edge.install(package["spec"], stale, cloud.info()["costs"], 6)
+        edge.install(package.model_copy(update={"payload": stale, "version": 6}), cloud.info().costs)
     assert all(torch.equal(weights(edge)[k], before[k]) for k in before) and edge.version == 0
 
 
@@ -148,19 +154,19 @@ def test_malformed_delta_uploads_are_rejected_and_the_cloud_is_untouched(pair, d
     cloud, edge = pair
     ship(cloud, edge)
     upload = edge.adapt()
-    delta, spec, meta = unpack_state(upload["payload"])
+    delta, spec, meta = unpack_state(upload.payload)
     if damage == "shape":
         delta["fc.weight"] = delta["fc.weight"][:, :3].contiguous()
     elif damage == "missing":
         del delta["fc.weight"]
     else:
         meta["kind"] = "gradient"
-    upload["payload"] = pack_state(delta, spec, meta)
-    digest = cloud.cloud_state_digest()
-    report = cloud.merge([upload])
-    assert report["decision"] == "reject" and cloud.version == 0
-    assert report["rejected"]["d0"].startswith("malformed upload")
-    assert cloud.cloud_state_digest() == digest
+    upload = upload.model_copy(update={"payload": pack_state(delta, spec, meta)})
+    digest = cloud.state_digest()
+    report = merge(cloud, (edge, upload))
+    assert report.decision == "reject" and cloud.version == 0
+    assert report.rejected["d0"].startswith(("malformed upload", "integrity"))
+    assert cloud.state_digest() == digest
 
 
 def test_float16_deltas_halve_the_traffic_both_ways_and_land_within_rounding(tmp_path):
@@ -171,9 +177,9 @@ def test_float16_deltas_halve_the_traffic_both_ways_and_land_within_rounding(tmp
         ship(cloud, mine)
         ship(cloud, other)
         up = mine.adapt()
-        assert cloud.merge([other.adapt()])["decision"] == "accept"
+        assert merge(cloud, (other, other.adapt())).decision == "accept"
         down = ship(cloud, mine)
-        runs[name] = {"up": up["payload"], "down": down["payload"], "device": weights(mine),
+        runs[name] = {"up": up.payload, "down": down.payload, "device": weights(mine),
                       "cloud": cloud.model.extract(mine.spec).state_dict()}
     exact, half = runs["float32"], runs["float16"]
     for way in ("up", "down"):
@@ -194,15 +200,15 @@ def test_a_poisoned_float16_delta_upload_is_rejected_and_the_cloud_is_untouched(
     cloud, edge = CloudService(text), EdgeService(text, 0)
     ship(cloud, edge)
     upload = edge.adapt()
-    delta, spec, meta = unpack_state(upload["payload"])
+    delta, spec, meta = unpack_state(upload.payload)
     assert delta["fc.weight"].dtype == torch.float16
     if damage == "inf":  # what an overflowing float16 change looks like on arrival
         delta["fc.weight"] = torch.full_like(delta["fc.weight"], float("inf"))
     else:  # a wider type than the weights is never a valid wire type
         delta["fc.weight"] = delta["fc.weight"].double()
-    upload["payload"] = pack_state(delta, spec, meta)
-    digest = cloud.cloud_state_digest()
-    report = cloud.merge([upload])
-    assert report["decision"] == "reject" and cloud.version == 0
-    assert "fc.weight" in report["rejected"]["d0"]
-    assert cloud.cloud_state_digest() == digest
+    upload = upload.model_copy(update={"payload": pack_state(delta, spec, meta)})
+    digest = cloud.state_digest()
+    report = merge(cloud, (edge, upload))
+    assert report.decision == "reject" and cloud.version == 0
+    assert "fc.weight" in report.rejected["d0"]
+    assert cloud.state_digest() == digest

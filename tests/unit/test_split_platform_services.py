@@ -1,6 +1,7 @@
 """Split learning through the Ray-free cloud and edge services (the methods the actors expose).
 
-The driver loop here is the call sequence of ``eclm.runtime.split_round`` with direct calls.
+Rounds run through :func:`eclm.campaign.split_round.run_split_round`, the platform's one split
+engine, bound to the services in this process.
 """
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eclm.campaign.local import LocalFleet
+from eclm.campaign.messages import AttributedUpdate
+from eclm.campaign.split_round import run_split_round
 from eclm.config import ConfigError, PlatformConfig
 from eclm.modules import unpack_state
 from eclm.pipelines.cloud_service import CloudService
@@ -32,8 +36,7 @@ def config(tmp_path, **split) -> PlatformConfig:
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     cfg = config(tmp_path_factory.mktemp("split"))
-    text = cfg.model_dump_json()
-    return CloudService(text), {n: EdgeService(text, i) for i, n in enumerate(["d0", "d1", "d2"])}
+    return CloudService(cfg), {n: EdgeService(cfg, i) for i, n in enumerate(["d0", "d1", "d2"])}
 
 
 def prepare(cloud: CloudService, edges: dict, names: list[str], **resources) -> dict:
@@ -42,31 +45,8 @@ def prepare(cloud: CloudService, edges: dict, names: list[str], **resources) -> 
     for n in names:
         hello = edges[n].split_hello()
         hello["resources"] = dict(hello["resources"], **resources.get(n, {}))
-        devices.append({"name": n, "importance": edges[n].summary(selector)["importance"], **hello})
+        devices.append({"name": n, "importance": [list(r) for r in edges[n].summary(selector).importance], **hello})
     return cloud.split_prepare(devices)
-
-
-def run_round(cloud: CloudService, edges: dict, info: dict, epochs: int) -> list[dict]:
-    """Begin, train ``epochs`` epochs (forward/server step/backward, aggregate, load)."""
-    order = sorted(info["devices"], key=lambda n: info["devices"][n]["index"])
-    for n in order:
-        edges[n].split_begin(info["devices"][n]["payload"], info["client_sizes"], info["devices"][n]["index"])
-    summaries = []
-    for epoch in range(epochs):
-        pending = {}
-        for step, row in enumerate(cloud.split_epoch_plan(epoch)):
-            active = [k for k, count in enumerate(row) if count > 0]
-            messages = [edges[order[k]].split_forward(epoch, step, pending.pop(k, None)) for k in active]
-            for k in list(pending):
-                edges[order[k]].split_backward(pending.pop(k))
-            pending.update(zip(active, cloud.split_server_step(epoch, step, *messages)[:-1], strict=True))
-        for k, grad in pending.items():
-            edges[order[k]].split_backward(grad)
-        out = cloud.split_aggregate(*[edges[n].split_epoch_end() for n in order])
-        for k, n in enumerate(order):
-            edges[n].split_load(out[k])
-        summaries.append(out[-1])
-    return summaries
 
 
 def test_platform_config_carries_split_settings(tmp_path) -> None:
@@ -86,32 +66,34 @@ def test_platform_config_carries_split_settings(tmp_path) -> None:
 ])
 def test_auto_mode_routes_to_split_only_when_memory_binds(services, resources: dict, mode: str) -> None:
     cloud, edges = services
-    importance = edges["d2"].summary(cloud.selector_payload())["importance"]
-    route = cloud.split_route("d2", importance, resources)
-    assert route["mode"] == mode, route["reason"]
+    summary = edges["d2"].summary(cloud.selector_payload())
+    resources = summary.resources.model_copy(update=resources)
+    why = cloud.split_route(summary.model_copy(update={"resources": resources}))
+    assert ("split" if why is not None else "local") == mode, why
 
 
 def test_services_run_a_split_round_that_learns_and_ends_with_one_model(services) -> None:
     cloud, edges = services
-    info = prepare(cloud, edges, ["d0", "d1"])
-    assert set(info["devices"]) == {"d0", "d1"} and not info["excluded"]
-    assert info["plan"]["method"] == "edgesplit" and len(info["stages"]) == 10
+    fleet = LocalFleet(lambda: cloud, {n: (lambda e=e: e) for n, e in edges.items()})
+    selector = cloud.selector_payload()
+    summaries = {n: edges[n].summary(selector) for n in ("d0", "d1")}
+    before = cloud.state_digest()
 
-    summaries = run_round(cloud, edges, info, epochs=3)
+    result = run_split_round(fleet, summaries, epochs=3, version=cloud.version, timeout=60)
 
-    losses = [s["loss"] for s in summaries]
+    assert not result.failures and set(result.uploads) == {"d0", "d1"}
+    assert result.report["plan"]["method"] == "edgesplit" and len(result.report["stages"]) == 10
+    losses = [e["loss"] for e in result.report["epochs"]]
     assert losses[-1] < losses[0]
-    server_state = cloud._split.sub.state_dict()
-    for n in ("d0", "d1"):
-        device_state, _, _ = unpack_state(edges[n]._split.state_payload())
-        assert device_state and all(torch.equal(v, server_state[k]) for k, v in device_state.items())
-    before = cloud.cloud_state_digest()
-    uploads = cloud.split_finish()
-    assert cloud.cloud_state_digest() == before  # the server trained a private copy
-    report = cloud.merge(list(uploads.values()))
+    states = [unpack_state(u.payload)[0] for u in result.uploads.values()]
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())  # one aggregated model
+    assert cloud.state_digest() == before  # the server trained a private copy
+    assert all(m.mode == "split" and m.acc_after is not None for m in result.metrics.values())
+    report = cloud.merge([AttributedUpdate(channel=n, issued=result.packages[n].spec, enrolled_classes=edges[n].classes,
+                                           update=u) for n, u in result.uploads.items()])
     bad = ("integrity", "malformed", "unknown")
-    problems = {d: r for d, r in report["rejected"].items() if r.startswith(bad)}
-    assert not problems and set(report["accepted"]) | set(report["rejected"]) == {"d0", "d1"}
+    problems = {d: r for d, r in report.rejected.items() if r.startswith(bad)}
+    assert not problems and set(report.accepted) | set(report.rejected) == {"d0", "d1"}
 
 
 def test_devices_no_cut_fits_are_excluded_with_the_reason(services) -> None:
@@ -125,8 +107,8 @@ def test_devices_no_cut_fits_are_excluded_with_the_reason(services) -> None:
 
 def test_step_synchronisation_is_refused_by_the_actor_protocol(tmp_path) -> None:
     cfg = config(tmp_path, client_sync="step")
-    cloud = CloudService(cfg.model_dump_json())
-    edges = {"d0": EdgeService(cfg.model_dump_json(), 0)}
+    cloud = CloudService(cfg)
+    edges = {"d0": EdgeService(cfg, 0)}
     with pytest.raises(ValueError, match="client_sync"):
         prepare(cloud, edges, ["d0"])
 

@@ -47,6 +47,30 @@ class Trigger(ABC):
     def reset(self) -> None:
         """Forget all state, as if freshly constructed (e.g. at the start of a new campaign)."""
 
+    def state_dict(self) -> dict:
+        """The policy's state as JSON-able values, so a resumed campaign decides as before.
+
+        The default takes every plain attribute (numbers, strings, ``None``, lists and dicts of
+        them); composites add their children's states under ``"children"``.
+        """
+        plain = (int, float, str, bool, type(None), list, tuple, dict)
+        state = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()
+                 if isinstance(v, plain) and k != "triggers"}
+        children = getattr(self, "triggers", None)
+        if children:
+            state["children"] = [c.state_dict() for c in children]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (of a policy built from the same configuration)."""
+        children = getattr(self, "triggers", None) or ()
+        for child, child_state in zip(children, state.get("children", ()), strict=False):
+            child.load_state_dict(child_state)
+        for key, value in state.items():
+            if key != "children" and key in vars(self):
+                current = vars(self)[key]
+                setattr(self, key, tuple(value) if isinstance(current, tuple) else value)
+
     def __or__(self, other: Trigger) -> AnyOf:
         """``a | b``: fire when either trigger fires, on the union of their devices."""
         # Imported here because the composites subclass Trigger; a top-level import would be circular.
