@@ -251,8 +251,16 @@ def create_backbone(name: str, *, weights_path: str | Path | None = None, **timm
     return model
 
 
-def load_local_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict into ``model`` without executing code from the file."""
+def read_local_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """``(backbone state, selector state or None)`` of a local weights file, without executing code.
+
+    Accepts a plain state dict (``.safetensors``, or ``.pt``/``.pth`` loaded with ``weights_only=True``)
+    and an eclm cloud checkpoint (``backbone.*`` and ``selector.*`` tensors, as the campaign store
+    writes them under ``campaigns/<name>/<run>/cloud/``).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -264,10 +272,52 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+    if state and all(k.startswith(("backbone.", "selector.")) for k in state):
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        selector = {k[len("selector."):]: v for k, v in state.items() if k.startswith("selector.")}
+        return backbone, selector or None
+    return state, None
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> dict[str, Tensor] | None:
+    """Load a local state dict (or an eclm checkpoint's backbone) into ``model``.
+
+    Returns:
+        The checkpoint's selector state, if the file is an eclm checkpoint that has one.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the weights do not match the model.
+    """
+    state, selector = read_local_weights(path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"weights in {path} do not match {type(model).__name__}: {err}") from err
+    return selector
+
+
+def load_checkpoint(path: str | Path, arch: dict, modules_per_layer: int,
+                    input_size: tuple[int, int, int] = (3, 32, 32), selector_width: int = 16,
+                    selector_dim: int = 64) -> ModularModel:
+    """A cloud model from a checkpoint of the campaign store (backbone and selector).
+
+    Args:
+        path: ``campaigns/<name>/<run>/cloud/v<version>.safetensors``.
+        arch: ``{"name": timm name, "kwargs": {...}}`` as the campaign built it (``CloudInfo.arch``).
+        modules_per_layer: The campaign's ``backbone.modules_per_layer``.
+        input_size: ``(C, H, W)``.
+        selector_width: The campaign's ``backbone.selector_width``.
+        selector_dim: The campaign's ``backbone.selector_dim``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the weights do not fit the architecture.
+    """
+    kwargs = dict(arch.get("kwargs", {}))
+    model = modularize(arch["name"], modules_per_layer=modules_per_layer, input_size=input_size,
+                       weights_path=path, selector_width=selector_width, selector_dim=selector_dim, **kwargs)
+    return model.eval()
 
 
 def modularize(
@@ -294,9 +344,12 @@ def modularize(
     Returns:
         The modular model, exactly equal to the source model when all modules are active.
     """
+    selector = None
     if isinstance(model_or_name, str):
         timm_kwargs.setdefault("in_chans", input_size[0])
-        backbone = create_backbone(model_or_name, weights_path=weights_path, **timm_kwargs)
+        backbone = create_backbone(model_or_name, **timm_kwargs)
+        if weights_path is not None:
+            selector = load_local_weights(backbone, weights_path)
         arch = {"name": model_or_name, "kwargs": _jsonable(timm_kwargs)}
     else:
         if timm_kwargs or weights_path:
@@ -304,7 +357,13 @@ def modularize(
         backbone = model_or_name
         name = getattr(backbone, "pretrained_cfg", {}).get("architecture") or type(backbone).__name__
         arch = {"name": name, "kwargs": {}}
-    return ModularModel(backbone, modules_per_layer, input_size, arch, selector_width, selector_dim)
+    model = ModularModel(backbone, modules_per_layer, input_size, arch, selector_width, selector_dim)
+    if selector is not None:  # an eclm checkpoint carries the trained selector too
+        try:
+            model.selector.load_state_dict(selector, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"selector weights in {weights_path} do not match the selector: {err}") from err
+    return model
 
 
 def _jsonable(d: dict) -> dict:

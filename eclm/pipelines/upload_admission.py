@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
 from torch import Tensor
 
-from eclm.campaign.messages import AttributedUpdate
+from eclm.campaign.messages import AttributedUpdate, DeviceUpdate
 from eclm.modules import ModuleUpdate, SubModelSpec, unpack_state
 from eclm.modules.exchange import MalformedPayloadError
 
@@ -37,7 +38,10 @@ def admit_one(item: AttributedUpdate, layer_sizes: Sequence[int], rebase: Rebase
     Raises:
         MalformedPayloadError: If anything about the upload is wrong (the message says what).
     """
-    up, channel = item.update, item.channel
+    channel = item.channel
+    # Validated again here: a message built without validation (``model_construct``, or unpickled
+    # by Ray from a device's reply) must not skip the bounds on what the device claims.
+    up = DeviceUpdate.model_validate(item.update.model_dump(warnings=False))
     if up.device != channel:
         raise MalformedPayloadError(f"upload names device {up.device!r} but came from {channel!r}")
     foreign = sorted(set(up.classes) - set(item.enrolled_classes))
@@ -67,11 +71,19 @@ def admit(uploads: Sequence[AttributedUpdate], layer_sizes: Sequence[int], rebas
         try:
             update = admit_one(item, layer_sizes, rebase)
         except Exception as err:  # noqa: BLE001 - one bad upload is rejected alone, whatever it raises
-            out.rejected[channel] = f"malformed upload: {type(err).__name__}: {err}"
+            out.rejected[channel] = f"malformed upload: {_one_line(err)}"
             continue
         out.updates.append(update)
         out.issued[channel] = item.issued
     return out
+
+
+def _one_line(err: Exception) -> str:
+    """``Type: message`` on one line (a validation error lists each bad field as ``field: problem``)."""
+    if isinstance(err, ValidationError):
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'update'}: {e['msg']}" for e in err.errors())
+        return f"invalid claims: {fields}"
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 __all__ = ["Admission", "admit", "admit_one"]
