@@ -141,35 +141,12 @@ def split_cloud_and_devices(
         ValueError: For out-of-range arguments, neither or both skew options, more classes per device
             than classes present, or a device pool smaller than ``samples_per_device[0]``.
     """
-    _check_arguments(
-        num_devices,
-        classes_per_device,
-        dirichlet_alpha,
-        cloud_fraction,
-        cloud_val_fraction,
-        samples_per_device,
-        test_fraction,
-        seed,
-    )
+    _check_arguments(num_devices, classes_per_device, dirichlet_alpha, cloud_fraction, cloud_val_fraction,
+                     samples_per_device, test_fraction, seed)
     rng = np.random.default_rng(seed)
     labels = data.labels.numpy()
-    cloud_train, cloud_val, device_train, device_test = [], [], [], []
-    for label in range(data.num_classes):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_cloud = int(round(cloud_fraction * len(members)))
-        cloud, rest = members[:n_cloud], members[n_cloud:]
-        n_val = int(round(cloud_val_fraction * len(cloud)))
-        n_test = int(round(test_fraction * len(rest)))
-        cloud_val.append(cloud[:n_val])
-        cloud_train.append(cloud[n_val:])
-        device_test.append(rest[:n_test])
-        device_train.append(rest[n_test:])
-    cloud_train_idx, cloud_val_idx = np.sort(np.concatenate(cloud_train)), np.sort(np.concatenate(cloud_val))
-    train_reservoir, test_reservoir = (
-        np.sort(np.concatenate(device_train)),
-        np.sort(np.concatenate(device_test)),
-    )
-
+    cloud_train, cloud_val, device_train, device_test = _cut_each_class(
+        rng, labels, data.num_classes, cloud_fraction, cloud_val_fraction, test_fraction)
     available = [c for c in range(data.num_classes) if len(device_train[c]) > 0]
     if classes_per_device is not None:
         if classes_per_device > len(available):
@@ -181,29 +158,47 @@ def split_cloud_and_devices(
     else:
         assert dirichlet_alpha is not None
         weights = _dirichlet_class_weights(rng, available, data.num_classes, num_devices, dirichlet_alpha)
-
-    low, high = samples_per_device
-    devices = []
-    for device_id, device_weights in enumerate(weights):
-        classes = tuple(int(c) for c in np.flatnonzero(device_weights > 0))
-        train_pool = train_reservoir[np.isin(labels[train_reservoir], classes)]
-        test_pool = test_reservoir[np.isin(labels[test_reservoir], classes)]
-        if len(train_pool) < low:
-            raise ValueError(
-                f"device {device_id} (classes {list(classes)}) has only {len(train_pool)} training samples but "
-                f"samples_per_device min is {low}; lower samples_per_device, cloud_fraction or test_fraction, "
-                f"or give devices more classes"
-            )
-        local_size = min(int(rng.integers(low, high + 1)), len(train_pool))
-        devices.append(
-            DevicePool(
-                device_id, classes, tuple(float(w) for w in device_weights), train_pool, test_pool, local_size
-            )
-        )
-    cloud = CloudData(
-        data.subset(cloud_train_idx), data.subset(cloud_val_idx), cloud_train_idx, cloud_val_idx
-    )
+    reservoirs = (np.sort(np.concatenate(device_train)), np.sort(np.concatenate(device_test)))
+    devices = [_device_pool(rng, labels, device_id, w, reservoirs, samples_per_device)
+               for device_id, w in enumerate(weights)]
+    cloud_train_idx, cloud_val_idx = np.sort(np.concatenate(cloud_train)), np.sort(np.concatenate(cloud_val))
+    cloud = CloudData(data.subset(cloud_train_idx), data.subset(cloud_val_idx), cloud_train_idx, cloud_val_idx)
     return DataSplit(cloud, devices)
+
+
+def _cut_each_class(rng: np.random.Generator, labels: np.ndarray, num_classes: int, cloud_fraction: float,
+                    cloud_val_fraction: float, test_fraction: float) -> tuple[list, list, list, list]:
+    """Per class: ``(cloud train, cloud val, device train, device test)`` index arrays."""
+    cloud_train, cloud_val, device_train, device_test = [], [], [], []
+    for label in range(num_classes):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_cloud = int(round(cloud_fraction * len(members)))
+        cloud, rest = members[:n_cloud], members[n_cloud:]
+        n_val = int(round(cloud_val_fraction * len(cloud)))
+        n_test = int(round(test_fraction * len(rest)))
+        cloud_val.append(cloud[:n_val])
+        cloud_train.append(cloud[n_val:])
+        device_test.append(rest[:n_test])
+        device_train.append(rest[n_test:])
+    return cloud_train, cloud_val, device_train, device_test
+
+
+def _device_pool(rng: np.random.Generator, labels: np.ndarray, device_id: int, weights: np.ndarray,
+                 reservoirs: tuple[np.ndarray, np.ndarray], samples_per_device: tuple[int, int]) -> DevicePool:
+    """One device's pool: the reservoir samples of its classes and its local training set size."""
+    train_reservoir, test_reservoir = reservoirs
+    low, high = samples_per_device
+    classes = tuple(int(c) for c in np.flatnonzero(weights > 0))
+    train_pool = train_reservoir[np.isin(labels[train_reservoir], classes)]
+    test_pool = test_reservoir[np.isin(labels[test_reservoir], classes)]
+    if len(train_pool) < low:
+        raise ValueError(
+            f"device {device_id} (classes {list(classes)}) has only {len(train_pool)} training samples but "
+            f"samples_per_device min is {low}; lower samples_per_device, cloud_fraction or test_fraction, "
+            f"or give devices more classes"
+        )
+    local_size = min(int(rng.integers(low, high + 1)), len(train_pool))
+    return DevicePool(device_id, classes, tuple(float(w) for w in weights), train_pool, test_pool, local_size)
 
 
 def _dealt_class_weights(

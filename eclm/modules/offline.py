@@ -95,66 +95,78 @@ def train_offline(
     s = settings or OfflineSettings()
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"proxy data must be non-empty with matching lengths, got {len(x)} and {len(y)}")
-    gen = torch.Generator().manual_seed(s.seed)
-    torch.manual_seed(s.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    total = s.epochs + s.enhance_epochs
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total * math.ceil(len(x) / s.batch_size)))
-    half = [max(1, n // 2) for n in model.layer_sizes]
-    history: list[EpochMetrics] = []
-    bar = tqdm(total=total, desc="offline", disable=not progress, leave=False)
-
-    def run_epoch(stage: str, epoch: int, targets: list[Tensor] | None, task_idx: Tensor | None) -> None:
-        model.train()
-        sums = np.zeros(4)
-        count = 0
-        for idx in _batches(len(x), s.batch_size, gen):
-            xb, yb = x[idx], y[idx]
-            if targets is None:
-                frac = float(torch.empty(1).uniform_(s.min_active_fraction, 1.0, generator=gen))
-                routing = model.route(xb, _ks(model, frac), noisy=True)
-                aux = load_balance_loss(routing.probs, routing.mask)
-                weight = s.balance_weight
-            else:
-                routing = model.route(xb, [min(s.kappa2, n) for n in model.layer_sizes], noisy=True)
-                tb = task_idx[idx]
-                known = tb >= 0
-                aux = torch.zeros(())
-                if known.any():
-                    aux = torch.stack([
-                        F.kl_div(p[known].clamp_min(1e-8).log(), t[tb[known]], reduction="batchmean")
-                        for p, t in zip(routing.probs, targets, strict=True)
-                    ]).mean()
-                weight = s.kl_weight
-            logits = model(xb, routing.gates)
-            ce = F.cross_entropy(logits, yb)
-            loss = ce + weight * aux
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            n = len(idx)
-            acc = (logits.argmax(-1) == yb).float().mean().item()
-            sums += np.array([loss.item(), ce.item(), aux.item(), acc]) * n
-            count += n
-        m = sums / count
-        history.append(EpochMetrics(stage, epoch, float(m[0]), float(m[1]), float(m[2]), float(m[3]),
-                                    evaluate(model, val_x, val_y), evaluate(model, val_x, val_y, routed_k=half)))
-        bar.set_postfix(stage=stage, loss=f"{m[0]:.3f}", val=f"{history[-1].val_acc_dense:.3f}")
-        bar.update(1)
-
+    run = _OfflineRun(model, x, y, (val_x, val_y), s, progress)
     for epoch in range(s.epochs):
-        run_epoch("modules", epoch, None, None)
+        run.epoch("modules", epoch, None, None)
     if s.enhance_epochs:
         n_cls = num_classes or int(y.max()) + 1
         tasks = [list(t) for t in (subtasks or class_subtasks(n_cls, s.classes_per_subtask))]
         task_idx = torch.as_tensor(subtask_of_labels(y.numpy(), tasks))
         targets = enhancement_targets(model, x, task_idx, len(tasks), s.kappa1, s.kappa2)
         for epoch in range(s.enhance_epochs):
-            run_epoch("enhance", epoch, targets, task_idx)
-    bar.close()
+            run.epoch("enhance", epoch, targets, task_idx)
+    run.bar.close()
     model.eval()
-    return history
+    return run.history
+
+
+class _OfflineRun:
+    """The state of one offline training run: optimiser, schedule, generator, history."""
+
+    def __init__(self, model: ModularModel, x: Tensor, y: Tensor, val: tuple[Tensor, Tensor], s: OfflineSettings,
+                 progress: bool) -> None:
+        self.model, self.x, self.y, self.val, self.s = model, x, y, val, s
+        self.gen = torch.Generator().manual_seed(s.seed)
+        torch.manual_seed(s.seed)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        total = s.epochs + s.enhance_epochs
+        steps = max(1, total * math.ceil(len(x) / s.batch_size))
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
+        self.half = [max(1, n // 2) for n in model.layer_sizes]
+        self.history: list[EpochMetrics] = []
+        self.bar = tqdm(total=total, desc="offline", disable=not progress, leave=False)
+
+    def _routing_loss(self, xb: Tensor, idx: Tensor, targets: list[Tensor] | None, task_idx: Tensor | None):
+        """``(routing, auxiliary loss, its weight)``: load balance in stage 1, KL to targets in stage 2."""
+        model, s = self.model, self.s
+        if targets is None:
+            frac = float(torch.empty(1).uniform_(s.min_active_fraction, 1.0, generator=self.gen))
+            routing = model.route(xb, _ks(model, frac), noisy=True)
+            return routing, load_balance_loss(routing.probs, routing.mask), s.balance_weight
+        routing = model.route(xb, [min(s.kappa2, n) for n in model.layer_sizes], noisy=True)
+        tb = task_idx[idx]
+        known = tb >= 0
+        aux = torch.zeros(())
+        if known.any():
+            aux = torch.stack([
+                F.kl_div(p[known].clamp_min(1e-8).log(), t[tb[known]], reduction="batchmean")
+                for p, t in zip(routing.probs, targets, strict=True)
+            ]).mean()
+        return routing, aux, s.kl_weight
+
+    def epoch(self, stage: str, epoch: int, targets: list[Tensor] | None, task_idx: Tensor | None) -> None:
+        model, x, y = self.model, self.x, self.y
+        model.train()
+        sums, count = np.zeros(4), 0
+        for idx in _batches(len(x), self.s.batch_size, self.gen):
+            xb, yb = x[idx], y[idx]
+            routing, aux, weight = self._routing_loss(xb, idx, targets, task_idx)
+            logits = model(xb, routing.gates)
+            ce = F.cross_entropy(logits, yb)
+            loss = ce + weight * aux
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            acc = (logits.argmax(-1) == yb).float().mean().item()
+            sums += np.array([loss.item(), ce.item(), aux.item(), acc]) * len(idx)
+            count += len(idx)
+        m = sums / count
+        val_x, val_y = self.val
+        self.history.append(EpochMetrics(stage, epoch, float(m[0]), float(m[1]), float(m[2]), float(m[3]),
+                                         evaluate(model, val_x, val_y), evaluate(model, val_x, val_y, routed_k=self.half)))
+        self.bar.set_postfix(stage=stage, loss=f"{m[0]:.3f}", val=f"{self.history[-1].val_acc_dense:.3f}")
+        self.bar.update(1)
 
 
 @torch.no_grad()
