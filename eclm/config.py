@@ -122,6 +122,9 @@ class RayConfig(_Strict):
     edge_pool_size: int | None = Field(
         None, ge=1, description="pooled mode: this many edge worker actors host all devices (None = one actor per device)"
     )
+    pool_resident_devices: int | None = Field(
+        64, ge=1, description="pooled mode: virtual devices a pool keeps in memory; the others rest in their "
+        "device stores until called (None = keep every device in memory)")
 
 
 class PlatformConfig(_Strict):

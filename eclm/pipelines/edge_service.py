@@ -35,6 +35,7 @@ from eclm.config import PlatformConfig
 from eclm.data import ReplayBuffer, build_device_stream, load_dataset
 from eclm.modules import (
     CostTable,
+    ModularModel,
     ModuleSelector,
     SubModelSpec,
     narrow,
@@ -53,6 +54,14 @@ from eclm.pipelines.profiler import budget_from_resources, measure_resources
 from eclm.pipelines.split_device import SplitDeviceMixin
 
 
+def device_skeleton(config: PlatformConfig, num_classes: int) -> ModularModel:
+    """The weightless modular model devices rebuild their sub-models from (shareable)."""
+    b = config.backbone
+    kwargs = dict(b.kwargs, num_classes=num_classes, in_chans=config.data.channels)
+    return skeleton({"name": b.name, "kwargs": kwargs}, b.modules_per_layer, config.input_size, b.selector_width,
+                    b.selector_dim)
+
+
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
@@ -66,10 +75,13 @@ class EdgeService(SplitDeviceMixin):
         threads: torch threads for this process.
         store_dir: The device's store; its newest snapshot is loaded if there is one.
         resume_at: Load the newest snapshot at or before this stream step (a resumed campaign).
+        skeleton_model: A weightless skeleton to share with other devices of this process (it is
+            never modified: sub-models are extracted as copies); built here when ``None``.
     """
 
     def __init__(self, config: PlatformConfig, device_index: int, threads: int = 1,
-                 store_dir: Path | str | None = None, resume_at: int | None = None) -> None:
+                 store_dir: Path | str | None = None, resume_at: int | None = None,
+                 skeleton_model: ModularModel | None = None) -> None:
         torch.set_num_threads(threads)
         self.cfg = config
         self.device = config.devices[device_index]
@@ -79,9 +91,7 @@ class EdgeService(SplitDeviceMixin):
         self.classes = [int(c) for c in pool.classes]
         self.stream = build_device_stream(data, pool, config.data)
         b = config.backbone
-        kwargs = dict(b.kwargs, num_classes=data.num_classes, in_chans=config.data.channels)
-        self.skeleton = skeleton({"name": b.name, "kwargs": kwargs}, b.modules_per_layer, config.input_size,
-                                 b.selector_width, b.selector_dim)
+        self.skeleton = skeleton_model or device_skeleton(config, data.num_classes)
         self.selector = ModuleSelector(self.skeleton.layer_sizes, config.data.channels, b.selector_width, b.selector_dim)
         self.model: torch.nn.Module | None = None
         self.spec: SubModelSpec | None = None
