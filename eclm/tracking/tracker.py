@@ -16,7 +16,15 @@ then sent to MLflow. Writing a line is cheap, and it means no record depends on 
 No exception from MLflow ever reaches the coordinator. HTTP stores are made to fail fast (the
 ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` environment variables are
 set from the config around each call) so an unreachable server costs seconds, not minutes.
-Model weights are stored as safetensors artifacts only, never as pickled MLflow model flavours.
+
+**Bytes once.** Artifact and model bytes are staged beside the journal and deleted once MLflow
+holds them; the journal then keeps a ``stored`` reference. A journal written during an outage keeps
+its files until :func:`~eclm.tracking.replay_journal` pushes them.
+
+Model versions are MLflow models (see :mod:`eclm.tracking.model_flavor`): architecture JSON plus
+safetensors weights, loadable with ``mlflow.pyfunc`` and (through a ``torch.export`` archive)
+``mlflow.pytorch``; never a pickled module. A version whose architecture and weights are already
+registered under the same name is reused, not registered again.
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ import json
 import logging
 import math
 import posixpath
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eclm.tracking._checks import (
+    check_alias,
     check_json_text,
     check_key,
     check_number,
@@ -42,10 +50,11 @@ from eclm.tracking._checks import (
     check_tags,
     check_version_tag,
 )
-from eclm.tracking._mlflow_run import MlflowRun, http_fail_fast
+from eclm.tracking._mlflow_run import RUN_KEY_TAG, MlflowRun, http_fail_fast, version_tags
 from eclm.tracking.config import TrackingConfig, default_artifact_location, default_tracking_uri
 from eclm.tracking.flatten import config_params
 from eclm.tracking.journal import RunJournal, check_artifact_path, json_default, unique_journal_path
+from eclm.tracking.model_flavor import ARCHITECTURE_FILE, WEIGHTS_FILE, check_architecture, model_digest
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 #: Terminal run statuses accepted by :meth:`CampaignTracker.end`.
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+#: The registry alias that follows the latest accepted cloud version.
+CHAMPION = "champion"
 _MAX_REASON_CHARS = 500
 _T = TypeVar("_T")
 
@@ -72,6 +83,8 @@ class CampaignTracker:
         enabled: ``False`` never touches MLflow (journal only; ``degraded`` stays ``False``).
         http_timeout_s: Per-request timeout against an HTTP server, seconds.
         http_max_retries: Retries per HTTP request.
+        pytorch_flavor: Also store each model version as a ``torch.export`` archive so that
+            ``mlflow.pytorch.load_model`` works (repeats the weights; ~2 s of export per version).
 
     Raises:
         ValueError: If a setting is invalid (see :class:`TrackingConfig`).
@@ -89,6 +102,7 @@ class CampaignTracker:
         enabled: bool = True,
         http_timeout_s: int = 3,
         http_max_retries: int = 0,
+        pytorch_flavor: bool = True,
     ) -> None:
         self.config = TrackingConfig(
             enabled=enabled,
@@ -99,6 +113,7 @@ class CampaignTracker:
             fallback_dir=Path(fallback_dir),
             http_timeout_s=http_timeout_s,
             http_max_retries=http_max_retries,
+            pytorch_flavor=pytorch_flavor,
         )
         workdir = Path(workdir)
         self.tracking_uri = self.config.tracking_uri or default_tracking_uri(workdir)
@@ -108,6 +123,8 @@ class CampaignTracker:
         self._journal: RunJournal | None = None
         self._degraded_reason: str | None = None
         self._ended = False
+        self._model_folders: set[str] = set()
+        self._epoch_stages: set[str] = set()
 
     @classmethod
     def from_config(cls, config: TrackingConfig, workdir: Path | str = ".") -> CampaignTracker:
@@ -174,13 +191,14 @@ class CampaignTracker:
                 "tags": tag_values,
                 "experiment": self.config.experiment,
                 "tracking_uri": self.tracking_uri,
+                "artifact_location": self.artifact_location,
             },
         )
         if self.degraded:  # MLflow failed before the journal existed; record that now
             self._journal.append("degraded", {"reason": self._degraded_reason})
         self._journal.append("params", params)
-        journal_tag = {"eclm.journal": str(self._journal.path.resolve())}
-        self._call("logging of params", lambda: self._run().log_params(params, journal_tag))
+        run_tags = {"eclm.journal": str(self._journal.path.resolve()), RUN_KEY_TAG: run_key}
+        self._call("logging of params", lambda: self._run().log_params(params, run_tags))
         return run_key
 
     def log_round(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -195,27 +213,50 @@ class CampaignTracker:
 
         Raises:
             RuntimeError: If the run is not open.
-            TypeError, ValueError: If the step, a name or a value is malformed.
+            TypeError, ValueError: If the step, a name or a value is malformed, or a name belongs to
+                a stage logged with :meth:`log_epoch` (those keep their own step axis).
         """
         journal = self._require_open("log_round")
         check_step(step)
-        if not isinstance(metrics, Mapping):
-            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
-        finite: dict[str, float] = {}
-        skipped: dict[str, str] = {}
-        for key, value in metrics.items():
-            number = check_number(check_key("metric", key), value)
-            if math.isfinite(number):
-                finite[key] = number
-            else:
-                skipped[key] = repr(number)
-        if skipped:
-            logger.warning("round %d: skipping non-finite metrics %s", step, skipped)
-            journal.append("warning", {"message": "non-finite metrics skipped", "metrics": skipped}, step)
-        journal.append("metrics", finite, step)
-        timestamp_ms = int(time.time() * 1000)
+        finite = self._finite_metrics(metrics, f"round {step}", step)
+        clash = sorted(k for k in finite if k.split("/", 1)[0] in self._epoch_stages)
+        if clash:
+            raise ValueError(f"metrics {clash} belong to an epoch stage; log them with log_epoch()")
+        record = journal.append("metrics", finite, step)
+        timestamp_ms = int(record["time"] * 1000)  # the journal's time, so a replay can recognise the point
         self._call(
             f"logging of round {step} metrics", lambda: self._run().log_metrics(finite, step, timestamp_ms)
+        )
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, Any], stage: str = "offline") -> None:
+        """Log one training epoch of a campaign stage (the offline stage) on its own step axis.
+
+        MLflow gets ``<stage>/<name>`` at ``step=epoch``, a series of its own that never mixes
+        with the round metrics; the journal gets an ``epoch_metrics`` record
+        ``{"stage", "epoch", "metrics"}`` with ``step`` null (the stage is not a round).
+
+        Args:
+            epoch: Epoch index, ``>= 0``.
+            metrics: ``{name: value}`` without the stage prefix, e.g. ``{"loss": 0.4}``.
+            stage: Stage name, a single metric-name segment.
+
+        Raises:
+            RuntimeError: If the run is not open.
+            TypeError, ValueError: If the epoch, stage, a name or a value is malformed.
+        """
+        journal = self._require_open("log_epoch")
+        check_step(epoch)
+        if "/" in check_key("stage", stage):
+            raise ValueError(f"stage {stage!r} must be a single name segment (no '/')")
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        prefixed = {f"{stage}/{key}": value for key, value in metrics.items()}
+        finite = self._finite_metrics(prefixed, f"{stage} epoch {epoch}", None)
+        self._epoch_stages.add(stage)
+        record = journal.append("epoch_metrics", {"stage": stage, "epoch": epoch, "metrics": finite})
+        timestamp_ms = int(record["time"] * 1000)
+        self._call(
+            f"logging of {stage} epoch {epoch}", lambda: self._run().log_metrics(finite, epoch, timestamp_ms)
         )
 
     def log_json(self, name: str, data: Mapping[str, Any], step: int | None = None) -> str:
@@ -266,70 +307,100 @@ class CampaignTracker:
     def log_model_version(
         self,
         weights: bytes,
-        spec_json: str,
+        architecture: Mapping[str, Any],
         metrics: Mapping[str, Any],
         version_tag: str,
         step: int | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        alias: str | None = CHAMPION,
     ) -> str | None:
-        """Store a cloud model version as safetensors artifacts and register it in the model registry.
+        """Register a cloud model version as an MLflow model and point ``alias`` at it.
 
-        Writes ``models/<version_tag>/model.safetensors`` and ``spec.json``, then creates a version of
-        ``registered_model_name`` whose source is that artifact folder, tagged with ``version_tag``
-        and the given metrics (``metric.<name>``).
+        The version is stored at ``models/cloud/<version_tag>`` of the run (see
+        :mod:`eclm.tracking.model_flavor` for the layout) and loads with
+        ``mlflow.pyfunc.load_model("models:/<name>/<version>")``, ``mlflow.pytorch.load_model`` (when
+        ``pytorch_flavor`` is on) and :func:`~eclm.tracking.load_model`. Its tags: ``eclm.sha256``,
+        ``eclm.version_tag``, ``eclm.pytorch_flavor``, ``metric.<name>`` and ``tags``.
+
+        If the registry already holds this architecture with these weights under the same name
+        (the pretrained version 0 of a campaign run again, a replayed journal), that version is
+        reused: nothing is uploaded or registered and only ``alias`` moves.
 
         Args:
-            weights: ``safetensors.torch.save(state_dict)`` output.
-            spec_json: JSON text describing the model (e.g. the sub-model spec).
+            weights: :func:`~eclm.modules.pack_state` bytes of the cloud backbone with its full spec.
+            architecture: :meth:`eclm.serving.ModelSource.architecture` of the cloud model:
+                ``arch`` (timm name and kwargs), ``modules_per_layer``, ``input_size``,
+                ``selector_width``, ``selector_dim``.
             metrics: ``{name: value}`` describing this version (e.g. validation accuracy).
-            version_tag: Folder name of the version, ``[A-Za-z0-9_.-]``, unique within the run.
+            version_tag: Name of the version within the run, ``[A-Za-z0-9_.-]``, unique per run.
             step: Round that produced the version, or ``None``.
+            tags: Extra model version tags (e.g. ``{"eclm.cloud_version": 3}``).
+            alias: Registry alias to point at this version; ``None`` leaves aliases alone.
 
         Returns:
             The registry version number (``"1"``, ``"2"``, ...), or ``None`` when MLflow is
-            unavailable (the files are then in the journal folder only).
+            unavailable (the files then stay in the journal folder for a replay).
 
         Raises:
             RuntimeError: If the run is not open.
-            TypeError, ValueError: If an argument is malformed, or ``version_tag`` was already used.
+            TypeError, ValueError: If an argument is malformed, the weights do not match the
+                architecture, or ``version_tag`` was already used.
         """
-        journal = self._require_open("log_model_version")
-        blob = check_safetensors(weights)
-        check_json_text("spec_json", spec_json)
-        check_version_tag(version_tag)
-        if step is not None:
-            check_step(step)
-        if not isinstance(metrics, Mapping):
-            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
-        values = {check_key("metric", key): check_number(key, value) for key, value in metrics.items()}
-        folder = f"models/{version_tag}"
-        if (journal.artifact_root / folder).exists():
-            raise ValueError(f"version_tag {version_tag!r} was already logged in this run")
-        weights_file = journal.write_artifact(f"{folder}/model.safetensors", blob)
-        spec_file = journal.write_artifact(f"{folder}/spec.json", spec_json.encode("utf-8"))
-        version_tags = {
-            "eclm.version_tag": version_tag,
-            **{f"metric.{k}": repr(v) for k, v in values.items()},
-        }
-        version = self._call(
-            f"registration of model version {version_tag!r}",
-            lambda: self._run().register_version(
-                self.config.registered_model_name, folder, weights_file.parent, version_tags
-            ),
+        if isinstance(architecture, str):  # transitional: the old (weights, spec_json, ...) call
+            warnings.warn("log_model_version(weights, spec_json, ...) is deprecated: pass the architecture "
+                          "mapping (ModelSource.architecture()); this version is journalled only",
+                          DeprecationWarning, stacklevel=2)
+            return self._journal_only_version(weights, architecture, metrics, version_tag, step)
+        folder = f"models/cloud/{check_version_tag(version_tag)}"
+        labels = {"version_tag": version_tag}
+        return self._log_model(
+            self.config.registered_model_name, folder, weights, architecture, metrics, step, tags, alias, labels
         )
-        # Appended after the attempt so the record carries the registry version; the files are
-        # already on disk, so nothing is lost if the process dies during registration.
-        journal.append(
-            "model_version",
-            {
-                "version_tag": version_tag,
-                "registered_model": self.config.registered_model_name,
-                "registered_version": version,
-                "metrics": values,
-                "files": {"weights": journal.relative(weights_file), "spec": journal.relative(spec_file)},
-            },
-            step,
+
+    def log_device_model(
+        self,
+        device: str,
+        weights: bytes,
+        architecture: Mapping[str, Any],
+        version_tag: str,
+        metrics: Mapping[str, Any] | None = None,
+        step: int | None = None,
+    ) -> str | None:
+        """Register a device's sub-model as an MLflow model, loadable like a cloud version.
+
+        Stored at ``models/devices/<device>/<version_tag>`` and registered as
+        :meth:`device_model_name` (``<registered_model_name>.<device>``); no alias is set.
+
+        Args:
+            device: Device name (``[A-Za-z0-9_.-]``).
+            weights: :func:`~eclm.modules.pack_state` bytes of the sub-model with its spec.
+            architecture: The cloud model's architecture (the spec in ``weights`` selects the sub-model).
+            version_tag: Name of this snapshot within the run, unique per device.
+            metrics: ``{name: value}`` describing the snapshot, or ``None``.
+            step: Round the snapshot was taken in, or ``None``.
+
+        Returns:
+            The registry version number, or ``None`` when MLflow is unavailable.
+
+        Raises:
+            RuntimeError: If the run is not open.
+            TypeError, ValueError: As :meth:`log_model_version`.
+        """
+        folder = f"models/devices/{check_version_tag(device)}/{check_version_tag(version_tag)}"
+        labels = {"device": device, "version_tag": version_tag}
+        return self._log_model(
+            self.device_model_name(device), folder, weights, architecture, metrics or {}, step, None, None, labels
         )
-        return version
+
+    def device_model_name(self, device: str) -> str:
+        """Registered model name of a device's sub-models: ``<registered_model_name>.<device>``."""
+        return f"{self.config.registered_model_name}.{device}"
+
+    @property
+    def champion_uri(self) -> str:
+        """``models:/<registered_model_name>@champion``: the latest accepted cloud version."""
+        return f"models:/{self.config.registered_model_name}@{CHAMPION}"
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run with a terminal status; a second call is a no-op.
@@ -405,11 +476,112 @@ class CampaignTracker:
     def _log_artifact(self, artifact_path: str, content: bytes, step: int | None) -> str:
         journal = self._require_open("log artifact")
         local_file = journal.write_artifact(artifact_path, content)
-        journal.append(
+        record = journal.append(
             "artifact",
             {"artifact_path": artifact_path, "file": journal.relative(local_file), "bytes": len(content)},
             step,
         )
         folder = posixpath.dirname(artifact_path) or None
-        self._call(f"upload of {artifact_path}", lambda: self._run().log_artifact(local_file, folder))
+        sent = self._call(f"upload of {artifact_path}", lambda: self._run().log_artifact(local_file, folder) or True)
+        if sent:
+            self._stored(record, [local_file], uri=f"{self._run().artifact_uri}/{artifact_path}")
         return artifact_path
+
+    def _log_model(
+        self,
+        model_name: str,
+        folder: str,
+        weights: bytes,
+        architecture: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        step: int | None,
+        tags: Mapping[str, Any] | None,
+        alias: str | None,
+        labels: Mapping[str, str],
+    ) -> str | None:
+        """Stage, journal and publish one model (see :meth:`log_model_version`)."""
+        from eclm.serving import build_model
+
+        journal = self._require_open("log model")
+        blob = check_safetensors(weights)
+        architecture = check_architecture(architecture)
+        values = self._checked_values(metrics)
+        extra_tags = check_tags(tags)
+        if step is not None:
+            check_step(step)
+        if alias is not None:
+            check_alias(alias)
+        if folder in self._model_folders:
+            raise ValueError(f"{folder!r} was already logged in this run (version tags must be unique)")
+        module = build_model(architecture, blob)  # a mismatch is the caller's bug: raise it here
+        self._model_folders.add(folder)
+        digest = model_digest(blob, architecture)
+        files = [
+            journal.write_artifact(f"{folder}/{WEIGHTS_FILE}", blob),
+            journal.write_artifact(f"{folder}/{ARCHITECTURE_FILE}", json.dumps(architecture).encode("utf-8")),
+        ]
+        data = {"registered_model": model_name, "folder": folder, **labels, "sha256": digest, "alias": alias,
+                "metrics": values, "tags": extra_tags,
+                "files": {"weights": journal.relative(files[0]), "architecture": journal.relative(files[1])}}
+        record = journal.append("model_version", data, step)
+        tags = version_tags(digest, labels, values, extra_tags)
+        published = self._call(
+            f"registration of {folder}",
+            lambda: self._run().publish_model(model_name, folder, blob, architecture, tags, alias,
+                                              pytorch_flavor=self.config.pytorch_flavor, module=module),
+        )
+        if published is None:
+            return None
+        version, reused = published
+        self._stored(record, files, uri=f"models:/{model_name}/{version}", registered_version=version, reused=reused)
+        return version
+
+    def _journal_only_version(
+        self, weights: bytes, spec_json: str, metrics: Mapping[str, Any], version_tag: str, step: int | None
+    ) -> str | None:
+        """The pre-MLmodel behaviour for the deprecated ``spec_json`` call: safetensors + spec.json."""
+        journal = self._require_open("log_model_version")
+        blob = check_safetensors(weights)
+        check_json_text("spec_json", spec_json)
+        folder = f"models/cloud/{check_version_tag(version_tag)}"
+        values = self._checked_values(metrics)
+        if folder in self._model_folders:
+            raise ValueError(f"{folder!r} was already logged in this run (version tags must be unique)")
+        self._model_folders.add(folder)
+        weights_file = journal.write_artifact(f"{folder}/{WEIGHTS_FILE}", blob)
+        spec_file = journal.write_artifact(f"{folder}/spec.json", spec_json.encode("utf-8"))
+        tags = {"eclm.version_tag": version_tag, **{f"metric.{k}": repr(v) for k, v in values.items()}}
+        version = self._call(
+            f"registration of {folder}",
+            lambda: self._run().register_model(
+                self.config.registered_model_name, folder, weights_file.parent, tags, None
+            ),
+        )
+        files = {"weights": journal.relative(weights_file), "spec": journal.relative(spec_file)}
+        journal.append("model_version", {"version_tag": version_tag, "registered_model": self.config.registered_model_name,
+                                         "registered_version": version, "metrics": values, "files": files}, step)
+        return version
+
+    def _stored(self, record: Mapping[str, Any], files: list[Path], uri: str, **extra: Any) -> None:
+        """MLflow holds the bytes of ``record`` now: drop the staged files, journal the reference."""
+        journal = self._require_open("log artifact")
+        for local_file in files:
+            journal.discard(local_file)
+        journal.append("stored", {"ref": record["id"], "uri": uri, **extra}, record["step"])
+
+    def _checked_values(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        return {check_key("metric", key): check_number(key, value) for key, value in metrics.items()}
+
+    def _finite_metrics(self, metrics: Mapping[str, Any], where: str, step: int | None) -> dict[str, float]:
+        """The finite metrics; non-finite ones are left out, logged and journalled as a warning."""
+        values = self._checked_values(metrics)
+        finite = {key: value for key, value in values.items() if math.isfinite(value)}
+        skipped = {key: repr(value) for key, value in values.items() if key not in finite}
+        if skipped:
+            logger.warning("%s: skipping non-finite metrics %s", where, skipped)
+            self._require_open("log metrics").append(
+                "warning", {"message": "non-finite metrics skipped", "metrics": skipped}, step
+            )
+        return finite
