@@ -74,13 +74,17 @@ def serve_ui(workdir: Path | None, config: Path | None, port: int = 5000, out: T
     """``eclm ui``: run ``mlflow ui`` over the campaign's store until interrupted.
 
     Returns:
-        The exit code of ``mlflow ui`` (0 after Ctrl-C or when the campaign logs to a server).
+        The exit code of ``mlflow ui`` (0 after Ctrl-C or when the campaign logs to a server), 2 if
+        the config or the store is wrong (the message says which).
     """
-    uri = campaign_tracking_uri(workdir, config)
-    if uri.startswith(("http://", "https://")):
-        print(f"eclm ui: this campaign logs to the MLflow server {uri}; open it in a browser", file=out)
-        return 0
-    command = ui_command(uri, port)
+    try:
+        uri = campaign_tracking_uri(workdir, config)
+        if uri.startswith(("http://", "https://")):
+            print(f"eclm ui: this campaign logs to the MLflow server {uri}; open it in a browser", file=out)
+            return 0
+        command = ui_command(uri, port)
+    except (FileNotFoundError, ValueError) as error:  # ValueError includes eclm.config.ConfigError
+        return _usage_error(error)
     print(f"eclm ui: MLflow UI over {uri} on http://{UI_HOST}:{port} (Ctrl-C stops)", file=out, flush=True)
     try:
         return subprocess.call(command)
@@ -92,18 +96,15 @@ def replay(journal: Path, tracking_uri: str | None = None, out: TextIO | None = 
     """``eclm replay-journal``: replay ``journal`` into MLflow and print what was sent.
 
     Returns:
-        0 on success, 1 if MLflow could not be reached or refused (a later replay resumes).
-
-    Raises:
-        FileNotFoundError: If the journal does not exist.
-        ValueError: If the file is not a run journal.
+        0 on success, 1 if MLflow could not be reached or refused (a later replay resumes), 2 if the
+        file is missing or not a run journal.
     """
     from eclm.tracking.replay import replay_journal
 
     try:
         s = replay_journal(journal, tracking_uri)
-    except (FileNotFoundError, ValueError):
-        raise
+    except (FileNotFoundError, ValueError) as error:
+        return _usage_error(error)
     except Exception as error:  # noqa: BLE001 - MLflow's errors vary by store; the journal is untouched
         print(f"eclm: replay of {journal} failed: {type(error).__name__}: {error}\n"
               "eclm: nothing is lost; run the replay again once MLflow is reachable", file=sys.stderr)
@@ -117,3 +118,8 @@ def replay(journal: Path, tracking_uri: str | None = None, out: TextIO | None = 
     for problem in s.missing:
         print(f"  not sent: {problem}", file=out)
     return 0
+
+
+def _usage_error(error: Exception) -> int:
+    print(f"eclm: error: {error}", file=sys.stderr)
+    return 2

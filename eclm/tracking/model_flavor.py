@@ -217,16 +217,32 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> Any:
     Args:
         model_uri: ``models:/eclm-cloud/3``, ``models:/eclm-cloud@champion``, ``runs:/<id>/models/...``
             or a local model directory.
-        tracking_uri: Tracking/registry URI to resolve ``models:/`` and ``runs:/`` against;
-            ``None`` uses MLflow's current one.
+        tracking_uri: Tracking and registry URI to resolve ``models:/`` and ``runs:/`` against;
+            ``None`` uses MLflow's current ones.
 
     Returns:
         The network in eval mode.
     """
     import mlflow.artifacts
 
+    if tracking_uri is not None and model_uri.startswith("models:/"):
+        # MLflow resolves models:/ against the process-wide registry URI only; resolve it here.
+        model_uri = _version_source(model_uri[len("models:/"):], tracking_uri)
     with tempfile.TemporaryDirectory(prefix="eclm-load-") as target:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=target, tracking_uri=tracking_uri, registry_uri=tracking_uri
+            artifact_uri=model_uri, dst_path=target, tracking_uri=tracking_uri
         )
         return rebuild(Path(local) / "data" / DATA_DIR)
+
+
+def _version_source(reference: str, registry_uri: str) -> str:
+    """Artifact URI of ``<name>/<version>`` or ``<name>@<alias>`` in the registry at ``registry_uri``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    if "@" in reference:
+        name, alias = reference.rsplit("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, version = reference.rsplit("/", 1)
+    return client.get_model_version_download_uri(name, str(version))
