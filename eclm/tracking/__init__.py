@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from eclm._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from eclm.tracking._model_log import CHAMPION
     from eclm.tracking.config import TrackingConfig
     from eclm.tracking.flatten import MAX_PARAM_VALUE_LENGTH, config_params, flatten_config, param_value
     from eclm.tracking.journal import RECORD_KINDS, RunJournal, read_journal
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from eclm.tracking.plots import close as close_figure
     from eclm.tracking.replay import ReplaySummary, replay_journal
     from eclm.tracking.tracker import (
-        CHAMPION,
         RUN_STATUSES,
         CampaignTracker,
         default_artifact_location,
@@ -43,7 +43,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_model": ("eclm.tracking.model_flavor", "load_model"),
     "ReplaySummary": ("eclm.tracking.replay", "ReplaySummary"),
     "replay_journal": ("eclm.tracking.replay", "replay_journal"),
-    "CHAMPION": ("eclm.tracking.tracker", "CHAMPION"),
+    "CHAMPION": ("eclm.tracking._model_log", "CHAMPION"),
     "accuracy_over_rounds": ("eclm.tracking.plots", "accuracy_over_rounds"),
     "module_usage_heatmap": ("eclm.tracking.plots", "module_usage_heatmap"),
     "close_figure": ("eclm.tracking.plots", "close"),

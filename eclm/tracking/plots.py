@@ -87,6 +87,12 @@ def accuracy_over_rounds(
         axes.plot(
             [r[0] for r in rows], [r[1] for r in rows], color="black", linewidth=2.0, label="cloud (val)"
         )
+    _label_accuracy_axes(axes, title)
+    return figure
+
+
+def _label_accuracy_axes(axes, title: str) -> None:
+    """Legend beside the axes (never over a line), integer round ticks, labels, grid."""
     # Proxy entries explain the line styles once instead of doubling every device's legend entry.
     style_handles = [
         Line2D([], [], color="grey", linestyle="--", label="before adaptation"),
@@ -100,7 +106,6 @@ def accuracy_over_rounds(
     axes.set_ylabel("accuracy")
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    return figure
 
 
 def module_usage_heatmap(
