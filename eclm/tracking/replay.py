@@ -70,7 +70,7 @@ def replay_journal(
     tracking_uri: str | None = None,
     *,
     pytorch_flavor: bool = True,
-    http_timeout_s: int = 10,
+    http_timeout_s: int = 60,
     http_max_retries: int = 2,
 ) -> ReplaySummary:
     """Send a run journal's records to MLflow, skipping what the store already holds.
@@ -110,7 +110,8 @@ def _target_run(uri: str, start: dict[str, Any], start_time: float) -> tuple[Mlf
     if found is not None:
         return found, False
     same_store = uri == start.get("tracking_uri")
-    location = start.get("artifact_location") if same_store else default_artifact_location(uri)
+    recorded = start.get("artifact_location") if same_store else None
+    location = recorded or default_artifact_location(uri)
     tags = {**(start.get("tags") or {}), RUN_KEY_TAG: start["run_id"]}
     run = MlflowRun.open(uri, start["experiment"], location, start.get("run_name"), tags, int(start_time * 1000))
     return run, True
