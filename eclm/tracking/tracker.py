@@ -207,10 +207,11 @@ class CampaignTracker(ModelLog):
         """
         journal = self._require_open("log_round")
         check_step(step)
-        finite = self._finite_metrics(metrics, f"round {step}", step)
-        clash = sorted(k for k in finite if k.split("/", 1)[0] in self._epoch_stages)
+        values = self._checked_values(metrics)
+        clash = sorted(key for key in values if key.split("/", 1)[0] in self._epoch_stages)
         if clash:
             raise ValueError(f"metrics {clash} belong to an epoch stage; log them with log_epoch()")
+        finite = self._finite_metrics(values, f"round {step}", step)
         record = journal.append("metrics", finite, step)
         timestamp_ms = int(record["time"] * 1000)  # the journal's time, so a replay can recognise the point
         self._call(
