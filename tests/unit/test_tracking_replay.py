@@ -21,7 +21,7 @@ from eclm.tracking.config import default_tracking_uri
 CONFIG = {"seed": 2, "merge": {"rule": "validated"}}
 
 
-def test_a_run_that_lost_mlflow_halfway_is_completed_without_duplicates(tmp_path, monkeypatch):
+def test_a_run_that_lost_mlflow_halfway_is_completed_without_duplicates(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     tracker = CampaignTracker(uri, "exp", tmp_path / "runs")
     tracker.start(CONFIG, run_name="flaky")
@@ -50,6 +50,8 @@ def test_a_run_that_lost_mlflow_halfway_is_completed_without_duplicates(tmp_path
         "rounds/round_001/merge_report.json"]
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     assert replay_journal(tracker.journal_path).added == 0
+    assert main(["replay-journal", str(tracker.journal_path)]) == 0
+    assert "0 params, 0 metric points, 0 artifacts, model versions registered: none" in capsys.readouterr().out
 
 
 def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
