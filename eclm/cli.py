@@ -1,5 +1,5 @@
 """Command line: ``eclm demo``, ``eclm run --config file.yaml``, ``eclm check-config file.yaml``,
-``eclm serve --config file.yaml``."""
+``eclm serve --config file.yaml``, ``eclm ui --workdir DIR``, ``eclm replay-journal JOURNAL``."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool
         _summary(p, out)
         print(f"\nMLflow run {p.tracker.run_id or '(journal only)'} in {p.tracker.tracking_uri}"
               f"\nJSONL journal: {p.tracker.journal_path}"
-              "\nOpen the UI with: make mlflow-ui   (then browse http://127.0.0.1:5000)", file=out)
+              f"\nOpen the UI with: eclm ui --workdir {Path(cfg.workdir).resolve()}", file=out)
     return 0
 
 
@@ -182,8 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--pretrain", action="store_true", help="run the offline stage before serving")
     v.add_argument("--cycles", type=int, default=0, help="adaptation cycles before serving")
     v.add_argument("--address", default=None, help="Ray address ('auto' on a cluster head)")
+    u = sub.add_parser("ui", help="serve the MLflow UI over a campaign's tracking store on 127.0.0.1")
+    where = u.add_mutually_exclusive_group()
+    where.add_argument("--workdir", type=Path, default=None, help="the campaign's workdir (default: .)")
+    where.add_argument("--config", type=Path, default=None, help="the campaign's YAML (its tracking store)")
+    u.add_argument("--port", type=int, default=5000)
+    j = sub.add_parser("replay-journal", help="push a journal written during an MLflow outage into MLflow")
+    j.add_argument("journal", type=Path)
+    j.add_argument("--tracking-uri", default=None, help="default: the store the journal was written against")
     args = parser.parse_args(argv)
     try:
+        if args.command in ("ui", "replay-journal"):
+            from eclm.tracking import commands
+
+            if args.command == "ui":
+                return commands.serve_ui(args.workdir, args.config, args.port)
+            return commands.replay(args.journal, args.tracking_uri)
         if args.command == "demo":
             cfg = demo_config()
             if args.workdir:

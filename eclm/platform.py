@@ -99,7 +99,7 @@ class Platform:
             self.resumed_from = state.round
             state = state.model_copy(update={"mlflow_run_id": self.tracker.run_id})
         state = state or CampaignState(run_id=self.store.run_id, mlflow_run_id=self.tracker.run_id)
-        self.coordinator = CycleCoordinator(self.fleet, cfg, recorder=TrackingRecorder(self.tracker), store=self.store,
+        self.coordinator = CycleCoordinator(self.fleet, cfg, recorder=TrackingRecorder(self.tracker, cfg), store=self.store,
                                             trigger=self._trigger, state=state)
         info = self.coordinator.connect()
         self.tracker.log_json("model/info.json", {k: v for k, v in info.model_dump(mode="json").items() if k != "costs"})

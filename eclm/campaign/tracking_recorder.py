@@ -8,13 +8,14 @@ cloud version as a registered model version.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eclm.campaign.messages import CloudInfo, CloudSnapshot, DeviceSummary, EpochRecord
 from eclm.campaign.results import CycleResult
 from eclm.campaign.store import RoundRecord
+from eclm.config import PlatformConfig
+from eclm.modules import SubModelSpec, pack_state, unpack_state
 
 _DECISION_CODE = {"accept": 2, "partial": 1, "reject": 0}
 _DEVICE_KEYS = ("acc_before", "acc_after", "forgetting", "drift", "params", "flops", "seconds_per_batch",
@@ -28,21 +29,27 @@ class TrackingRecorder:
         tracker: The campaign's tracker (its run is open).
     """
 
-    def __init__(self, tracker) -> None:
-        self.tracker = tracker
+    def __init__(self, tracker, config: PlatformConfig) -> None:
+        self.tracker, self.cfg = tracker, config
         self._events = 0
 
     def record_pretrain(self, history: Sequence[EpochRecord], val_acc: float, seconds: float) -> None:
+        """Offline epochs on their own step axis (``offline/*``, step = epoch over both stages)."""
         for i, h in enumerate(history):
             values = {k: v for k, v in h.model_dump().items() if isinstance(v, int | float) and k != "epoch"}
-            self.tracker.log_round(i, {f"offline/{k}": v for k, v in values.items()})
+            self.tracker.log_epoch(i, values)
         self.tracker.log_round(0, {"cloud/val_acc": val_acc, "time/pretrain": seconds})
 
     def record_version(self, version: int, snapshot: CloudSnapshot, info: CloudInfo, val_acc: float | None,
                        step: int) -> None:
-        spec = json.dumps({"model_id": info.model_id, "arch": info.arch, "version": version})
+        """Register the version as an MLflow model (pyfunc and pytorch flavors) and move ``champion``."""
+        b = self.cfg.backbone
+        architecture = {"arch": info.arch, "modules_per_layer": b.modules_per_layer,
+                        "input_size": list(self.cfg.input_size), "selector_width": b.selector_width,
+                        "selector_dim": b.selector_dim}
         metrics = {"cloud/val_acc": val_acc} if val_acc is not None else {}
-        self.tracker.log_model_version(snapshot.weights, spec, metrics, f"v{version:04d}", step=step)
+        self.tracker.log_model_version(_backbone_payload(snapshot, info), architecture, metrics, f"v{version:04d}",
+                                       step=step, tags={"eclm.cloud_version": version, "eclm.model_id": info.model_id})
 
     def record_idle(self, round_index: int, drift: Mapping[str, float]) -> None:
         self.tracker.log_round(round_index, {f"drift/{n}": s for n, s in drift.items()})
@@ -108,6 +115,14 @@ def _cycle_metrics(result: CycleResult) -> dict[str, float]:
         m[f"device/{n}/bytes_up"] = result.bytes_up.get(n, 0)
         m[f"device/{n}/bytes_down"] = result.bytes_down.get(n, 0)
     return m
+
+
+def _backbone_payload(snapshot: CloudSnapshot, info: CloudInfo) -> bytes:
+    """The checkpoint's backbone as a full sub-model payload (what the MLflow model stores)."""
+    state, _, _ = unpack_state(snapshot.weights)
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    spec = SubModelSpec(model_id=info.model_id, groups=[tuple(range(n)) for n in info.layer_sizes])
+    return pack_state(backbone, spec, {"version": snapshot.version})
 
 
 def _mean_usage(summaries: list) -> list[list[float]]:

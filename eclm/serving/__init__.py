@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from eclm.serving.adaptation import RepartitionPolicy
     from eclm.serving.config import ServingConfig
     from eclm.serving.emulation import DutyCycle, LinkDelay
-    from eclm.serving.model_source import ModelSource, build_chain, stage_module
+    from eclm.serving.model_source import ModelSource, build_chain, build_model, stage_module
     from eclm.serving.monitor import NodeResources, ResourceEvent, ResourceMonitor
     from eclm.serving.pacing import NodePacer
     from eclm.serving.partition import (
@@ -87,6 +87,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "LinkDelay": ("eclm.serving.emulation", "LinkDelay"),
     "ModelSource": ("eclm.serving.model_source", "ModelSource"),
     "build_chain": ("eclm.serving.model_source", "build_chain"),
+    "build_model": ("eclm.serving.model_source", "build_model"),
     "stage_module": ("eclm.serving.model_source", "stage_module"),
     "NodeResources": ("eclm.serving.monitor", "NodeResources"),
     "ResourceEvent": ("eclm.serving.monitor", "ResourceEvent"),
@@ -190,6 +191,7 @@ __all__ = [
     "block_memory_bytes",
     "brute_force_partition",
     "build_chain",
+    "build_model",
     "build_problem",
     "busy_fraction",
     "create_scheduler",
