@@ -57,6 +57,11 @@ class TrackingConfig(BaseModel):
         "works (pickle-free; repeats the weights and costs ~2 s of export per version). mlflow.pyfunc and "
         "eclm.tracking.load_model work either way.",
     )
+    per_device_metrics_max: int = Field(
+        32, ge=0,
+        description="Campaigns with at most this many devices log device/<name>/* metrics per round; larger "
+        "ones log per-round aggregates (mean, quantiles, worst devices) and one per-device table per round.",
+    )
 
     @field_validator("tracking_uri")
     @classmethod

@@ -118,7 +118,8 @@ class CampaignTracker(ModelLog):
     @classmethod
     def from_config(cls, config: TrackingConfig, workdir: Path | str = ".") -> CampaignTracker:
         """Build a tracker from the platform's :class:`TrackingConfig` section."""
-        return cls(**config.model_dump(), workdir=workdir)
+        # per_device_metrics_max is the recorder's business (what to log), not the tracker's.
+        return cls(**config.model_dump(exclude={"per_device_metrics_max"}), workdir=workdir)
 
     @property
     def degraded(self) -> bool:
