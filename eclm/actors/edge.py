@@ -7,22 +7,20 @@ import ray
 from eclm.config import PlatformConfig
 from eclm.pipelines.edge_pool import EdgePool
 from eclm.pipelines.edge_service import EdgeService
-from eclm.resources import EDGE_RESOURCE, device_resource
+from eclm.resources import EDGE_RESOURCE, node_selector
 
 EdgeActor = ray.remote(EdgeService)
 
 
 def create_edge_actor(cfg: PlatformConfig, index: int, stream_state: dict | None = None):
-    """Start the actor of device ``index``; it needs one ``edge`` slot, and the per-device
-    resource ``device:<node>`` when the config pins it to a node."""
+    """Start the actor of device ``index``; it needs one ``edge`` slot, and the node labelled
+    ``eclm/node=<node>`` when the config pins it to a node (``eclm.resources.node_selector``)."""
     device = cfg.devices[index]
-    resources = {EDGE_RESOURCE: 1}
-    if device.node:
-        resources[device_resource(device.node)] = 0.001
     return EdgeActor.options(
         name=f"eclm-edge-{cfg.name}-{device.name}",
         num_cpus=cfg.ray.edge_cpus,
-        resources=resources,
+        resources={EDGE_RESOURCE: 1},
+        label_selector=node_selector(device.node) if device.node else None,
         max_restarts=0,
     ).remote(cfg.model_dump_json(), index, cfg.ray.threads_per_actor, stream_state)
 
