@@ -214,8 +214,7 @@ def failure_from(key: str, err: RayError, depth: int = 0) -> ActorFailure:
         if err.actor_init_failed:
             kind_name, message = exception_from_traceback(detail)
             kind_name = kind_name or type(err).__name__
-            return ActorFailure(key, "dead", one_line(f"{kind_name}: {message} (raised while the actor started)"),
-                                kind_name, detail)
+            return ActorFailure(key, "dead", one_line(f"{kind_name}: {message}"), kind_name, detail)
         reason = " ".join(line for line in detail.splitlines() if not line.startswith("\t"))
         return ActorFailure(key, "dead", one_line(f"{type(err).__name__}: {reason}"), type(err).__name__, detail)
     if isinstance(err, GetTimeoutError):

@@ -44,8 +44,7 @@ def test_text_without_a_traceback_is_returned_as_is():
 
 @pytest.mark.parametrize(("error", "line"), [
     # the platform's wrapper around a failure: the root cause is the first "SomeError: ..." in it
-    (RuntimeError("cloud: dead: RuntimeError: Unknown model (x) (raised while the actor started)"),
-     "RuntimeError: Unknown model (x) (raised while the actor started)"),
+    (RuntimeError("cloud: dead: RuntimeError: Unknown model (x)"), "RuntimeError: Unknown model (x)"),
     ("derive: cloud: error: BudgetTooSmallError: device 'phone': budget params=819 is below 24042",
      "BudgetTooSmallError: device 'phone': budget params=819 is below 24042"),
     (ValueError("weights do not match\n  layer1: shape"), "ValueError: weights do not match layer1: shape"),
