@@ -292,6 +292,11 @@ def _load(args) -> tuple[PlatformConfig, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0, :data:`EXIT_FAILED`, :data:`EXIT_USAGE`, 130).
+
+    The config is loaded, its paths resolved here on the driver and checked (:mod:`eclm.preflight`)
+    before Ray starts; any failure becomes one line on stderr (the traceback with ``--debug``).
+    """
     args = _parser().parse_args(argv)  # a bad argument exits 2 with argparse's message
     if args.debug:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -324,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(err: BaseException, debug: bool, code: int, message: str) -> int:
+    """Print ``eclm: <message>`` (a config's problem list keeps its lines) and return ``code``."""
     if debug:
         traceback.print_exception(err, file=sys.stderr)
     text = message if "\n" in message and isinstance(err, ConfigError) else one_line(message, limit=2000)

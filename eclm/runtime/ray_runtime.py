@@ -71,7 +71,7 @@ def _connect(address: str) -> None:
         try:
             ray.init(address=address, log_to_driver=False)
             failure = None
-        except (ConnectionError, RuntimeError, RayError) as err:
+        except (ConnectionError, RuntimeError, ValueError, RayError) as err:  # ValueError: a malformed address
             failure = err
     if failure is None:
         sys.stderr.write(captured[0])
