@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from eclm.data.config import DataConfig
 from eclm.modules.offline_settings import OfflineSettings
 from eclm.pipelines.triggers.config import TriggerConfig
+from eclm.resources import NODE_LABEL, NODE_LABEL_VALUE_PATTERN
 from eclm.serving.config import ServingConfig
 from eclm.split.config import SplitConfig
 from eclm.tracking.config import TrackingConfig
@@ -58,7 +59,9 @@ class DeviceConfig(_Strict):
     latency_ms: float | None = Field(None, ge=0, description="one-way link latency to the cloud, ms (split learning's delay model)")
     params_fraction: float | None = Field(None, gt=0, le=1, description="cap sub-model params at this share of the cloud model")
     measure: bool = Field(False, description="measure unset resources on the node (memory, matmul GFLOP/s, link)")
-    node: str | None = Field(None, description="pin to a node that offers the custom resource device:<node>")
+    node: str | None = Field(
+        None, pattern=NODE_LABEL_VALUE_PATTERN,
+        description=f"pin to the cluster node labelled {NODE_LABEL}=<node> (docs/cluster.md); needs ray.address")
     mode: Literal["local", "split", "auto"] = Field("local", description="adaptation mode; auto = split if local training does not fit")
 
 
@@ -177,10 +180,41 @@ class PlatformConfig(_Strict):
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if raw is None:  # an empty file would otherwise run a full default campaign
+            raise ConfigError(f"{path}: the file is empty; a campaign config needs at least its data and devices "
+                              "(start from eclm/configs/demo.yaml)")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings (key: value) at the top level, "
+                              f"got a {type(raw).__name__}")
         return cls.from_dict(raw, source=str(path))
+
+    def resolve_paths(self, base: str | Path | None = None) -> PlatformConfig:
+        """The same config with every file path absolute (``~`` expanded, relative ones joined to ``base``).
+
+        Call it on the driver before the config reaches actors: a Ray worker resolves a relative
+        path against the directory its node's ``ray start`` ran in, not the driver's (docs/cluster.md).
+
+        Args:
+            base: Directory relative paths are relative to (default: the current directory).
+
+        Returns:
+            A copy with absolute ``workdir``, ``backbone.weights_path``, ``data.path`` and ``data.root``
+            (unset ones stay ``None``); idempotent.
+        """
+        root = Path.cwd() if base is None else Path(base).expanduser().absolute()
+
+        def absolute(path: Path | None) -> Path | None:
+            if path is None:
+                return None
+            path = Path(path).expanduser()
+            return path if path.is_absolute() else root / path
+
+        data = self.data.model_copy(update={"path": absolute(self.data.path), "root": absolute(self.data.root)})
+        backbone = self.backbone.model_copy(update={"weights_path": absolute(self.backbone.weights_path)})
+        return self.model_copy(update={"workdir": absolute(self.workdir), "data": data, "backbone": backbone})
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> PlatformConfig:

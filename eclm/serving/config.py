@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eclm.resources import NODE_LABEL_VALUE_PATTERN
 
 _GIB, _MIB = 1024**3, 1024**2
 
@@ -65,7 +68,7 @@ class ServingConfig(BaseModel):
         1.0, gt=0.0, le=1.0, description="Fraction of one host core that a node of cpu_share 1.0 gets when "
         "emulating; below 1 leaves headroom for Ray and the driver on small machines (e.g. 0.5 on 2 cores).")
     node_labels: list[str] | None = Field(
-        None, description="Real cluster: pin stage actor i to the Ray custom resource device:<label> "
+        None, description="Real cluster: pin stage actor i to the node labelled eclm/node=<label> "
         "(same length as node_cpu_shares); None = place anywhere.")
     stage_actor_cpus: float = Field(0.1, gt=0.0, description="Ray num_cpus reserved by each stage actor.")
     stage_threads: int = Field(1, ge=1, le=64, description="torch threads per stage actor.")
@@ -95,8 +98,9 @@ class ServingConfig(BaseModel):
     @classmethod
     def _labels_clean(cls, labels: list[str] | None) -> list[str] | None:
         for i, label in enumerate(labels or []):
-            if not label or any(c.isspace() for c in label):
-                raise ValueError(f"node_labels[{i}] must be non-empty without whitespace, got {label!r}")
+            if not isinstance(label, str) or not re.fullmatch(NODE_LABEL_VALUE_PATTERN, label):
+                raise ValueError(f"node_labels[{i}] must be a Ray label value (1-63 characters [A-Za-z0-9_.-], "
+                                 f"alphanumeric at both ends), got {label!r}")
         return labels
 
     @field_validator("link_latency_s")
