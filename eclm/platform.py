@@ -41,8 +41,8 @@ class Platform:
 
     def __init__(self, config: PlatformConfig | dict, *, resume: bool = False) -> None:
         cfg = config if isinstance(config, PlatformConfig) else PlatformConfig.from_dict(config)
-        # Resolved here, on the driver: actors on other nodes must not resolve it against their cwd.
-        self.cfg = cfg.model_copy(update={"workdir": Path(cfg.workdir).expanduser().resolve()})
+        # Resolved here, on the driver: actors on other nodes must not resolve paths against their cwd.
+        self.cfg = cfg.resolve_paths()
         self.names = [d.name for d in self.cfg.devices]
         self.resume_requested = resume
         self.resumed_from: int | None = None
@@ -67,7 +67,7 @@ class Platform:
             FileNotFoundError: If there is no run to continue (or several campaigns and no name).
         """
         base = Path(workdir) / "campaigns"
-        names = [name] if name else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        names = [name] if name else sorted(p.name for p in base.glob("*") if p.is_dir())
         if len(names) != 1:
             raise FileNotFoundError(f"cannot tell which campaign to resume under {base}: found {names or 'none'}")
         store = CampaignStore.latest(Path(workdir), names[0])
@@ -77,7 +77,17 @@ class Platform:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Platform:
-        """Start (or connect to) Ray, create the actors, open the store and the MLflow run."""
+        """Start (or connect to) Ray, create the actors, open the store and the MLflow run.
+
+        If anything fails on the way, what was started is stopped again before the error propagates.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.shutdown("FAILED")
+            raise
+
+    def _start(self) -> Platform:
         from eclm import runtime
         from eclm.campaign.tracking_recorder import TrackingRecorder
         from eclm.runtime.links import measure_links
@@ -118,7 +128,8 @@ class Platform:
             except Exception as err:  # noqa: BLE001 - shutting down must not fail because a deployment did
                 log.warning("closing deployment failed: %s", err)
         self._deployments = []
-        self.tracker.end(status)
+        if self.tracker.run_id is not None or self.tracker.journal_path is not None:
+            self.tracker.end(status)
         if self.fleet is not None:
             self.fleet.close()
             self.fleet = None
@@ -153,11 +164,7 @@ class Platform:
         return self._co().state
 
     def pretrain(self) -> list[EpochRecord]:
-        """Run the offline stage on the cloud; logs per-epoch metrics and registers version 0.
-
-        Raises:
-            RuntimeError: If the campaign was resumed (it is trained already).
-        """
+        """Run the offline stage on the cloud (version 0); refused (RuntimeError) on a resumed campaign."""
         if self.resumed_from is not None:
             raise RuntimeError(f"this campaign resumed from round {self.resumed_from}; it is trained already")
         return self._co().pretrain()

@@ -36,7 +36,7 @@ from eclm.campaign.messages import (
 )
 from eclm.campaign.recorder import CycleRecorder, NullRecorder
 from eclm.campaign.results import CycleResult
-from eclm.campaign.store import CampaignState, MemoryStore, RoundRecord
+from eclm.campaign.store import CampaignState, CorruptStoreError, MemoryStore, RoundRecord
 from eclm.campaign.strategy import ModularStrategy, ServerStrategy
 from eclm.config import PlatformConfig
 from eclm.pipelines.triggers import Decision, Observation, PeriodicTrigger, Trigger, trigger_from_config
@@ -104,7 +104,7 @@ class CycleCoordinator:
                 return results, failures
             if attempt == 1:
                 raise CloudUnavailable(what, next(iter(dead.values())))
-            self._recover_cloud(next(iter(dead.values())))
+            self._recover_cloud(next(iter(dead.values())), what)
             todo = {k: todo[k] for k in dead}
         return results, failures
 
@@ -115,9 +115,17 @@ class CycleCoordinator:
             raise CloudUnavailable(what, failures["cloud"])
         return results["cloud"]
 
-    def _recover_cloud(self, failure: CallFailure) -> None:
-        """Recreate the cloud endpoint from the last commit (no accepted round is lost)."""
-        _, snapshot = self.store.load_latest()
+    def _recover_cloud(self, failure: CallFailure, what: str) -> None:
+        """Recreate the cloud endpoint from the last commit (no accepted round is lost).
+
+        Raises:
+            CloudUnavailable: With the original failure, if nothing was committed yet to restore
+                from (e.g. the cloud's constructor failed at start-up).
+        """
+        try:
+            _, snapshot = self.store.load_latest()
+        except CorruptStoreError:
+            raise CloudUnavailable(what, failure) from None
         self.fleet.recreate_cloud(snapshot)
         self._selector = self._costs = None
         self.recorder.record_event("cloud_recreated", self.state.round,

@@ -35,7 +35,6 @@ from eclm.modules import (
     SubModelSpec,
     classifier_keys,
     derive_submodel,
-    modularize,
     pack_state,
     train_offline,
     unpack_state,
@@ -49,6 +48,7 @@ from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.split_service import SplitCloudMixin
 from eclm.pipelines.upload_admission import admit
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
+from eclm.preflight import cloud_model
 
 
 class CloudService(SplitCloudMixin):
@@ -68,11 +68,8 @@ class CloudService(SplitCloudMixin):
         self.train_x, self.train_y = cloud.train.images, cloud.train.labels
         self.val_x, self.val_y = cloud.val.images, cloud.val.labels
         self.num_classes = data.num_classes
-        b = config.backbone
-        self.model: ModularModel = modularize(
-            b.name, modules_per_layer=b.modules_per_layer, input_size=config.input_size, weights_path=b.weights_path,
-            selector_width=b.selector_width, selector_dim=b.selector_dim, num_classes=self.num_classes, **b.kwargs,
-        ).eval()
+        # The same builder the pre-flight budget checks use, so the two cannot disagree.
+        self.model: ModularModel = cloud_model(config, self.num_classes).eval()
         self.version = 0
         self.best_val_acc: float | None = None
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against

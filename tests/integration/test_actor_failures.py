@@ -49,16 +49,19 @@ def test_a_constructor_failure_names_its_exception_not_actor_died(local_ray, bad
 
 def test_a_method_failure_keeps_the_whole_message(local_ray, tmp_path):
     from eclm.actors import create_edge_actor
+    from eclm.campaign.messages import SubModelPackage
+    from eclm.modules import SubModelSpec
     from eclm.runtime import gather, kill
 
     cfg = PlatformConfig.from_dict(tiny_config(tmp_path, **ONE_CYCLE))
     edge = create_edge_actor(cfg, 0)
+    keep = SubModelPackage(device="d0", spec=SubModelSpec(model_id="m", groups=((0,), (1,))), version=0)
     try:
-        _, failures = gather({"d0": edge.set_resources.remote(bogus=1.0)}, timeout=300)
+        _, failures = gather({"d0": edge.install.remote(keep, None)}, timeout=300)  # keep what it does not hold
         f = failures["d0"]
         assert (f.kind, f.error_type) == ("error", "ValueError")
-        assert f.message.startswith("ValueError: unknown resources ['bogus']; known: [")  # not cut at a line
-        assert "bandwidth_mbps" in f.message
+        assert f.message.startswith("ValueError: device d0: no weights sent")  # not cut at a line
+        assert '"model_id":"m"' in f.message
     finally:
         kill(edge)
 
@@ -68,12 +71,13 @@ def test_eclm_run_prints_one_line_with_the_root_cause_and_exits_1(local_ray, bad
     path.write_text(yaml.safe_dump(bad_weights))
     try:
         assert main(["run", "--config", str(path)]) == EXIT_FAILED
-    finally:  # Platform.start does not stop what it created when it fails; the CLI's process would exit
-        for name in local_ray.util.list_named_actors():
-            try:
-                local_ray.kill(local_ray.get_actor(name), no_restart=True)
-            except ValueError:  # already gone
-                pass
+    finally:  # Platform.start stops what it created when it fails: nothing may be left behind
+        from ray.util.state import list_actors
+
+        address = local_ray.get_runtime_context().gcs_address
+        alive = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
+                 if "Service" in (a.class_name or "")]
+        assert not alive, alive
     err = capfd.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith("eclm:")]
     assert line.startswith("eclm: starting the platform failed: ValueError: weights in ")

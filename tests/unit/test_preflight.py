@@ -108,16 +108,19 @@ def test_a_budget_below_the_smallest_sub_model_says_what_to_raise_and_the_hint_s
 
 
 def test_preflight_and_the_cloud_agree_on_every_budget():
+    from eclm.campaign.messages import DeviceSummary, Resources
     from eclm.pipelines.cloud_service import CloudService
 
     tiny = config(devices=[{"name": "a", "memory_mb": 0.05}, {"name": "b"}])
     needed = _hint(problems(tiny)[0], "memory_mb")
-    cloud = CloudService(tiny.model_dump_json())
+    cloud = CloudService(tiny)
     uniform = [[1.0 / n] * n for n in cloud.model.layer_sizes]
     for memory in (0.98 * needed, needed, 3 * needed):
         cfg = config(devices=[{"name": "a", "memory_mb": memory}, {"name": "b"}])
+        summary = DeviceSummary(device="a", importance=uniform, resources=Resources(memory_mb=memory), num_samples=1,
+                                classes=(0,))
         try:
-            params = cloud.derive("a", uniform, {"memory_mb": memory})["cost"]["params"]
+            params = cloud.derive(summary).cost["params"]
         except BudgetTooSmallError:
             params = None
         try:
