@@ -49,6 +49,9 @@ class BlockCosts:
             backward pass.
         backward_factor: backward FLOPs as a multiple of forward FLOPs (2.0 is the usual
             estimate, so a training step costs 3x the forward pass).
+        state_bytes: ``L`` bytes of each block's tensors as they cross the link when device
+            parts are exchanged at epoch end (weights and buffers, no optimiser state); ``None``
+            when unknown, and then the exchange is counted as free.
     """
 
     forward_flops: tuple[float, ...]
@@ -56,6 +59,7 @@ class BlockCosts:
     param_bytes: tuple[float, ...]
     train_activation_bytes: tuple[float, ...]
     backward_factor: float = 2.0
+    state_bytes: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         num_blocks = len(tuple(self.forward_flops))
@@ -72,6 +76,8 @@ class BlockCosts:
             "train_activation_bytes",
             _as_tuple("train_activation_bytes", self.train_activation_bytes, num_blocks),
         )
+        if self.state_bytes is not None:
+            object.__setattr__(self, "state_bytes", _as_tuple("state_bytes", self.state_bytes, num_blocks))
         if not math.isfinite(self.backward_factor) or self.backward_factor < 0:
             raise ValueError(
                 f"BlockCosts.backward_factor must be finite and >= 0, got {self.backward_factor}"
@@ -119,6 +125,17 @@ class BlockCosts:
         """
         self._check_cut(cut)
         return self.activation_bytes[cut]
+
+    def exchange_bytes(self, cut: int) -> float:
+        """Bytes of the device part ``[0, cut)`` sent each way at an epoch-end exchange.
+
+        Zero when ``state_bytes`` is unknown.
+
+        Raises:
+            ValueError: if ``cut`` is outside ``1..L``.
+        """
+        self._check_cut(cut)
+        return 0.0 if self.state_bytes is None else sum(self.state_bytes[:cut])
 
     def device_memory(self, cut: int, batch: int) -> float:
         """Peak training memory in bytes the device needs for ``cut`` at ``batch`` samples.

@@ -136,8 +136,22 @@ def test_block_costs_are_measured_per_chain_stage(family: str) -> None:
     assert costs.activation_bytes[-1] == 4 * NUM_CLASSES
     assert sum(costs.forward_flops) == pytest.approx(whole[1], rel=1e-6)
     assert sum(costs.param_bytes) == pytest.approx(12 * whole[0])
+    assert sum(costs.state_bytes) == sum(t.numel() * t.element_size() for t in sub.state_dict().values())
     with pytest.raises(ValueError, match="batch size 1"):
         measure_block_costs(stages, torch.zeros(2, *model.input_size))
+
+
+@pytest.mark.parametrize("cut", [1, 4, 10])
+def test_planned_exchange_bytes_are_the_tensors_of_the_device_part_payload(cut: int) -> None:
+    model = modular()
+    server, workers, _ = session(model, [cut], [8], SplitConfig(global_batch=8))
+    costs = measure_block_costs(model.chain(server.sub), torch.zeros(1, *model.input_size))
+
+    payload = workers[0].state_payload()
+
+    tensors = sum(t.numel() * t.element_size() for t in server.prefix_state("dev0").values())
+    assert costs.exchange_bytes(cut) == tensors
+    assert tensors < len(payload) < tensors + 16_384  # the rest is the safetensors header (names, spec)
 
 
 def test_device_part_holds_weights_only_for_its_stages() -> None:
