@@ -15,8 +15,8 @@ Every plan reports both: ``round_time`` (per-iteration model) and, given the ste
 ``epoch_time``. The cut convention (device runs blocks ``[0, c)``) is in :mod:`eclm.split.costs`.
 
 Planners:
-    * :func:`plan_edgesplit` - the alternating algorithm (ALGORITHMS.md section 2), for the epoch
-      objective followed by a local search with re-optimised shares.
+    * :func:`plan_edgesplit` - the alternating algorithm (Zhang et al., arXiv 2403.15815); for the
+      epoch objective followed by a local search with re-optimised shares.
     * :func:`brute_force_plan` - every cut tuple with its optimal shares; the true optimum for
       small instances, used to check the planner.
     * :func:`uniform_cut_plan` / :func:`best_common_cut_plan` - one cut for everyone and equal
