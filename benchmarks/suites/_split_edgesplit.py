@@ -3,8 +3,9 @@
 A modular narrow ResNet-18 on digits upsampled to 16x16, per-block costs measured from its chain
 (the platform's ``measure_block_costs``), four devices with a 2x or 10x compute spread and mixed
 links pooled into one bandwidth. Plans: EdgeSplit with the epoch objective (the default: the
-delay model's epoch, exchange of device parts included) and with the paper's per-iteration
-objective, brute force on the epoch objective, a uniform cut (after ``layer2``, as in GPSL) and the
+delay model's epoch, exchange of device parts included) on the timed cost profile (the default)
+and on FLOPs only, EdgeSplit with the paper's per-iteration objective, brute force on the epoch
+objective, a uniform cut (after ``layer2``, as in GPSL) and the
 best common cut (epoch objective), both with equal bandwidth. Every distinct plan is trained for
 real through the platform's split protocol (in-process), one epoch per plan per round with the
 order rotated each round, so drifting host load hits all plans alike; the delay model
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -27,7 +29,9 @@ from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import SplitDeviceWorker
 from eclm.pipelines.split_local import emulated_epoch_seconds, run_local_epochs
 from eclm.pipelines.split_planning import measure_block_costs
+from eclm.pipelines.split_profile import time_block_costs
 from eclm.split import (
+    BlockCosts,
     ComputeModel,
     LinkModel,
     SplitDevice,
@@ -37,14 +41,15 @@ from eclm.split import (
     plan_edgesplit,
     uniform_cut_plan,
 )
+from eclm.split._epoch_model import build_epoch_model
 from eclm.split.config import SplitConfig
 from eclm.split.factory import build_codec, build_sampler, optimizer_settings
 
 __all__ = ["SPREADS", "run_edgesplit"]
 
-EDGESPLIT, ITERATION, BRUTE, UNIFORM, COMMON = (
-    "EdgeSplit (epoch objective)", "EdgeSplit (iteration objective)", "brute force (epoch objective)",
-    "uniform cut (after layer2)", "best common cut (epoch objective)")
+EDGESPLIT, FLOPS, ITERATION, BRUTE, UNIFORM, COMMON = (
+    "EdgeSplit (epoch objective)", "EdgeSplit (epoch objective, FLOP profile)", "EdgeSplit (iteration objective)",
+    "brute force (epoch objective)", "uniform cut (after layer2)", "best common cut (epoch objective)")
 SPREADS = (2, 10)
 _LINKS_MBPS = (5.0, 50.0, 10.0, 25.0)
 _BATCH, _LATENCY, _UNIFORM_CUT = 16, 0.005, 5
@@ -56,13 +61,15 @@ def run_edgesplit(max_epochs: int, target: float, data: dict[str, Tensor]) -> di
     torch.manual_seed(0)
     model = modularize("resnet18", modules_per_layer=2, input_size=(1, 16, 16), num_classes=10,
                        channels=[16, 32, 64, 128]).eval()
-    costs = measure_block_costs(model.chain(model.extract(model.full_spec())), torch.zeros(1, 1, 16, 16))
+    stages, example = model.chain(model.extract(model.full_spec())), torch.zeros(1, 1, 16, 16)
+    flops = measure_block_costs(stages, example)
     parts = [torch.arange(len(data["y"]))[k::4] for k in range(4)]
     config = SplitConfig(global_batch=_BATCH * len(parts), sampler="fixed_equal", lr=0.05, momentum=0.9)
-    # Devices are emulated by scaling the host's real seconds at their batch; the server's real steps
-    # (the whole global batch) are timed as they run on the host, so that is the speed it plans with.
-    host = _host_training_speed(model, sum(costs.forward_flops), data["x"][:_BATCH])
-    server = _host_training_speed(model, sum(costs.forward_flops), data["x"][:config.global_batch])
+    # The delay model runs the server's real steps on the host and scales the devices' by host /
+    # device speed; the planners get the host's speed for the server and, as the platform does with
+    # split.cost_profile: timed, the stages' timed costs expressed at that speed.
+    host = _host_training_speed(model, sum(flops.forward_flops), data["x"][:_BATCH])
+    timed = time_block_costs(stages, example, flops, batches=(_BATCH, config.global_batch), reference_speed=host)
     steps = build_sampler(config, [len(p) for p in parts]).batch_sizes(0)
     total = sum(mbps * 1e6 / 8 for mbps in _LINKS_MBPS)
     rows, raw, summary, measured = [], [], [], {}
@@ -70,7 +77,11 @@ def run_edgesplit(max_epochs: int, target: float, data: dict[str, Tensor]) -> di
         speeds = [10e9 * spread ** (-i / 3) for i in range(4)]
         devices = [SplitDevice(speed=s, memory=1e12, batch_size=_BATCH, latency=_LATENCY, name=f"dev{i}")
                    for i, s in enumerate(speeds)]
-        plans, planning_s = _plans(costs, devices, total, server, steps)
+        plans, planning_s = _plans(timed, flops, devices, total, host, steps)
+        # The FLOP-profile plan, judged by the same (timed) epoch model as the others.
+        judged = build_epoch_model(timed, devices, total, host, 1.0, steps)
+        plans[FLOPS] = replace(plans[FLOPS], epoch_time=judged.epoch_time(plans[FLOPS].cuts,
+                                                                         plans[FLOPS].bandwidths)["total_s"])
         runs = _measure(plans, model, data, parts, speeds, host, config, max_epochs, target)
         measured[spread] = (plans, runs)
         rows += _rows(spread, plans, runs, len(steps))
@@ -80,16 +91,18 @@ def run_edgesplit(max_epochs: int, target: float, data: dict[str, Tensor]) -> di
         summary.append(_summary_line(spread, plans, runs, planning_s))
     load = {"before": load_before, "after": os.getloadavg()}
     table = Table("EdgeSplit vs uniform cut vs best common cut (4 devices, emulated)", _columns(target), rows,
-                  notes=_notes(max_epochs, host, server, load, len(steps)))
+                  notes=_notes(max_epochs, host, load, len(steps)))
     return {"table": table.to_dict(), "raw": raw, "summary": summary, "targets": _targets(measured),
-            "load_average": load, "host_flops": host, "server_flops": server}
+            "load_average": load, "host_flops": host, "timed_costs": {"forward_flops": timed.forward_flops,
+                                                                      "call_flops": timed.call_flops}}
 
 
-def _plans(costs, devices: list[SplitDevice], total: float, server: float,
+def _plans(costs: BlockCosts, flops: BlockCosts, devices: list[SplitDevice], total: float, server: float,
            steps: np.ndarray) -> tuple[dict[str, SplitPlan], dict[str, float]]:
     """Every plan of one device mix, and the seconds each planner took."""
     makers = {
         EDGESPLIT: lambda: plan_edgesplit(costs, devices, total, server, step_batches=steps),
+        FLOPS: lambda: plan_edgesplit(flops, devices, total, server, step_batches=steps),
         ITERATION: lambda: plan_edgesplit(costs, devices, total, server, objective="iteration",
                                           step_batches=steps),
         BRUTE: lambda: brute_force_plan(costs, devices, total, server, step_batches=steps),
@@ -193,7 +206,8 @@ def _rows(spread: int, plans: dict[str, SplitPlan], runs: dict, steps: int) -> l
     for name, plan in plans.items():
         run = runs[_key(plan)].summary()
         to_target = None if run["epochs_to_target"] is None else run["epochs_to_target"] * run["delay_epoch_s"]
-        rows.append([f"{spread}x compute", name, "/".join(map(str, plan.cuts)), plan.round_time * steps,
+        iteration_s = None if name == FLOPS else plan.round_time * steps  # FLOP row: another cost model
+        rows.append([f"{spread}x compute", name, "/".join(map(str, plan.cuts)), iteration_s,
                      plan.epoch_time, plan.epoch_time / brute.epoch_time - 1, run["delay_epoch_s"],
                      run["delay_epoch_std"], _paired_ratio(runs[_key(plan)], ref)[0], run["epochs_to_target"],
                      to_target, run["final_acc"], run["real_epoch_s"]])
@@ -249,21 +263,22 @@ def _host_training_speed(model, flops_per_sample: float, batch: Tensor, repeats:
     return 3 * flops_per_sample * len(batch) / statistics.median(seconds[1:])
 
 
-def _notes(max_epochs: int, host: float, server: float, load: dict, steps: int) -> str:
+def _notes(max_epochs: int, host: float, load: dict, steps: int) -> str:
     return (
         "Modular resnet18 (channels 16/32/64/128, 10 chain stages) on sklearn digits upsampled to 16x16 grey, "
         f"1437 train / 360 test, 4 IID devices, {_BATCH} samples per device per step (fixed-equal sampler, "
         f"{steps} steps per epoch). Devices: 10 GFLOP/s fastest, geometric spread down to 10/spread GFLOP/s; "
         f"links {'/'.join(f'{m:g}' for m in _LINKS_MBPS)} Mbit/s pooled (EdgeSplit re-divides the pool, the "
-        f"baselines split it equally), {_LATENCY * 1e3:g} ms latency. Device emulation: real host seconds x "
-        f"host / device FLOP/s, host = achieved training speed of this model at batch {_BATCH} "
-        f"({host / 1e9:.2f} GFLOP/s here). Server: the host, whose real server steps the delay model times, "
-        f"so every planner is given its achieved training speed at the global batch ({server / 1e9:.2f} "
-        "GFLOP/s here), as the platform gives its planner the cloud's measured speed. "
-        "Per-block FLOPs, activation bytes and device-part bytes measured on the chain. Iteration model: "
+        f"baselines split it equally), {_LATENCY * 1e3:g} ms latency. Host = achieved training speed of this "
+        f"model at batch {_BATCH} ({host / 1e9:.2f} GFLOP/s here): the delay model scales the devices' real "
+        "seconds by host / device speed and runs the server at host speed, so every planner is given the "
+        "host's speed for the server, as the platform gives its planner the cloud's measured speed. Costs: "
+        "activation and device-part bytes measured on the chain; compute from the stages' training passes "
+        f"timed at batches {_BATCH} and 64 (fixed cost per call + cost per sample, at host speed; the "
+        "platform's split.cost_profile: timed), or FLOPs only for the 'FLOP profile' row. Iteration model: "
         "the EdgeSplit paper's per-iteration straggler time x steps (no exchange). Epoch model: the delay "
-        "model's formula (eclm.split.epoch_seconds) on the planner's FLOP-based predictions: every step's "
-        "forward and backward phase, latency per message, server time summed over devices, the epoch-end "
+        "model's formula (eclm.split.epoch_seconds) on the planner's predictions: every step's "
+        "forward and backward phase, latency per message, server time summed over cut groups, the epoch-end "
         "exchange of device parts over the pool. Delay model: the same formula on the measured steps: real "
         "host compute x (host / device FLOP/s) + latency + exact bytes / share per message, the exchange "
         f"with the real payload sizes; mean and std over the epochs. Every plan trains {max_epochs} epochs, "

@@ -2,7 +2,8 @@
 
 :func:`prepare_split_round` derives the split spec (pooled importance; only the devices'
 ``params_fraction`` limits it, because memory is what the cut takes care of), measures per-block
-costs of its chain (:func:`measure_block_costs`), plans a cut and a bandwidth share per device with
+costs of its chain (:func:`measure_block_costs`, and with ``split.cost_profile: timed`` the stages'
+timed fixed and per-sample costs, :func:`~eclm.pipelines.split_profile.time_block_costs`), plans a cut and a bandwidth share per device with
 the configured policy (EdgeSplit, best common cut or a fixed cut), and opens a
 :class:`~eclm.pipelines.split_cloud.SplitServerSession`. :func:`local_training_fits` is the
 ``auto`` mode's choice between local adaptation and split learning. Pure torch, no Ray.
@@ -29,6 +30,7 @@ from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import (
     Stages,
 )
+from eclm.pipelines.split_profile import time_block_costs
 from eclm.split import BlockCosts, SplitDevice, SplitPlan
 from eclm.split.config import SplitConfig
 from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
@@ -175,6 +177,10 @@ def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Seque
         raise ValueError(f"no device can take part in split learning: {excluded}")
     sizes = [int(d["num_samples"]) for d in kept]
     batches = _local_batches(config, sizes)
+    if config.cost_profile == "timed":  # the devices' batches up to the server's global batch
+        small = min(batches)
+        costs = time_block_costs(stages, torch.zeros(1, *model.input_size), costs, reference_speed=1e9 * server_gflops,
+                                 batches=(small, max(config.global_batch, 2 * small)))
     planned = [SplitDevice(speed=1e9 * _gflops(d), memory=_memory_bytes(d["resources"]), batch_size=b,
                            latency=float(d["resources"].get("latency_s") or 0.0), name=d["name"])
                for d, b in zip(kept, batches, strict=True)]
@@ -184,17 +190,19 @@ def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Seque
                                  build_codec(config.codec), optimizer_settings(config),
                                  build_sampler(config, sizes), allowed_classes=allowed_classes)
     plan_info = {"local_batches": batches, "total_bandwidth": total_bandwidth, "server_gflops": server_gflops}
-    return session, _round_info(spec, session, sizes, excluded, costs, plan, plan_info, kept, planned)
+    return session, _round_info(spec, session, sizes, excluded, costs, config.cost_profile, plan, plan_info,
+                                kept, planned)
 
 
 def _round_info(spec: SubModelSpec, session: SplitServerSession, sizes: list[int], excluded: dict,
-                costs: BlockCosts, plan: SplitPlan, plan_info: dict, kept: Sequence[dict],
+                costs: BlockCosts, profile: str, plan: SplitPlan, plan_info: dict, kept: Sequence[dict],
                 planned: Sequence[SplitDevice]) -> dict:
     """The ``info`` of :func:`prepare_split_round` (reported with the round)."""
     return {
         "spec": spec.to_json(), "stages": session.stage_names, "client_sizes": sizes, "excluded": excluded,
-        "costs": {"forward_flops": costs.forward_flops, "activation_bytes": costs.activation_bytes,
-                  "param_bytes": costs.param_bytes, "state_bytes": costs.state_bytes},
+        "costs": {"profile": profile, "forward_flops": costs.forward_flops, "call_flops": costs.call_flops,
+                  "activation_bytes": costs.activation_bytes, "param_bytes": costs.param_bytes,
+                  "state_bytes": costs.state_bytes},
         "plan": {"method": plan.method, "cuts": list(plan.cuts), "bandwidths": list(plan.bandwidths),
                  "device_times": list(plan.device_times), "round_time": plan.round_time,
                  "epoch_time": plan.epoch_time, "objective": plan.objective, "iterations": plan.iterations,

@@ -4,11 +4,15 @@ For cuts ``c`` and bandwidth shares ``w`` the planner predicts what each device 
 step of an epoch (``b[t, k]`` samples from the sampler's plan) and times it with
 :func:`eclm.split.epoch_time.epoch_seconds`, the function that times measured epochs:
 
-    forward_tk  = b_tk * F_dev(c_k) / f_k                 backward_tk = backward_factor * forward_tk
+    forward_tk  = (b_tk * F_dev(c_k) + K_dev(c_k)) / f_k / (1 + backward_factor)
+    backward_tk = backward_factor * forward_tk
     up_tk       = b_tk * (cut_bytes(c_k) / ratio + 8)     down_tk     = b_tk * cut_bytes(c_k)
-    server_t    = sum_k b_tk * F_srv(c_k) / f_s           exchange_k  = state bytes of blocks [0, c_k)
+    server_t    = (sum_k b_tk * F_srv(c_k) + sum_{c in cuts of active devices} K_srv(c)) / f_s
+    exchange_k  = state bytes of blocks [0, c_k)
 
-(8 bytes of int64 label per sample; the exchange goes up and comes back down over the whole pool).
+(``F`` training FLOPs per sample, ``K`` the fixed cost of one call (``BlockCosts.call_flops``);
+the server runs one pass per distinct cut in the step; 8 bytes of int64 label per sample; the
+exchange goes up and comes back down over the whole pool).
 :class:`EpochCostModel` also evaluates the same sum in closed form for many plans at once, merging
 identical steps; tests check that both agree. The closed form splits into a part that depends on
 the shares (the per-step maxima, :mod:`eclm.split._bandwidth`) and a constant.
@@ -39,9 +43,12 @@ class EpochCostModel:
     Attributes:
         forward: ``(N, L)`` device seconds per sample, forward, at cut ``j + 1``.
         backward: ``(N, L)`` device seconds per sample, backward.
+        forward_call: ``(N, L)`` device seconds per forward call whatever the batch.
+        backward_call: ``(N, L)`` device seconds per backward call.
         up: ``(N, L)`` bytes per sample sent (compressed activation and label).
         down: ``(N, L)`` bytes per sample received (the float32 gradient).
         server: ``(N, L)`` server seconds per sample of device ``k`` at each cut.
+        server_call: ``(L,)`` server seconds of one pass (forward and backward) of a cut group.
         exchange: ``(L,)`` bytes of a device part at each cut (each way at epoch end).
         latency: ``(N,)`` one-way link latency in seconds.
         batches: ``(T, N)`` samples of each device in each step.
@@ -50,9 +57,12 @@ class EpochCostModel:
 
     forward: np.ndarray
     backward: np.ndarray
+    forward_call: np.ndarray
+    backward_call: np.ndarray
     up: np.ndarray
     down: np.ndarray
     server: np.ndarray
+    server_call: np.ndarray
     exchange: np.ndarray
     latency: np.ndarray
     batches: np.ndarray
@@ -86,14 +96,22 @@ class EpochCostModel:
         """
         rows, counts = self._rows[None], self._counts
         lat = self.latency[None, None, :]
-        fwd, bwd, up, down, srv = (self._take(t, cuts)[:, None, :] for t in
-                                   (self.forward, self.backward, self.up, self.down, self.server))
-        a = np.concatenate([rows * fwd + lat, lat + rows * bwd], axis=1)
+        fwd, bwd, fwd_call, bwd_call, up, down, srv = (
+            self._take(t, cuts)[:, None, :] for t in (self.forward, self.backward, self.forward_call,
+                                                       self.backward_call, self.up, self.down, self.server))
+        a = np.concatenate([rows * fwd + fwd_call + lat, lat + rows * bwd + bwd_call], axis=1)
         d = np.concatenate([rows * up, rows * down], axis=1)
         active = np.concatenate([self._rows > 0] * 2)
         server = (counts[None, :, None] * rows * srv).sum(axis=(1, 2))
+        server += self._group_calls(cuts, self._rows > 0) @ counts
         sync = 2 * self.latency.max() + 2 * self.exchange[cuts - 1].sum(axis=1) / self.total_bandwidth
         return a, d, np.concatenate([counts, counts]), active, server + sync
+
+    def _group_calls(self, cuts: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """``(M, S)`` server seconds of the passes of each step: one per distinct active cut."""
+        onehot = (cuts[:, :, None] == np.arange(1, self.server_call.size + 1)).astype(float)  # (M, N, L)
+        present = np.einsum("sk,mkj->msj", active.astype(float), onehot) > 0
+        return present @ self.server_call
 
     def seconds(self, cuts: np.ndarray, shares: np.ndarray) -> np.ndarray:
         """Epoch seconds of ``(M, N)`` cut tuples with ``(M, N)`` shares (closed form)."""
@@ -109,12 +127,14 @@ class EpochCostModel:
     def epoch_time(self, cuts: Sequence[int], shares: Sequence[float]) -> dict[str, float]:
         """One plan timed step by step with :func:`~eclm.split.epoch_time.epoch_seconds`."""
         c = np.asarray(cuts, dtype=int)
-        b = self.batches.astype(float)
-        forward = b * self._take(self.forward, c)
+        b, active = self.batches.astype(float), self.batches > 0
+        forward = b * self._take(self.forward, c) + active * self._take(self.forward_call, c)
+        backward = b * self._take(self.backward, c) + active * self._take(self.backward_call, c)
+        server = (b * self._take(self.server, c)).sum(axis=1) + self._group_calls(c[None], active)[0]
         return epoch_seconds(
-            forward, b * self._take(self.backward, c), b * self._take(self.up, c), b * self._take(self.down, c),
-            (b * self._take(self.server, c)).sum(axis=1), self.batches > 0, np.asarray(shares, dtype=float),
-            self.latency, sync_up=self.exchange[c - 1], shared_bandwidth=self.total_bandwidth)
+            forward, backward, b * self._take(self.up, c), b * self._take(self.down, c), server, active,
+            np.asarray(shares, dtype=float), self.latency, sync_up=self.exchange[c - 1],
+            shared_bandwidth=self.total_bandwidth)
 
 
 def build_epoch_model(costs: BlockCosts, devices: Sequence[SplitDevice], total_bandwidth: float,
@@ -128,16 +148,21 @@ def build_epoch_model(costs: BlockCosts, devices: Sequence[SplitDevice], total_b
     """
     batches = _checked_batches(step_batches, devices)
     cuts = list(costs.cuts)
-    dev_flops = np.array([costs.device_flops(c) for c in cuts]) / (1.0 + costs.backward_factor)
+    share = 1.0 / (1.0 + costs.backward_factor)  # forward's part of a training pass
+    dev_flops = np.array([costs.device_flops(c) for c in cuts]) * share
+    dev_calls = np.array([costs.device_call_flops(c) for c in cuts]) * share
     speeds = np.array([dev.speed for dev in devices])[:, None]
     cut_bytes = np.array([costs.cut_bytes(c) for c in cuts])
     n = len(devices)
     return EpochCostModel(
         forward=dev_flops[None, :] / speeds,
         backward=costs.backward_factor * dev_flops[None, :] / speeds,
+        forward_call=dev_calls[None, :] / speeds,
+        backward_call=costs.backward_factor * dev_calls[None, :] / speeds,
         up=np.tile(cut_bytes / compression_ratio + LABEL_BYTES, (n, 1)),
         down=np.tile(cut_bytes, (n, 1)),
         server=np.tile(np.array([costs.server_flops(c) for c in cuts]) / server_speed, (n, 1)),
+        server_call=np.array([costs.server_call_flops(c) for c in cuts]) / server_speed,
         exchange=np.array([costs.exchange_bytes(c) for c in cuts]),
         latency=np.array([dev.latency for dev in devices], dtype=float),
         batches=batches,

@@ -12,6 +12,7 @@ CodecName = Literal["identity", "mask_encoded", "topk", "randomized_topk", "unif
 SamplerName = Literal["global", "fixed_proportional", "fixed_equal"]
 CutPolicy = Literal["edgesplit", "uniform", "fixed"]
 PlanObjective = Literal["epoch", "iteration"]
+CostProfile = Literal["timed", "flops"]
 
 # Which parameters each codec takes; anything else set is a configuration error.
 _CODEC_PARAMS: dict[str, set[str]] = {
@@ -91,6 +92,12 @@ class SplitConfig(BaseModel):
         description="What cut planning minimises: 'epoch' = seconds of a whole epoch in the delay model "
         "(every step of the sampler's plan, latency, server time, epoch-end exchange of device parts); "
         "'iteration' = the EdgeSplit paper's per-iteration straggler time.",
+    )
+    cost_profile: CostProfile = Field(
+        "timed",
+        description="Compute costs the planner predicts from: 'timed' = each chain stage's training pass timed "
+        "on the cloud at two batch sizes (a fixed cost per call plus a cost per sample); 'flops' = counted "
+        "FLOPs only (no per-call cost).",
     )
     planner_max_iters: int = Field(50, ge=1, le=10_000, description="Cap on EdgeSplit alternating rounds.")
     seed: int = Field(0, ge=0, description="Seed of the sampler.")

@@ -174,6 +174,9 @@ def test_cost_helpers_partition_the_chain() -> None:
     assert list(costs.cuts) == [1, 2, 3]
     assert costs.exchange_bytes(3) == 0.0  # no state bytes given: the exchange is not counted
     assert replace(costs, state_bytes=[5, 6, 7]).exchange_bytes(2) == 11
+    calls = replace(costs, call_flops=[1, 2, 4])
+    assert [calls.device_call_flops(c) + calls.server_call_flops(c) for c in calls.cuts] == [7, 7, 7]
+    assert calls.device_call_flops(2) == 3 and costs.server_call_flops(1) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -185,6 +188,7 @@ def test_cost_helpers_partition_the_chain() -> None:
         ("train_activation_bytes", {"train_activation_bytes": [1, float("nan"), 1]}),
         ("backward_factor", {"backward_factor": -1.0}),
         ("state_bytes", {"state_bytes": [1, 1]}),
+        ("call_flops", {"call_flops": [1, -1, 1]}),
     ],
 )
 def test_block_costs_validation_names_field(field: str, kwargs: dict) -> None:

@@ -36,6 +36,7 @@ def random_instance(seed: int, num_devices: int = 4, num_blocks: int = 6, steps:
         param_bytes=rng.uniform(1e5, 1e6, num_blocks),
         train_activation_bytes=rng.uniform(1e3, 3e4, num_blocks),
         state_bytes=rng.uniform(1e3, 1e5, num_blocks) * np.arange(1, num_blocks + 1),
+        call_flops=rng.uniform(0, 5e7, num_blocks),
     )
     devices = [
         SplitDevice(speed=10 ** rng.uniform(8.5, 10.5), memory=rng.uniform(2e6, 8e6) if memory else 1e12,
@@ -71,13 +72,16 @@ def test_planned_epoch_time_is_what_the_delay_model_measures_for_the_predicted_s
     for t, row in enumerate(batches):
         for k, (n, b) in enumerate(zip(names, row, strict=True)):
             if b:
-                fwd = b * costs.device_flops(plan.cuts[k]) / 3 / devices[k].speed
-                nbytes = b * costs.cut_bytes(plan.cuts[k])
+                c = plan.cuts[k]
+                fwd = (b * costs.device_flops(c) + costs.device_call_flops(c)) / 3 / devices[k].speed
+                nbytes = b * costs.cut_bytes(c)
                 records[n].append({"epoch": 0, "step": t, "forward_s": fwd, "backward_s": 2 * fwd,
                                    "bits_up": 8 * nbytes / ratio, "label_bits": 8 * LABEL_BYTES * b,
                                    "bits_down": 8 * nbytes})
-        server_records.append({"epoch": 0, "step": t, "server_s": sum(
-            b * costs.server_flops(c) / server for b, c in zip(row, plan.cuts, strict=True))})
+        groups = {c for b, c in zip(row, plan.cuts, strict=True) if b}  # one server pass per cut group
+        server_records.append({"epoch": 0, "step": t, "server_s": (
+            sum(b * costs.server_flops(c) for b, c in zip(row, plan.cuts, strict=True))
+            + sum(costs.server_call_flops(c) for c in groups)) / server})
     links = {n: LinkModel(w, d.latency) for n, w, d in zip(names, plan.bandwidths, devices, strict=True)}
     sync = {n: (costs.exchange_bytes(c),) * 2 for n, c in zip(names, plan.cuts, strict=True)}
 

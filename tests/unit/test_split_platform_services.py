@@ -96,6 +96,8 @@ def test_services_run_a_split_round_that_learns_and_ends_with_one_model(services
     info = prepare(cloud, edges, ["d0", "d1"])
     assert set(info["devices"]) == {"d0", "d1"} and not info["excluded"]
     assert info["plan"]["method"] == "edgesplit" and len(info["stages"]) == 10
+    assert info["plan"]["objective"] == "epoch" and info["plan"]["epoch_time"] > 0
+    assert info["costs"]["profile"] == "timed" and len(info["costs"]["call_flops"]) == 10
 
     summaries = run_round(cloud, edges, info, epochs=3)
 
