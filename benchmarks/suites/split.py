@@ -1,11 +1,9 @@
 """Suite ``split``: split learning for weak devices — EdgeSplit cuts, GPSL sampling, MS compression.
 
-Part 1 (EdgeSplit): a modular narrow ResNet-18 on digits upsampled to 16x16, per-block costs
-measured from its chain, four devices with a 2x or 10x compute spread and mixed links. Plans:
-EdgeSplit, brute force, a uniform cut (after ``layer2``, as in GPSL) and the best common cut, both
-with equal bandwidth. Time per epoch from the time model; epochs to a target accuracy from a real
-split training run with each plan's cuts (the platform's own protocol, in-process); the delay
-model's emulated time from the measured compute; real host time.
+Part 1 (EdgeSplit, ``benchmarks/suites/_split_edgesplit.py``): EdgeSplit with the epoch objective
+and with the paper's per-iteration objective, brute force, a uniform cut and the best common cut on a
+modular narrow ResNet-18 with a 2x and a 10x compute spread, timed by the delay model on real split
+training; emits the suite's targets.
 
 Part 2 (GPSL): a small GroupNorm CNN split after its first block, severe non-IID (2 classes per
 client, uneven sizes): GPSL global sampling vs fixed-equal vs fixed-proportional local batches vs
@@ -14,11 +12,15 @@ centralised training; test accuracy at equal epochs, mean ± std over seeds.
 Part 3 (MS): the same CNN cut shallow / medium / deep; Mask-Encoded Sparsification, top-k,
 randomised top-k and uniform quantisation at several levels; the largest traffic saving that still
 reaches the uncompressed accuracy.
+
+``ECLM_BENCH_SPLIT_PARTS`` (comma-separated subset of ``edgesplit,gpsl,codecs``; default all) runs
+only some parts, e.g. to check one part's numbers without the others.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -30,32 +32,21 @@ from torch import Tensor, nn
 
 from benchmarks.registry import register_suite
 from benchmarks.report import Table
+from benchmarks.suites._split_edgesplit import run_edgesplit
 from eclm.data import DigitsSource
-from eclm.modules import modularize, skeleton
-from eclm.pipelines.split_cloud import SplitServerSession
-from eclm.pipelines.split_edge import SplitDeviceWorker
-from eclm.pipelines.split_local import emulated_epoch_seconds, run_local_epochs
-from eclm.pipelines.split_planning import measure_block_costs
 from eclm.split import (
-    ComputeModel,
     IdentityCodec,
-    LinkModel,
     MaskEncodedSparsification,
     OptimizerSettings,
     ParallelSplitTrainer,
     RandomizedTopKCodec,
-    SplitDevice,
     TopKCodec,
     UniformQuantizationCodec,
-    best_common_cut_plan,
-    brute_force_plan,
     evaluate,
-    plan_edgesplit,
     replicate,
-    uniform_cut_plan,
 )
 from eclm.split.config import SplitConfig
-from eclm.split.factory import build_codec, build_sampler, optimizer_settings
+from eclm.split.factory import build_sampler
 
 PUBLISHED_GPSL = {"global": 84.31, "fixed_equal": 58.88, "fixed_proportional": 70.05, "centralised": "≈ GPSL"}
 _ALL_CODECS = ("mask_encoded", "topk", "randomized_topk", "uniform_quantization")
@@ -71,7 +62,7 @@ _CODECS = {
     "randomized_topk": lambda r: RandomizedTopKCodec(ratio=r),
     "uniform_quantization": lambda b: UniformQuantizationCodec(bits=b),
 }
-_PLANS = ("EdgeSplit", "brute force", "uniform cut (after layer2)", "best common cut")
+_PARTS = ("edgesplit", "gpsl", "codecs")
 
 
 @dataclass(frozen=True)
@@ -104,22 +95,41 @@ class SplitBenchConfig:
 def split_suite(mode: str, out_dir: Path) -> dict:
     """Split learning: EdgeSplit vs uniform/common cuts, GPSL vs fixed local batches, MS vs other codecs."""
     cfg = SplitBenchConfig.for_mode(mode)
-    data = _digits(seed=0)
-    t0 = time.perf_counter()
-    edgesplit = run_edgesplit(cfg, _digits(seed=0, size=16))
-    t1 = time.perf_counter()
-    gpsl = run_gpsl(cfg, data)
-    t2 = time.perf_counter()
-    codecs = run_codecs(cfg, data)
-    t3 = time.perf_counter()
-    return {
-        "tables": [edgesplit["table"], gpsl["table"], codecs["summary_table"], codecs["table"]],
-        "plots": _plots(gpsl, codecs, Path(out_dir)),
-        "summary": edgesplit["summary"] + gpsl["summary"] + codecs["summary"],
-        "config": cfg.__dict__,
-        "part_seconds": {"edgesplit": t1 - t0, "gpsl": t2 - t1, "codecs": t3 - t2},
-        "edgesplit": edgesplit["raw"], "gpsl": gpsl["raw"], "codecs": codecs["raw"],
-    }
+    parts = _selected_parts()
+    out: dict = {"tables": [], "plots": [], "summary": [], "targets": [], "config": cfg.__dict__,
+                 "parts": list(parts), "part_seconds": {}}
+    if "edgesplit" in parts:
+        t0 = time.perf_counter()
+        edgesplit = run_edgesplit(cfg.max_epochs, cfg.target, _digits(seed=0, size=16))
+        out["part_seconds"]["edgesplit"] = time.perf_counter() - t0
+        out["tables"].append(edgesplit["table"])
+        out["summary"] += edgesplit["summary"]
+        out["targets"] += edgesplit["targets"]
+        out["edgesplit"] = {k: v for k, v in edgesplit.items() if k not in ("table", "summary", "targets")}
+    for name, run in (("gpsl", run_gpsl), ("codecs", run_codecs)):
+        if name in parts:
+            t0 = time.perf_counter()
+            result = run(cfg, _digits(seed=0))
+            out["part_seconds"][name] = time.perf_counter() - t0
+            out["tables"] += [result[k] for k in ("summary_table", "table") if k in result]
+            out["summary"] += result["summary"]
+            out[name] = result["raw"]
+    if "gpsl" in parts and "codecs" in parts:
+        out["plots"] = _plots({"raw": out["gpsl"]}, {"raw": out["codecs"]}, Path(out_dir))
+    return out
+
+
+def _selected_parts() -> tuple[str, ...]:
+    """Parts named in ``ECLM_BENCH_SPLIT_PARTS`` (all by default).
+
+    Raises:
+        ValueError: If it names an unknown part.
+    """
+    chosen = [p.strip() for p in os.environ.get("ECLM_BENCH_SPLIT_PARTS", "").split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(_PARTS))
+    if unknown:
+        raise ValueError(f"ECLM_BENCH_SPLIT_PARTS names unknown part(s) {unknown}; parts: {list(_PARTS)}")
+    return tuple(p for p in _PARTS if not chosen or p in chosen)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -173,141 +183,6 @@ def _split_train(client: nn.Module, server: nn.Module, sampler_name: str, parts:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         bits_up += sum(trainer.train_epoch(parts).bits_up)
     return {"trainer": trainer, "bits_up": bits_up}
-
-
-# ---------------------------------------------------------------------------------------- part 1
-def run_edgesplit(cfg: SplitBenchConfig, data: dict) -> dict:
-    """EdgeSplit vs uniform / best common cut vs brute force on two device mixes."""
-    torch.manual_seed(0)
-    model = modularize("resnet18", modules_per_layer=2, input_size=(1, 16, 16), num_classes=10,
-                       channels=[16, 32, 64, 128]).eval()
-    costs = measure_block_costs(model.chain(model.extract(model.full_spec())), torch.zeros(1, 1, 16, 16))
-    host = _host_training_speed(model, sum(costs.forward_flops), data["x"][:16])
-    parts = [torch.arange(len(data["y"]))[k::4] for k in range(4)]
-    batch, server_speed, latency = 16, 200e9, 0.005
-    steps = math.ceil(max(len(p) for p in parts) / batch)
-    total = sum(mbps * 1e6 / 8 for mbps in (5.0, 50.0, 10.0, 25.0))
-    rows, raw, summary = [], [], []
-    for spread in (2, 10):
-        speeds = [10e9 * spread ** (-i / 3) for i in range(4)]
-        devices = [SplitDevice(speed=s, memory=1e12, batch_size=batch, latency=latency, name=f"dev{i}")
-                   for i, s in enumerate(speeds)]
-        plans = dict(zip(_PLANS, (
-            plan_edgesplit(costs, devices, total, server_speed),
-            brute_force_plan(costs, devices, total, server_speed),
-            uniform_cut_plan(costs, devices, total, server_speed, 5),
-            best_common_cut_plan(costs, devices, total, server_speed)), strict=True))
-        runs: dict[tuple[int, ...], dict] = {}
-        for plan in plans.values():  # one real training run per distinct cut vector
-            if plan.cuts not in runs:
-                runs[plan.cuts] = _train_plan(model, plan, data, parts, speeds, host, latency, cfg)
-        ref = plans["EdgeSplit"]
-        ref_target = _time_to_target(runs[ref.cuts], ref.round_time * steps)
-        for name, plan in plans.items():
-            run, epoch_s = runs[plan.cuts], plan.round_time * steps
-            to_target = _time_to_target(run, epoch_s)
-            rows.append([
-                f"{spread}x compute", name, "/".join(map(str, plan.cuts)), epoch_s,
-                plan.round_time / ref.round_time,
-                plan.round_time / plans["brute force"].round_time - 1, run["epochs_to_target"], to_target,
-                None if to_target is None or ref_target is None else to_target / ref_target,
-                run["emulated_epoch_s"], run["real_epoch_s"], run["final_acc"]])
-            raw.append({"mix": spread, "method": name, "cuts": plan.cuts, "bandwidths": plan.bandwidths,
-                        "round_time": plan.round_time, **run})
-        uniform, common = plans[_PLANS[2]], plans[_PLANS[3]]
-        edge, uni, com = runs[ref.cuts], runs[uniform.cuts], runs[common.cuts]
-        vs_uniform, vs_common = uniform.round_time / ref.round_time, common.round_time / ref.round_time
-        gap = ref.round_time / plans["brute force"].round_time - 1
-        summary.append(
-            f"EdgeSplit, {spread}x compute spread: {vs_uniform:.2f}x faster per epoch than a uniform cut and "
-            f"{vs_common:.2f}x than the best common cut (time model); {gap:.2%} above the brute-force "
-            "optimum. "
-            f"Delay model (measured compute, epoch-end exchange included): EdgeSplit "
-            f"{edge['emulated_epoch_s']:.2f} s/epoch ({edge['emulated_sync_s']:.2f} s of it exchanging "
-            f"device parts) vs uniform {uni['emulated_epoch_s']:.2f} and best common "
-            f"{com['emulated_epoch_s']:.2f}: the per-iteration time model leaves out the device-part "
-            "exchange that deep cuts pay for.")
-    notes = (
-        "Modular resnet18 (channels 16/32/64/128, 10 chain stages) on sklearn digits upsampled to 16x16 "
-        "grey, "
-        "1437 train / 360 test, 4 IID devices, 16 samples per device per step (fixed-equal sampler). "
-        "Devices: "
-        "10 GFLOP/s fastest, geometric spread down to 10/spread GFLOP/s; links 5/50/10/25 Mbit/s pooled "
-        "(EdgeSplit "
-        "re-divides the pool, the baselines split it equally), 5 ms latency; server 200 GFLOP/s. Per-block "
-        "FLOPs "
-        "and activation bytes measured on the chain (torch flop counter). Time model: ALGORITHMS.md 2, per "
-        "iteration max over devices of compute + traffic / bandwidth, times 23 iterations per epoch. Epochs "
-        "to "
-        "target: real split training with the plan's cuts through the platform's split protocol (epoch-end "
-        f"aggregation), lr 0.05, momentum 0.9, seed 0, at most {cfg.max_epochs} epochs (None = not reached). "
-        "Delay model: real host compute x (host / device FLOP/s; host = achieved training FLOP/s of this "
-        "model) "
-        "+ latency + bytes / bandwidth per message, plus the epoch-end device-part exchange over the whole "
-        "pool "
-        "(the per-iteration time model leaves it out; deep cuts pay for it), in-process protocol overheads "
-        "included. Real: wall-clock seconds of the in-process emulation on a shared machine (indicative).")
-    table = Table(
-        "EdgeSplit vs uniform cut vs best common cut (4 devices, emulated)",
-        ["device mix", "plan", "cuts", "s / epoch (time model)", "x EdgeSplit", "gap to brute force",
-         f"epochs to {cfg.target:.0%}", f"s to {cfg.target:.0%}", "x EdgeSplit (to target)",
-         "s / epoch (delay model)", "s / epoch (real, host)", "final test acc"],
-        rows, notes=notes)
-    return {"table": table.to_dict(), "raw": raw, "summary": summary}
-
-
-def _time_to_target(run: dict, epoch_seconds: float) -> float | None:
-    return None if run["epochs_to_target"] is None else run["epochs_to_target"] * epoch_seconds
-
-
-def _host_training_speed(model, flops_per_sample: float, batch: Tensor, repeats: int = 5) -> float:
-    """Achieved training FLOP/s of this model on the host (forward + backward, median of runs).
-
-    Small convolutions reach a fraction of matmul peak, so device speeds in the time model's FLOP/s
-    are scaled against what the host really achieves on this workload.
-    """
-    sub = model.extract(model.full_spec()).train()
-    seconds = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        sub(batch).sum().backward()
-        seconds.append(time.perf_counter() - start)
-    return 3 * flops_per_sample * len(batch) / statistics.median(seconds[1:])
-
-
-def _train_plan(model, plan, data: dict, parts: list[Tensor], speeds: list[float], host: float,
-                latency: float, cfg: SplitBenchConfig) -> dict:
-    """Real split training with ``plan``'s cuts: accuracy per epoch, emulated and real time."""
-    config = SplitConfig(global_batch=16 * len(parts), sampler="fixed_equal", lr=0.05, momentum=0.9)
-    sizes, names = [len(p) for p in parts], [f"dev{i}" for i in range(len(parts))]
-    torch.manual_seed(0)
-    sub = model.extract(model.full_spec())
-    server = SplitServerSession(sub, model.chain(sub), model.full_spec(), names, list(plan.cuts),
-                                build_codec(config.codec), optimizer_settings(config),
-                                build_sampler(config, sizes))
-    skel, test = skeleton(model.arch, 2, model.input_size), (data["xt"], data["yt"])
-    workers = [SplitDeviceWorker.from_payload(n, skel, server.device_payload(n), config, sizes, k,
-                                              (data["x"][parts[k]], data["y"][parts[k]]), test)
-               for k, n in enumerate(names)]
-    compute = {n: ComputeModel.from_speeds(s, host) for n, s in zip(names, speeds, strict=True)}
-    links = {n: LinkModel(b, latency) for n, b in zip(names, plan.bandwidths, strict=True)}
-    curve, emulated, sync, real, reached = [], [], [], [], None
-    for epoch in range(cfg.max_epochs):
-        start = time.perf_counter()
-        (history,) = run_local_epochs(server, workers, 1, start_epoch=epoch)
-        real.append(time.perf_counter() - start)
-        times = emulated_epoch_seconds(history["device_records"], history["records"], compute, links,
-                                       history["sync_bytes"], sum(plan.bandwidths))
-        emulated.append(times["total_s"])
-        sync.append(times["sync_s"])
-        with torch.no_grad():  # after aggregation the cloud copy is the one model
-            curve.append(float((sub.eval()(test[0]).argmax(1) == test[1]).float().mean()))
-        if curve[-1] >= cfg.target:
-            reached = epoch + 1
-            break
-    return {"epochs_to_target": reached, "curve": curve, "final_acc": curve[-1],
-            "emulated_epoch_s": statistics.mean(emulated), "emulated_sync_s": statistics.mean(sync),
-            "real_epoch_s": statistics.mean(real)}
 
 
 # ---------------------------------------------------------------------------------------- part 2

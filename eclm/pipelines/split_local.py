@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import SplitDeviceWorker
 from eclm.split import ComputeModel, LinkModel
+from eclm.split.epoch_time import epoch_seconds
 
 __all__ = ["emulated_epoch_seconds", "run_epoch_steps", "run_local_epochs"]
 
@@ -23,7 +26,8 @@ def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_
                            shared_bandwidth: float | None = None) -> dict[str, float]:
     """Emulated duration of one synchronous epoch from real measurements (the delay model).
 
-    Per step ``t`` with active devices ``A_t``::
+    The measured steps go through :func:`eclm.split.epoch_time.epoch_seconds`, the function the
+    EdgeSplit planner minimises. Per step ``t`` with active devices ``A_t``::
 
         T_t = max_{k in A_t} [emu_k(forward_k) + link_k(up_k)] + server_t
               + max_{k in A_t} [link_k(down_k) + emu_k(backward_k)]
@@ -39,32 +43,32 @@ def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_
     Returns:
         ``{"steps_s", "sync_s", "total_s", "device_compute_s"}`` (the last in real seconds).
     """
-    by_step: dict[tuple[int, int], dict[str, dict]] = {}
+    sync_bytes = sync_bytes or {}
+    names = list(dict.fromkeys([*device_records, *sync_bytes]))
+    column = {n: k for k, n in enumerate(names)}
+    row = {(s["epoch"], s["step"]): t for t, s in enumerate(server_records)}
+    shape = (len(server_records), len(names))
+    fwd, bwd, up, down = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    active = np.zeros(shape, dtype=bool)
     real_device = 0.0
     for name, records in device_records.items():
         for r in records:
-            by_step.setdefault((r["epoch"], r["step"]), {})[name] = r
             real_device += r["forward_s"] + r["backward_s"]
-    steps = 0.0
-    for s in server_records:
-        active = by_step.get((s["epoch"], s["step"]), {})
-        up = max((compute[n].emulated_time(r["forward_s"])
-                  + links[n].transfer_time((r["bits_up"] + r["label_bits"]) / 8)
-                  for n, r in active.items()), default=0.0)
-        down = max((links[n].transfer_time(r["bits_down"] / 8) + compute[n].emulated_time(r["backward_s"])
-                    for n, r in active.items()), default=0.0)
-        steps += up + s["server_s"] + down
-    sync_bytes = sync_bytes or {}
-    if shared_bandwidth is None:
-        sync = max((links[n].transfer_time(u) + links[n].transfer_time(d) for n, (u, d) in sync_bytes.items()),
-                   default=0.0)
-    elif sync_bytes:
-        pool = LinkModel(shared_bandwidth, max(links[n].latency for n in sync_bytes))
-        sync = pool.transfer_time(sum(u for u, _ in sync_bytes.values())) + pool.transfer_time(
-            sum(d for _, d in sync_bytes.values()))
-    else:
-        sync = 0.0
-    return {"steps_s": steps, "sync_s": sync, "total_s": steps + sync, "device_compute_s": real_device}
+            t = row.get((r["epoch"], r["step"]))
+            if t is None:  # a device step without a server step is not part of the epoch
+                continue
+            k = column[name]
+            active[t, k] = True
+            fwd[t, k] = compute[name].emulated_time(r["forward_s"])
+            bwd[t, k] = compute[name].emulated_time(r["backward_s"])
+            up[t, k], down[t, k] = (r["bits_up"] + r["label_bits"]) / 8, r["bits_down"] / 8
+    times = epoch_seconds(
+        fwd, bwd, up, down, [s["server_s"] for s in server_records], active,
+        [links[n].bandwidth for n in names], [links[n].latency for n in names],
+        sync_up=[sync_bytes.get(n, (0.0, 0.0))[0] for n in names],
+        sync_down=[sync_bytes.get(n, (0.0, 0.0))[1] for n in names],
+        shared_bandwidth=shared_bandwidth, exchanging=[n in sync_bytes for n in names])
+    return {**times, "device_compute_s": real_device}
 
 
 def run_epoch_steps(server: SplitServerSession, workers: Sequence[SplitDeviceWorker], epoch: int) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         uniform_cut_plan,
     )
     from eclm.split.emulation import ComputeModel, LinkModel, emulated_step_time
+    from eclm.split.epoch_time import epoch_seconds
     from eclm.split.evaluation import EvalResult, evaluate
     from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
     from eclm.split.samplers import (
@@ -65,6 +66,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ComputeModel": ("eclm.split.emulation", "ComputeModel"),
     "LinkModel": ("eclm.split.emulation", "LinkModel"),
     "emulated_step_time": ("eclm.split.emulation", "emulated_step_time"),
+    "epoch_seconds": ("eclm.split.epoch_time", "epoch_seconds"),
     "EvalResult": ("eclm.split.evaluation", "EvalResult"),
     "evaluate": ("eclm.split.evaluation", "evaluate"),
     "build_codec": ("eclm.split.factory", "build_codec"),
@@ -109,6 +111,7 @@ __all__ = [
     "build_codec",
     "build_sampler",
     "emulated_step_time",
+    "epoch_seconds",
     "evaluate",
     "optimizer_settings",
     "plan_cuts",

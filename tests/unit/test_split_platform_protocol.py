@@ -28,6 +28,7 @@ from eclm.pipelines.split_edge import (
 )
 from eclm.pipelines.split_local import emulated_epoch_seconds, run_epoch_steps, run_local_epochs
 from eclm.pipelines.split_planning import measure_block_costs
+from eclm.pipelines.split_profile import time_block_costs
 from eclm.split import (
     ComputeModel,
     IdentityCodec,
@@ -136,8 +137,42 @@ def test_block_costs_are_measured_per_chain_stage(family: str) -> None:
     assert costs.activation_bytes[-1] == 4 * NUM_CLASSES
     assert sum(costs.forward_flops) == pytest.approx(whole[1], rel=1e-6)
     assert sum(costs.param_bytes) == pytest.approx(12 * whole[0])
+    assert sum(costs.state_bytes) == sum(t.numel() * t.element_size() for t in sub.state_dict().values())
     with pytest.raises(ValueError, match="batch size 1"):
         measure_block_costs(stages, torch.zeros(2, *model.input_size))
+
+
+def test_timed_profile_adds_call_costs_and_leaves_the_model_untouched() -> None:
+    model = modular()
+    sub = model.extract(model.full_spec()).train()
+    stages = model.chain(sub)
+    example = torch.zeros(1, *model.input_size)
+    costs = measure_block_costs(stages, example)
+    before = {k: v.clone() for k, v in sub.state_dict().items()}
+
+    timed = time_block_costs(stages, example, costs, batches=(2, 8), reference_speed=1e9, repeats=2)
+
+    assert all(torch.equal(before[k], v) for k, v in sub.state_dict().items())  # BN statistics too
+    assert all(p.grad is None for p in sub.parameters())
+    assert len(timed.call_flops) == costs.num_blocks and min(timed.call_flops) >= 0
+    assert min(timed.forward_flops) >= 0 and sum(timed.forward_flops) + sum(timed.call_flops) > 0
+    assert (timed.activation_bytes, timed.param_bytes, timed.state_bytes) == (
+        costs.activation_bytes, costs.param_bytes, costs.state_bytes)
+    with pytest.raises(ValueError, match="small < large"):
+        time_block_costs(stages, example, costs, batches=(8, 8), reference_speed=1e9)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 10])
+def test_planned_exchange_bytes_are_the_tensors_of_the_device_part_payload(cut: int) -> None:
+    model = modular()
+    server, workers, _ = session(model, [cut], [8], SplitConfig(global_batch=8))
+    costs = measure_block_costs(model.chain(server.sub), torch.zeros(1, *model.input_size))
+
+    payload = workers[0].state_payload()
+
+    tensors = sum(t.numel() * t.element_size() for t in server.prefix_state("dev0").values())
+    assert costs.exchange_bytes(cut) == tensors
+    assert tensors < len(payload) < tensors + 16_384  # the rest is the safetensors header (names, spec)
 
 
 def test_device_part_holds_weights_only_for_its_stages() -> None:

@@ -82,7 +82,10 @@ def test_services_run_a_split_round_that_learns_and_ends_with_one_model(services
     result = run_split_round(fleet, summaries, epochs=3, version=cloud.version, timeout=60)
 
     assert not result.failures and set(result.uploads) == {"d0", "d1"}
-    assert result.report["plan"]["method"] == "edgesplit" and len(result.report["stages"]) == 10
+    plan = result.report["plan"]
+    assert plan["method"] == "edgesplit" and len(result.report["stages"]) == 10
+    assert plan["objective"] == "epoch" and plan["epoch_time"] > 0
+    assert result.report["costs"]["profile"] == "timed" and len(result.report["costs"]["call_flops"]) == 10
     losses = [e["loss"] for e in result.report["epochs"]]
     assert losses[-1] < losses[0]
     states = [unpack_state(u.payload)[0] for u in result.uploads.values()]
