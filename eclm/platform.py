@@ -73,7 +73,7 @@ class Platform:
         store = CampaignStore.latest(Path(workdir), names[0])
         if store is None:
             raise FileNotFoundError(f"no committed run of campaign {names[0]!r} under {base}")
-        return cls(PlatformConfig.model_validate_json(store.config_json()), resume=True)
+        return cls(store.config(), resume=True)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Platform:
@@ -97,7 +97,7 @@ class Platform:
         self._owns_ray = runtime.start_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_devices=len(self.names))
         latest = CampaignStore.latest(cfg.workdir, cfg.name) if self.resume_requested else None
         state, snapshot = latest.load_latest() if latest is not None else (None, None)
-        self.store = latest or CampaignStore.create(cfg.workdir, cfg.name, cfg.model_dump_json())
+        self.store = latest or CampaignStore.create(cfg)
         self.fleet = RayFleet(cfg, self.store.root / "devices", state.positions if state else None, snapshot)
         tags = {"backbone": cfg.backbone.name, "eclm.store": str(self.store.root)}
         if state is not None:
