@@ -229,8 +229,7 @@ def adaptivity(pool: StagePool, budget: Budget, out_dir: Path) -> list[dict]:
         label = "re-partitioning (DP)" if adaptive else "static DP plan"
         with Deployment(src, cfg, pool=pool.view(cfg), name="bench-adapt") as d:
             d.infer(x[: 2 * cfg.max_in_flight])  # warm up under load: the baselines settle saturated
-            start, slow_at, ids, slowed = time.time(), budget.adapt_seconds / 3, [], False
-            d.started_at = start
+            start, slow_at, ids, slowed = d.restart_clock(), budget.adapt_seconds / 3, [], False
             while (elapsed := time.time() - start) < budget.adapt_seconds:
                 if not slowed and elapsed >= slow_at:
                     d.set_cpu_share(0, 0.25)
