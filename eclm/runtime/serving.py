@@ -49,6 +49,7 @@ from eclm.serving.requests import RequestLedger, RequestRecord
 from eclm.serving.scheduler import create_scheduler
 from eclm.serving.session_log import plan_costs, plan_record
 from eclm.serving.session_stats import summarize, throughput_timeline
+from eclm.serving.wire import decode, encode
 
 log = logging.getLogger("eclm.serving")
 
@@ -142,9 +143,9 @@ class Deployment:
         warmup = 2
         served: list[list[float]] = []
         for k in range(warmup + cfg.profile_repeats):
-            _, timing = ray.get(actor.forward.options(num_returns=2).remote(x, {"batch_id": -1, "monitor": False}))
+            out = ray.get(actor.forward.remote(encode(x), {"batch_id": -1, "monitor": False}))
             if k >= warmup:
-                served.append(timing["block_s"])
+                served.append(out.timings[-1]["block_s"])
         return isolated.calibrated([statistics.median(col) for col in zip(*served, strict=True)])
 
     # ------------------------------------------------------------------ client API
@@ -331,13 +332,15 @@ class Deployment:
             self._dispatch(batch.batch_id, self.ledger.inputs(batch), routes, key, n)
 
     def _dispatch(self, batch_id: int, x: Tensor, routes: tuple[StageRoute, ...], key: Any, n: int) -> None:
-        ref, timing_refs = x, []
+        # One call per stage; each returns one StageMessage (activation + every stage's timings)
+        # that Ray hands straight to the next stage's call.
+        ref = encode(x, "float32", batch_id)
         for r in routes:
-            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "monitor": n == self.config.micro_batch_size}
+            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "codec": r.codec,
+                      "monitor": n == self.config.micro_batch_size}
             actor = self.pool.actors[r.node]
-            ref, tref = (actor.relay if r.is_relay else actor.forward).options(num_returns=2).remote(ref, ticket)
-            timing_refs.append(tref)
-        self._flight[batch_id] = Flight(batch_id, ref, timing_refs, key)
+            ref = (actor.relay if r.is_relay else actor.forward).remote(ref, ticket)
+        self._flight[batch_id] = Flight(batch_id, ref, key)
         if key is not None:
             self.scheduler.on_start(key)
 
@@ -353,11 +356,11 @@ class Deployment:
         for ref in ready:
             flight = self._flight.pop(by_ref[ref])
             try:
-                out, *timings = ray.get([flight.out_ref, *flight.timing_refs])
+                message = ray.get(flight.out_ref)
             except RayError as err:
                 failures.append((flight, err))
                 continue
-            self._finish(flight, out, timings)
+            self._finish(flight, decode(message), message.timings)
         if failures:
             self._recover(failures)
 
@@ -366,7 +369,8 @@ class Deployment:
         if flight.route_key is not None:
             self.scheduler.on_finish(flight.route_key, time.monotonic() - flight.dispatched)
         for t in timings:
-            self._busy[t["node"]].append((time.monotonic(), t["compute_s"] + t["link_s"]))
+            busy = t["compute_s"] + (0.0 if t.get("overlap") else t["link_s"])
+            self._busy[t["node"]].append((time.monotonic(), busy))
             self.policy.observe(t)
             self.monitor_events.extend(t["events"])
 

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
         run_pipeline_inprocess,
         split_into_stages,
     )
+    from eclm.serving.wire import CODECS, WIRE_RATIO, StageMessage, decode, encode
     from eclm.serving.worker import NodeSettings, StageWorker
 
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -145,14 +146,21 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "payload_nbytes": ("eclm.serving.stages", "payload_nbytes"),
     "run_pipeline_inprocess": ("eclm.serving.stages", "run_pipeline_inprocess"),
     "split_into_stages": ("eclm.serving.stages", "split_into_stages"),
+    "CODECS": ("eclm.serving.wire", "CODECS"),
+    "WIRE_RATIO": ("eclm.serving.wire", "WIRE_RATIO"),
+    "StageMessage": ("eclm.serving.wire", "StageMessage"),
+    "decode": ("eclm.serving.wire", "decode"),
+    "encode": ("eclm.serving.wire", "encode"),
     "NodeSettings": ("eclm.serving.worker", "NodeSettings"),
     "StageWorker": ("eclm.serving.worker", "StageWorker"),
 }
 
 __all__ = [
+    "CODECS",
     "CPU_NEED",
     "OBJECTIVES",
     "SCHEDULERS",
+    "WIRE_RATIO",
     "Amp4ecScheduler",
     "Amp4ecScore",
     "BatchTrace",
@@ -183,6 +191,7 @@ __all__ = [
     "RoundRobinScheduler",
     "ServingConfig",
     "SlowdownTracker",
+    "StageMessage",
     "StageRoute",
     "StageWorker",
     "as_blocks",
@@ -194,7 +203,9 @@ __all__ = [
     "busy_fraction",
     "create_scheduler",
     "decide_repartition",
+    "decode",
     "dp_partition",
+    "encode",
     "evaluate_plan",
     "make_plan",
     "measure_block_latencies",

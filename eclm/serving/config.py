@@ -53,6 +53,14 @@ class ServingConfig(BaseModel):
     link_bandwidth_bytes_per_s: float = Field(
         12.5e6, gt=0.0, description="Emulated bandwidth of each link between consecutive nodes (inf = free).")
     link_latency_s: float = Field(0.001, ge=0.0, description="Emulated latency of each link, seconds.")
+    overlap_transfers: bool = Field(
+        True, description="Asynchronous hand-off: a stage's output is sent while the stage computes the next "
+        "micro-batch (each link is a pipeline step of its own, as Ray moves objects outside the actor); False = "
+        "the stage is busy until its send completes.")
+    activation_codec: Literal["auto", "float32", "float16", "int8"] = Field(
+        "auto", description="Encoding of activations between stages: auto = float16 where that lowers the "
+        "predicted pipeline bottleneck by at least 5% (links limit it), else float32; int8 (per-tensor affine) "
+        "only when asked for.")
 
     # ---------------------------------------------------------------- deployment (Ray executor)
     placement: Literal["pipeline", "replicas"] = Field(

@@ -50,7 +50,9 @@ def _solve(problem: PartitionProblem, combine: str, cap: float) -> tuple[int, ..
     """DP over (node, first block) states; returns boundaries of an optimal plan or ``None``.
 
     ``best[i][k]`` is the optimal cost of running blocks ``k..N-1`` when node ``i`` is active and
-    starts at block ``k`` (only nodes after ``i`` may follow). Both objectives combine a stage's
+    starts at block ``k`` (only nodes after ``i`` may follow). A stage's pipeline step (what
+    ``cap`` bounds and ``max`` combines) is compute + transfer, or their maximum when transfers
+    overlap compute; its latency (what ``+`` combines) is always compute + transfer. Both objectives combine a stage's
     cost with the rest monotonically (``max`` or ``+``), so optimal sub-solutions compose into an
     optimal solution. Any step costing more than ``cap`` is forbidden, which lets the throughput
     objective run a second pass minimising latency among min-bottleneck plans.
@@ -75,10 +77,11 @@ def _solve(problem: PartitionProblem, combine: str, cap: float) -> tuple[int, ..
                         best[i][k], choice[i][k] = compute, (e, None)
                     continue
                 for j in range(i + 1, n):
-                    step = compute + transfer[i][j][e]
+                    tr = transfer[i][j][e]
+                    step = max(compute, tr) if problem.overlap_transfers else compute + tr
                     if step > cap or best[j][e] == math.inf:
                         continue
-                    value = join(step, best[j][e])
+                    value = join(step if combine == "max" else compute + tr, best[j][e])
                     if value < best[i][k]:
                         best[i][k], choice[i][k] = value, (e, j)
     top, first = math.inf, None
