@@ -40,6 +40,7 @@ from eclm.actors.serving import StagePool
 from eclm.runtime.serving_events import SessionEvents
 from eclm.runtime.serving_handles import Flight, RequestHandle
 from eclm.serving.adaptation import RepartitionPolicy
+from eclm.serving.batching import MicroBatchChoice, candidate_sizes, choose_micro_batch
 from eclm.serving.config import ServingConfig
 from eclm.serving.model_source import ModelSource
 from eclm.serving.partition_problem import PartitionPlan
@@ -106,8 +107,8 @@ class Deployment:
         loaded = ray.get([a.load.remote(self._architecture, self._payload_ref, 0, None) for a in self.pool.actors])
         self.n_blocks = loaded[0]["n_chain"]
         t1 = time.perf_counter()
-        # One node at a time: profiles taken while other nodes compute would share the host's cores.
-        self.profiles = [self._profile(a) for a in self.pool.actors]
+        self.profiles = self._profile_and_size()
+        cfg = self.config
         t2 = time.perf_counter()
         self.problem = build_problem(self.profiles, cfg)
         self._need_bytes = sum(self.profiles[0].block_memory) + max(self.profiles[0].activation_bytes)
@@ -130,16 +131,36 @@ class Deployment:
         self.session.started_at = time.time()
         self._record({"kind": "deploy", "placement": cfg.placement, "partitioner": cfg.partitioner,
                       "boundaries": list(self.plan.boundaries), "load_s": t1 - t0, "profile_s": t2 - t1,
-                      "predicted": plan_costs(self.plan, cfg.micro_batch_size)})
+                      "predicted": plan_costs(self.plan, cfg.micro_batch_size), "micro_batch": cfg.micro_batch_size,
+                      "micro_batch_choice": None if self.batching is None else {
+                          "rates": self.batching.rates, "latencies": self.batching.latencies,
+                          "reason": self.batching.reason}})
         record = plan_record(self.name, self.source.name, self.source.meta, cfg, self.n_blocks, self.plan,
                              self.profiles, self._replicas)
         self._track(lambda t: t.log_json(f"serving/{self.name}/plan.json", record))
 
-    def _profile(self, actor) -> NodeProfile:
-        """Isolated per-block profile, calibrated by serving the whole chain as one stage."""
+    def _profile_and_size(self) -> list[NodeProfile]:
+        """Profile every node at the micro-batch size, or (``micro_batch_policy="auto"``) at every
+        candidate size and settle the size; returns the profiles at the size served."""
         cfg = self.config
-        isolated = NodeProfile.from_dict(ray.get(actor.profile.remote(cfg.micro_batch_size, cfg.profile_repeats)))
-        x = torch.randn(cfg.micro_batch_size, *self.source.input_size, generator=torch.Generator().manual_seed(0))
+        auto = cfg.micro_batch_policy == "auto"
+        sizes = candidate_sizes(cfg.micro_batch_size) if auto else (cfg.micro_batch_size,)
+        # One node at a time: profiles taken while other nodes compute would share the host's cores.
+        by_size = {b: [self._profile(a, b) for a in self.pool.actors] for b in sizes}
+        self.batching: MicroBatchChoice | None = None
+        if auto:
+            self.batching = choose_micro_batch({b: make_plan(build_problem(p, cfg), cfg) for b, p in by_size.items()},
+                                               cfg.latency_slo_s)
+            self.config = cfg.model_copy(update={"micro_batch_size": self.batching.size})
+            self.ledger.micro_batch_size = self.batching.size
+        return by_size[self.config.micro_batch_size]
+
+    def _profile(self, actor, batch: int) -> NodeProfile:
+        """Isolated per-block profile at micro-batch ``batch``, calibrated by serving the whole chain
+        as one stage."""
+        cfg = self.config
+        isolated = NodeProfile.from_dict(ray.get(actor.profile.remote(batch, cfg.profile_repeats)))
+        x = torch.randn(batch, *self.source.input_size, generator=torch.Generator().manual_seed(0))
         warmup = 2
         served: list[list[float]] = []
         for k in range(warmup + cfg.profile_repeats):

@@ -41,7 +41,15 @@ class ServingConfig(BaseModel):
         0.1, ge=0.0, lt=1.0, description="Switch plans only if the objective improves by at least this fraction.")
 
     max_in_flight: int = Field(8, ge=1, description="Requests admitted into the pipeline at once.")
-    micro_batch_size: int = Field(1, ge=1, description="Requests grouped into one forward pass.")
+    micro_batch_size: int = Field(
+        1, ge=1, description="Requests grouped into one forward pass (with micro_batch_policy=auto: the largest "
+        "size the planner may choose; the deployment's config then holds the chosen one).")
+    micro_batch_policy: Literal["fixed", "auto"] = Field(
+        "fixed", description="fixed = micro_batch_size; auto = profile the nodes at powers of two up to "
+        "micro_batch_size and take the size with the highest predicted rate (within latency_slo_s).")
+    latency_slo_s: float | None = Field(
+        None, gt=0.0, description="micro_batch_policy=auto: largest predicted unloaded latency of a micro-batch "
+        "through the pipeline, seconds (None = no limit).")
     profile_repeats: int = Field(5, ge=1, le=1000, description="Timed runs per block when profiling latencies.")
 
     node_cpu_shares: list[float] = Field(
