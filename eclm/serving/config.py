@@ -25,6 +25,9 @@ class ServingConfig(BaseModel):
         "CPU-share-proportional runs; monolithic = whole model on node 0.")
     objective: Literal["throughput", "latency"] = Field(
         "throughput", description="What the dp partitioner minimises: pipeline bottleneck or end-to-end latency.")
+    plan_tolerance: float = Field(
+        0.02, ge=0.0, lt=0.5, description="dp, throughput: among plans whose predicted bottleneck is within this "
+        "fraction of the optimum, take the lowest-latency one (fewer hops); profiles are noisy by a few percent.")
     scheduler: Literal["amp4ec", "round_robin", "least_loaded"] = Field(
         "amp4ec", description="Request scheduling policy.")
     scheduler_seed: int = Field(0, ge=0, description="Seed of the scheduler's tie-breaking generator.")

@@ -190,7 +190,7 @@ def make_plan(problem: PartitionProblem, config: ServingConfig, partitioner: str
     def plan_with(codec: str) -> PartitionPlan:
         coded = replace(problem, wire_ratio=WIRE_RATIO[codec])
         if name == "dp":
-            plan = dp_partition(coded, config.objective)
+            plan = dp_partition(coded, config.objective, config.plan_tolerance)
         elif name == "proportional":
             plan = proportional_partition(coded, shares)
         else:
@@ -322,7 +322,8 @@ def replan(problem: PartitionProblem, current: PartitionPlan, config: ServingCon
         ValueError: If the configured partitioner cannot re-plan (monolithic).
     """
     if config.partitioner == "dp":
-        decision = decide_repartition(problem, current, config.objective, config.repartition_min_gain)
+        decision = decide_repartition(problem, current, config.objective, config.repartition_min_gain,
+                                      config.plan_tolerance)
         return replace(decision, plan=replace(decision.plan, codec=current.codec))
     if config.partitioner != "proportional":
         raise ValueError(f"partitioner {config.partitioner!r} does not re-partition")
