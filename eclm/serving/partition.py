@@ -86,7 +86,7 @@ def _solve(problem: PartitionProblem, combine: str, cap: float) -> tuple[int, ..
                         best[i][k], choice[i][k] = value, (e, j)
     top, first = math.inf, None
     for a in range(n):
-        ingress = problem.transfer_time(0, a, problem.input_bytes)
+        ingress = problem.transfer_time(0, a, problem.cut_bytes(0))
         if ingress > cap or best[a][0] == math.inf:
             continue
         value = join(ingress, best[a][0])

@@ -5,8 +5,8 @@ Cost model (shared by every partitioner, so plans are compared on equal terms):
 * The model is a chain of ``n_blocks`` blocks; node ``i`` gets the contiguous blocks
   ``[boundaries[i], boundaries[i+1])``. Nodes keep their order; a node given zero blocks is skipped.
 * A request enters at node 0 (the entry node, e.g. the gateway holding the input). If node 0 is
-  skipped, the input (``input_bytes``) is first sent from node 0 to the first active node: the
-  *ingress* step. The output stays on the last active node.
+  skipped, the input (``input_bytes`` times ``wire_ratio``) is first sent from node 0 to the first
+  active node: the *ingress* step. The output stays on the last active node.
 * An active stage's compute time is the sum of its blocks' latencies on that node, plus the
   node's fixed per-stage overhead if given; its transfer time is the time to send the activation
   at its last cut (``wire_ratio`` of its float32 bytes: the wire codec) to the next active node.
@@ -87,8 +87,7 @@ class PartitionProblem:
             top of its blocks (e.g. dispatch and cache warm-up after idling); ``None`` = zeros.
         overlap_transfers: Whether a stage's outgoing transfer overlaps its compute (see the module
             docstring).
-        wire_ratio: Bytes on the wire per byte of a float32 activation (the codec; the model input
-            is sent as it is).
+        wire_ratio: Bytes on the wire per byte of a float32 activation or input (the codec).
 
     Raises:
         ValueError: On inconsistent shapes or negative / non-finite values, naming the field.
@@ -190,8 +189,8 @@ class PartitionProblem:
         return len(self.block_latency[0])
 
     def cut_bytes(self, boundary: int) -> float:
-        """Bytes crossing the cut before block ``boundary`` (0 = model input)."""
-        return self.input_bytes if boundary == 0 else self.activation_bytes[boundary - 1] * self.wire_ratio
+        """Bytes crossing the cut before block ``boundary`` on the wire (0 = model input)."""
+        return (self.input_bytes if boundary == 0 else self.activation_bytes[boundary - 1]) * self.wire_ratio
 
     def transfer_time(self, src: int, dst: int, nbytes: float) -> float:
         """Seconds to send ``nbytes`` from node ``src`` to a later node ``dst`` (0 if equal)."""
@@ -313,6 +312,6 @@ def evaluate_plan(problem: PartitionProblem, boundaries: Sequence[int], method: 
         compute = math.fsum(problem.block_latency[node][start:stop]) + problem.stage_overhead[node]
         stages.append(PlanStage(node, start, stop, compute, transfer, math.fsum(problem.block_memory[start:stop]),
                                 problem.overlap_transfers))
-    ingress = problem.transfer_time(0, active[0], problem.input_bytes)
+    ingress = problem.transfer_time(0, active[0], problem.cut_bytes(0))
     fits = all(s.memory_bytes <= problem.node_memory[s.node] for s in stages)
     return PartitionPlan(b, tuple(stages), ingress, fits, method)

@@ -209,7 +209,7 @@ def routes_for(plan: PartitionPlan) -> tuple[StageRoute, ...]:
     entry node 0 when the plan leaves it idle (the cost model's ingress step, a pipeline step of
     its own on node 0's link)."""
     stages = plan.stages
-    routes = [StageRoute(0, 0, 0, stages[0].node)] if stages[0].node > 0 else []
+    routes = [StageRoute(0, 0, 0, stages[0].node, plan.codec)] if stages[0].node > 0 else []
     for pos, stage in enumerate(stages):
         nxt = stages[pos + 1].node if pos + 1 < len(stages) else stage.node
         routes.append(StageRoute(stage.node, stage.start, stage.stop, nxt - stage.node,

@@ -280,18 +280,25 @@ class StageWorker:
 
         Args:
             message: The model input micro-batch.
-            ticket: ``{"batch_id", "hops_out"}`` (link hops to the first active node).
+            ticket: ``{"batch_id", "hops_out"`` (link hops to the first active node), ``"codec"``
+                (of the forwarded input; default: as received)}.
 
         Returns:
-            The same message, stamped with its arrival at the first active node; its timings end
-            with this hop's (``compute_s == 0``, the link time in ``link_s``).
+            The message (re-encoded if the ticket's codec differs), stamped with its arrival at
+            the first active node; its timings end with this hop's (``compute_s``: the
+            re-encoding only, the link time in ``link_s``).
         """
         entered = time.time()
         waited = self.pacer.wait_arrival(message.arrive_at)
         wall0 = self.pacer.now()
-        link, slept = self._send(message, wall0, 0.0, int(ticket.get("hops_out", 0)))
+        codec, compute, cpu = str(ticket.get("codec", message.codec)), 0.0, 0.0
+        if codec != message.codec:
+            x, decode_s, decode_cpu = self.pacer.timed(decode, message)
+            message, encode_s, encode_cpu = self.pacer.timed(encode, x, codec, message.batch_id, message.timings)
+            compute, cpu = decode_s + encode_s, decode_cpu + encode_cpu
+        link, slept = self._send(message, wall0, compute, int(ticket.get("hops_out", 0)))
         message.timings.append(self._timing(
-            ticket, entered, wall0, 0.0, link, waited, slept, int(message.data.shape[0]), 0.0, codec_s=0.0,
+            ticket, entered, wall0, compute, link, waited, slept, int(message.data.shape[0]), cpu, codec_s=compute,
             block_s=[], events=[], monitored=False, smoothed={}, wire_bytes=message.nbytes, start=0, stop=0))
         return message
 

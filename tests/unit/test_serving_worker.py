@@ -202,6 +202,10 @@ def test_relay_forwards_the_input_and_pays_only_the_link(overlap):
         assert not slept and message.arrive_at == pytest.approx(timing["finished_at"] + timing["link_s"], abs=0.05)
     else:
         assert slept and sum(slept) <= timing["link_s"] + 1e-9 and message.arrive_at == 0.0
+    # With a codec on the ticket the entry node re-encodes the input: half the bytes, half the link.
+    half = w.relay(encode(x), {"batch_id": 4, "hops_out": 2, "codec": "float16"})
+    assert half.codec == "float16" and half.nbytes == 768 and torch.equal(decode(half), x)
+    assert half.timings[-1]["link_s"] == pytest.approx(2 * (0.001 + 768 / 1e6))
 
 
 def test_overlapped_link_is_a_fifo_and_the_receiver_waits_for_arrival():
