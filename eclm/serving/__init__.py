@@ -20,7 +20,7 @@ from eclm._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from eclm.serving.adaptation import RepartitionPolicy
-    from eclm.serving.config import ServingConfig
+    from eclm.serving.config import CODECS, WIRE_RATIO, ServingConfig
     from eclm.serving.emulation import DutyCycle, LinkDelay
     from eclm.serving.model_source import ModelSource, build_chain, stage_module
     from eclm.serving.monitor import NodeResources, ResourceEvent, ResourceMonitor
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
         run_pipeline_inprocess,
         split_into_stages,
     )
-    from eclm.serving.wire import CODECS, WIRE_RATIO, StageMessage, decode, encode
+    from eclm.serving.wire import StageMessage, decode, encode
     from eclm.serving.worker import NodeSettings, StageWorker
 
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -146,8 +146,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "payload_nbytes": ("eclm.serving.stages", "payload_nbytes"),
     "run_pipeline_inprocess": ("eclm.serving.stages", "run_pipeline_inprocess"),
     "split_into_stages": ("eclm.serving.stages", "split_into_stages"),
-    "CODECS": ("eclm.serving.wire", "CODECS"),
-    "WIRE_RATIO": ("eclm.serving.wire", "WIRE_RATIO"),
+    "CODECS": ("eclm.serving.config", "CODECS"),
+    "WIRE_RATIO": ("eclm.serving.config", "WIRE_RATIO"),
     "StageMessage": ("eclm.serving.wire", "StageMessage"),
     "decode": ("eclm.serving.wire", "decode"),
     "encode": ("eclm.serving.wire", "encode"),

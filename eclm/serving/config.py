@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 _GIB, _MIB = 1024**3, 1024**2
 
+#: Wire codecs of activations between stages (``eclm.serving.wire``), and the bytes each puts on
+#: the wire per byte of a float32 activation (int8's scale and offset are 16 bytes per message).
+CODECS: tuple[str, ...] = ("float32", "float16", "int8")
+WIRE_RATIO: dict[str, float] = {"float32": 1.0, "float16": 0.5, "int8": 0.25}
+
 
 class ServingConfig(BaseModel):
     """Partitioned, adaptive inference across (emulated) edge nodes.

@@ -14,11 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from eclm.serving.config import ServingConfig
+from eclm.serving.config import WIRE_RATIO, ServingConfig
 from eclm.serving.partition import dp_partition, monolithic_plan, proportional_partition
 from eclm.serving.partition_problem import PartitionPlan, PartitionProblem, evaluate_plan
 from eclm.serving.replan import RepartitionDecision, decide_repartition
-from eclm.serving.wire import WIRE_RATIO
 
 # A codec must lower the predicted objective by this fraction to be used: encoding and decoding
 # cost CPU time that the cost model does not count (0.1-0.3 ms per 100 kB on the development host).

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eclm.serving.config import CODECS
+
 Codec = Literal["float32", "float16", "int8"]
-CODECS: tuple[str, ...] = ("float32", "float16", "int8")
-#: Bytes on the wire per float32 byte, by codec (the int8 scale and offset are 16 bytes per message).
-WIRE_RATIO: dict[str, float] = {"float32": 1.0, "float16": 0.5, "int8": 0.25}
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
