@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 INPUT = (3, 32, 32)
 BASE = dict(node_cpu_shares=[1.0, 0.6, 0.4], node_memory_bytes=None, emulation_scale=0.5, micro_batch_size=2,
             max_in_flight=8, monitor_interval_s=0.2, repartition_cooldown_s=0.3, profile_repeats=3,
-            stage_actor_cpus=0.05, repartition=False)
+            stage_actor_cpus=0.05, repartition=False, activation_codec="float32")
 
 # Platform tests need one device only: fewer actors to start on a 2-core machine.
 ONE_DEVICE = {"data.num_devices": 1, "devices": [{"name": "d0"}]}
@@ -91,15 +91,29 @@ def inputs(n: int, seed: int = 1) -> torch.Tensor:
     dict(partitioner="monolithic", micro_batch_size=1),
     dict(placement="replicas", scheduler="amp4ec"),
     dict(placement="replicas", scheduler="round_robin", micro_batch_size=1, max_in_flight=3),
-], ids=["dp", "dp-relay", "proportional", "monolithic", "replicas-amp4ec", "replicas-rr"])
+    dict(partitioner="dp", activation_codec="float16", node_cpu_shares=[0.3, 0.3, 0.3]),
+    dict(partitioner="dp", micro_batch_policy="auto", micro_batch_size=4),
+], ids=["dp", "dp-relay", "proportional", "monolithic", "replicas-amp4ec", "replicas-rr", "dp-float16",
+        "dp-auto-micro-batch"])
 def test_served_outputs_equal_the_monolithic_model(pool, source, reference, settings):
     x = inputs(12)
     with Deployment(source, serving_config(**settings), pool=pool, name="exact") as d:
         out, timings = d.infer(x, timeout=120)
         stats = d.stats()
-    if settings.get("node_cpu_shares"):
+    if settings.get("node_cpu_shares") and "activation_codec" not in settings:
         assert d.plan.boundaries[1] == 0
-    assert torch.allclose(out, reference(x), atol=1e-5)
+    if settings.get("activation_codec") == "float16":
+        # Half-precision activations between stages: close to, not equal to, the float32 model.
+        assert d.plan.codec == "float16" and len(d.plan.stages) > 1
+        assert torch.allclose(out, reference(x), rtol=1e-2, atol=1e-2)
+        assert any(s["codec"] == "float16" for s in timings[0]["stages"][:-1])
+    else:
+        assert torch.allclose(out, reference(x), atol=1e-5)
+    if settings.get("micro_batch_policy") == "auto":
+        # The planner profiled sizes 1, 2, 4 and serves the one it chose.
+        choice = d.events[0]["micro_batch_choice"]
+        assert sorted(choice["rates"]) == [1, 2, 4] and d.config.micro_batch_size in (1, 2, 4)
+        assert {t["micro_batch"] for t in timings} <= {d.config.micro_batch_size, 12 % d.config.micro_batch_size}
     assert len(timings) == 12 and all(t["latency_s"] > 0 and t["stages"] for t in timings)
     assert stats["requests"] == 12 and stats["failed"] == 0
     if settings.get("placement") == "replicas":
