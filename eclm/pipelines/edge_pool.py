@@ -21,6 +21,7 @@ from typing import Any
 from eclm.campaign.endpoints import DEVICE_METHODS
 from eclm.config import PlatformConfig
 from eclm.data import load_dataset
+from eclm.modules import ModuleSelector
 from eclm.pipelines.edge_service import EdgeService, device_skeleton
 
 
@@ -49,6 +50,9 @@ class EdgePool:
         self.limit = config.ray.pool_resident_devices if self.store_root is not None else None
         data, _ = load_dataset(config.data)
         self.skeleton = device_skeleton(config, data.num_classes)  # shared: extraction copies it
+        b = config.backbone  # shared too: every device loads the cloud's one selector
+        self.selector = ModuleSelector(self.skeleton.layer_sizes, config.data.channels, b.selector_width,
+                                       b.selector_dim)
         self.devices: OrderedDict[str, EdgeService] = OrderedDict()  # built on their first call
         self.loads = 0  # devices built (first call, or again after leaving memory)
 
@@ -67,7 +71,7 @@ class EdgePool:
             return self.devices[device]
         store = self.store_root / device if self.store_root is not None else None
         service = EdgeService(self.cfg, self.indices[device], self.threads, store, self.resume_at.pop(device, None),
-                              skeleton_model=self.skeleton)
+                              skeleton_model=self.skeleton, selector_model=self.selector)
         self.devices[device] = service
         self.loads += 1
         while self.limit is not None and len(self.devices) > self.limit:

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from eclm.campaign.atomic import sha256_bytes, sha256_file, write_atomic
 from eclm.campaign.device_store import DeviceStore
 from eclm.campaign.messages import (
     DeviceMetrics,
@@ -77,11 +78,13 @@ class EdgeService(SplitDeviceMixin):
         resume_at: Load the newest snapshot at or before this stream step (a resumed campaign).
         skeleton_model: A weightless skeleton to share with other devices of this process (it is
             never modified: sub-models are extracted as copies); built here when ``None``.
+        selector_model: A selector to share with other devices of this process (all devices load
+            the cloud's one selector); built here when ``None``.
     """
 
     def __init__(self, config: PlatformConfig, device_index: int, threads: int = 1,
                  store_dir: Path | str | None = None, resume_at: int | None = None,
-                 skeleton_model: ModularModel | None = None) -> None:
+                 skeleton_model: ModularModel | None = None, selector_model: ModuleSelector | None = None) -> None:
         torch.set_num_threads(threads)
         self.cfg = config
         self.device = config.devices[device_index]
@@ -92,7 +95,8 @@ class EdgeService(SplitDeviceMixin):
         self.stream = build_device_stream(data, pool, config.data)
         b = config.backbone
         self.skeleton = skeleton_model or device_skeleton(config, data.num_classes)
-        self.selector = ModuleSelector(self.skeleton.layer_sizes, config.data.channels, b.selector_width, b.selector_dim)
+        self.selector = selector_model or ModuleSelector(self.skeleton.layer_sizes, config.data.channels,
+                                                         b.selector_width, b.selector_dim)
         self.model: torch.nn.Module | None = None
         self.spec: SubModelSpec | None = None
         self.costs: CostTable | None = None
@@ -107,6 +111,8 @@ class EdgeService(SplitDeviceMixin):
             loaded = self.store.load(resume_at)
             if loaded is not None:
                 restore_service(self, *loaded)
+            if self._selector_file().is_file():  # the cloud's selector, as last received on this node
+                self.load_selector(self._selector_file().read_bytes())
 
     def _save(self) -> None:
         if self.store is not None:
@@ -153,8 +159,21 @@ class EdgeService(SplitDeviceMixin):
                               severity=env.severity, classes=tuple(env.classes or self.classes))
 
     def load_selector(self, payload: bytes) -> None:
+        """Take the cloud's selector (skipped when it is the one loaded already); with a store it is
+        also kept on disk next to the device stores, so a restarted device scores drift with it."""
+        digest = sha256_bytes(payload)
+        if getattr(self.selector, "eclm_digest", None) == digest:
+            return
         state, _, _ = unpack_state(payload)
         self.selector.load_state_dict(state)
+        self.selector.eclm_digest = digest
+        if self.store is not None:
+            path = self._selector_file()
+            if not path.is_file() or sha256_file(path) != digest:
+                write_atomic(path, payload)
+
+    def _selector_file(self) -> Path:
+        return self.store.root.parent / "selector.safetensors"
 
     @torch.no_grad()
     def importance(self) -> list[list[float]]:
