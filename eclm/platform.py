@@ -15,6 +15,7 @@ from typing import Any
 
 from eclm.campaign.coordinator import CycleCoordinator
 from eclm.campaign.messages import CloudInfo, EpochRecord, Resources, SwapReport
+from eclm.campaign.progress import BarProgress, NullProgress
 from eclm.campaign.results import CycleResult
 from eclm.campaign.store import CampaignState, CampaignStore
 from eclm.config import PlatformConfig
@@ -37,14 +38,16 @@ class Platform:
         config: A :class:`PlatformConfig` or a dict validated into one.
         resume: Continue the newest run of this campaign (same name and workdir) from its last
             commit instead of starting a new one; without a run to continue, a new one starts.
+        progress: Draw progress (offline epochs, cycle phases) on stderr.
     """
 
-    def __init__(self, config: PlatformConfig | dict, *, resume: bool = False) -> None:
+    def __init__(self, config: PlatformConfig | dict, *, resume: bool = False, progress: bool = True) -> None:
         cfg = config if isinstance(config, PlatformConfig) else PlatformConfig.from_dict(config)
         # Resolved here, on the driver: actors on other nodes must not resolve paths against their cwd.
         self.cfg = cfg.resolve_paths()
         self.names = [d.name for d in self.cfg.devices]
         self.resume_requested = resume
+        self.progress = BarProgress() if progress else NullProgress()
         self.resumed_from: int | None = None
         self.coordinator: CycleCoordinator | None = None
         self.store: CampaignStore | None = None
@@ -94,6 +97,8 @@ class Platform:
         from eclm.runtime.ray_fleet import RayFleet
 
         cfg = self.cfg
+        where = cfg.ray.address or "a local Ray on 127.0.0.1"
+        self.progress.message(f"starting {where}, the cloud actor and {len(self.names)} device(s) ...")
         self._owns_ray = runtime.start_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_devices=len(self.names))
         latest = CampaignStore.latest(cfg.workdir, cfg.name) if self.resume_requested else None
         state, snapshot = latest.load_latest() if latest is not None else (None, None)
@@ -110,7 +115,7 @@ class Platform:
             state = state.model_copy(update={"mlflow_run_id": self.tracker.run_id})
         state = state or CampaignState(run_id=self.store.run_id, mlflow_run_id=self.tracker.run_id)
         self.coordinator = CycleCoordinator(self.fleet, cfg, recorder=TrackingRecorder(self.tracker, cfg), store=self.store,
-                                            trigger=self._trigger, state=state)
+                                            trigger=self._trigger, state=state, progress=self.progress)
         info = self.coordinator.connect()
         self.tracker.log_json("model/info.json", {k: v for k, v in info.model_dump(mode="json").items() if k != "costs"})
         measure_links(self.fleet, cfg)
@@ -155,7 +160,7 @@ class Platform:
 
     @property
     def history(self) -> list[CycleResult]:
-        """The cycles this process ran (a resumed campaign's earlier rounds are in ``state.history``)."""
+        """The cycles this process ran (earlier rounds of a resumed campaign: ``state.history``)."""
         return self._co().history
 
     @property
@@ -180,7 +185,7 @@ class Platform:
         return self._co().step()
 
     def observe(self) -> Observation:
-        """Advance every device's data one step and observe drift and resources (no cycle)."""
+        """Advance every device's data one step; observe drift and resources (no cycle)."""
         return self._co().observe()
 
     def run(self, steps: int | None = None) -> list[CycleResult]:
@@ -192,8 +197,7 @@ class Platform:
         """One adaptation cycle now: derive/refresh sub-models, adapt, validated merge, log."""
         return self._co().run_cycle(devices, reason)
 
-    def request_cycle(self, devices: list[str] | None = None) -> None:
-        """Ask for a manual cycle at the next step (picked up by a ``ManualTrigger``)."""
+    def request_cycle(self, devices: list[str] | None = None) -> None:  # picked up by a ManualTrigger
         self._co().request_cycle(devices)
 
     def set_device_resources(self, device: str, **resources: float) -> Resources:
@@ -209,8 +213,7 @@ class Platform:
         """
         return self._co().shrink(device, Resources(**resources) if resources else None)
 
-    def cloud_digest(self) -> str:
-        """SHA-256 of the cloud weights (for checking bit-identity)."""
+    def cloud_digest(self) -> str:  # SHA-256 of the cloud weights (bit-identity checks)
         return self._co()._cloud(lambda c: c.state_digest(), "digest")
 
     # ------------------------------------------------------------------ serving

@@ -34,6 +34,7 @@ from eclm.campaign.messages import (
     Resources,
     SubModelPackage,
 )
+from eclm.campaign.progress import NullProgress, Progress
 from eclm.campaign.recorder import CycleRecorder, NullRecorder
 from eclm.campaign.results import CycleResult
 from eclm.campaign.store import CampaignState, CorruptStoreError, MemoryStore, RoundRecord
@@ -61,14 +62,16 @@ class CycleCoordinator:
         store: Durable campaign state (default: in memory).
         trigger: When cycles run (default: ``config.trigger`` or every step).
         state: A committed state to continue from (a resumed campaign), or ``None``.
+        progress: Where progress goes (default: nowhere).
     """
 
     def __init__(self, fleet: Fleet, config: PlatformConfig, *, strategy: ServerStrategy | None = None,
                  recorder: CycleRecorder | None = None, store=None, trigger: Trigger | None = None,
-                 state: CampaignState | None = None) -> None:
+                 state: CampaignState | None = None, progress: Progress | None = None) -> None:
         self.fleet, self.cfg = fleet, config
         self.strategy = strategy or ModularStrategy()
         self.recorder = recorder or NullRecorder()
+        self.progress = progress or NullProgress()
         self.store = store if store is not None else MemoryStore()
         self.trigger = trigger or (trigger_from_config(config.trigger) if config.trigger else PeriodicTrigger(every_steps=1))
         self.state = state or CampaignState(run_id=self.store.run_id)
@@ -168,9 +171,15 @@ class CycleCoordinator:
         return self.info
 
     def pretrain(self) -> list[EpochRecord]:
-        """The offline stage on the cloud; commits version 0."""
+        """The offline stage on the cloud, epoch by epoch (with progress); commits version 0."""
         start = time.perf_counter()
-        history = self._cloud(lambda c: c.pretrain(), "pretrain")
+        total = self._cloud(lambda c: c.pretrain_begin(), "pretrain")
+        self.progress.begin("offline stage", total)
+        history = []
+        for _ in range(total):
+            history.append(self._cloud(lambda c: c.pretrain_epoch(), "pretrain"))
+            self.progress.advance("offline stage", f"{history[-1].stage}: proxy val {history[-1].val_acc_dense:.1%}")
+        self.progress.end("offline stage")
         val_acc = self._cloud(lambda c: c.validation_accuracy(), "validation")
         snapshot = self._cloud(lambda c: c.snapshot(), "snapshot")
         self.recorder.record_pretrain(history, val_acc, time.perf_counter() - start)
@@ -306,11 +315,14 @@ class CycleCoordinator:
         from eclm.campaign.cycle_phases import run_phases
 
         summaries: dict[str, DeviceSummary] = {}
+        self.progress.begin(f"cycle {result.round}", 5)
         try:
             summaries = run_phases(self, result)
         except CloudUnavailable as err:
             result.failures["cloud"] = str(err)
             result.merge = MergeOutcome.nothing(f"cycle failed: {err}", self.state.version)
+        finally:
+            self.progress.end(f"cycle {result.round}")
         self._finish_cycle(result, summaries)
         return result
 

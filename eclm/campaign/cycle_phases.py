@@ -33,20 +33,26 @@ def run_phases(c: CycleCoordinator, result: CycleResult) -> dict[str, DeviceSumm
     Raises:
         CloudUnavailable: If the cloud fails even after being recreated.
     """
+    task, step = f"cycle {result.round}", c.progress.advance
     t0 = time.perf_counter()
     summaries = _summaries(c, result)
+    step(task, f"{len(summaries)} summaries")
     split_devices = _split_devices(c, summaries)
     local = {n: s for n, s in summaries.items() if n not in split_devices}
     packages = _deliver(c, local, result)
+    step(task, f"{len(packages)} sub-models derived")
     t1 = time.perf_counter()
     adapting = _install(c, local, packages, result)
+    step(task, "installed")
     t2 = time.perf_counter()
     updates, split = _adapt(c, adapting, {n: summaries[n] for n in split_devices}, split_devices, result)
+    step(task, f"{len(updates)} adapted")
     if split is not None:
         packages |= split.packages
     t3 = time.perf_counter()
     _traffic(c, result, packages, updates, split)
     _merge(c, result, updates, packages)
+    step(task, f"merge {result.merge.decision}")
     result.durations |= {"derive": t1 - t0, "ship": t2 - t1, "adapt": t3 - t2, "merge": time.perf_counter() - t3}
     return summaries
 

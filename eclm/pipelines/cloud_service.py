@@ -36,12 +36,12 @@ from eclm.modules import (
     classifier_keys,
     derive_submodel,
     pack_state,
-    train_offline,
     unpack_state,
 )
 from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.modules.merge import merge_module_updates
+from eclm.modules.offline import OfflineTraining
 from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.profiler import budget_from_resources
@@ -86,16 +86,33 @@ class CloudService(SplitCloudMixin):
             version=self.version, proxy_train=len(self.train_x), proxy_val=len(self.val_x),
         )
 
-    def pretrain(self, progress: bool = False) -> list[EpochRecord]:
-        """Run the offline stage on the proxy data; the result is version 0."""
-        history = train_offline(
-            self.model, self.train_x, self.train_y, self.val_x, self.val_y, self.cfg.offline,
-            num_classes=self.num_classes, progress=progress,
-        )
-        self._versions = {}
-        self._remember_version()
-        self.best_val_acc = self.validation_accuracy()
-        return [EpochRecord(**vars(h)) for h in history]
+    def pretrain(self) -> list[EpochRecord]:
+        """Run the whole offline stage on the proxy data; the result is version 0."""
+        total = self.pretrain_begin()
+        return [self.pretrain_epoch() for _ in range(total)]
+
+    def pretrain_begin(self) -> int:
+        """Start the offline stage; returns its number of epochs (run them with :meth:`pretrain_epoch`)."""
+        self._offline = OfflineTraining(self.model, self.train_x, self.train_y, self.val_x, self.val_y,
+                                        self.cfg.offline, num_classes=self.num_classes)
+        return self._offline.total
+
+    def pretrain_epoch(self) -> EpochRecord:
+        """One epoch of the offline stage; after the last one the model is version 0.
+
+        Raises:
+            RuntimeError: If no offline stage was begun or it is over.
+        """
+        run = getattr(self, "_offline", None)
+        metrics = run.next_epoch() if run is not None else None
+        if metrics is None:
+            raise RuntimeError("no offline stage in progress (call pretrain_begin first)")
+        if run.done == run.total:
+            self._offline = None
+            self._versions = {}
+            self._remember_version()
+            self.best_val_acc = self.validation_accuracy()
+        return EpochRecord(**vars(metrics))
 
     def validation_accuracy(self) -> float:
         return evaluate(self.model.extract(self.model.full_spec()), self.val_x, self.val_y)[0]
