@@ -201,8 +201,7 @@ class Platform:
         self._co().request_cycle(devices)
 
     def set_device_resources(self, device: str, **resources: float) -> Resources:
-        """Change a device's resources (emulation); the next step sees a drop and the device
-        swaps to a smaller sub-model locally."""
+        """Change a device's resources (emulation); at the next step a drop makes it swap locally."""
         return self._co().device_call(device, lambda d: d.set_resources(Resources(**resources)), "set_resources")
 
     def shrink_device(self, device: str, **resources: float) -> SwapReport | None:
