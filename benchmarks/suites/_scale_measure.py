@@ -100,13 +100,13 @@ def platform_run(config: ScaleBenchConfig, mode: str, devices: int, workdir: Pat
                 pretrain_s = time.perf_counter() - t0
             cycles, seconds, failures, decisions = [], [], 0, []
             for _ in range(config.cycles):
-                platform.step()  # the drift step Platform.run takes before each cycle (not timed)
+                platform.observe()  # the drift step Platform.step takes before each cycle (not timed)
                 t0 = time.perf_counter()
                 result = platform.run_cycle()
                 seconds.append(time.perf_counter() - t0)
                 cycles.append(dict(result.durations))
                 failures += len(result.failures)
-                decisions.append(result.merge.get("decision"))
+                decisions.append(result.merge.decision)
             mem.sample(pss=True)  # everything is alive and has run: the memory that matters
         finally:
             platform.shutdown()

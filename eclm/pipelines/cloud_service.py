@@ -24,12 +24,14 @@ from eclm.campaign.messages import (
     DeviceSummary,
     EpochRecord,
     MergeOutcome,
+    Resources,
     SubModelPackage,
 )
 from eclm.config import PlatformConfig
 from eclm.data import load_dataset
 from eclm.modules import (
     BudgetTooSmallError,
+    DeviceProfile,
     ModularModel,
     ModuleUpdate,
     SubModelSpec,
@@ -163,6 +165,15 @@ class CloudService(SplitCloudMixin):
         return h.hexdigest()
 
     # ------------------------------------------------------------------ derivation
+    def budget(self, device: str, resources: Resources) -> DeviceProfile:
+        """The sub-model budget of a device with ``resources`` (see :mod:`eclm.pipelines.profiler`)."""
+        a = self.cfg.adaptation
+        full = self.model.costs().total(self.model.full_spec())
+        return budget_from_resources(
+            device, resources.as_dict(), full_params=full["params"], batch_size=a.batch_size,
+            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
+        )
+
     def derive(self, summary: DeviceSummary) -> SubModelPackage:
         """Derive and package the sub-model for one device.
 
@@ -174,12 +185,7 @@ class CloudService(SplitCloudMixin):
         Raises:
             BudgetTooSmallError: If the device cannot hold even the minimal sub-model.
         """
-        a = self.cfg.adaptation
-        full = self.model.costs().total(self.model.full_spec())
-        budget = budget_from_resources(
-            summary.device, summary.resources.as_dict(), full_params=full["params"], batch_size=a.batch_size,
-            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
-        )
+        budget = self.budget(summary.device, summary.resources)
         start = time.perf_counter()
         spec = derive_submodel(self.model, [list(r) for r in summary.importance], budget)
         solve = time.perf_counter() - start

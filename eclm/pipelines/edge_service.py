@@ -48,7 +48,13 @@ from eclm.modules import (
 )
 from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms, training_memory_bytes
+from eclm.pipelines.adaptation import (
+    evaluate,
+    evaluate_own,
+    finetune,
+    recalibrate_norms,
+    training_memory_bytes,
+)
 from eclm.pipelines.drift_detection import DriftDetector
 from eclm.pipelines.edge_state import restore_service, snapshot_service
 from eclm.pipelines.profiler import budget_from_resources, measure_resources
@@ -194,15 +200,16 @@ class EdgeService(SplitDeviceMixin):
         """What the cloud needs to derive this device's sub-model; never raw data."""
         if selector_payload is not None:
             self.load_selector(selector_payload)
-        held = acc = prev_acc = None
+        held = acc = prev_acc = prev_own = None
         if self.model is not None and self.spec is not None and self.version is not None:
             held = HeldModel(spec=self.spec, version=self.version)
             test, prev = self.stream.test_set(), self.stream.previous_test_set()
             acc = _finite(evaluate(self.model, test.images, test.labels)[0])
-            prev_acc = _finite(evaluate(self.model, prev.images, prev.labels)[0]) if prev is not None else None
+            if prev is not None:
+                prev_acc, _, prev_own = map(_finite, evaluate_own(self.model, prev.images, prev.labels, self.classes))
         return DeviceSummary(device=self.name, importance=self.importance(), resources=self.profile(),
                              num_samples=self.stream.local_size, classes=tuple(self.classes), held=held,
-                             held_accuracy=acc, held_previous_accuracy=prev_acc)
+                             held_accuracy=acc, held_previous_accuracy=prev_acc, held_previous_accuracy_own=prev_own)
 
     # ------------------------------------------------------------------ sub-model
     def install(self, package: SubModelPackage, costs: dict | None = None) -> InstallReport:
@@ -290,7 +297,7 @@ class EdgeService(SplitDeviceMixin):
             raise RuntimeError(f"device {self.name} has no sub-model installed")
         a = self.cfg.adaptation
         train, test, prev = self.stream.train_set(), self.stream.test_set(), self.stream.previous_test_set()
-        acc_before, loss_before = evaluate(self.model, test.images, test.labels)
+        acc_before, loss_before, own_before = evaluate_own(self.model, test.images, test.labels, self.classes)
         prev_before = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         rss_before = psutil.Process().memory_info().rss
         start_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -301,8 +308,9 @@ class EdgeService(SplitDeviceMixin):
                          local_classes=self.classes if a.restrict_to_local_classes else None)
         if a.recalibrate_norms:  # training-mode batches mixed replayed environments into the stats
             recalibrate_norms(self.model, train.images)
-        acc_after, loss_after = evaluate(self.model, test.images, test.labels)
-        prev_after = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
+        acc_after, loss_after, own_after = evaluate_own(self.model, test.images, test.labels, self.classes)
+        prev_after, _, prev_own_after = (evaluate_own(self.model, prev.images, prev.labels, self.classes)
+                                         if prev is not None else (None, None, None))
         importance = self.importance()
         self.detector.update_reference(evaluate(self.model, train.images, train.labels)[0], importance)
         cost = self.costs.total(self.spec) if self.costs else {}
@@ -315,8 +323,10 @@ class EdgeService(SplitDeviceMixin):
             payload = pack_state(self.model.state_dict(), self.spec, meta)
         forgetting = (prev_before - prev_after) if prev is not None else None
         metrics = DeviceMetrics(
-            acc_before=_finite(acc_before), acc_after=_finite(acc_after), loss_before=_finite(loss_before),
-            loss_after=_finite(loss_after), prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after),
+            acc_before=_finite(acc_before), acc_after=_finite(acc_after), acc_before_own=_finite(own_before),
+            acc_after_own=_finite(own_after), loss_before=_finite(loss_before), loss_after=_finite(loss_after),
+            prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after),
+            prev_acc_after_own=_finite(prev_own_after),
             forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
             batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
             train_memory_estimate=training_memory_bytes(cost.get("params", 0), cost.get("activation_bytes", 0),
@@ -337,12 +347,14 @@ class EdgeService(SplitDeviceMixin):
         if self.model is None:
             raise RuntimeError(f"device {self.name} has no sub-model installed")
         test, prev = self.stream.test_set(), self.stream.previous_test_set()
-        acc, loss = evaluate(self.model, test.images, test.labels)
-        prev_acc = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
+        acc, loss, own = evaluate_own(self.model, test.images, test.labels, self.classes)
+        prev_acc, _, prev_own = (evaluate_own(self.model, prev.images, prev.labels, self.classes)
+                                 if prev is not None else (None, None, None))
         cost = self.costs.total(self.spec) if self.costs else {}
-        return DeviceMetrics(acc_before=_finite(acc), acc_after=_finite(acc), loss_before=_finite(loss),
-                             loss_after=_finite(loss), prev_acc_before=_finite(prev_acc),
-                             prev_acc_after=_finite(prev_acc), forgetting=0.0 if prev is not None else None,
+        return DeviceMetrics(acc_before=_finite(acc), acc_after=_finite(acc), acc_before_own=_finite(own),
+                             acc_after_own=_finite(own), loss_before=_finite(loss), loss_after=_finite(loss),
+                             prev_acc_before=_finite(prev_acc), prev_acc_after=_finite(prev_acc),
+                             prev_acc_after_own=_finite(prev_own), forgetting=0.0 if prev is not None else None,
                              params=cost.get("params"), flops=cost.get("flops"),
                              environment=self.stream.environment.corruption,
                              severity=self.stream.environment.severity)
