@@ -1,19 +1,21 @@
 """Part 1 of suite ``split``: EdgeSplit's plans against common cuts, timed by the delay model.
 
-A modular narrow ResNet-18 on digits upsampled to 16x16, per-block costs measured from its chain
-(the platform's ``measure_block_costs``), four devices with a 2x or 10x compute spread and mixed
-links pooled into one bandwidth. Plans: EdgeSplit with the epoch objective (the default: the
+The platform's modular narrow ResNet-18 on digits at 16x16, per-block costs measured from its
+chain (the platform's ``measure_block_costs``), four devices with a 2x or 10x compute spread and
+mixed links pooled into one bandwidth. Plans: EdgeSplit with the epoch objective (the default: the
 delay model's epoch, exchange of device parts included) on the timed cost profile (the default)
 and on FLOPs only, EdgeSplit with the paper's per-iteration objective, brute force on the epoch
-objective, a uniform cut (after ``layer2``, as in GPSL) and the
-best common cut (epoch objective), both with equal bandwidth. Every distinct plan is trained for
-real through the platform's split protocol (in-process), one epoch per plan per round with the
-order rotated each round, so drifting host load hits all plans alike; the delay model
+objective, a uniform cut (after ``layer2``, as in GPSL) and the best common cut (epoch objective),
+both with equal bandwidth. Every distinct plan is trained for real through the platform's split
+protocol: one :func:`eclm.campaign.split_round.run_split_round` of one epoch per plan per round
+over the cloud and edge services (in-process ``LocalFleet``, the plan pinned on the cloud), the
+order rotated each round so drifting host load hits all plans alike; the round's delay model
 (``emulated_epoch_seconds``) times every epoch from the measured compute and exact bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -24,16 +26,16 @@ import torch
 from torch import Tensor
 
 from benchmarks.report import Table
-from eclm.modules import modularize, skeleton
-from eclm.pipelines.split_cloud import SplitServerSession
-from eclm.pipelines.split_edge import SplitDeviceWorker
-from eclm.pipelines.split_local import emulated_epoch_seconds, run_local_epochs
+from benchmarks.suites._split_platform import SplitFleet, data_config, platform_config, reservoir
+from eclm.config import PlatformConfig
+from eclm.data import load_dataset
+from eclm.pipelines.cloud_service import CloudService
+from eclm.pipelines.edge_service import EdgeService
 from eclm.pipelines.split_planning import measure_block_costs
 from eclm.pipelines.split_profile import time_block_costs
+from eclm.preflight import cloud_model
 from eclm.split import (
     BlockCosts,
-    ComputeModel,
-    LinkModel,
     SplitDevice,
     SplitPlan,
     best_common_cut_plan,
@@ -42,8 +44,7 @@ from eclm.split import (
     uniform_cut_plan,
 )
 from eclm.split._epoch_model import build_epoch_model
-from eclm.split.config import SplitConfig
-from eclm.split.factory import build_codec, build_sampler, optimizer_settings
+from eclm.split.factory import build_sampler
 
 __all__ = ["SPREADS", "run_edgesplit"]
 
@@ -53,24 +54,36 @@ EDGESPLIT, FLOPS, ITERATION, BRUTE, UNIFORM, COMMON = (
 SPREADS = (2, 10)
 _LINKS_MBPS = (5.0, 50.0, 10.0, 25.0)
 _BATCH, _LATENCY, _UNIFORM_CUT = 16, 0.005, 5
+# 16 samples per device per step; the plan is pinned, so the configured policy and profile go unused.
+_SPLIT = {"global_batch": 4 * _BATCH, "sampler": "fixed_equal", "lr": 0.05, "momentum": 0.9, "epochs": 1,
+          "cost_profile": "flops"}
 
 
-def run_edgesplit(max_epochs: int, target: float, data: dict[str, Tensor]) -> dict:
-    """EdgeSplit (both objectives) vs uniform / best common cut vs brute force on two device mixes."""
+def run_edgesplit(max_epochs: int, target: float, workdir: str, total: int | None = None) -> dict:
+    """EdgeSplit (both objectives) vs uniform / best common cut vs brute force on two device mixes.
+
+    Args:
+        max_epochs: Epochs every plan trains.
+        target: Test accuracy whose first epoch is reported.
+        workdir: The platform configs' working directory.
+        total: Cap on the training images the four devices share (default: the whole reservoir).
+    """
     load_before = os.getloadavg()
-    torch.manual_seed(0)
-    model = modularize("resnet18", modules_per_layer=2, input_size=(1, 16, 16), num_classes=10,
-                       channels=[16, 32, 64, 128]).eval()
-    stages, example = model.chain(model.extract(model.full_spec())), torch.zeros(1, 1, 16, 16)
+    size, _ = reservoir(data_config(devices=1, classes=10, samples=(1, 1), seed=0))
+    share = min(total or size, size) // 4
+    data = data_config(devices=4, classes=10, samples=(share, share), seed=0)
+    base = platform_config("edgesplit", data, _SPLIT, [{"name": f"dev{i}"} for i in range(4)], seed=0,
+                           workdir=workdir)
+    model = cloud_model(base, 10).eval()
+    stages, example = model.chain(model.extract(model.full_spec())), torch.zeros(1, *model.input_size)
     flops = measure_block_costs(stages, example)
-    parts = [torch.arange(len(data["y"]))[k::4] for k in range(4)]
-    config = SplitConfig(global_batch=_BATCH * len(parts), sampler="fixed_equal", lr=0.05, momentum=0.9)
+    config = base.split
     # The delay model runs the server's real steps on the host and scales the devices' by host /
     # device speed; the planners get the host's speed for the server and, as the platform does with
     # split.cost_profile: timed, the stages' timed costs expressed at that speed.
-    host = _host_training_speed(model, sum(flops.forward_flops), data["x"][:_BATCH])
+    host = _host_training_speed(model, sum(flops.forward_flops), _images(base)[:_BATCH])
     timed = time_block_costs(stages, example, flops, batches=(_BATCH, config.global_batch), reference_speed=host)
-    steps = build_sampler(config, [len(p) for p in parts]).batch_sizes(0)
+    steps = build_sampler(config, [share] * 4).batch_sizes(0)
     total = sum(mbps * 1e6 / 8 for mbps in _LINKS_MBPS)
     rows, raw, summary, measured = [], [], [], {}
     for spread in SPREADS:
@@ -82,7 +95,7 @@ def run_edgesplit(max_epochs: int, target: float, data: dict[str, Tensor]) -> di
         judged = build_epoch_model(timed, devices, total, host, 1.0, steps)
         plans[FLOPS] = replace(plans[FLOPS], epoch_time=judged.epoch_time(plans[FLOPS].cuts,
                                                                          plans[FLOPS].bandwidths)["total_s"])
-        runs = _measure(plans, model, data, parts, speeds, host, config, max_epochs, target)
+        runs = _measure(plans, _mix_config(base, speeds), host, max_epochs, target)
         measured[spread] = (plans, runs)
         rows += _rows(spread, plans, runs, len(steps))
         raw += [{"mix": spread, "method": name, "cuts": p.cuts, "bandwidths": p.bandwidths,
@@ -95,6 +108,17 @@ def run_edgesplit(max_epochs: int, target: float, data: dict[str, Tensor]) -> di
     return {"table": table.to_dict(), "raw": raw, "summary": summary, "targets": _targets(measured),
             "load_average": load, "host_flops": host, "timed_costs": {"forward_flops": timed.forward_flops,
                                                                       "call_flops": timed.call_flops}}
+
+
+def _mix_config(base: PlatformConfig, speeds: list[float]) -> PlatformConfig:
+    """``base`` with the devices of one mix: compute speeds, the mixed links, the latency."""
+    devices = [d.model_copy(update={"gflops": s / 1e9, "bandwidth_mbps": mbps, "latency_ms": 1e3 * _LATENCY})
+               for d, s, mbps in zip(base.devices, speeds, _LINKS_MBPS, strict=True)]
+    return base.model_copy(update={"devices": devices})
+
+
+def _images(cfg: PlatformConfig) -> Tensor:
+    return load_dataset(cfg.data)[0].images
 
 
 def _plans(costs: BlockCosts, flops: BlockCosts, devices: list[SplitDevice], total: float, server: float,
@@ -121,13 +145,13 @@ def _key(plan: SplitPlan) -> tuple:
     return plan.cuts, tuple(round(b) for b in plan.bandwidths)
 
 
-def _measure(plans: dict[str, SplitPlan], model, data: dict, parts: list[Tensor], speeds: list[float],
-             host: float, config: SplitConfig, max_epochs: int, target: float) -> dict[tuple, _PlanRun]:
+def _measure(plans: dict[str, SplitPlan], cfg: PlatformConfig, host: float, max_epochs: int,
+             target: float) -> dict[tuple, _PlanRun]:
     """Train every distinct plan ``max_epochs`` epochs, one per round, rotating the order every round."""
     runs = {}
     for plan in plans.values():
         if _key(plan) not in runs:
-            runs[_key(plan)] = _PlanRun(model, plan, data, parts, speeds, host, config)
+            runs[_key(plan)] = _PlanRun(cfg, plan, host)
     order = list(runs.values())
     for round_ in range(max_epochs):
         for run in order[round_ % len(order):] + order[:round_ % len(order)]:
@@ -135,24 +159,44 @@ def _measure(plans: dict[str, SplitPlan], model, data: dict, parts: list[Tensor]
     return runs
 
 
-class _PlanRun:
-    """One plan trained for real with the platform's split protocol (in-process), timed per epoch."""
+class _PinnedCloud(CloudService):
+    """The platform's cloud service with the suite's plan pinned (its planners ran beforehand)."""
 
-    def __init__(self, model, plan: SplitPlan, data: dict, parts: list[Tensor], speeds: list[float],
-                 host: float, config: SplitConfig) -> None:
-        sizes, names = [len(p) for p in parts], [f"dev{i}" for i in range(len(parts))]
-        torch.manual_seed(0)
-        self.sub = model.extract(model.full_spec())
-        self.server = SplitServerSession(self.sub, model.chain(self.sub), model.full_spec(), names, list(plan.cuts),
-                                         build_codec(config.codec), optimizer_settings(config),
-                                         build_sampler(config, sizes))
-        skel, self.test = skeleton(model.arch, 2, model.input_size), (data["xt"], data["yt"])
-        self.workers = [SplitDeviceWorker.from_payload(n, skel, self.server.device_payload(n), config, sizes, k,
-                                                       (data["x"][parts[k]], data["y"][parts[k]]), self.test)
-                        for k, n in enumerate(names)]
-        self.compute = {n: ComputeModel.from_speeds(s, host) for n, s in zip(names, speeds, strict=True)}
-        self.links = {n: LinkModel(b, _LATENCY) for n, b in zip(names, plan.bandwidths, strict=True)}
-        self.pool = sum(plan.bandwidths)
+    def __init__(self, config: PlatformConfig, *, plan: SplitPlan) -> None:
+        super().__init__(config)
+        self.plan = plan
+
+    def plan_split_cuts(self, *args, **kwargs) -> SplitPlan:
+        return self.plan
+
+
+class _EmulatedDevice(EdgeService):
+    """The platform's edge service reporting the host's achieved training speed as its host speed.
+
+    The platform scales a device's measured compute by (host matmul speed / configured device speed);
+    the planners above assumed the host's achieved training speed, so the delay model must use it.
+    """
+
+    def __init__(self, config: PlatformConfig, index: int, *, host_gflops: float, **kwargs) -> None:
+        super().__init__(config, index, **kwargs)
+        self.host_gflops = host_gflops
+
+    def split_hello(self) -> dict:
+        return dict(super().split_hello(), host_gflops=self.host_gflops)
+
+
+class _PlanRun:
+    """One plan trained for real through the platform's split protocol, one split round per epoch.
+
+    Each epoch is :func:`eclm.campaign.split_round.run_split_round` of one epoch over the cloud and
+    edge services (in-process :class:`~eclm.campaign.local.LocalFleet`); the round's aggregated model
+    becomes the cloud model the next round starts from.
+    """
+
+    def __init__(self, cfg: PlatformConfig, plan: SplitPlan, host: float) -> None:
+        self.fleet = SplitFleet(cfg, cloud_factory=functools.partial(_PinnedCloud, plan=plan),
+                                device_factory=functools.partial(_EmulatedDevice, host_gflops=host / 1e9))
+        self.plan = plan
         self.delay: list[float] = []
         self.sync: list[float] = []
         self.real: list[float] = []
@@ -160,16 +204,18 @@ class _PlanRun:
         self.reached: int | None = None
 
     def epoch(self, target: float) -> None:
-        """Train one epoch (with the epoch-end aggregation) and time it."""
-        start = time.perf_counter()
-        (history,) = run_local_epochs(self.server, self.workers, 1, start_epoch=len(self.curve))
-        self.real.append(time.perf_counter() - start)
-        times = emulated_epoch_seconds(history["device_records"], history["records"], self.compute, self.links,
-                                       history["sync_bytes"], self.pool)
-        self.delay.append(times["total_s"])
-        self.sync.append(times["sync_s"])
-        with torch.no_grad():  # after aggregation the cloud copy is the one model
-            self.curve.append(float((self.sub.eval()(self.test[0]).argmax(1) == self.test[1]).float().mean()))
+        """Train one epoch (one split round with its epoch-end aggregation) and time it."""
+        result = self.fleet.round(1)
+        if tuple(result.report["plan"]["cuts"]) != self.plan.cuts:
+            raise RuntimeError(f"the round trained cuts {result.report['plan']['cuts']}, not {self.plan.cuts}")
+        self.fleet.adopt(result)
+        (epoch,) = result.report["epochs"]
+        self.real.append(result.round_metrics["split/real_seconds"])
+        self.delay.append(epoch["emulated"]["total_s"])
+        self.sync.append(epoch["emulated"]["sync_s"])
+        # After aggregation every device part is the cloud copy's prefix: one model, tested by split
+        # inference on every device's held-out set (the same images: every device holds every class).
+        self.curve.append(statistics.mean(m.acc_after for m in result.metrics.values()))
         if self.reached is None and self.curve[-1] >= target:
             self.reached = len(self.curve)
 
@@ -197,7 +243,7 @@ def _columns(target: float) -> list[str]:
     return ["device mix", "plan", "cuts", "s / epoch (iteration model)", "s / epoch (epoch model)",
             "gap to brute force (epoch model)", "s / epoch (delay model)", "std", "x EdgeSplit (delay model)",
             f"epochs to {target:.0%}", f"s to {target:.0%} (delay model)", "final test acc",
-            "s / epoch (real, host)"]
+            "s / round of 1 epoch (real, host)"]
 
 
 def _rows(spread: int, plans: dict[str, SplitPlan], runs: dict, steps: int) -> list[list]:
@@ -265,9 +311,10 @@ def _host_training_speed(model, flops_per_sample: float, batch: Tensor, repeats:
 
 def _notes(max_epochs: int, host: float, load: dict, steps: int) -> str:
     return (
-        "Modular resnet18 (channels 16/32/64/128, 10 chain stages) on sklearn digits upsampled to 16x16 grey, "
-        f"1437 train / 360 test, 4 IID devices, {_BATCH} samples per device per step (fixed-equal sampler, "
-        f"{steps} steps per epoch). Devices: 10 GFLOP/s fastest, geometric spread down to 10/spread GFLOP/s; "
+        "The platform's modular resnet18 (channels 16/32/64/128, 10 chain stages) on sklearn digits at 16x16 "
+        "grey; the platform's partition: 4 devices holding every class, each drawing a quarter of the training "
+        "reservoir's size from it (about 355 images; local sets overlap), test = the held-out 20% (about 356 "
+        f"images); {_BATCH} samples per device per step (fixed-equal sampler, {steps} steps per epoch). Devices: 10 GFLOP/s fastest, geometric spread down to 10/spread GFLOP/s; "
         f"links {'/'.join(f'{m:g}' for m in _LINKS_MBPS)} Mbit/s pooled (EdgeSplit re-divides the pool, the "
         f"baselines split it equally), {_LATENCY * 1e3:g} ms latency. Host = achieved training speed of this "
         f"model at batch {_BATCH} ({host / 1e9:.2f} GFLOP/s here): the delay model scales the devices' real "
@@ -283,11 +330,15 @@ def _notes(max_epochs: int, host: float, load: dict, steps: int) -> str:
         "host compute x (host / device FLOP/s) + latency + exact bytes / share per message, the exchange "
         f"with the real payload sizes; mean and std over the epochs. Every plan trains {max_epochs} epochs, "
         "one per round in rotating order, so drifting host load hits all plans alike; x EdgeSplit: the "
-        "plan's delay-model epoch time / EdgeSplit's in the same round, median over rounds. Epochs to "
-        "target: real split training with the plan's cuts through the platform's split protocol (epoch-end "
-        f"aggregation), lr 0.05, momentum 0.9, seed 0, within {max_epochs} epochs (None = not reached); "
-        "final test acc after all of them. Real: wall-clock "
-        "seconds of the in-process emulation on a shared machine (indicative). Load average (1/5/15 min) "
+        "plan's delay-model epoch time / EdgeSplit's in the same round, median over rounds. Training: each "
+        "epoch is one platform split round (run_split_round over the cloud and edge services, in-process "
+        "LocalFleet; the plan pinned on the cloud, the devices reporting the host's achieved speed so the "
+        "round's delay model scales as above), epoch-end aggregation, lr 0.05, momentum 0.9, seed 0; the "
+        "round's aggregated model is the next round's start (optimiser state and the sampler's epoch restart "
+        "every round, as in the platform's rounds). Epochs to target: split inference on the held-out set "
+        f"after each round, within {max_epochs} epochs (None = not reached); final test acc after all of them. "
+        "Real: wall-clock seconds of a whole one-epoch round in process (hello, prepare, evaluation before and "
+        "after included) on a shared machine (indicative). Load average (1/5/15 min) "
         f"before {'/'.join(f'{x:.1f}' for x in load['before'])}, after "
         f"{'/'.join(f'{x:.1f}' for x in load['after'])}.")
 

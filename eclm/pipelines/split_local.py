@@ -1,9 +1,9 @@
-"""Split rounds without Ray: the in-process reference driver and the delay model of an epoch.
+"""The delay model of a split epoch: measured steps -> the seconds they would take on the devices.
 
-:func:`run_local_epochs` drives a :class:`~eclm.pipelines.split_cloud.SplitServerSession` and its
-device workers with the actor protocol's call sequence; :func:`emulated_epoch_seconds` turns the
-measured per-step records of a round (from either driver) into the duration the epoch would take
-on the devices' compute and links. Pure torch, no Ray.
+:func:`emulated_epoch_seconds` turns the per-step records of a split round (the devices'
+:class:`~eclm.pipelines.split_edge.SplitDeviceWorker` records and the server session's) into the
+duration the epoch would take on the devices' compute and links. The round itself is driven by
+:func:`eclm.campaign.split_round.run_split_round`, in-process or over Ray. Pure numpy, no Ray.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from eclm.pipelines.split_cloud import SplitServerSession
-from eclm.pipelines.split_edge import SplitDeviceWorker
 from eclm.split import ComputeModel, LinkModel
 from eclm.split.epoch_time import epoch_seconds
 
-__all__ = ["emulated_epoch_seconds", "run_epoch_steps", "run_local_epochs"]
+__all__ = ["emulated_epoch_seconds"]
 
 
 def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_records: Sequence[dict],
@@ -69,48 +67,3 @@ def emulated_epoch_seconds(device_records: Mapping[str, Sequence[dict]], server_
         sync_down=[sync_bytes.get(n, (0.0, 0.0))[1] for n in names],
         shared_bandwidth=shared_bandwidth, exchanging=[n in sync_bytes for n in names])
     return {**times, "device_compute_s": real_device}
-
-
-def run_epoch_steps(server: SplitServerSession, workers: Sequence[SplitDeviceWorker], epoch: int) -> None:
-    """Every global step of one epoch, in-process, without the epoch-end aggregation.
-
-    A device's pending gradient rides with its next forward call, as over the actors; the last
-    gradients are applied after the final step.
-    """
-    pending: dict[int, bytes] = {}
-    for step, row in enumerate(server.epoch_plan(epoch)):
-        active = [k for k, count in enumerate(row) if count > 0]
-        messages = [workers[k].forward(epoch, step, pending.pop(k, None)) for k in active]
-        for k in list(pending):
-            workers[k].backward(pending.pop(k))
-        pending.update(zip(active, server.server_step(epoch, step, messages), strict=True))
-    for k, grad in pending.items():
-        workers[k].backward(grad)
-
-
-def run_local_epochs(server: SplitServerSession, workers: Sequence[SplitDeviceWorker], epochs: int,
-                     start_epoch: int = 0) -> list[dict]:
-    """Drive a split round in-process with the actor protocol's call sequence (reference driver).
-
-    Returns:
-        Per epoch ``{"epoch", "loss", "accuracy", "samples", "records", "device_records", "sync_bytes"}``.
-
-    Raises:
-        ValueError: If ``workers`` are not the session's devices in client order.
-    """
-    if [w.name for w in workers] != server.devices:
-        raise ValueError(f"workers {[w.name for w in workers]} must be the session's devices "
-                         f"{server.devices}")
-    history = []
-    for epoch in range(start_epoch, start_epoch + epochs):
-        run_epoch_steps(server, workers, epoch)
-        ends = [w.epoch_end() for w in workers]
-        new = server.aggregate({e["device"]: e["state"] for e in ends})
-        for w in workers:
-            w.load(new[w.name])
-        summary = server.epoch_summary()
-        summary.update(epoch=epoch, device_records={e["device"]: e["records"] for e in ends},
-                       sync_bytes={e["device"]: (float(len(e["state"])), float(len(new[e["device"]])))
-                                   for e in ends})
-        history.append(summary)
-    return history

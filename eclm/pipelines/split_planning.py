@@ -11,7 +11,7 @@ the configured policy (EdgeSplit, best common cut or a fixed cut), and opens a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -135,7 +135,7 @@ def split_spec(model: ModularModel, importances: Sequence[Sequence[Sequence[floa
 
 def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Sequence[dict], *,
                         server_gflops: float, allowed_classes: Sequence[int] | None = None,
-                        ) -> tuple[SplitServerSession, dict]:
+                        planner: Callable[..., SplitPlan] = plan_cuts) -> tuple[SplitServerSession, dict]:
     """Derive the split spec, measure block costs, plan cuts and open the server session.
 
     Args:
@@ -146,6 +146,8 @@ def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Seque
             and ``params_fraction``.
         server_gflops: Server compute speed (GFLOP/s) for the planner.
         allowed_classes: Loss restricted to these classes, or ``None``.
+        planner: Plans cuts and shares, called like :func:`~eclm.split.plan_cuts` (the default: the
+            configured policy) with the devices that take part, in client order.
 
     Returns:
         ``(session, info)``; ``info`` holds the spec, stage names, costs, the plan (with
@@ -154,11 +156,8 @@ def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Seque
         (devices no cut fits, with the reason).
 
     Raises:
-        ValueError: If ``client_sync`` is ``"step"``, no device can take part, or the planner fails.
+        ValueError: If no device can take part, or the planner fails.
     """
-    if config.client_sync != "epoch":
-        raise ValueError("split.client_sync='step' shares gradients every step, which the actor protocol "
-                         "does not implement; use client_sync='epoch'")
     spec = split_spec(model, [d["importance"] for d in devices], [d["resources"] for d in devices])
     sub = model.extract(spec)
     stages = model.chain(sub)
@@ -185,7 +184,7 @@ def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Seque
                            latency=float(d["resources"].get("latency_s") or 0.0), name=d["name"])
                for d, b in zip(kept, batches, strict=True)]
     total_bandwidth = sum(_bandwidth_bytes(d["resources"]) for d in kept)
-    plan = plan_cuts(config, costs, planned, total_bandwidth, 1e9 * server_gflops, client_sizes=sizes)
+    plan = planner(config, costs, planned, total_bandwidth, 1e9 * server_gflops, client_sizes=sizes)
     session = SplitServerSession(sub, stages, spec, [d["name"] for d in kept], list(plan.cuts),
                                  build_codec(config.codec), optimizer_settings(config),
                                  build_sampler(config, sizes), allowed_classes=allowed_classes)

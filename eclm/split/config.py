@@ -84,8 +84,9 @@ class SplitConfig(BaseModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="SGD weight decay.")
     epochs: int = Field(1, ge=1, le=100_000, description="Training epochs.")
-    client_sync: Literal["epoch", "step"] = Field(
-        "epoch", description="FedAvg client parts at epoch end, or share summed gradients every step."
+    client_sync: Literal["epoch"] = Field(
+        "epoch", description="How device parts stay one model: averaged (FedAvg) at every epoch end, the "
+        "only mode (sharing summed gradients every step is not implemented).",
     )
     edgesplit_objective: PlanObjective = Field(
         "epoch",

@@ -21,8 +21,8 @@ from eclm.split.edgesplit import (
     plan_edgesplit,
     uniform_cut_plan,
 )
+from eclm.split.optimizer import OptimizerSettings
 from eclm.split.samplers import FixedEqualSampler, FixedProportionalSampler, GlobalSampler, LocalBatchSampler
-from eclm.split.training import OptimizerSettings
 
 __all__ = ["build_codec", "build_sampler", "optimizer_settings", "plan_cuts"]
 
