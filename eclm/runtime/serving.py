@@ -487,7 +487,20 @@ class Deployment:
 
     @property
     def started_at(self) -> float:
+        """Wall time (s) the session clock counts from (see :meth:`restart_clock`)."""
         return self.session.started_at
+
+    def restart_clock(self) -> float:
+        """Restart the session clock now, e.g. after a warm-up that should not count.
+
+        :meth:`timeline` windows and the ``time_s`` of later events count from this moment;
+        earlier events (the deployment itself, the warm-up) keep their place with negative times.
+        Requests and their statistics are not touched.
+
+        Returns:
+            The new start (wall time, s), also :attr:`started_at`.
+        """
+        return self.session.restart()
 
     def log_session(self) -> dict[str, Any]:
         """Log the session's figures, events and throughput plot to the tracker; returns the stats."""
