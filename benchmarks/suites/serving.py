@@ -57,11 +57,15 @@ class Budget:
     replicas_models: tuple[str, ...]
     adapt_seconds: float
     sched_requests: int
+    models: tuple[str, ...] = tuple(MODELS)
+    micros: tuple[int, ...] = (1, 8)  # micro-batch sizes compared
 
 
 BUDGETS = {
     "quick": Budget((32, 96), 2, 2, 6, ("mobilenetv3_small_100",), 9.0, 4000),
     "full": Budget((32, 128), 3, 6, 10, tuple(MODELS), 24.0, 40000),
+    # Seconds-long, for the tests: every code path once, figures meaningless.
+    "smoke": Budget((32,), 1, 1, 2, ("mobilenetv3_small_100",), 3.0, 200, ("mobilenetv3_small_100",), (4,)),
 }
 
 
@@ -146,12 +150,12 @@ def interleaved(d: Deployment, options: tuple[str, ...], switch, x, micro, budge
 def compare_partitioners(pool: StagePool, budget: Budget) -> tuple[list[dict], list[dict]]:
     rows, replicas = [], []
     for mix, shares in MIXES.items():
-        for model in MODELS:
+        for model in budget.models:
             for size in budget.sizes:
                 src = source(model, size)
                 x = torch.randn(budget.throughput_batches * 8, 3, size, size,
                                 generator=torch.Generator().manual_seed(1))
-                for micro in (1, 8):
+                for micro in budget.micros:
                     cfg = config(shares, micro)
                     with Deployment(src, cfg, pool=pool.view(cfg), name="bench") as d:
                         plans = {p: make_plan(d.problem, cfg, p) for p in PARTITIONERS}
@@ -229,8 +233,7 @@ def adaptivity(pool: StagePool, budget: Budget, out_dir: Path) -> list[dict]:
         label = "re-partitioning (DP)" if adaptive else "static DP plan"
         with Deployment(src, cfg, pool=pool.view(cfg), name="bench-adapt") as d:
             d.infer(x[: 2 * cfg.max_in_flight])  # warm up under load: the baselines settle saturated
-            start, slow_at, ids, slowed = time.time(), budget.adapt_seconds / 3, [], False
-            d.started_at = start
+            start, slow_at, ids, slowed = d.restart_clock(), budget.adapt_seconds / 3, [], False
             while (elapsed := time.time() - start) < budget.adapt_seconds:
                 if not slowed and elapsed >= slow_at:
                     d.set_cpu_share(0, 0.25)

@@ -89,11 +89,17 @@ class SplitBenchConfig:
         ("mask_encoded", (0.9, 0.99)), ("topk", (0.9, 0.95)), ("randomized_topk", (0.9, 0.95)),
         ("uniform_quantization", (4, 2)))
     codec_tolerance: float = 0.01
+    train_samples: int | None = None  # cap on the 1437 training images (smoke mode only)
+    edgesplit_devices: int = 4  # part 1 (smoke mode: 3, so the brute force stays small)
 
     @classmethod
     def for_mode(cls, mode: str) -> SplitBenchConfig:
         if mode == "quick":
             return cls()
+        if mode == "smoke":  # seconds, for the tests: every code path once
+            return replace(cls(), max_epochs=1, gpsl_clients=(10,), gpsl_epochs=1, gpsl_seeds=1, codec_epochs=1,
+                           train_samples=160, edgesplit_devices=3,
+                           codec_levels=tuple((name, levels[-1:]) for name, levels in cls().codec_levels))
         levels = (("mask_encoded", (0.9, 0.95, 0.99)), ("topk", (0.75, 0.9, 0.95)),
                   ("randomized_topk", (0.75, 0.9, 0.95)), ("uniform_quantization", (4, 3, 2)))
         return replace(cls(), max_epochs=12, gpsl_clients=(16, 64), gpsl_epochs=6, gpsl_seeds=3,
@@ -104,9 +110,9 @@ class SplitBenchConfig:
 def split_suite(mode: str, out_dir: Path) -> dict:
     """Split learning: EdgeSplit vs uniform/common cuts, GPSL vs fixed local batches, MS vs other codecs."""
     cfg = SplitBenchConfig.for_mode(mode)
-    data = _digits(seed=0)
+    data = _digits(seed=0, limit=cfg.train_samples)
     t0 = time.perf_counter()
-    edgesplit = run_edgesplit(cfg, _digits(seed=0, size=16))
+    edgesplit = run_edgesplit(cfg, _digits(seed=0, size=16, limit=cfg.train_samples))
     t1 = time.perf_counter()
     gpsl = run_gpsl(cfg, data)
     t2 = time.perf_counter()
@@ -123,11 +129,11 @@ def split_suite(mode: str, out_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- data
-def _digits(seed: int, size: int = 8) -> dict[str, Tensor]:
-    """sklearn digits, grey, at ``size`` (native 8x8; eclm's DigitsSource); 1437 train, 360 test."""
+def _digits(seed: int, size: int = 8, limit: int | None = None) -> dict[str, Tensor]:
+    """sklearn digits, grey, at ``size`` (native 8x8; eclm's DigitsSource); 1437 train (or ``limit``), 360 test."""
     data = DigitsSource(image_size=size, channels=1).load()
     perm = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))
-    test, train = perm[:360], perm[360:]
+    test, train = perm[:360], perm[360:][:limit]
     return {"x": data.images[train], "y": data.labels[train],
             "xt": data.images[test], "yt": data.labels[test]}
 
@@ -183,13 +189,14 @@ def run_edgesplit(cfg: SplitBenchConfig, data: dict) -> dict:
                        channels=[16, 32, 64, 128]).eval()
     costs = measure_block_costs(model.chain(model.extract(model.full_spec())), torch.zeros(1, 1, 16, 16))
     host = _host_training_speed(model, sum(costs.forward_flops), data["x"][:16])
-    parts = [torch.arange(len(data["y"]))[k::4] for k in range(4)]
+    n = cfg.edgesplit_devices
+    parts = [torch.arange(len(data["y"]))[k::n] for k in range(n)]
     batch, server_speed, latency = 16, 200e9, 0.005
     steps = math.ceil(max(len(p) for p in parts) / batch)
-    total = sum(mbps * 1e6 / 8 for mbps in (5.0, 50.0, 10.0, 25.0))
+    total = sum(mbps * 1e6 / 8 for mbps in (5.0, 50.0, 10.0, 25.0)[:n])
     rows, raw, summary = [], [], []
     for spread in (2, 10):
-        speeds = [10e9 * spread ** (-i / 3) for i in range(4)]
+        speeds = [10e9 * spread ** (-i / (n - 1)) for i in range(n)]
         devices = [SplitDevice(speed=s, memory=1e12, batch_size=batch, latency=latency, name=f"dev{i}")
                    for i, s in enumerate(speeds)]
         plans = dict(zip(_PLANS, (
