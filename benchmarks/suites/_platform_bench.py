@@ -68,8 +68,9 @@ class OverheadBenchConfig(BaseModel):
         if mode == "full":
             return cls(devices=8, cycles=4, threads=[1, 2], repeats=8, merge_scaling=[2, 4, 8, 16])
         if mode == "smoke":
-            return cls(campaign=smoke_campaign(), devices=1, cycles=1, repeats=1, matmul_size=64, matmul_repeats=1,
-                       merge_scaling=[1, 2])
+            # The cycles' merge accepts its first candidate; the merge-cost probe still searches.
+            return cls(campaign=smoke_campaign(accepting_merge=True), devices=1, cycles=1, repeats=1, matmul_size=64,
+                       matmul_repeats=1, merge_scaling=[1])
         raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
 
