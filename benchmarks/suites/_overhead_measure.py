@@ -48,7 +48,8 @@ def ray_side(config: OverheadBenchConfig, workdir: Path) -> dict:
 
     cfg = campaign_config(config.campaign, config.devices, workdir, name="overhead",
                           tracking_uri=f"sqlite:///{workdir}/mlruns.db")
-    runtime.start_ray(None, num_cpus=None, num_devices=config.devices + 1)
+    # A Ray already running in this process (the smoke tests share one) is used and left running.
+    started = runtime.start_ray(None, num_cpus=None, num_devices=config.devices + 1)
     try:
         platform = Platform(cfg)
         platform.start()
@@ -76,7 +77,8 @@ def ray_side(config: OverheadBenchConfig, workdir: Path) -> dict:
                 runtime.kill(actor)
         return {"cycles": cycles, "throughput": throughput, "flops_per_sample": flops}
     finally:
-        runtime.shutdown_ray()
+        if started:
+            runtime.shutdown_ray()
 
 
 def _timed_ray_cycle(platform) -> dict:

@@ -41,6 +41,12 @@ class CampaignShape(BaseModel):
                            "(isolates orchestration cost from the greedy exclusion search)")
 
 
+def smoke_campaign(**overrides) -> CampaignShape:
+    """A seconds-long campaign for the smoke mode: tiny ResNet, few samples, no pretraining."""
+    return CampaignShape(**{"channels": (8, 8, 16, 16), "modules_per_layer": 2, "samples_per_device": (20, 30),
+                            "offline_epochs": 0, "enhance_epochs": 0, "adapt_epochs": 1, **overrides})
+
+
 class OverheadBenchConfig(BaseModel):
     """Settings of the ``platform_overhead`` suite."""
 
@@ -57,7 +63,7 @@ class OverheadBenchConfig(BaseModel):
 
     @classmethod
     def for_mode(cls, mode: str) -> OverheadBenchConfig:
-        """Preset for ``"quick"`` or ``"full"``.
+        """Preset for ``"quick"``, ``"full"`` or ``"smoke"`` (seconds, for tests).
 
         Raises:
             ValueError: For an unknown mode.
@@ -66,7 +72,11 @@ class OverheadBenchConfig(BaseModel):
             return cls()
         if mode == "full":
             return cls(devices=8, cycles=4, threads=[1, 2], repeats=8, merge_scaling=[2, 4, 8, 16])
-        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+        if mode == "smoke":
+            # The cycles' merge accepts its first candidate; the merge-cost probe still searches.
+            return cls(campaign=smoke_campaign(accepting_merge=True), devices=1, cycles=1, repeats=1, matmul_size=64,
+                       matmul_repeats=1, merge_scaling=[1])
+        raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
 
 class ScaleBenchConfig(BaseModel):
@@ -94,7 +104,7 @@ class ScaleBenchConfig(BaseModel):
 
     @classmethod
     def for_mode(cls, mode: str) -> ScaleBenchConfig:
-        """Preset for ``"quick"`` or ``"full"``.
+        """Preset for ``"quick"``, ``"full"`` or ``"smoke"`` (seconds, for tests).
 
         Raises:
             ValueError: For an unknown mode.
@@ -103,7 +113,10 @@ class ScaleBenchConfig(BaseModel):
             return cls()
         if mode == "full":
             return cls(device_counts=[4, 16, 64, 128, 256], cycles=3, time_budget_s=900.0)
-        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+        if mode == "smoke":
+            return cls(campaign=smoke_campaign(accepting_merge=True), device_counts=[1], modes=["actor"], cycles=1,
+                       time_budget_s=120.0)
+        raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
 
 def campaign_config(shape: CampaignShape, num_devices: int, workdir: Path, *, name: str, threads: int = 1,

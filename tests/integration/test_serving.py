@@ -8,6 +8,8 @@ own :class:`Deployment` on it. The platform and CLI tests start full platforms a
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,26 @@ def test_single_requests_through_handles(pool, source, reference):
     assert torch.allclose(outs, reference(x), atol=1e-5)
     with pytest.raises(RuntimeError, match="closed"):
         d.submit(x[0])
+
+
+def test_restart_clock_counts_timeline_and_events_from_after_a_warm_up(pool, source):
+    x = inputs(8, seed=5)
+    with Deployment(source, serving_config(), pool=pool, name="clock") as d:
+        d.infer(x, timeout=120)  # warm-up, not to be counted
+        time.sleep(0.6)  # more than one timeline window between deployment and restart
+        deployed_at = d.started_at
+        start = d.restart_clock()
+        handles = d.submit_many(x)
+        d.wait(handles, timeout=120)
+        d.set_cpu_share(0, 0.5)
+        line = d.timeline(0.5, [h.request_id for h in handles])
+        finish = [d.ledger.records[h.request_id].finished_at for h in handles]
+        events = list(d.events)
+    assert d.started_at == start and start - deployed_at >= 0.6
+    assert events[0]["kind"] == "deploy" and events[0]["time_s"] <= -0.6  # kept its place, before the restart
+    assert events[-1]["kind"] == "cpu_share" and 0 <= events[-1]["time_s"] <= time.time() - start
+    assert len(line["time_s"]) == max(1, math.ceil((max(finish) - start) / 0.5))  # windows from the restart
+    assert sum(rps * 0.5 for rps in line["throughput_rps"]) == pytest.approx(8)
 
 
 def test_killed_stage_actor_is_replaced_and_no_request_is_lost(local_ray, pool, source, reference):
