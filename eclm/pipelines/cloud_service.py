@@ -32,6 +32,8 @@ from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
+from eclm.pipelines.defences import ClaimBounds, RobustScreen, reference_update
+from eclm.pipelines.mcnemar import correct_mask
 from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 
@@ -49,7 +51,12 @@ class CloudService:
         self.cfg = PlatformConfig.model_validate_json(config_json)
         torch.manual_seed(self.cfg.seed)
         data = build_source(self.cfg.data).load()
-        cloud = build_split(data, self.cfg.data).cloud
+        split = build_split(data, self.cfg.data)
+        cloud = split.cloud
+        # The classes each device holds as the cloud knows them (the split follows from the config);
+        # an update claiming other classes is rejected (docs/security.md).
+        self.known_classes = {d.name: set(p.classes) for d, p in zip(self.cfg.devices, split.devices, strict=True)}
+        self.best_val_correct: Tensor | None = None  # per-sample correctness of the best accepted version
         self.train_x, self.train_y = cloud.train.images, cloud.train.labels
         self.val_x, self.val_y = cloud.val.images, cloud.val.labels
         self.num_classes = data.num_classes
@@ -100,6 +107,8 @@ class CloudService:
         self._versions = {}
         self._remember_version()
         self.best_val_acc = self.validation_accuracy()
+        self.best_val_correct = None
+        self._remember_best_predictions()
         return [vars(h) for h in history]
 
     def validation_accuracy(self) -> float:
@@ -192,14 +201,16 @@ class CloudService:
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
             probe = copy.deepcopy(self.model)
             probe.backbone.load_state_dict(state)
-            overall = evaluate(probe.extract(probe.full_spec()), self.val_x, self.val_y)[0]
-            per_device = {}
+            correct = correct_mask(probe.extract(probe.full_spec()), self.val_x, self.val_y)
+            per_device, per_correct = {}, {}
             for u in updates:
                 cls = classes.get(u.device_id) or []
                 mask = torch.isin(self.val_y, torch.tensor(cls, dtype=self.val_y.dtype))
                 if mask.sum() > 0:
-                    per_device[u.device_id] = evaluate(probe.extract(u.spec), self.val_x[mask], self.val_y[mask])[0]
-            return Evaluation(overall, per_device)
+                    per_correct[u.device_id] = correct_mask(probe.extract(u.spec), self.val_x[mask], self.val_y[mask])
+                    per_device[u.device_id] = float(per_correct[u.device_id].float().mean())
+            overall = float(correct.float().mean()) if len(correct) else float("nan")
+            return Evaluation(overall, per_device, correct, per_correct)
 
         return run, classes
 
@@ -223,19 +234,21 @@ class CloudService:
                 if spec is None:
                     raise MalformedPayloadError("payload carries no sub-model spec")
                 state = self._rebase(state, spec, meta)
-                updates.append(ModuleUpdate(device, spec, state, up["importance"], int(up["num_samples"]),
-                                            [int(c) for c in up.get("classes", [])] or None))
-                classes[device] = [int(c) for c in up.get("classes", [])]
+                # claims travel as sent; the merge's claim bounds judge them (docs/security.md)
+                updates.append(ModuleUpdate(device, spec, state, up["importance"], up["num_samples"],
+                                            up.get("classes") or None, up.get("metrics")))
+                classes[device] = [int(c) for c in up.get("classes") or []]
             except (MalformedPayloadError, KeyError, TypeError, ValueError) as err:
                 rejected[device] = f"malformed upload: {err}"
         pipeline = ValidatedMerge(
-            evaluate=run, aggregator=create_aggregator(m.aggregator, m.trim_fraction), weighting=m.weighting,
+            evaluate=run, aggregator=create_aggregator(m.aggregator, m.trim_fraction, m.krum_byzantine, m.krum_keep), weighting=m.weighting,
             max_relative_norm=m.max_relative_norm, tolerance=m.tolerance, device_tolerance=m.device_tolerance,
             min_updates=m.min_updates, server_lr=m.server_lr, step_backoff=m.step_backoff, merge_norm_statistics=m.merge_norm_statistics,
             finalize=self._finalize_candidate,
             reference_accuracy=self.best_val_acc,
             class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
             max_samples=self.cfg.data.samples_per_device[1],
+            **self._defences(),
         )
         cloud_state = self.model.backbone.state_dict()
         try:
@@ -251,9 +264,41 @@ class CloudService:
             self._remember_version()
             if report.cloud_acc_after is not None:
                 self.best_val_acc = max(self.best_val_acc or 0.0, report.cloud_acc_after)
+                self._remember_best_predictions()
             out["checkpoint"] = str(self._save_checkpoint())
         out["version"] = self.version
         return out
+
+    def _defences(self) -> dict:
+        """The merge's defences from the ``merge`` config (docs/security.md): claim bounds, the
+        robust screen with the cloud's reference updates, and the paired acceptance test."""
+        m, s = self.cfg.merge, self.cfg.merge.screen
+        screen = RobustScreen(norm_multiplier=s.norm_multiplier, min_centre_cosine=s.min_centre_cosine,
+                              min_trust_cosine=s.min_trust_cosine, min_head_trust_cosine=s.min_head_trust_cosine,
+                              min_cohort=s.min_cohort, duplicate_distance=s.duplicate_distance) if s.enabled else None
+        claims = ClaimBounds(max_samples=self.cfg.data.samples_per_device[1], num_classes=self.num_classes,
+                             importance_tolerance=m.importance_tolerance)
+        return {"claims": claims, "known_classes": self.known_classes, "screen": screen,
+                "reference": self._reference_update if screen is not None and s.trust else None,
+                "acceptance": m.acceptance, "alpha": m.alpha, "max_drop": m.max_drop,
+                "device_max_drop": m.device_max_drop, "reference_correct": self.best_val_correct}
+
+    def _reference_update(self, update: ModuleUpdate) -> dict[str, Tensor]:
+        """The cloud's own short fine-tune of the update's sub-model on the proxy samples of the
+        device's classes, with the devices' optimiser settings (the screen's trust reference)."""
+        a = self.cfg.adaptation
+        cls = sorted(self.known_classes.get(update.device_id) or update.classes or [])
+        mask = torch.isin(self.train_y, torch.tensor(cls, dtype=self.train_y.dtype)) if cls else slice(None)
+        return reference_update(self.model.extract(update.spec), self.train_x[mask], self.train_y[mask],
+                                steps=self.cfg.merge.screen.reference_steps, lr=a.lr, batch_size=a.batch_size,
+                                momentum=a.momentum, local_classes=cls if a.restrict_to_local_classes else None,
+                                seed=self.cfg.seed + self.version, in_place=True)
+
+    def _remember_best_predictions(self) -> None:
+        """Keep the per-sample correctness of the best accepted version (the paired test's reference)."""
+        correct = correct_mask(self.model.extract(self.model.full_spec()), self.val_x, self.val_y)
+        if self.best_val_correct is None or correct.float().mean() >= self.best_val_correct.float().mean():
+            self.best_val_correct = correct
 
     def _finalize_candidate(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Prepare a merged candidate on a copy: re-estimate BatchNorm statistics on the proxy
