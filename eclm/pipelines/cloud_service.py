@@ -57,6 +57,7 @@ class CloudService:
         # an update claiming other classes is rejected (docs/security.md).
         self.known_classes = {d.name: set(p.classes) for d, p in zip(self.cfg.devices, split.devices, strict=True)}
         self.best_val_correct: Tensor | None = None  # per-sample correctness of the best accepted version
+        self._split_uploads: set[str] = set()  # devices of the last split round: their uploads are one
         self.train_x, self.train_y = cloud.train.images, cloud.train.labels
         self.val_x, self.val_y = cloud.val.images, cloud.val.labels
         self.num_classes = data.num_classes
@@ -227,6 +228,7 @@ class CloudService:
         m = self.cfg.merge
         run, classes = self._evaluator()
         updates, rejected = [], {}
+        split_members, self._split_uploads = self._split_uploads, set()
         for up in uploads:
             device = str(up.get("device"))
             try:
@@ -248,6 +250,7 @@ class CloudService:
             reference_accuracy=self.best_val_acc,
             class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
             max_samples=self.cfg.data.samples_per_device[1],
+            same_upload=split_members,
             **self._defences(),
         )
         cloud_state = self.model.backbone.state_dict()
@@ -393,6 +396,7 @@ class CloudService:
     def split_finish(self) -> dict[str, dict]:
         """Close the session; every device's upload carries the one aggregated sub-model."""
         session, self._split = self._split, None
+        self._split_uploads = set(session.devices)  # one aggregated upload for all of them
         state = session.sub.state_dict()
         return {
             name: {"device": name, "importance": self._split_devices[name]["importance"],

@@ -121,6 +121,9 @@ class ValidatedMerge:
             from the tests (plus what the ``max_drop`` guards add).
         max_drop: Paired acceptance: an observed overall drop beyond this rejects regardless.
         device_max_drop: The same for a device's classes.
+        same_upload: Devices whose updates are one upload by design (the devices of a split
+            round share the server's aggregated sub-model); the screen sees them as one device
+            and applies its verdict to all of them.
         reference_correct: Per-sample correctness of the best accepted version on the proxy
             validation set; the paired test compares candidates with it (accumulated drops
             cannot pass), or with the current model when absent.
@@ -149,6 +152,7 @@ class ValidatedMerge:
     max_drop: float | None = 0.05
     device_max_drop: float | None = 0.2
     reference_correct: Tensor | None = None
+    same_upload: Collection[str] = ()
 
     def run(
         self,
@@ -256,7 +260,10 @@ class ValidatedMerge:
         if self.screen is None or not valid:
             return valid
         changes, references = {}, {}
+        group = [u.device_id for u in valid if u.device_id in self.same_upload]
         for u in valid:
+            if u.device_id in group[1:]:
+                continue  # screened once, as group[0]
             try:
                 changes[u.device_id] = unit_changes(u.state, u.spec, layers, cloud_state, class_rows=self.class_rows,
                                                     classes=u.classes)
@@ -267,6 +274,8 @@ class ValidatedMerge:
                 changes.pop(u.device_id, None)
                 report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
         verdicts = self.screen(changes, references or None)
+        if group and group[0] in verdicts:
+            verdicts |= {d: verdicts[group[0]] for d in group[1:]}
         report.screen = {d: v.to_dict() for d, v in verdicts.items()}
         for d, v in verdicts.items():
             if not v.passed:

@@ -114,6 +114,15 @@ def test_colluding_identical_updates_are_rejected(modular):
     assert "identical to the update of ['d0']" in report.rejected["d4"]
 
 
+def test_one_upload_shared_by_design_is_screened_once_not_as_collusion(modular):
+    updates = _agreeing_round(modular)
+    updates[4] = ModuleUpdate("d4", updates[0].spec, {k: v.clone() for k, v in updates[0].state.items()},
+                              updates[4].importance, updates[4].num_samples, updates[4].classes)
+    state, report = _merge(modular, updates, same_upload={"d0", "d4"})  # e.g. the devices of a split round
+    assert sorted(report.accepted) == [f"d{i}" for i in range(5)], report.rejected
+    assert report.screen["d0"] == report.screen["d4"] and report.screen["d0"]["identical_to"] == []
+
+
 CLAIMS = [
     ("importance -1e6", {"importance": -1e6}, "importance outside [0, 1]"),
     ("importance 1e9", {"importance": 1e9}, "importance outside [0, 1]"),

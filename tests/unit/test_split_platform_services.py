@@ -112,6 +112,8 @@ def test_services_run_a_split_round_that_learns_and_ends_with_one_model(services
     bad = ("integrity", "malformed", "unknown")
     problems = {d: r for d, r in report["rejected"].items() if r.startswith(bad)}
     assert not problems and set(report["accepted"]) | set(report["rejected"]) == {"d0", "d1"}
+    # one aggregated upload for both devices: screened once, not mistaken for colluding copies
+    assert report["screen"]["d0"] == report["screen"]["d1"] and not report["screen"]["d0"]["identical_to"]
 
 
 def test_devices_no_cut_fits_are_excluded_with_the_reason(services) -> None:
