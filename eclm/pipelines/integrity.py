@@ -63,6 +63,20 @@ def check_update(
     if names != expected_names:
         missing, extra = sorted(expected_names - names), sorted(names - expected_names)
         problems.append(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
+    tensor_problems, change, reference = _tensor_problems(update, cloud_state, layers)
+    problems += tensor_problems
+    # One bound over the whole update: single tensors (e.g. zero-initialised norm scales) can
+    # legitimately move far relative to their own tiny norm, a poisoned update moves the model.
+    bound = max_relative_norm * (reference + 1e-3)
+    if not problems and change > bound:
+        problems.append(f"update norm {change:.4g} exceeds bound {bound:.4g} ({max_relative_norm} x cloud norm)")
+    return problems
+
+
+def _tensor_problems(update: ModuleUpdate, cloud_state: dict[str, Tensor],
+                     layers: Sequence[ModuleLayer]) -> tuple[list[str], float, float]:
+    """Shape, dtype and finiteness problems, and the norms of the change and of the cloud slices."""
+    problems: list[str] = []
     change_sq, ref_sq = 0.0, 0.0
     for key, value in update.state.items():
         if key not in cloud_state:
@@ -85,12 +99,7 @@ def check_update(
         ref = _cloud_slice(cloud, layers, key, update.spec).double()
         change_sq += float((value.double() - ref).pow(2).sum())
         ref_sq += float(ref.pow(2).sum())
-    # One bound over the whole update: single tensors (e.g. zero-initialised norm scales) can
-    # legitimately move far relative to their own tiny norm, a poisoned update moves the model.
-    change, bound = change_sq**0.5, max_relative_norm * (ref_sq**0.5 + 1e-3)
-    if not problems and change > bound:
-        problems.append(f"update norm {change:.4g} exceeds bound {bound:.4g} ({max_relative_norm} x cloud norm)")
-    return problems
+    return problems, change_sq**0.5, ref_sq**0.5
 
 
 def _cloud_slice(cloud: Tensor, layers: Sequence[ModuleLayer], key: str, spec: SubModelSpec) -> Tensor:

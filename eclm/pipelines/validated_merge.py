@@ -91,7 +91,7 @@ class ValidatedMerge:
 
     Attributes:
         evaluate: ``evaluate(state, updates) -> Evaluation`` (run on a copy of the model).
-        aggregator: How contributions combine (weighted average, median, trimmed mean).
+        aggregator: How contributions combine (weighted average, median, trimmed mean, Krum).
         weighting: Module weighting for the weighted average.
         max_relative_norm: Integrity bound on update norms.
         tolerance: Allowed drop of overall proxy accuracy.
