@@ -138,7 +138,7 @@ class MergeConfig(_Strict):
         "beyond tolerance")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="significance of the paired test overall; the per-device "
                          "tests share another alpha (Bonferroni)")
-    max_drop: float | None = Field(0.05, ge=0, le=1, description="paired: an observed drop of cloud proxy-validation "
+    max_drop: float | None = Field(0.03, ge=0, le=1, description="paired: an observed drop of cloud proxy-validation "
                                    "accuracy beyond this rejects even when not significant (None: off)")
     device_max_drop: float | None = Field(0.2, ge=0, le=1, description="paired: the same on a reporting device's classes")
     max_relative_norm: float = Field(0.5, gt=0, description="reject an update whose total change norm exceeds this x the norm of the cloud slices it replaces")

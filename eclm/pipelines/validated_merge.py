@@ -149,7 +149,7 @@ class ValidatedMerge:
     reference: ReferenceUpdate | None = None
     acceptance: Literal["paired", "threshold"] = "paired"
     alpha: float = 0.05
-    max_drop: float | None = 0.05
+    max_drop: float | None = 0.03
     device_max_drop: float | None = 0.2
     reference_correct: Tensor | None = None
     same_upload: Collection[str] = ()
