@@ -50,6 +50,7 @@ class ModuleUpdate:
         num_samples: Local samples the update was trained on.
         classes: Classes in the device's data (used to merge classifier rows by class), or
             ``None`` if unknown (then the device contributes to every row).
+        metrics: What the device reports about its adaptation (checked for finite numbers only).
     """
 
     device_id: str
@@ -58,6 +59,7 @@ class ModuleUpdate:
     importance: Sequence[Sequence[float]]
     num_samples: int
     classes: Sequence[int] | None = None
+    metrics: dict | None = None
 
 
 def tensor_owner(layers: Sequence[ModuleLayer], key: str) -> tuple[int, str] | None:

@@ -10,7 +10,6 @@ merges exactly as the one that died would have.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 
@@ -18,12 +17,10 @@ import torch
 from torch import Tensor
 
 from eclm.campaign.messages import (
-    AttributedUpdate,
     CloudInfo,
     CloudSnapshot,
     DeviceSummary,
     EpochRecord,
-    MergeOutcome,
     Resources,
     SubModelPackage,
 )
@@ -33,27 +30,22 @@ from eclm.modules import (
     BudgetTooSmallError,
     DeviceProfile,
     ModularModel,
-    ModuleUpdate,
     SubModelSpec,
-    classifier_keys,
     derive_submodel,
     pack_state,
     unpack_state,
 )
-from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
+from eclm.modules.deltas import WIRE_DTYPES, state_delta
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.modules.merge import merge_module_updates
 from eclm.modules.offline import OfflineTraining
-from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms
-from eclm.pipelines.aggregators import create_aggregator
+from eclm.pipelines.adaptation import evaluate
+from eclm.pipelines.cloud_merge import CloudMergeMixin
 from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.split_service import SplitCloudMixin
-from eclm.pipelines.upload_admission import admit
-from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 from eclm.preflight import cloud_model
 
 
-class CloudService(SplitCloudMixin):
+class CloudService(CloudMergeMixin, SplitCloudMixin):
     """Holds the modular cloud model and its recent versions.
 
     Args:
@@ -67,6 +59,11 @@ class CloudService(SplitCloudMixin):
         torch.manual_seed(config.seed)
         data, split = load_dataset(config.data)
         cloud = split.cloud
+        # The classes each device holds as the cloud knows them (the split follows from the config);
+        # an update claiming other classes is rejected (docs/security.md).
+        self.known_classes = {d.name: set(p.classes) for d, p in zip(config.devices, split.devices, strict=True)}
+        self.best_val_correct: Tensor | None = None  # per-sample correctness of the best accepted version
+        self._split_uploads: set[str] = set()  # devices of the last split round: their uploads are one
         self.train_x, self.train_y = cloud.train.images, cloud.train.labels
         self.val_x, self.val_y = cloud.val.images, cloud.val.labels
         self.num_classes = data.num_classes
@@ -114,6 +111,8 @@ class CloudService(SplitCloudMixin):
             self._versions = {}
             self._remember_version()
             self.best_val_acc = self.validation_accuracy()
+            self.best_val_correct = None
+            self._remember_best_predictions()
         return EpochRecord(**vars(metrics))
 
     def validation_accuracy(self) -> float:
@@ -150,6 +149,8 @@ class CloudService(SplitCloudMixin):
         self.version, self.best_val_acc = snapshot.version, snapshot.best_val_acc
         self._versions = {v: _split_checkpoint(b)[0] for v, b in sorted(snapshot.kept_versions.items())}
         self._remember_version()
+        self.best_val_correct = None  # the paired test's reference: the restored version's predictions
+        self._remember_best_predictions()
         return self.version
 
     def kept_versions(self) -> list[int]:
@@ -213,125 +214,6 @@ class CloudService(SplitCloudMixin):
         self._versions[self.version] = {k: v.detach().clone() for k, v in self.model.backbone.state_dict().items()}
         for old in sorted(self._versions)[: -self.cfg.merge.keep_versions]:
             del self._versions[old]
-
-    def _rebase(self, state: dict[str, Tensor], spec: SubModelSpec, meta: dict) -> dict[str, Tensor]:
-        """An upload as absolute weights: a delta upload is added to the cloud's current slices."""
-        if meta.get("kind", "weights") == "weights":
-            return state
-        if meta.get("kind") != "delta":
-            raise MalformedPayloadError(f"unknown update kind {meta.get('kind')!r}")
-        try:
-            current = self.model.extract(spec).state_dict()
-        except (ValueError, IndexError) as err:
-            raise MalformedPayloadError(f"spec does not fit the cloud model: {err}") from err
-        return apply_delta(current, state)
-
-    # ------------------------------------------------------------------ merge
-    def _evaluator(self, classes: dict[str, list[int]]):
-        # The cloud evaluates each device's re-derived sub-model on the proxy-validation samples
-        # of the classes it reported (device data never leaves the device).
-        def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
-            probe = copy.deepcopy(self.model)
-            probe.backbone.load_state_dict(state)
-            overall = evaluate(probe.extract(probe.full_spec()), self.val_x, self.val_y)[0]
-            per_device = {}
-            for u in updates:
-                mask = torch.isin(self.val_y, torch.tensor(classes.get(u.device_id) or [], dtype=self.val_y.dtype))
-                if mask.sum() > 0:
-                    per_device[u.device_id] = evaluate(probe.extract(u.spec), self.val_x[mask], self.val_y[mask])[0]
-            return Evaluation(overall, per_device)
-
-        return run
-
-    def _pipeline(self, classes: dict[str, list[int]]) -> ValidatedMerge:
-        m = self.cfg.merge
-        return ValidatedMerge(
-            evaluate=self._evaluator(classes), aggregator=create_aggregator(m.aggregator, m.trim_fraction),
-            weighting=m.weighting, max_relative_norm=m.max_relative_norm, tolerance=m.tolerance,
-            device_tolerance=m.device_tolerance, min_updates=m.min_updates, server_lr=m.server_lr,
-            step_backoff=m.step_backoff, merge_norm_statistics=m.merge_norm_statistics,
-            finalize=self._finalize_candidate, reference_accuracy=self.best_val_acc,
-            class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
-            max_samples=self.cfg.data.samples_per_device[1],
-        )
-
-    def merge(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
-        """Validate and merge device uploads; a rejected or failed merge leaves the model bit-identical.
-
-        Every upload is admitted on its own first (:mod:`eclm.pipelines.upload_admission`): one
-        that is malformed, claims another device or foreign classes, or raises anything while
-        being decoded or checked is rejected alone with its reason.
-        """
-        admission = admit(uploads, self.model.layer_sizes, self._rebase)
-        classes = {u.device_id: list(u.classes or []) for u in admission.updates}
-        cloud_state = self.model.backbone.state_dict()
-        updates, rejected = admission.updates, dict(admission.rejected)
-        try:
-            new_state, report = self._pipeline(classes).run(cloud_state, self.model.layers, updates,
-                                                            admission.issued, self._names)
-        except Exception as err:  # noqa: BLE001 - find the upload that breaks the merge, merge the rest
-            broken = self._breaking_updates(cloud_state, updates)
-            if not broken:
-                return MergeOutcome(decision="reject", reason=f"merge failed: {err!r}", rejected=rejected,
-                                    version=self.version)
-            rejected |= {u.device_id: f"merge failed on this upload: {e}" for u, e in broken}
-            kept = [u for u in updates if all(u is not b for b, _ in broken)]
-            return self._merge_rest(cloud_state, kept, admission.issued, classes, rejected)
-        return self._conclude(new_state, report, rejected)
-
-    def _merge_rest(self, cloud_state, updates, issued, classes, rejected) -> MergeOutcome:
-        try:
-            new_state, report = self._pipeline(classes).run(cloud_state, self.model.layers, updates, issued,
-                                                            self._names)
-        except Exception as err:  # noqa: BLE001 - the model must stay untouched whatever happens
-            return MergeOutcome(decision="reject", reason=f"merge failed: {err!r}", rejected=rejected,
-                                version=self.version)
-        return self._conclude(new_state, report, rejected)
-
-    def _breaking_updates(self, cloud_state, updates: list[ModuleUpdate]) -> list[tuple[ModuleUpdate, str]]:
-        """The updates whose merge math raises on their own (only looked for when a merge raised)."""
-        broken = []
-        for u in updates:
-            try:
-                merge_module_updates(cloud_state, self.model.layers, [u])
-            except Exception as err:  # noqa: BLE001
-                broken.append((u, f"{type(err).__name__}: {err}"))
-        return broken
-
-    def _conclude(self, new_state, report, rejected: dict[str, str]) -> MergeOutcome:
-        report.rejected.update(rejected)
-        if new_state is not None:
-            self.model.backbone.load_state_dict(new_state)
-            self.version += 1
-            self._remember_version()
-            if report.cloud_acc_after is not None:
-                self.best_val_acc = max(self.best_val_acc or 0.0, report.cloud_acc_after)
-        return MergeOutcome(
-            decision=report.decision, reason=report.reason, accepted=report.accepted, rejected=report.rejected,
-            cloud_acc_before=report.cloud_acc_before, cloud_acc_after=report.cloud_acc_after,
-            device_acc_before=report.device_acc_before, device_acc_after=report.device_acc_after,
-            server_step=report.server_step, version=self.version,
-        )
-
-    def _finalize_candidate(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Prepare a merged candidate on a copy: re-estimate BatchNorm statistics on the proxy
-        data (unless device statistics were merged) and, with ``merge.repair_epochs``, fine-tune
-        it briefly on the proxy data so device drift cannot pull the shared weights away from
-        the cloud's own task. The result is what the validation evaluates and what is accepted.
-        """
-        m = self.cfg.merge
-        probe = copy.deepcopy(self.model.backbone)
-        probe.load_state_dict(state)
-        if not m.merge_norm_statistics:
-            recalibrate_norms(probe, self.train_x)
-        if m.repair_epochs:
-            gen = torch.Generator().manual_seed(self.cfg.seed + self.version)
-            finetune(probe, self.train_x, self.train_y, epochs=m.repair_epochs, lr=m.repair_lr,
-                     batch_size=self.cfg.adaptation.batch_size * 2, generator=gen)
-        return probe.state_dict()
-
-    def _names(self, spec: SubModelSpec) -> set[str]:
-        return set(self.model.extract(spec).state_dict())
 
     def ping(self) -> bool:
         return True

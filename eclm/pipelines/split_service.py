@@ -89,6 +89,7 @@ class SplitCloudMixin:
     def split_finish(self) -> dict[str, DeviceUpdate]:
         """Close the session; every device's upload carries the one aggregated sub-model."""
         session, self._split = self._session(), None
+        self._split_uploads = set(session.devices)  # one aggregated upload for all of them: screened once
         state = session.sub.state_dict()
         out = {}
         for name in session.devices:

@@ -57,7 +57,8 @@ def admit_one(item: AttributedUpdate, layer_sizes: Sequence[int], rebase: Rebase
     if meta.get("device", channel) != channel:
         raise MalformedPayloadError(f"payload header names device {meta.get('device')!r}, upload came from {channel!r}")
     state = rebase(state, spec, meta)
-    return ModuleUpdate(channel, spec, state, [list(r) for r in up.importance], up.num_samples, list(up.classes))
+    return ModuleUpdate(channel, spec, state, [list(r) for r in up.importance], up.num_samples, list(up.classes),
+                        up.metrics.model_dump())
 
 
 def admit(uploads: Sequence[AttributedUpdate], layer_sizes: Sequence[int], rebase: Rebase) -> Admission:

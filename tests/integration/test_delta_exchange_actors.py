@@ -14,9 +14,11 @@ DEVICES = ["d0", "d1", "d2"]
 
 
 def test_accepted_merges_reach_devices_as_deltas_through_the_actors(local_ray, tmp_path):
-    # Tolerances of 1.0: every merge is accepted, so every cycle after the first ships the cloud's
-    # change since the version a device holds (the delta exchange) instead of its whole sub-model.
+    # Tolerances of 1.0 and no screen: every merge is accepted, so every cycle after the first ships
+    # the cloud's change since the version a device holds (the delta exchange) instead of its whole
+    # sub-model. (The defences are tested in tests/unit; here they would make acceptance uncertain.)
     cfg = tiny_config(tmp_path, **{"merge.tolerance": 1.0, "merge.device_tolerance": 1.0,
+                                   "merge.acceptance": "threshold", "merge.screen": {"enabled": False},
                                    "adaptation.epochs": 1, "tracking": {"enabled": False}})
     p = Platform(cfg).start()
     try:

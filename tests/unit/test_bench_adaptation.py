@@ -10,6 +10,7 @@ runs for real. No assertion looks at wall-clock time.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -301,8 +302,9 @@ def test_overhead_suite_builds_its_report_from_recorded_ray_runs() -> None:
     # actor 480 samples/s vs plain 600 samples/s in every round
     assert d["throughput"][0]["throughput_ratio"]["mean"] == pytest.approx(0.8)
     assert d["throughput"][0]["actor_gflops"]["mean"] == pytest.approx(3 * 2e6 * 480 / 1e9)
-    # Signed (the in-process reference is measured for real here, the Ray side is recorded), never above 1.
-    assert d["orchestration_share"] <= 1.0 and d["log_share"] == pytest.approx(0.3 / 4.0)
+    # The share compares the recorded Ray seconds with this machine's in-process seconds (which
+    # include the merge's defences): no bound on it holds on a loaded machine, only its form does.
+    assert math.isfinite(d["orchestration_share"]) and d["log_share"] == pytest.approx(0.3 / 4.0)
     scaling = result["in_process"]["merge_scaling"]
     assert [s["updates"] for s in scaling] == [1, 2]
     assert all(s["candidates"] is None or s["candidates"] >= 1 for s in scaling)

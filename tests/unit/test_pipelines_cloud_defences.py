@@ -1,0 +1,67 @@
+"""The cloud service wires the defences: forged claims reject only the forger, the report says why.
+
+In-process services (no Ray) on the embedded digits data. Before the defences, an upload claiming
+``inf`` samples raised out of ``CloudService.merge`` and sank every device's update.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from eclm.config import PlatformConfig
+from eclm.pipelines.cloud_service import CloudService
+from eclm.pipelines.edge_service import EdgeService
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def round_(tmp_path_factory):
+    text = PlatformConfig.from_dict({
+        "name": "defences", "workdir": str(tmp_path_factory.mktemp("defences")),
+        "data": {"source": "digits", "image_size": 16, "num_devices": 2, "classes_per_device": 3,
+                 "samples_per_device": [30, 40]},
+        "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
+        "adaptation": {"epochs": 1},
+        "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "max_drop": None, "device_max_drop": None},
+        "tracking": {"enabled": False},
+    }).model_dump_json()
+    cloud, edges = CloudService(text), [EdgeService(text, i) for i in range(2)]
+    for edge in edges:
+        summary = edge.summary(cloud.selector_payload())
+        package = cloud.derive(edge.name, summary["importance"], summary["resources"])
+        edge.install(package["spec"], package["payload"], cloud.info()["costs"], package["version"])
+    return cloud, [edge.adapt() for edge in edges]
+
+
+FORGERIES = [
+    ("inf samples", {"num_samples": math.inf}, "num_samples must be a finite number"),
+    ("importance 1e9", "importance", "importance outside [0, 1]"),
+    ("foreign classes", "classes", "the device does not hold"),
+    ("NaN metric", {"metrics": {"acc_after": math.nan}}, "metrics.acc_after is not finite"),
+]
+
+
+@pytest.mark.parametrize(("case", "forgery", "reason"), FORGERIES, ids=[f[0] for f in FORGERIES])
+def test_a_forged_claim_rejects_only_the_forger(round_, case, forgery, reason):
+    cloud, (honest, forger) = copy.deepcopy(round_[0]), round_[1]
+    if forgery == "importance":
+        forgery = {"importance": [[1e9] * len(row) for row in forger["importance"]]}
+    elif forgery == "classes":
+        forgery = {"classes": [c for c in range(10) if c not in forger["classes"]][:2]}
+    report = cloud.merge([honest, dict(forger, **forgery)])
+    assert reason in report["rejected"][forger["device"]], report["rejected"]
+    assert report["accepted"] == [honest["device"]] and cloud.version == 1
+    assert report["screen"][honest["device"]]["passed"]
+
+
+def test_the_report_carries_the_screen_and_the_paired_test(round_):
+    cloud, uploads = copy.deepcopy(round_[0]), round_[1]
+    report = cloud.merge(uploads)
+    assert set(report["screen"]) == {u["device"] for u in uploads}
+    assert all(s["trust_cosine"] is not None for s in report["screen"].values())  # a reference per device
+    assert report["paired"]["n"] == cloud.info()["proxy_val"]
