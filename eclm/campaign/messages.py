@@ -250,6 +250,8 @@ class MergeOutcome(Message):
     device_acc_after: dict[str, float] = Field(default_factory=dict)
     server_step: float | None = None
     version: int = Field(0, ge=0)
+    screen: dict[str, dict] = Field(default_factory=dict, description="per device the robust screen's statistics")
+    paired: dict | None = Field(None, description="the paired acceptance test of the accepted candidate")
     details: dict[str, str] = Field(default_factory=dict, description="free-form facts of the strategy")
 
     @property

@@ -131,7 +131,8 @@ class CloudMergeMixin:
             decision=report.decision, reason=report.reason, accepted=report.accepted, rejected=report.rejected,
             cloud_acc_before=report.cloud_acc_before, cloud_acc_after=report.cloud_acc_after,
             device_acc_before=report.device_acc_before, device_acc_after=report.device_acc_after,
-            server_step=report.server_step, version=self.version,
+            server_step=report.server_step, version=self.version, screen=_json(report.screen),
+            paired=_json(report.paired),
         )
 
     def _defences(self) -> dict:
@@ -184,6 +185,13 @@ class CloudMergeMixin:
 
     def _names(self, spec: SubModelSpec) -> set[str]:
         return set(self.model.extract(spec).state_dict())
+
+
+def _json(value):
+    """Report statistics as plain JSON values (numbers, strings, lists, dicts; tensors become lists)."""
+    import json
+
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 __all__ = ["CloudMergeMixin"]
