@@ -17,6 +17,7 @@ unit tests and benchmarks bind it to in-process services. What it guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -85,7 +86,7 @@ class CycleCoordinator:
         self._pending_restart: set[str] = set()
         self._manual: list[str] = []
         self._drift: dict[str, float] = {}
-        self._selector: tuple[int, Any] | None = None
+        self._selector: tuple[int, Any, str] | None = None
         self._costs: Any = None
 
     # ------------------------------------------------------------------ cloud calls
@@ -337,11 +338,11 @@ class CycleCoordinator:
             self.recorder.record_cycle(result, summaries, self.info, self.state.history)
 
     # helpers the phases use --------------------------------------------
-    def selector(self) -> Any:
-        """The selector weights as a shareable handle (fetched once per cloud endpoint)."""
+    def selector(self) -> tuple[int, Any, str]:
+        """``(bytes, shareable handle, sha256)`` of the cloud's selector (fetched once per cloud endpoint)."""
         if self._selector is None:
             payload = self._cloud(lambda c: c.selector_payload(), "selector")
-            self._selector = (len(payload), self.fleet.share(payload))
+            self._selector = (len(payload), self.fleet.share(payload), hashlib.sha256(payload).hexdigest())
         return self._selector
 
     def costs_handle(self) -> Any:

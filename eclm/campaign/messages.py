@@ -115,6 +115,7 @@ class DeviceSummary(Message):
     held: HeldModel | None = None
     held_accuracy: float | None = Field(None, ge=0, le=1)
     held_previous_accuracy: float | None = Field(None, ge=0, le=1)
+    selector_digest: str | None = Field(None, description="sha256 of the selector the importance was computed with")
     held_previous_accuracy_own: float | None = Field(None, ge=0, le=1)
 
     @field_validator("importance")

@@ -82,6 +82,7 @@ class CampaignState(BaseModel):
     enrolled: dict[str, tuple[int, ...]] = Field(default_factory=dict)
     resources: dict[str, Resources] = Field(default_factory=dict)
     positions: dict[str, int] = Field(default_factory=dict)
+    selectors: dict[str, str] = Field(default_factory=dict, description="digest of the selector each device holds")
     trigger: dict = Field(default_factory=dict)
     mlflow_run_id: str | None = None
     history: list[RoundRecord] = Field(default_factory=list)

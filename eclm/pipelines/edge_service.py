@@ -209,6 +209,7 @@ class EdgeService(SplitDeviceMixin):
                 prev_acc, _, prev_own = map(_finite, evaluate_own(self.model, prev.images, prev.labels, self.classes))
         return DeviceSummary(device=self.name, importance=self.importance(), resources=self.profile(),
                              num_samples=self.stream.local_size, classes=tuple(self.classes), held=held,
+                             selector_digest=getattr(self.selector, "eclm_digest", None),
                              held_accuracy=acc, held_previous_accuracy=prev_acc, held_previous_accuracy_own=prev_own)
 
     # ------------------------------------------------------------------ sub-model

@@ -6,6 +6,7 @@ each test states exactly what the endpoints do and checks what the coordinator m
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 
 import pytest
@@ -101,6 +102,7 @@ class ScriptedDevice:
         self.name, self.drift_score, self.step = name, drift, 0
         self.held: HeldModel | None = None
         self.adapt_with = None
+        self.selector_digest, self.selectors_received = None, 0
 
     def advance(self, steps: int) -> StreamPosition:
         self.step += steps
@@ -113,8 +115,11 @@ class ScriptedDevice:
         return Resources()
 
     def summary(self, selector) -> DeviceSummary:
+        if selector is not None:
+            self.selectors_received += 1
+            self.selector_digest = hashlib.sha256(selector).hexdigest()
         return DeviceSummary(device=self.name, importance=((0.5, 0.5), (0.5, 0.5)), resources=Resources(),
-                             num_samples=10, classes=(0, 1), held=self.held)
+                             num_samples=10, classes=(0, 1), held=self.held, selector_digest=self.selector_digest)
 
     def install(self, package: SubModelPackage, costs) -> InstallReport:
         self.held = HeldModel(spec=package.spec, version=package.version)
@@ -318,3 +323,13 @@ def test_bar_progress_draws_on_its_stream():
     bar.end("offline stage")
     text = out.getvalue()
     assert "eclm: starting Ray" in text and "offline stage" in text and "3/3" in text
+
+
+def test_the_selector_travels_once_unless_a_device_lost_it():
+    co, devices, *_ = make()
+    first, second = co.run_cycle(), co.run_cycle()
+    assert first.bytes_down["a"] == len(b"selector") + len(b"weights")  # selector + full package
+    assert second.bytes_down["a"] == len(b"weights") and devices["a"].selectors_received == 1
+    devices["b"].selector_digest = None  # e.g. restarted on a node without its copy
+    third = co.run_cycle()
+    assert devices["b"].selectors_received == 2 and third.bytes_down["b"] >= len(b"selector")
