@@ -75,7 +75,8 @@ def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool
                 print(f"cycle {c + 1}/{total}: trigger decided nothing", file=out, flush=True)
                 continue
             r = ran[-1]
-            print(f"cycle {r.round}: device acc {_fmt(r.mean('acc_before'))} -> {_fmt(r.mean('acc_after'))}"
+            label = f"cycle {c + 1}/{total}" + (f" (round {r.round})" if r.round != c + 1 else "")
+            print(f"{label}: device acc {_fmt(r.mean('acc_before'))} -> {_fmt(r.mean('acc_after'))}"
                   f" | merge {r.merge.decision} ({len(r.merge.accepted)} accepted)"
                   f" | cloud val {_fmt(r.cloud_val_acc)} | up {sum(r.bytes_up.values()) / 1e6:.2f} MB"
                   f" down {sum(r.bytes_down.values()) / 1e6:.2f} MB"

@@ -70,20 +70,9 @@ def derive_submodel(
             (the message names the budget and the minimum), or no feasible selection exists.
         ValueError: If ``importance`` does not match the layer sizes.
     """
-    if hasattr(modular_or_costs, "costs"):
-        costs = modular_or_costs.costs()
-        model_id = modular_or_costs.model_id
-        allows_empty = [l.allows_empty for l in modular_or_costs.layers]
-    else:
-        costs = modular_or_costs
-        if model_id is None or allows_empty is None:
-            raise ValueError("derive_submodel from a CostTable needs model_id and allows_empty")
+    costs, model_id, allows_empty = _cost_source(modular_or_costs, model_id, allows_empty)
     sizes = [len(m) for m in costs.modules]
-    imp = [np.asarray(v, dtype=float) for v in importance]
-    if [len(v) for v in imp] != sizes:
-        raise ValueError(f"importance shape {[len(v) for v in imp]} does not match layer sizes {sizes}")
-    if any(np.any(~np.isfinite(v)) or np.any(v < 0) for v in imp):
-        raise ValueError("importance must be finite and non-negative")
+    imp = _checked_importance(importance, sizes)
     avail = [list(held.groups[i]) if held is not None else list(range(n)) for i, n in enumerate(sizes)]
     empty_ok = [bool(a) and (held is None or not held.groups[i] or True) for i, a in enumerate(allows_empty)]
     limits = budget.limits()
@@ -104,6 +93,25 @@ def derive_submodel(
     spec = SubModelSpec(model_id=model_id, groups=groups)
     _assert_feasible(costs, spec, limits)
     return spec
+
+
+def _cost_source(modular_or_costs, model_id: str | None, allows_empty: Sequence[bool] | None):
+    """``(cost table, model id, allows_empty)`` from a modular model, or a cost table with both given."""
+    if hasattr(modular_or_costs, "costs"):
+        return (modular_or_costs.costs(), modular_or_costs.model_id,
+                [l.allows_empty for l in modular_or_costs.layers])
+    if model_id is None or allows_empty is None:
+        raise ValueError("derive_submodel from a CostTable needs model_id and allows_empty")
+    return modular_or_costs, model_id, allows_empty
+
+
+def _checked_importance(importance: Sequence[Sequence[float]], sizes: list[int]) -> list[np.ndarray]:
+    imp = [np.asarray(v, dtype=float) for v in importance]
+    if [len(v) for v in imp] != sizes:
+        raise ValueError(f"importance shape {[len(v) for v in imp]} does not match layer sizes {sizes}")
+    if any(np.any(~np.isfinite(v)) or np.any(v < 0) for v in imp):
+        raise ValueError("importance must be finite and non-negative")
+    return imp
 
 
 def shrink_submodel(

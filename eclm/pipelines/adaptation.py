@@ -136,10 +136,7 @@ def finetune(
                 xb, yb = replay.mix(xb, yb, replay_ratio)
             logits = model(xb)
             if local_classes:
-                if mask is None:
-                    mask = torch.full((logits.shape[-1],), float("-inf"))
-                    mask[torch.as_tensor(sorted(set(local_classes) | set(yb.tolist())))] = 0.0
-                mask[yb] = 0.0  # replayed samples of a class keep that class active
+                mask = _class_mask(mask, logits.shape[-1], local_classes, yb)
                 logits = logits + mask
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -153,13 +150,18 @@ def finetune(
     if replay is not None:
         replay.add(x, y)
     model.eval()
-    return TrainStats(
-        loss_first_epoch=epoch_losses[0] if epoch_losses else float("nan"),
-        loss_last_epoch=epoch_losses[-1] if epoch_losses else float("nan"),
-        batches=batches,
-        samples=samples,
-        seconds=time.perf_counter() - start,
-    )
+    first, last = (epoch_losses[0], epoch_losses[-1]) if epoch_losses else (float("nan"), float("nan"))
+    return TrainStats(loss_first_epoch=first, loss_last_epoch=last, batches=batches, samples=samples,
+                      seconds=time.perf_counter() - start)
+
+
+def _class_mask(mask: Tensor | None, n_classes: int, local_classes: list[int], labels: Tensor) -> Tensor:
+    """Logit mask keeping the device's classes (and those of replayed samples) in the softmax."""
+    if mask is None:
+        mask = torch.full((n_classes,), float("-inf"))
+        mask[torch.as_tensor(sorted(set(local_classes) | set(labels.tolist())))] = 0.0
+    mask[labels] = 0.0  # replayed samples of a class keep that class active
+    return mask
 
 
 def training_memory_bytes(params: float, activation_bytes: float, batch_size: int) -> float:

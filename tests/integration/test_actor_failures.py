@@ -72,11 +72,9 @@ def test_eclm_run_prints_one_line_with_the_root_cause_and_exits_1(local_ray, bad
     try:
         assert main(["run", "--config", str(path)]) == EXIT_FAILED
     finally:  # Platform.start stops what it created when it fails: nothing may be left behind
-        from ray.util.state import list_actors
+        from ray._private import state
 
-        address = local_ray.get_runtime_context().gcs_address
-        alive = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
-                 if "Service" in (a.class_name or "")]
+        alive = [a for a in state.actors().values() if a["State"] == "ALIVE" and "Service" in a["ActorClassName"]]
         assert not alive, alive
     err = capfd.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith("eclm:")]

@@ -120,7 +120,9 @@ def test_ray_job_submit_runs_a_campaign_from_its_working_dir(cluster, tmp_path):
                    "--config", "campaign.yaml"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "cycle 1/1: device acc" in result.stdout and "succeeded" in result.stdout
-    assert list((lasting / "checkpoints" / cfg["name"]).iterdir())  # where the config says, not in the job's dir
+    # where the config says, not in the job's directory: the driver's store and the device's own
+    (run,) = (lasting / "campaigns" / cfg["name"]).iterdir()
+    assert list((run / "commits").iterdir()) and list((run / "devices" / "d0").glob("snap_*.json"))
 
 
 def test_relative_paths_resolve_against_the_drivers_directory(cluster, tmp_path):
@@ -131,7 +133,9 @@ def test_relative_paths_resolve_against_the_drivers_directory(cluster, tmp_path)
     result = _run([sys.executable, "-m", "eclm.cli", "run", "--config", "c.yaml", "--address", cluster.address],
                   cwd=driver)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert list((driver / "runs" / "checkpoints" / cfg["name"]).iterdir())  # the cloud actor wrote here ...
+    # the edge actor (its own process, on the worker node) wrote its store here ...
+    (run,) = (driver / "runs" / "campaigns" / cfg["name"]).iterdir()
+    assert list((run / "devices" / "d0").glob("snap_*.json"))
     assert not (Path.cwd() / "runs").exists()  # ... not in the directory the nodes were started from
 
 
@@ -142,7 +146,8 @@ def test_a_driver_without_the_token_gets_one_line_saying_how_to_provide_it(clust
     result = _run([sys.executable, "-m", "eclm.cli", "run", "--config", "c.yaml", "--address", cluster.address],
                   cwd=tmp_path, env=env)
     assert result.returncode == 2
-    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("eclm: cannot")]
+    assert "Traceback" not in result.stderr and "InvalidAuthToken" not in result.stderr
     assert line.startswith(f"eclm: cannot connect to the Ray cluster at '{cluster.address}': it requires its auth "
                            "token and this driver holds no token.")
     assert "RAY_AUTH_TOKEN_PATH=<file>" in line and "docs/cluster.md" in line and "InvalidAuthToken" not in line
