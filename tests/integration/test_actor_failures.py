@@ -77,7 +77,7 @@ def test_eclm_run_prints_one_line_with_the_root_cause_and_exits_1(local_ray, bad
         alive = [a for a in state.actors().values() if a["State"] == "ALIVE" and "Service" in a["ActorClassName"]]
         assert not alive, alive
     err = capfd.readouterr().err
-    (line,) = [x for x in err.splitlines() if x.startswith("eclm:")]
+    (line,) = [x for x in err.splitlines() if x.startswith("eclm:") and "failed" in x]
     assert line.startswith("eclm: starting the platform failed: ValueError: weights in ")
     assert "do not match ResNet" in line and line.endswith("(--debug shows the traceback)")
     assert "Traceback" not in err and "\x1b" not in err and "actor died" not in err

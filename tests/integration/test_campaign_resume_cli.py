@@ -39,7 +39,10 @@ def test_a_killed_driver_resumes_from_its_last_commit(tmp_path):
     from mlflow.tracking import MlflowClient
 
     cfg = tiny_config(tmp_path, **{"cycles": 8, "merge.tolerance": 1.0, "merge.device_tolerance": 1.0,
-                                   "adaptation.epochs": 1, "offline.epochs": 2})
+                                   "adaptation.epochs": 1, "data.num_devices": 2, "devices": [{"name": "d0"},
+                                                                                            {"name": "d1"}],
+                                   "offline": {"epochs": 1, "enhance_epochs": 0, "batch_size": 32,
+                                               "classes_per_subtask": 3}})
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONUNBUFFERED="1")

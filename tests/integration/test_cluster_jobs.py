@@ -128,7 +128,7 @@ def test_ray_job_submit_runs_a_campaign_from_its_working_dir(cluster, tmp_path):
 def test_relative_paths_resolve_against_the_drivers_directory(cluster, tmp_path):
     driver = tmp_path / "driver"
     driver.mkdir()
-    cfg = campaign(tmp_path, workdir="runs", cycles=0)
+    cfg = campaign(tmp_path, workdir="runs", cycles=1)
     (driver / "c.yaml").write_text(yaml.safe_dump(cfg))
     result = _run([sys.executable, "-m", "eclm.cli", "run", "--config", "c.yaml", "--address", cluster.address],
                   cwd=driver)
