@@ -325,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "ui":
                 return commands.serve_ui(args.workdir, args.config, args.port)
             return commands.replay(args.journal, args.tracking_uri)
+        if args.command in ("run", "demo", "serve"):  # a first line at once: the checks import torch
+            print(f"eclm: checking {'the demo config' if args.command == 'demo' else args.config} ...",
+                  file=sys.stderr, flush=True)
         from eclm.preflight import describe, preflight
 
         cfg, source = _load(args)
