@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eclm.data.replay import ReplayBuffer
+from eclm.modules.merge import classifier_keys
+from eclm.modules.sparse_training import SparsePlan, module_sparse
+from eclm.modules.trainable import TrainingMemory
 
 
 @dataclass
@@ -89,6 +92,7 @@ def finetune(
     replay_ratio: float = 0.5,
     generator: torch.Generator | None = None,
     local_classes: list[int] | None = None,
+    sparse: SparsePlan | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on local data with optional replay.
 
@@ -99,15 +103,31 @@ def finetune(
     are masked out of the loss), so a label-skewed device does not push down the classifier rows
     of classes it never sees; those rows stay as the cloud sent them, which keeps module-wise
     merging of the shared head from erasing other devices' classes.
+
+    With ``sparse`` only what its trainable spec names is trained (module-sparse adaptation,
+    :mod:`eclm.modules.sparse_training`): the optimizer holds only those parameters and the
+    stages before the earliest trainable one run without autograd.
     """
+    if sparse is None or sparse.trainable.is_dense(sparse.spec):
+        return _train(model, list(model.parameters()), model, x, y, epochs, lr, batch_size, momentum, replay,
+                      replay_ratio, generator, local_classes)
+    with module_sparse(model, sparse) as st:
+        return _train(model, st.params, st.forward, x, y, epochs, lr, batch_size, momentum, replay, replay_ratio,
+                      generator, local_classes)
+
+
+def _train(model: nn.Module, params: list[nn.Parameter], forward, x: Tensor, y: Tensor, epochs: int, lr: float,
+           batch_size: int, momentum: float, replay: ReplayBuffer | None, replay_ratio: float,
+           generator: torch.Generator | None, local_classes: list[int] | None) -> TrainStats:
+    """The training loop of :func:`finetune` (``forward`` computes the logits)."""
     gen = generator or torch.Generator().manual_seed(0)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
     mask: Tensor | None = None
     model.train()
     start = time.perf_counter()
     epoch_losses: list[float] = []
     batches = samples = 0
-    for _ in range(epochs):
+    for _ in range(epochs if opt is not None else 0):
         perm = torch.randperm(len(x), generator=gen)
         total, count = 0.0, 0
         for i in range(0, len(x), batch_size):
@@ -117,7 +137,7 @@ def finetune(
             xb, yb = x[idx], y[idx]
             if replay is not None and len(replay) > 0 and replay_ratio > 0:
                 xb, yb = replay.mix(xb, yb, replay_ratio)
-            logits = model(xb)
+            logits = forward(xb)
             if local_classes:
                 if mask is None:
                     mask = torch.full((logits.shape[-1],), float("-inf"))
@@ -143,6 +163,23 @@ def finetune(
         samples=samples,
         seconds=time.perf_counter() - start,
     )
+
+
+def effective_batch(batch_size: int, replay_ratio: float, replay: bool) -> int:
+    """Samples per training batch: fresh ones plus the replayed share."""
+    return batch_size + (int(round(replay_ratio * batch_size)) if replay else 0)
+
+
+def training_memory_model(model: nn.Module, batch: float) -> TrainingMemory:
+    """The training-memory model (:class:`~eclm.modules.trainable.TrainingMemory`) of a timm model
+    (its classifier's row size and class count) at ``batch`` samples per batch."""
+    head = dict(model.named_parameters())
+    keys = classifier_keys(model)
+    weight = next((head[k] for k in keys if head[k].ndim == 2), None)
+    if weight is None:
+        raise ValueError(f"{type(model).__name__} has no linear classifier")
+    return TrainingMemory(batch=batch, head_row_params=sum(head[k][0].numel() for k in keys),
+                          num_classes=weight.shape[0])
 
 
 def training_memory_bytes(params: float, activation_bytes: float, batch_size: int) -> float:

@@ -44,10 +44,22 @@ from eclm.modules import (
     skeleton,
     unpack_state,
 )
-from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
+from eclm.modules.deltas import apply_wire_delta, to_float32
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms, training_memory_bytes
+from eclm.modules.merge import classifier_keys
+from eclm.modules.sparse_training import SparsePlan
+from eclm.modules.spec import DeviceProfile, TrainableSpec
+from eclm.modules.trainable import TrainingMemory, derive_trainable
+from eclm.pipelines.adaptation import (
+    effective_batch,
+    evaluate,
+    finetune,
+    recalibrate_norms,
+    training_memory_bytes,
+    training_memory_model,
+)
 from eclm.pipelines.drift_detection import DriftDetector
+from eclm.pipelines.edge_exchange import DeviceExchange
 from eclm.pipelines.edge_state import restore_service, snapshot_service
 from eclm.pipelines.profiler import budget_from_resources, measure_resources
 from eclm.pipelines.split_device import SplitDeviceMixin
@@ -85,6 +97,9 @@ class EdgeService(SplitDeviceMixin):
         self.selector = ModuleSelector(self.skeleton.layer_sizes, config.data.channels, b.selector_width, b.selector_dim)
         self.model: torch.nn.Module | None = None
         self.spec: SubModelSpec | None = None
+        self.trainable: TrainableSpec | None = None  # what the cloud asked this device to train (None: all)
+        self.exchange = DeviceExchange(self.skeleton.layers, config.adaptation.delta_dtype,
+                                       config.merge.merge_norm_statistics)
         self.costs: CostTable | None = None
         self.replay = ReplayBuffer(config.adaptation.replay_capacity or 1, seed=config.seed + device_index)
         self.detector = DriftDetector(config.drift.accuracy_drop, config.drift.shift_scale)
@@ -179,8 +194,10 @@ class EdgeService(SplitDeviceMixin):
     def install(self, package: SubModelPackage, costs: dict | None = None) -> InstallReport:
         """Install a package from the cloud (``payload=None``: keep the held sub-model).
 
-        A payload of kind ``delta`` carries the cloud's change since the version held here and is
-        added to the locally adapted weights (see :mod:`eclm.modules.deltas`).
+        A payload of kind ``delta`` carries the cloud's change since the version held here (all
+        learned weights, or only the modules and rows that changed) and is added to the locally
+        adapted weights (see :mod:`eclm.modules.deltas`). The package also says what the device
+        trains next (``trainable``; ``None``: everything).
 
         Raises:
             MalformedPayloadError: If the payload does not decode or does not match the spec.
@@ -191,7 +208,7 @@ class EdgeService(SplitDeviceMixin):
         if package.payload is None:
             if self.model is None or self.spec != spec:
                 raise ValueError(f"device {self.name}: no weights sent and the held sub-model is not {spec.to_json()}")
-            self.version = package.version
+            self.version, self.trainable = package.version, package.trainable
             self._save()
             return InstallReport(device=self.name, params=self._params(), modules=spec.num_modules(), kept=True)
         state, payload_spec, meta = unpack_state(package.payload)
@@ -201,10 +218,12 @@ class EdgeService(SplitDeviceMixin):
             if self.model is None or self.spec != spec or self.version != meta.get("base_version"):
                 raise ValueError(f"device {self.name}: got a delta against version {meta.get('base_version')} "
                                  f"but holds version {self.version} of {self.spec.to_json() if self.spec else None}")
-            self.model.load_state_dict(apply_delta(self.model.state_dict(), state))
+            self.model.load_state_dict(apply_wire_delta(self.model.state_dict(), state, meta, self.skeleton.layers,
+                                                        spec, classifier_keys(self.model)))
         else:
-            self.model = rebuild_submodel(self.skeleton, spec, state)
-        self.spec, self.version = spec, package.version
+            self.model = rebuild_submodel(self.skeleton, spec, to_float32(state))
+            self.exchange.reset()
+        self.spec, self.version, self.trainable = spec, package.version, package.trainable
         if costs is not None:
             self.costs = CostTable.from_dict(costs)
         if self.cfg.adaptation.recalibrate_norms:
@@ -216,7 +235,8 @@ class EdgeService(SplitDeviceMixin):
         return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
 
     def shrink(self, changes: Resources | None = None) -> SwapReport | None:
-        """Local swap after a resource drop: keep the best subset of held modules that fits.
+        """Local swap after a resource drop: keep the best subset of held modules that fits (and,
+        with module-sparse adaptation, the best trainable subset within the new memory).
 
         Returns:
             What changed, or ``None`` if the device holds no sub-model yet.
@@ -228,31 +248,48 @@ class EdgeService(SplitDeviceMixin):
             self.set_resources(changes)
         if self.model is None or self.spec is None or self.costs is None:
             return None
-        a = self.cfg.adaptation
-        full = self.costs.total(SubModelSpec(model_id=self.spec.model_id,
-                                             groups=[tuple(range(len(m))) for m in self.costs.modules]))
-        budget = budget_from_resources(
-            self.name, self.resources, full_params=full["params"], batch_size=a.batch_size,
-            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
-        )
+        budget = self._budget()
         allows_empty = [l.allows_empty for l in self.skeleton.layers]
-        new = shrink_submodel(self.costs, self.spec, self.importance(), budget, allows_empty)
+        importance = self.importance()
+        new = shrink_submodel(self.costs, self.spec, importance, budget, allows_empty)
         before = self.costs.total(self.spec)
         if new != self.spec:
             self.model = narrow(self.model, self.skeleton.layers, self.spec.groups, new.groups)
             self.spec = new
-            if a.recalibrate_norms:
+            self.exchange.reset()
+            if self.cfg.adaptation.recalibrate_norms:
                 recalibrate_norms(self.model, self.stream.train_set().images)
-            self._save()
+        if self.trainable is not None:
+            a = self.cfg.adaptation
+            self.trainable = derive_trainable(self.costs, new, importance, self._memory(),
+                                              max_memory=budget.max_train_memory, share=a.trainable_share,
+                                              head_rows=self.trainable.head_rows)
+        self._save()
         return SwapReport(device=self.name, spec=new, params_before=before["params"],
                           params_after=self.costs.total(new)["params"])
+
+    def _budget(self) -> DeviceProfile:
+        """This device's budget now, from the cost table it received (no cloud round trip)."""
+        a = self.cfg.adaptation
+        full = self.costs.total(SubModelSpec(model_id=self.spec.model_id,
+                                             groups=[tuple(range(len(m))) for m in self.costs.modules]))
+        return budget_from_resources(
+            self.name, self.resources, full_params=full["params"], batch_size=a.batch_size,
+            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
+            sparse=a.trainable == "budgeted",
+        )
+
+    def _memory(self) -> TrainingMemory:
+        a = self.cfg.adaptation
+        return training_memory_model(self.model, effective_batch(a.batch_size, a.replay_ratio, a.replay_capacity > 0))
 
     # ------------------------------------------------------------------ adaptation
     def adapt(self) -> DeviceUpdate:
         """Fine-tune on local data; return the update (safetensors bytes) and the metrics.
 
-        With ``adaptation.exchange: delta`` the update is this cycle's change of the weights
-        (``after - before``); with ``weights`` it is the adapted sub-model itself.
+        With ``adaptation.exchange: delta`` the update is this cycle's change of what the device
+        trained (``after - before``; module-sparse after module-sparse training); with ``weights``
+        it is the adapted sub-model itself.
 
         Raises:
             RuntimeError: If no sub-model is installed.
@@ -261,42 +298,58 @@ class EdgeService(SplitDeviceMixin):
             raise RuntimeError(f"device {self.name} has no sub-model installed")
         a = self.cfg.adaptation
         train, test, prev = self.stream.train_set(), self.stream.test_set(), self.stream.previous_test_set()
-        acc_before, loss_before = evaluate(self.model, test.images, test.labels)
+        before = evaluate(self.model, test.images, test.labels)
         prev_before = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         rss_before = psutil.Process().memory_info().rss
-        start_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        plan = self.trainable or TrainableSpec.dense(self.spec)
+        row_keys = classifier_keys(self.model)
+        state = self.model.state_dict()
+        start = {k: state[k].detach().clone() for k in self.exchange.keys(state, self.spec, plan, row_keys)}
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rounds)
         stats = finetune(self.model, train.images, train.labels, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                          momentum=a.momentum, replay=self.replay if a.replay_capacity else None,
                          replay_ratio=a.replay_ratio, generator=gen,
-                         local_classes=self.classes if a.restrict_to_local_classes else None)
+                         local_classes=self.classes if a.restrict_to_local_classes else None,
+                         sparse=SparsePlan(self.skeleton.layers, self.spec, plan))
+        rss_delta = psutil.Process().memory_info().rss - rss_before
         if a.recalibrate_norms:  # training-mode batches mixed replayed environments into the stats
             recalibrate_norms(self.model, train.images)
-        acc_after, loss_after = evaluate(self.model, test.images, test.labels)
+        after = evaluate(self.model, test.images, test.labels)
         prev_after = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         importance = self.importance()
         self.detector.update_reference(evaluate(self.model, train.images, train.labels)[0], importance)
-        cost = self.costs.total(self.spec) if self.costs else {}
         self.rounds += 1
-        meta = {"device": self.name, "round": self.rounds, "base_version": self.version}
-        if a.exchange == "delta":  # this cycle's change only; the cloud re-bases it on its current slices
-            delta = state_delta(self.model.state_dict(), start_state, dtype=WIRE_DTYPES[a.delta_dtype])
-            payload = pack_state(delta, self.spec, meta | {"kind": "delta"})
-        else:
-            payload = pack_state(self.model.state_dict(), self.spec, meta)
-        forgetting = (prev_before - prev_after) if prev is not None else None
-        metrics = DeviceMetrics(
-            acc_before=_finite(acc_before), acc_after=_finite(acc_after), loss_before=_finite(loss_before),
-            loss_after=_finite(loss_after), prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after),
-            forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
-            batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
-            train_memory_estimate=training_memory_bytes(cost.get("params", 0), cost.get("activation_bytes", 0),
-                                                        a.batch_size),
-            rss_delta=psutil.Process().memory_info().rss - rss_before,
-            environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
+        payload = self._payload(plan, start, row_keys)
+        metrics = self._metrics(before, after, prev_before, prev_after, stats, plan, rss_delta)
         self._save()
         return DeviceUpdate(device=self.name, payload=payload, importance=importance, num_samples=len(train.images),
                             classes=tuple(self.classes), metrics=metrics)
+
+    def _payload(self, plan: TrainableSpec, start: dict, row_keys: list[str]) -> bytes:
+        """The upload: this cycle's change (``exchange: delta``) or the adapted weights."""
+        meta = {"device": self.name, "round": self.rounds, "base_version": self.version}
+        if self.cfg.adaptation.exchange != "delta":
+            return pack_state(self.model.state_dict(), self.spec, meta)
+        # this cycle's change only; the cloud re-bases it on its current slices
+        wire, header = self.exchange.upload(self.model.state_dict(), start, self.spec, plan, row_keys)
+        return pack_state(wire, self.spec, meta | header)
+
+    def _metrics(self, before, after, prev_before, prev_after, stats, plan: TrainableSpec,
+                 rss_delta: int) -> DeviceMetrics:
+        a = self.cfg.adaptation
+        cost = self.costs.total(self.spec) if self.costs else {}
+        if self.trainable is not None and self.costs is not None:
+            memory = self._memory().total(self.costs, self.spec, plan)
+        else:
+            memory = training_memory_bytes(cost.get("params", 0), cost.get("activation_bytes", 0), a.batch_size)
+        forgetting = (prev_before - prev_after) if prev_before is not None else None
+        return DeviceMetrics(
+            acc_before=_finite(before[0]), acc_after=_finite(after[0]), loss_before=_finite(before[1]),
+            loss_after=_finite(after[1]), prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after),
+            forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
+            batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
+            train_memory_estimate=memory, rss_delta=rss_delta,
+            environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
 
     def evaluate(self) -> DeviceMetrics:
         """Accuracy of the held model on the current and the previous environment, no training

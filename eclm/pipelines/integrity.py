@@ -26,7 +26,8 @@ def check_update(
     """Every problem found with ``update`` (an empty list means it passes).
 
     Checks: the spec is the one the device was given (or a subset of it, after a local swap);
-    tensor names are exactly those of that sub-model; shapes and dtypes match what the spec
+    tensor names are exactly those of that sub-model (a subset for a module-sparse upload, whose
+    carried modules must lie within it); shapes and dtypes match what the spec
     implies; all values are finite; and the change of each tensor relative to the cloud's
     corresponding slices, over all trained tensors together, is bounded:
     ``||w - w_cloud|| <= max_relative_norm * (||w_cloud|| + 1e-3)``.
@@ -36,6 +37,8 @@ def check_update(
         return [f"spec is for model {update.spec.model_id}, cloud is {expected_spec.model_id}"]
     if not expected_spec.contains(update.spec):
         problems.append("spec holds modules the device was never given")
+    if update.trained is not None and not update.spec.contains(update.trained):
+        problems.append("a sparse upload carries modules outside its sub-model")
     if len(update.importance) != len(layers) or any(
         len(v) != l.n_modules for v, l in zip(update.importance, layers, strict=False)
     ):
@@ -48,7 +51,10 @@ def check_update(
         # a device claiming more data than it can hold would dominate sample-weighted averages
         problems.append(f"num_samples {update.num_samples} exceeds the plausible maximum {max_samples}")
     names = set(update.state)
-    if names != expected_names:
+    if update.trained is not None:  # a module-sparse upload carries a subset of the sub-model's tensors
+        if not names <= expected_names:
+            problems.append(f"tensor names differ: unexpected {sorted(names - expected_names)[:3]}")
+    elif names != expected_names:
         missing, extra = sorted(expected_names - names), sorted(names - expected_names)
         problems.append(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
     change_sq, ref_sq = 0.0, 0.0
@@ -56,7 +62,7 @@ def check_update(
         if key not in cloud_state:
             continue
         cloud = cloud_state[key]
-        want = expected_shape(layers, cloud.shape, key, update.spec)
+        want = expected_shape(layers, cloud.shape, key, update.carried)
         if value.shape != want:
             problems.append(f"{key}: shape {tuple(value.shape)} != expected {tuple(want)}")
             continue
@@ -70,7 +76,7 @@ def check_update(
             continue
         if "running_var" in key or "running_mean" in key:
             continue  # statistics legitimately move with the data distribution
-        ref = _cloud_slice(cloud, layers, key, update.spec).double()
+        ref = _cloud_slice(cloud, layers, key, update.carried).double()
         change_sq += float((value.double() - ref).pow(2).sum())
         ref_sq += float(ref.pow(2).sum())
     # One bound over the whole update: single tensors (e.g. zero-initialised norm scales) can
