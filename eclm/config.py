@@ -95,6 +95,10 @@ class AdaptationConfig(_Strict):
     trainable_share: float = Field(
         0.25, gt=0, le=1, description="budgeted: cap on trainable parameters as a share of the sub-model's "
         "parameters (the classifier rows aside)")
+    train_head: Literal["own", "all"] = Field(
+        "own", description="budgeted: the classifier rows a device trains: own (the rows of its classes; the others "
+        "keep the cloud's values) or all (its head also learns which classes it never sees); either way it uploads "
+        "only the rows of its classes")
 
     @model_validator(mode="after")
     def _sparse_needs_deltas(self) -> AdaptationConfig:

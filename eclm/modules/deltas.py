@@ -148,10 +148,11 @@ def sparse_download(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers
     return {k: after[k] - before[k] for k in after}, parts
 
 
-def upload_parts(plan: TrainableSpec, row_keys: Sequence[str]) -> Parts:
-    """What a device that trained ``plan`` uploads: its trained modules and classifier rows."""
-    rows = {} if plan.head_rows is None else {k: plan.head_rows for k in row_keys}
-    return Parts(groups=plan.groups, rows=rows)
+def upload_parts(plan: TrainableSpec, row_keys: Sequence[str], classes: Sequence[int]) -> Parts:
+    """What a device that trained ``plan`` uploads: its trained modules and the classifier rows of
+    its ``classes`` (the merge takes a device's rows only for its classes, whatever it trained)."""
+    rows = tuple(sorted(set(classes) if plan.head_rows is None else set(plan.head_rows) & set(classes)))
+    return Parts(groups=plan.groups, rows={k: rows for k in row_keys})
 
 
 def upload_keys(state: Mapping[str, Tensor], layers: Sequence[ModuleLayer], plan: TrainableSpec,

@@ -101,7 +101,9 @@ class SparseTraining:
 
     Attributes:
         params: The parameters the optimizer holds (whole tensors and trainable slices).
-        frozen: Chain stages before the earliest trainable one (run without autograd).
+        frozen: Chain stages before the earliest trainable one: they run in eval mode (norm
+            statistics as re-estimated on the device's data) without autograd, so their output for
+            a sample does not change during training and can be computed once.
         trained: Chain stages from the earliest trainable one on.
     """
 
@@ -109,14 +111,29 @@ class SparseTraining:
     frozen: list[nn.Module]
     trained: list[nn.Module]
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.frozen:
-            with torch.no_grad():
-                for stage in self.frozen:
-                    x = stage(x)
+    @torch.no_grad()
+    def prefix(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """The frozen stages' output for ``x`` (eval mode, no autograd; ``x`` itself without any)."""
+        if not self.frozen:
+            return x
+        for stage in self.frozen:
+            stage.eval()
+        outs = []
+        for i in range(0, len(x), batch_size):
+            h = x[i : i + batch_size]
+            for stage in self.frozen:
+                h = stage(h)
+            outs.append(h)
+        return torch.cat(outs) if outs else x[:0]
+
+    def suffix(self, h: Tensor) -> Tensor:
+        """The trained stages on the frozen stages' output (with autograd)."""
         for stage in self.trained:
-            x = stage(x)
-        return x
+            h = stage(h)
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.suffix(self.prefix(x))
 
     @property
     def numel(self) -> int:

@@ -105,21 +105,40 @@ def finetune(
     merging of the shared head from erasing other devices' classes.
 
     With ``sparse`` only what its trainable spec names is trained (module-sparse adaptation,
-    :mod:`eclm.modules.sparse_training`): the optimizer holds only those parameters and the
-    stages before the earliest trainable one run without autograd.
+    :mod:`eclm.modules.sparse_training`): the optimizer holds only those parameters, and the
+    stages before the earliest trainable one are frozen whole: their output for the local samples
+    and of the replay buffer's samples are computed once (eval mode, no autograd), and each batch
+    runs only the stages after them.
     """
+    use_replay = replay is not None and len(replay) > 0 and replay_ratio > 0
     if sparse is None or sparse.trainable.is_dense(sparse.spec):
-        return _train(model, list(model.parameters()), model, x, y, epochs, lr, batch_size, momentum, replay,
-                      replay_ratio, generator, local_classes)
+        def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
+            return replay.mix(x[idx], y[idx], replay_ratio) if use_replay else (x[idx], y[idx])
+
+        return _train(model, list(model.parameters()), batch, model, len(x), epochs, lr, batch_size, momentum,
+                      generator, local_classes, replay, x, y)
     with module_sparse(model, sparse) as st:
-        return _train(model, st.params, st.forward, x, y, epochs, lr, batch_size, momentum, replay, replay_ratio,
-                      generator, local_classes)
+        features = st.prefix(x, batch_size)
+        replayed = st.prefix(replay.stored()[0], batch_size) if use_replay else None
+
+        def sparse_batch(idx: Tensor) -> tuple[Tensor, Tensor]:
+            count = int(round(replay_ratio * len(idx))) if use_replay else 0
+            if count == 0:
+                return features[idx], y[idx]
+            rows = replay.sample_rows(count)  # the draw replay.mix would make, on stored features
+            labels = replay.stored()[1][rows].to(y.dtype)
+            return torch.cat([features[idx], replayed[rows]]), torch.cat([y[idx], labels])
+
+        return _train(model, st.params, sparse_batch, st.suffix, len(x), epochs, lr, batch_size, momentum,
+                      generator, local_classes, replay, x, y)
 
 
-def _train(model: nn.Module, params: list[nn.Parameter], forward, x: Tensor, y: Tensor, epochs: int, lr: float,
-           batch_size: int, momentum: float, replay: ReplayBuffer | None, replay_ratio: float,
-           generator: torch.Generator | None, local_classes: list[int] | None) -> TrainStats:
-    """The training loop of :func:`finetune` (``forward`` computes the logits)."""
+def _train(model: nn.Module, params: list[nn.Parameter], batch, forward, n: int, epochs: int, lr: float,
+           batch_size: int, momentum: float, generator: torch.Generator | None, local_classes: list[int] | None,
+           replay: ReplayBuffer | None, x: Tensor, y: Tensor) -> TrainStats:
+    """The training loop of :func:`finetune`: ``batch(fresh sample indices)`` gives a batch's inputs
+    and labels (replayed samples appended), ``forward`` its logits; afterwards the fresh samples
+    join ``replay``."""
     gen = generator or torch.Generator().manual_seed(0)
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
     mask: Tensor | None = None
@@ -128,15 +147,13 @@ def _train(model: nn.Module, params: list[nn.Parameter], forward, x: Tensor, y: 
     epoch_losses: list[float] = []
     batches = samples = 0
     for _ in range(epochs if opt is not None else 0):
-        perm = torch.randperm(len(x), generator=gen)
+        perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
-        for i in range(0, len(x), batch_size):
+        for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm cannot train on a single sample
-            xb, yb = x[idx], y[idx]
-            if replay is not None and len(replay) > 0 and replay_ratio > 0:
-                xb, yb = replay.mix(xb, yb, replay_ratio)
+            xb, yb = batch(idx)
             logits = forward(xb)
             if local_classes:
                 if mask is None:

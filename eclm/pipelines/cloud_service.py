@@ -232,7 +232,7 @@ class CloudService(SplitCloudMixin):
             return None, cost
         memory = self.training_memory()
         plan = derive_trainable(costs, spec, importance, memory, max_memory=budget.max_train_memory,
-                                share=a.trainable_share, head_rows=classes)
+                                share=a.trainable_share, head_rows=classes if a.train_head == "own" else None)
         return plan, cost | {"train_memory": memory.total(costs, spec, plan)}
 
     def _package(self, device: str, spec: SubModelSpec, held_version: int | None) -> bytes:

@@ -49,7 +49,7 @@ class DeviceExchange:
         return upload_keys(state, self.layers, plan, row_keys, statistics=self.statistics)
 
     def upload(self, after: Mapping[str, Tensor], start: Mapping[str, Tensor], spec: SubModelSpec,
-               plan: TrainableSpec, row_keys: Sequence[str]) -> tuple[dict[str, Tensor], dict]:
+               plan: TrainableSpec, row_keys: Sequence[str], classes: Sequence[int]) -> tuple[dict[str, Tensor], dict]:
         """The wire tensors of this cycle's upload and the header entries that describe them.
 
         Args:
@@ -58,9 +58,10 @@ class DeviceExchange:
             spec: The sub-model.
             plan: What was trained.
             row_keys: The classifier's tensors.
+            classes: The device's classes (a module-sparse upload carries only their rows).
         """
         dense = plan.is_dense(spec)
-        parts = Parts(groups=spec.groups) if dense else upload_parts(plan, row_keys)
+        parts = Parts(groups=spec.groups) if dense else upload_parts(plan, row_keys, classes)
         learned = [k for k in start if is_delta_key(k, start[k])]
         full = {k: after[k].detach() - start[k] + self._pending(k, start[k]) for k in learned}
         wire, error = encode(take(full, self.layers, spec, parts, learned), self.codec)

@@ -331,7 +331,7 @@ class EdgeService(SplitDeviceMixin):
         if self.cfg.adaptation.exchange != "delta":
             return pack_state(self.model.state_dict(), self.spec, meta)
         # this cycle's change only; the cloud re-bases it on its current slices
-        wire, header = self.exchange.upload(self.model.state_dict(), start, self.spec, plan, row_keys)
+        wire, header = self.exchange.upload(self.model.state_dict(), start, self.spec, plan, row_keys, self.classes)
         return pack_state(wire, self.spec, meta | header)
 
     def _metrics(self, before, after, prev_before, prev_after, stats, plan: TrainableSpec,
