@@ -7,7 +7,9 @@ Budget model (documented, deliberately simple):
   activations and their gradients): ``max_params = 0.5 * mem / 16`` and
   ``max_activation_bytes = 0.5 * mem / (2 * batch)``;
 * memory, module-sparse training (``adaptation.trainable: budgeted``): half for the held
-  sub-model's fp32 weights, ``max_params = 0.5 * mem / 4``; the whole memory bounds one adaptation
+  sub-model's fp32 weights, ``max_params = 0.5 * mem / 4``, the same activation limit as dense
+  training (so backward may still reach the stem: input-level shifts such as image corruptions
+  are best met in the first layers), and the whole memory bounds one adaptation
   (``max_train_memory = mem``), which the trainable subset is chosen within
   (:mod:`eclm.modules.trainable`);
 * compute: one training batch (forward + backward = 3x forward FLOPs) should take
@@ -72,6 +74,7 @@ def budget_from_resources(
         mem_bytes = mem * 2**20
         if sparse:
             limits["max_params"] = 0.5 * mem_bytes / 4
+            limits["max_activation_bytes"] = 0.5 * mem_bytes / (2 * batch_size)
             limits["max_train_memory"] = mem_bytes
         else:
             limits["max_params"] = 0.5 * mem_bytes / 16
