@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check eclm tests benchmarks
 
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///eclm-mlruns.db --host 127.0.0.1 --port 5000
+	$(BIN)/eclm ui --workdir .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

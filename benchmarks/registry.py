@@ -15,7 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MODES = ("quick", "full")
+# quick and full are what `make bench-quick` / `make bench` run; smoke is a seconds-long setting
+# that only the tests use (every suite's code path, meaningless figures).
+RUN_MODES = ("quick", "full")
+MODES = (*RUN_MODES, "smoke")
 
 # A suite maps (mode, out_dir) to its JSON-able result: {"tables": [...], "plots": [...], ...}.
 SuiteFunction = Callable[[str, Path], dict]
@@ -30,7 +33,9 @@ class Suite:
 
     Attributes:
         name: Suite name; also the stem of its result file ``<name>.json``.
-        run: ``run(mode, out_dir) -> dict`` returning at least ``tables`` and ``plots``.
+        run: ``run(mode, out_dir) -> dict`` returning at least ``tables`` and ``plots``
+            (optionally ``targets``, see :mod:`benchmarks.targets`); ``mode`` is one of
+            :data:`MODES`.
         num_threads: torch intra-op threads the harness sets before running it; ``None`` means
             one per usable CPU core.
         description: First line of the function's docstring, shown in the report.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.machine import describe
+from benchmarks.targets import TARGETS_FILE, check_targets, load_targets, targets_table
 
 REPRODUCE = (
     "make bench          # every suite, full mode -> benchmarks/results, docs/benchmarks.md",
@@ -56,7 +57,8 @@ def check_result(result: dict) -> None:
 
     Raises:
         TypeError: If ``result`` is not a dict or ``tables`` / ``plots`` are not lists.
-        ValueError: If a table lacks ``title`` / ``columns`` / ``rows`` or has ragged rows.
+        ValueError: If a table lacks ``title`` / ``columns`` / ``rows`` or has ragged rows, or a
+            ``targets`` record is malformed (see :func:`benchmarks.targets.check_targets`).
     """
     if not isinstance(result, dict):
         raise TypeError(f"a suite must return a dict, got {type(result).__name__}")
@@ -68,6 +70,8 @@ def check_result(result: dict) -> None:
         if missing:
             raise ValueError(f"table {i} lacks field(s) {missing}")
         Table(table["title"], table["columns"], table["rows"], table.get("notes", ""))
+    if "targets" in result:
+        check_targets(result["targets"])
 
 
 def load_results(out_dir: Path) -> list[dict]:
@@ -83,7 +87,8 @@ def load_results(out_dir: Path) -> list[dict]:
     return sorted(results, key=lambda r: r["suite"])
 
 
-def render_markdown(results: Sequence[dict], machine: dict, docs_path: Path, out_dir: Path) -> str:
+def render_markdown(results: Sequence[dict], machine: dict, docs_path: Path, out_dir: Path,
+                    targets: Sequence[dict] = ()) -> str:
     """Render the benchmark report.
 
     Args:
@@ -91,6 +96,8 @@ def render_markdown(results: Sequence[dict], machine: dict, docs_path: Path, out
         machine: :func:`benchmarks.machine.machine_info` of the machine rendering the report.
         docs_path: Where the Markdown will be written; image links are made relative to it.
         out_dir: Directory the results and their plots live in.
+        targets: Records of ``targets.json`` (see :mod:`benchmarks.targets`), shown as a
+            "Targets" table before the suites.
 
     Returns:
         The Markdown text.
@@ -117,6 +124,12 @@ def render_markdown(results: Sequence[dict], machine: dict, docs_path: Path, out
         "```",
         "",
     ]
+    failed = [r["suite"] for r in results if r.get("error")]
+    if failed:
+        lines += [f"**Failed suites: {', '.join(failed)}** (their sections below show the error).", ""]
+    table = targets_table(targets)
+    if table is not None:
+        lines += ["## Targets", ""] + _render_table(table)[2:]
     if not results:
         lines += ["_No results yet._", ""]
     for result in results:
@@ -128,7 +141,8 @@ def write_report(out_dir: Path, docs_path: Path, machine: dict) -> Path:
     """Re-render ``docs_path`` from every result JSON in ``out_dir``; returns ``docs_path``."""
     docs_path = Path(docs_path)
     docs_path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_markdown(load_results(out_dir), machine, docs_path, Path(out_dir))
+    text = render_markdown(load_results(out_dir), machine, docs_path, Path(out_dir),
+                           load_targets(Path(out_dir) / TARGETS_FILE))
     tmp = docs_path.with_suffix(docs_path.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(docs_path)
@@ -136,7 +150,8 @@ def write_report(out_dir: Path, docs_path: Path, machine: dict) -> Path:
 
 
 def _render_suite(result: dict, machine: dict, docs_path: Path, out_dir: Path) -> list[str]:
-    lines = [f"## Suite `{result['suite']}`", ""]
+    failed = " — FAILED" if result.get("error") else ""
+    lines = [f"## Suite `{result['suite']}`{failed}", ""]
     if result.get("description"):
         lines += [result["description"], ""]
     ran_on = "" if result.get("machine") == machine else f" on {describe(result.get('machine', {}))}"

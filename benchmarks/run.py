@@ -1,9 +1,13 @@
 """Benchmark harness: ``python -m benchmarks.run --mode quick|full [--suite NAME ...] [--out DIR]``.
 
 Runs the selected registered suites one after another, saves each result as
-``<out>/<suite>.json`` (plots next to it), then re-renders the Markdown report from every result
-present. A suite that raises is recorded with its traceback under ``"error"`` and the others
-still run; the exit status is then non-zero.
+``<out>/<suite>.json`` (plots next to it), merges the suites' target records into
+``<out>/targets.json`` (:mod:`benchmarks.targets`), then re-renders the Markdown report from every
+result present. A suite that raises is recorded with its traceback under ``"error"`` and the
+others still run; the failed suites are listed at the end and the exit status is then non-zero.
+
+Mode ``"smoke"`` runs every suite in a seconds-long setting for the tests; its results may not go
+into the repository's results or docs directories.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.machine import machine_info, usable_cores  # noqa: E402
-from benchmarks.registry import MODES, Suite, discover_suites, registered_suites  # noqa: E402
+from benchmarks.registry import MODES, RUN_MODES, Suite, discover_suites, registered_suites  # noqa: E402
 from benchmarks.report import check_result, write_report  # noqa: E402
+from benchmarks.targets import TARGETS_FILE, check_targets, git_commit, merge_targets, stamp  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -42,7 +47,7 @@ def run_suite(suite: Suite, mode: str, out_dir: Path, machine: dict) -> dict:
 
     Args:
         suite: The registered suite.
-        mode: ``"quick"`` or ``"full"``.
+        mode: ``"quick"``, ``"full"`` or ``"smoke"``.
         out_dir: Directory for its JSON and plots (created if needed).
         machine: :func:`machine_info` recorded into the result.
 
@@ -87,11 +92,11 @@ def run_suites(
     *,
     discover: bool = True,
 ) -> list[dict]:
-    """Run suites, save their JSON results and re-render the report.
+    """Run suites, save their JSON results and targets, and re-render the report.
 
     Args:
         names: Suites to run (``None`` or empty: every registered suite, sorted by name).
-        mode: ``"quick"`` or ``"full"``.
+        mode: ``"quick"``, ``"full"`` or ``"smoke"`` (tests only).
         out_dir: Results directory.
         docs_path: Markdown report to (re)write from all results in ``out_dir``.
         discover: Import :mod:`benchmarks.suites` first; suite modules that fail to import are
@@ -101,11 +106,14 @@ def run_suites(
         The results of the suites run in this call, in run order.
 
     Raises:
-        ValueError: If ``mode`` is unknown or a requested suite is not registered.
+        ValueError: If ``mode`` is unknown, a requested suite is not registered, or smoke results
+            would land in the repository's results or docs directory.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     out_dir, docs_path = Path(out_dir), Path(docs_path)
+    if mode not in RUN_MODES:
+        _refuse_repository_paths(mode, out_dir, docs_path)
     import_failures = discover_suites() if discover else {}
     suites = registered_suites()
     wanted = list(dict.fromkeys(names)) if names else sorted(set(suites) | set(import_failures))
@@ -113,6 +121,7 @@ def run_suites(
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; registered: {sorted(suites)}")
     machine = machine_info()
+    commit = git_commit(REPO_ROOT)
     results = []
     for name in wanted:
         if name in suites:
@@ -124,6 +133,9 @@ def run_suites(
                       "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0,
                       "error": import_failures[name]}
         _write_json(out_dir / f"{name}.json", result)
+        if "error" not in result and result.get("targets"):
+            records = stamp(check_targets(result["targets"]), name, mode, commit)
+            merge_targets(out_dir / TARGETS_FILE, records)
         status = "FAILED" if "error" in result else "ok"
         print(f"[bench] {name}: {status} in {result['seconds']:.1f} s -> {out_dir / (name + '.json')}", flush=True)
         results.append(result)
@@ -135,7 +147,7 @@ def run_suites(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=MODES, default="quick", help="quick (minutes) or full")
+    parser.add_argument("--mode", choices=RUN_MODES, default="quick", help="quick (minutes) or full")
     parser.add_argument("--suite", nargs="+", action="extend", default=[], metavar="NAME",
                         help="suite(s) to run (default: all registered)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
@@ -145,14 +157,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_suites(args.suite, args.mode, args.out, args.docs)
     except ValueError as err:
         parser.error(str(err))
-    failed = [r["suite"] for r in results if "error" in r]
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"--- {r['suite']} ---\n{r['error']}", file=sys.stderr)
     if failed:
-        print(f"[bench] failed suites: {', '.join(failed)}", file=sys.stderr)
-        for r in results:
-            if "error" in r:
-                print(f"--- {r['suite']} ---\n{r['error']}", file=sys.stderr)
+        # Last, so it is what a reader of a long log sees first.
+        print(f"[bench] FAILED suites ({len(failed)} of {len(results)}): {', '.join(r['suite'] for r in failed)}",
+              file=sys.stderr, flush=True)
         return 1
+    print(f"[bench] all {len(results)} suite(s) ok", flush=True)
     return 0
+
+
+def _refuse_repository_paths(mode: str, out_dir: Path, docs_path: Path) -> None:
+    """Smoke results are meaningless figures: they must never overwrite the published ones."""
+    guarded = (REPO_ROOT / "benchmarks" / "results", REPO_ROOT / "docs")
+    for path in (out_dir, docs_path):
+        resolved = path.resolve()
+        if any(resolved == g or g in resolved.parents for g in guarded):
+            raise ValueError(f"mode {mode!r} must not write into {path} (use a temporary directory)")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,14 +1,28 @@
 """Command line: ``eclm demo``, ``eclm run --config file.yaml``, ``eclm check-config file.yaml``,
-``eclm serve --config file.yaml``."""
+``eclm serve --config file.yaml``, ``eclm ui --workdir DIR``, ``eclm replay-journal JOURNAL``.
+
+Every command checks its config before Ray starts (:mod:`eclm.preflight`). A failure prints one
+line, ``eclm: <what failed>: <ExceptionType>: <message>``, and exits non-zero (exit codes in
+docs/api.md, "Command line"); ``--debug`` adds the traceback and the actors' remote tracebacks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import traceback
 from importlib import resources
 from pathlib import Path
 
 from eclm.config import ConfigError, PlatformConfig
+from eclm.failures import one_line, root_cause_line
+
+EXIT_FAILED = 1
+"""The campaign ran but failed: an actor failed, or a device failed in every cycle it was in."""
+EXIT_USAGE = 2
+"""Nothing ran: bad arguments, a config that does not load or cannot run, no cluster to connect to."""
 
 
 def demo_config() -> PlatformConfig:
@@ -26,10 +40,19 @@ def _fmt(v, pct: bool = True) -> str:
 
 
 def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool = False) -> int:
-    """Pretrain (unless resuming), run cycles with a progress line per cycle, print a summary table."""
+    """Pretrain (unless resuming), run cycles with a progress line per cycle, print a summary table.
+
+    Returns:
+        0, or :data:`EXIT_FAILED` if a device failed in every cycle it was scheduled for (see
+        :func:`devices_failing_every_cycle`; the reason is printed to stderr).
+
+    Raises:
+        StageFailed: If starting the platform, the offline stage or a cycle raised.
+    """
     from eclm.platform import Platform
 
-    with Platform(cfg, resume=resume) as p:
+    stage = _Stage("starting the platform")
+    with stage, Platform(cfg, resume=resume) as p:
         print(f"eclm: cloud model {cfg.backbone.name} ({p.info.full_cost['params']:,.0f} params, "
               f"{len(p.info.layer_names)} module layers x {cfg.backbone.modules_per_layer} modules), "
               f"{len(p.names)} edge devices", file=out)
@@ -40,11 +63,13 @@ def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool
             if resume:
                 print("eclm: nothing to resume; starting a new campaign", file=out, flush=True)
             print("eclm: offline stage on the cloud's proxy data ...", file=out, flush=True)
+            stage.now("the offline stage")
             hist = p.pretrain()
             print(f"eclm: offline done, proxy val accuracy {100 * hist[-1].val_acc_dense:.1f}% "
                   f"after {len(hist)} epochs", file=out, flush=True)
         total = cfg.cycles if cycles is None else cycles
         for c in range(total):
+            stage.now(f"cycle {c + 1}/{total}")
             ran = p.run(steps=1)
             if not ran:
                 print(f"cycle {c + 1}/{total}: trigger decided nothing", file=out, flush=True)
@@ -59,8 +84,60 @@ def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool
         _summary(p, out)
         print(f"\nMLflow run {p.tracker.run_id or '(journal only)'} in {p.tracker.tracking_uri}"
               f"\nJSONL journal: {p.tracker.journal_path}"
-              "\nOpen the UI with: make mlflow-ui   (then browse http://127.0.0.1:5000)", file=out)
-    return 0
+              f"\nOpen the UI with: eclm ui --workdir {Path(cfg.workdir).resolve()}", file=out)
+        failing = devices_failing_every_cycle(p.history)
+    for name, (count, reason) in failing.items():
+        print(f"eclm: device {name!r} failed in all {count} cycle(s) it was scheduled for: {reason}", file=sys.stderr)
+    return EXIT_FAILED if failing else 0
+
+
+def devices_failing_every_cycle(history) -> dict[str, tuple[int, str]]:
+    """Devices that were scheduled in at least one cycle and failed in every one of them.
+
+    This is the campaign's failure rule: such a device never adapted, so ``eclm run`` exits with
+    :data:`EXIT_FAILED`. A device that failed only in some cycles is reported per cycle
+    (``failed [...]``) and in the summary, but the run counts as done.
+
+    Args:
+        history: Cycle results (``devices`` scheduled, ``failures`` by device, as text).
+
+    Returns:
+        ``{device: (cycles scheduled, root cause of its last failure)}``.
+    """
+    scheduled: dict[str, int] = {}
+    failed: dict[str, list[str]] = {}
+    for h in history:
+        for name in h.devices:
+            scheduled[name] = scheduled.get(name, 0) + 1
+            if name in h.failures:
+                failed.setdefault(name, []).append(h.failures[name])
+    return {name: (n, root_cause_line(failed[name][-1])) for name, n in scheduled.items()
+            if len(failed.get(name, [])) == n}
+
+
+class StageFailed(Exception):
+    """A campaign stage (``"the offline stage"``, ``"cycle 2/5"``, ...) raised ``cause``."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage} failed: {root_cause_line(cause)}")
+        self.stage, self.cause = stage, cause
+
+
+class _Stage:
+    """Names the stage a campaign is in; an exception leaving it becomes :class:`StageFailed`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def now(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> _Stage:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and isinstance(exc, Exception) and not isinstance(exc, (ConfigError, ConnectionError, StageFailed)):
+            raise StageFailed(self.name, exc) from exc
 
 
 def device_summary(history, names) -> list[dict]:
@@ -120,32 +197,31 @@ def _summary(p, out) -> None:
           file=out)
 
 
-def load_serve_config(path: Path):
-    """A platform YAML and its ``serving:`` section (a ``ServingConfig``) for ``eclm serve``.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ConfigError: If the YAML or a field (platform or serving) is invalid; the message names it.
-    """
-    cfg = PlatformConfig.from_yaml(path)
-    return cfg, cfg.serving
-
-
 def serve_model(cfg: PlatformConfig, serving, model: str = "cloud", requests: int = 64, pretrain: bool = False,
                 cycles: int = 0, out=None) -> int:
-    """Start the platform, deploy ``model`` across the serving nodes, serve random requests, report."""
+    """Start the platform, deploy ``model`` across the serving nodes, serve random requests, report.
+
+    Raises:
+        ConfigError: If ``model`` is neither ``"cloud"`` nor a device, or ``requests`` < 1.
+        StageFailed: If starting the platform, pretraining, a cycle or serving raised.
+    """
     import torch
 
     from eclm.platform import Platform
 
     if requests < 1:
         raise ConfigError(f"--requests must be >= 1, got {requests}")
-    with Platform(cfg) as p:
+    check_serve_model(cfg, model)
+    stage = _Stage("starting the platform")
+    with stage, Platform(cfg) as p:
         if pretrain:
+            stage.now("the offline stage")
             print("eclm serve: offline stage on the cloud's proxy data ...", file=out, flush=True)
             p.pretrain()
-        for _ in range(cycles):
+        for c in range(cycles):
+            stage.now(f"cycle {c + 1}/{cycles}")
             p.run_cycle(reason="eclm serve --cycles")
+        stage.now(f"serving {model}")
         with p.serve(model, config=serving) as d:
             print(f"eclm serve: {model} ({d.n_blocks} blocks) on nodes {d.config.node_cpu_shares} "
                   f"({d.config.placement}, {d.config.partitioner}/{d.config.objective}); "
@@ -165,49 +241,127 @@ def serve_model(cfg: PlatformConfig, serving, model: str = "cloud", requests: in
               file=out)
     return 0
 
-def main(argv: list[str] | None = None) -> int:
+
+def check_serve_model(cfg: PlatformConfig, model: str) -> None:
+    """Raise :class:`ConfigError` unless ``model`` is ``"cloud"`` or one of the campaign's devices."""
+    names = [d.name for d in cfg.devices]
+    if model != "cloud" and model not in names:
+        raise ConfigError(f"--model {model!r} is neither 'cloud' nor a device of this campaign (devices: {names})")
+
+
+def _count(minimum: int):
+    """argparse type: an int >= ``minimum`` (a negative cycle count is a usage error, not a no-op)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks (also the actors' remote ones)")
     parser = argparse.ArgumentParser(prog="eclm", description="Edge-cloud continual learning on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the embedded demo on this machine")
-    d.add_argument("--cycles", type=int, default=None)
+    d = sub.add_parser("demo", parents=[common], help="run the embedded demo on this machine")
+    d.add_argument("--cycles", type=_count(0), default=None)
     d.add_argument("--workdir", type=Path, default=None)
-    r = sub.add_parser("run", help="run a campaign from a YAML config")
+    r = sub.add_parser("run", parents=[common], help="run a campaign from a YAML config")
     r.add_argument("--config", type=Path, required=True)
-    r.add_argument("--address", default=None, help="Ray address ('auto' on a cluster head)")
-    r.add_argument("--cycles", type=int, default=None)
+    r.add_argument("--address", default=None, help="Ray address ('auto' on a cluster head; default: RAY_ADDRESS, "
+                   "else a new local Ray)")
+    r.add_argument("--cycles", type=_count(0), default=None)
     r.add_argument("--resume", action="store_true",
                    help="continue the newest run of this campaign (same name and workdir) from its last commit")
-    c = sub.add_parser("check-config", help="validate a YAML config and print it")
+    c = sub.add_parser("check-config", parents=[common], help="check a YAML config (before Ray starts) and print it")
     c.add_argument("config", type=Path)
-    v = sub.add_parser("serve", help="serve the cloud model or a device's sub-model across edge nodes")
+    c.add_argument("--address", default=None, help="Ray address the campaign will use")
+    v = sub.add_parser("serve", parents=[common], help="serve the cloud model or a device's sub-model across edge nodes")
     v.add_argument("--config", type=Path, required=True, help="platform YAML with an optional serving: section")
     v.add_argument("--model", default="cloud", help="'cloud' or a device name (needs --cycles >= 1)")
-    v.add_argument("--requests", type=int, default=64, help="random requests to serve")
+    v.add_argument("--requests", type=_count(1), default=64, help="random requests to serve")
     v.add_argument("--pretrain", action="store_true", help="run the offline stage before serving")
-    v.add_argument("--cycles", type=int, default=0, help="adaptation cycles before serving")
+    v.add_argument("--cycles", type=_count(0), default=0, help="adaptation cycles before serving")
     v.add_argument("--address", default=None, help="Ray address ('auto' on a cluster head)")
-    args = parser.parse_args(argv)
+    u = sub.add_parser("ui", parents=[common], help="serve the MLflow UI over a campaign's tracking store on 127.0.0.1")
+    where = u.add_mutually_exclusive_group()
+    where.add_argument("--workdir", type=Path, default=None, help="the campaign's workdir (default: .)")
+    where.add_argument("--config", type=Path, default=None, help="the campaign's YAML (its tracking store)")
+    u.add_argument("--port", type=_count(1), default=5000)
+    j = sub.add_parser("replay-journal", parents=[common], help="push a journal written during an MLflow outage into MLflow")
+    j.add_argument("journal", type=Path)
+    j.add_argument("--tracking-uri", default=None, help="default: the store the journal was written against")
+    return parser
+
+
+def _load(args) -> tuple[PlatformConfig, str]:
+    """The command's config with the command line's overrides, paths resolved here on the driver."""
+    if args.command == "demo":
+        cfg, source = demo_config(), "demo.yaml"
+        if args.workdir:
+            cfg = cfg.model_copy(update={"workdir": args.workdir})
+    else:
+        cfg, source = PlatformConfig.from_yaml(args.config), str(args.config)
+    if getattr(args, "address", None):
+        cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
+    return cfg.resolve_paths(), source
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0, :data:`EXIT_FAILED`, :data:`EXIT_USAGE`, 130).
+
+    The config is loaded, its paths resolved here on the driver and checked (:mod:`eclm.preflight`)
+    before Ray starts; any failure becomes one line on stderr (the traceback with ``--debug``).
+    """
+    args = _parser().parse_args(argv)  # a bad argument exits 2 with argparse's message
+    if args.debug:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        logging.getLogger("eclm").setLevel(logging.DEBUG)
     try:
-        if args.command == "demo":
-            cfg = demo_config()
-            if args.workdir:
-                cfg = cfg.model_copy(update={"workdir": args.workdir})
-            return run_campaign(cfg, args.cycles)
+        if args.command in ("ui", "replay-journal"):
+            from eclm.tracking import commands
+
+            if args.command == "ui":
+                return commands.serve_ui(args.workdir, args.config, args.port)
+            return commands.replay(args.journal, args.tracking_uri)
+        from eclm.preflight import describe, preflight
+
+        cfg, source = _load(args)
         if args.command == "serve":
-            cfg, serving = load_serve_config(args.config)
-            if args.address:
-                cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
-            return serve_model(cfg, serving, args.model, args.requests, args.pretrain, args.cycles)
-        cfg = PlatformConfig.from_yaml(args.config)
+            check_serve_model(cfg, args.model)
+        report = preflight(cfg, source=source, address=cfg.ray.address or os.environ.get("RAY_ADDRESS") or None)
         if args.command == "check-config":
-            print(cfg.model_dump_json(indent=2))
+            print(PlatformConfig.from_yaml(args.config).model_dump_json(indent=2))
+            for line in describe(report, cfg):
+                print(f"eclm: {line}", file=sys.stderr)
             return 0
-        if args.address:
-            cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
-        return run_campaign(cfg, args.cycles, resume=args.resume)
+        for note in report.notes:
+            print(f"eclm: note: {note}", file=sys.stderr)
+        if args.command == "serve":
+            return serve_model(cfg, cfg.serving, args.model, args.requests, args.pretrain, args.cycles)
+        return run_campaign(cfg, args.cycles, resume=getattr(args, "resume", False))
     except (ConfigError, FileNotFoundError, ConnectionError) as err:
-        print(f"eclm: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err, args.debug, EXIT_USAGE, str(err))
+    except StageFailed as err:
+        return _fail(err, args.debug, EXIT_FAILED, str(err))
+    except KeyboardInterrupt as err:
+        return _fail(err, args.debug, 130, "interrupted")
+    except Exception as err:  # noqa: BLE001 - the CLI's last word: one line, the traceback only on request
+        return _fail(err, args.debug, EXIT_FAILED, root_cause_line(err))
+
+
+def _fail(err: BaseException, debug: bool, code: int, message: str) -> int:
+    """Print ``eclm: <message>`` (a config's problem list keeps its lines) and return ``code``."""
+    if debug:
+        traceback.print_exception(err, file=sys.stderr)
+    text = message if "\n" in message and isinstance(err, ConfigError) else one_line(message, limit=2000)
+    hint = "" if debug or code == EXIT_USAGE else " (--debug shows the traceback)"
+    print(f"eclm: {text}{hint}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

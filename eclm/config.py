@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from eclm.data.config import DataConfig
 from eclm.modules.offline_settings import OfflineSettings
 from eclm.pipelines.triggers.config import TriggerConfig
+from eclm.resources import NODE_LABEL, NODE_LABEL_VALUE_PATTERN
 from eclm.serving.config import ServingConfig
 from eclm.split.config import SplitConfig
 from eclm.tracking.config import TrackingConfig
@@ -58,7 +59,9 @@ class DeviceConfig(_Strict):
     latency_ms: float | None = Field(None, ge=0, description="one-way link latency to the cloud, ms (split learning's delay model)")
     params_fraction: float | None = Field(None, gt=0, le=1, description="cap sub-model params at this share of the cloud model")
     measure: bool = Field(False, description="measure unset resources on the node (memory, matmul GFLOP/s, link)")
-    node: str | None = Field(None, description="pin to a node that offers the custom resource device:<node>")
+    node: str | None = Field(
+        None, pattern=NODE_LABEL_VALUE_PATTERN,
+        description=f"pin to the cluster node labelled {NODE_LABEL}=<node> (docs/cluster.md); needs ray.address")
     mode: Literal["local", "split", "auto"] = Field("local", description="adaptation mode; auto = split if local training does not fit")
 
 
@@ -115,15 +118,60 @@ class DriftDetectionConfig(_Strict):
     threshold: float = Field(0.5, ge=0, description="drift score above which a drift trigger fires")
 
 
+class ScreenConfig(_Strict):
+    """The robust screen run on a round's updates before aggregation (docs/security.md).
+
+    Thresholds are set from the measured spread of honest updates on the embedded digits setting
+    (docs/security.md lists the false-reject and detection rates they give).
+    """
+
+    enabled: bool = Field(True, description="screen every round's updates before they are aggregated")
+    norm_multiplier: float = Field(
+        4.0, gt=1, description="reject an update whose change norm is more than this x, or less than 1/this x, the "
+        "median norm of the other devices holding the same modules")
+    min_centre_cosine: float = Field(
+        -0.1, ge=-1, le=1, description="reject an update whose cosine with the coordinate-wise median of the other "
+        "devices' changes (same modules) is not above this")
+    trust: bool = Field(True, description="compute the cloud's reference update per device on its proxy data (FLTrust) "
+                        "and check the update's cosine with it")
+    min_trust_cosine: float = Field(-0.3, ge=-1, le=1, description="minimum cosine with the reference update (body)")
+    min_head_trust_cosine: float = Field(
+        -0.5, ge=-1, le=1, description="minimum cosine with the reference update over the classifier rows of the "
+        "device's classes")
+    reference_steps: int = Field(4, ge=1, description="batches of the reference fine-tune (devices' lr and batch size)")
+    min_cohort: int = Field(3, ge=3, description="devices that must hold a module before round-relative checks apply to it")
+    duplicate_distance: float = Field(
+        0.01, ge=0, lt=1, description="updates of different devices closer than this (relative distance) are identical: "
+        "all of them are rejected")
+
+
 class MergeConfig(_Strict):
     """The validated module merge."""
 
-    aggregator: Literal["weighted", "median", "trimmed_mean"] = "weighted"
+    aggregator: Literal["weighted", "median", "trimmed_mean", "krum", "multi_krum"] = Field(
+        "weighted", description="how contributions to a module combine: importance x samples weighted average, "
+        "coordinate median, trimmed mean, Krum or multi-Krum (per module, over the devices holding it)")
     weighting: Literal["importance", "importance_samples", "samples", "uniform"] = "importance_samples"
     trim_fraction: float = Field(0.2, ge=0, lt=0.5)
+    krum_byzantine: int = Field(1, ge=0, description="Krum / multi-Krum: contributions that may be arbitrary (f)")
+    krum_keep: int | None = Field(None, ge=1, description="multi-Krum: contributions averaged (None: all but krum_byzantine)")
+    screen: ScreenConfig = Field(default_factory=ScreenConfig, description="the robust screen before aggregation")
+    importance_tolerance: float = Field(
+        0.01, gt=0, lt=1, description="a device's importance rows must each sum to 1 within this (they are means of "
+        "softmax probabilities)")
+    acceptance: Literal["paired", "threshold"] = Field(
+        "paired", description="paired: reject a candidate only if McNemar's test on the same validation samples finds it "
+        "significantly worse and the drop is not shown to be within tolerance; threshold: reject on an observed drop "
+        "beyond tolerance")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance of the paired test overall; the per-device "
+                         "tests share another alpha (Bonferroni)")
+    max_drop: float | None = Field(0.03, ge=0, le=1, description="paired: an observed drop of cloud proxy-validation "
+                                   "accuracy beyond this rejects even when not significant (None: off)")
+    device_max_drop: float | None = Field(0.2, ge=0, le=1, description="paired: the same on a reporting device's classes")
     max_relative_norm: float = Field(0.5, gt=0, description="reject an update whose total change norm exceeds this x the norm of the cloud slices it replaces")
-    tolerance: float = Field(0.02, ge=0, description="max allowed drop of cloud proxy-validation accuracy")
-    device_tolerance: float = Field(0.05, ge=0, description="max allowed drop on a reporting device's classes")
+    tolerance: float = Field(0.02, ge=0, description="max allowed drop of cloud proxy-validation accuracy (paired: a "
+                             "significant drop is still accepted when its upper confidence bound is within this)")
+    device_tolerance: float = Field(0.05, ge=0, description="max allowed drop on a reporting device's classes (same rule)")
     min_updates: int = Field(1, ge=1)
     server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
     step_backoff: int = Field(3, ge=0, description="halvings of server_lr tried on a failing candidate before devices are excluded")
@@ -156,6 +204,9 @@ class RayConfig(_Strict):
     edge_pool_size: int | None = Field(
         None, ge=1, description="pooled mode: this many edge worker actors host all devices (None = one actor per device)"
     )
+    pool_resident_devices: int | None = Field(
+        64, ge=1, description="pooled mode: virtual devices a pool keeps in memory; the others rest in their "
+        "device stores until called (None = keep every device in memory)")
 
 
 class PlatformConfig(_Strict):
@@ -208,10 +259,41 @@ class PlatformConfig(_Strict):
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if raw is None:  # an empty file would otherwise run a full default campaign
+            raise ConfigError(f"{path}: the file is empty; a campaign config needs at least its data and devices "
+                              "(start from eclm/configs/demo.yaml)")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings (key: value) at the top level, "
+                              f"got a {type(raw).__name__}")
         return cls.from_dict(raw, source=str(path))
+
+    def resolve_paths(self, base: str | Path | None = None) -> PlatformConfig:
+        """The same config with every file path absolute (``~`` expanded, relative ones joined to ``base``).
+
+        Call it on the driver before the config reaches actors: a Ray worker resolves a relative
+        path against the directory its node's ``ray start`` ran in, not the driver's (docs/cluster.md).
+
+        Args:
+            base: Directory relative paths are relative to (default: the current directory).
+
+        Returns:
+            A copy with absolute ``workdir``, ``backbone.weights_path``, ``data.path`` and ``data.root``
+            (unset ones stay ``None``); idempotent.
+        """
+        root = Path.cwd() if base is None else Path(base).expanduser().absolute()
+
+        def absolute(path: Path | None) -> Path | None:
+            if path is None:
+                return None
+            path = Path(path).expanduser()
+            return path if path.is_absolute() else root / path
+
+        data = self.data.model_copy(update={"path": absolute(self.data.path), "root": absolute(self.data.root)})
+        backbone = self.backbone.model_copy(update={"weights_path": absolute(self.backbone.weights_path)})
+        return self.model_copy(update={"workdir": absolute(self.workdir), "data": data, "backbone": backbone})
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> PlatformConfig:

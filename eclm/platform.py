@@ -15,6 +15,7 @@ from typing import Any
 
 from eclm.campaign.coordinator import CycleCoordinator
 from eclm.campaign.messages import CloudInfo, EpochRecord, Resources, SwapReport
+from eclm.campaign.progress import BarProgress, NullProgress
 from eclm.campaign.results import CycleResult
 from eclm.campaign.store import CampaignState, CampaignStore
 from eclm.config import PlatformConfig
@@ -37,14 +38,16 @@ class Platform:
         config: A :class:`PlatformConfig` or a dict validated into one.
         resume: Continue the newest run of this campaign (same name and workdir) from its last
             commit instead of starting a new one; without a run to continue, a new one starts.
+        progress: Draw progress (offline epochs, cycle phases) on stderr.
     """
 
-    def __init__(self, config: PlatformConfig | dict, *, resume: bool = False) -> None:
+    def __init__(self, config: PlatformConfig | dict, *, resume: bool = False, progress: bool = True) -> None:
         cfg = config if isinstance(config, PlatformConfig) else PlatformConfig.from_dict(config)
-        # Resolved here, on the driver: actors on other nodes must not resolve it against their cwd.
-        self.cfg = cfg.model_copy(update={"workdir": Path(cfg.workdir).expanduser().resolve()})
+        # Resolved here, on the driver: actors on other nodes must not resolve paths against their cwd.
+        self.cfg = cfg.resolve_paths()
         self.names = [d.name for d in self.cfg.devices]
         self.resume_requested = resume
+        self.progress = BarProgress() if progress else NullProgress()
         self.resumed_from: int | None = None
         self.coordinator: CycleCoordinator | None = None
         self.store: CampaignStore | None = None
@@ -67,27 +70,39 @@ class Platform:
             FileNotFoundError: If there is no run to continue (or several campaigns and no name).
         """
         base = Path(workdir) / "campaigns"
-        names = [name] if name else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        names = [name] if name else sorted(p.name for p in base.glob("*") if p.is_dir())
         if len(names) != 1:
             raise FileNotFoundError(f"cannot tell which campaign to resume under {base}: found {names or 'none'}")
         store = CampaignStore.latest(Path(workdir), names[0])
         if store is None:
             raise FileNotFoundError(f"no committed run of campaign {names[0]!r} under {base}")
-        return cls(PlatformConfig.model_validate_json(store.config_json()), resume=True)
+        return cls(store.config(), resume=True)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Platform:
-        """Start (or connect to) Ray, create the actors, open the store and the MLflow run."""
+        """Start (or connect to) Ray, create the actors, open the store and the MLflow run.
+
+        If anything fails on the way, what was started is stopped again before the error propagates.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.shutdown("FAILED")
+            raise
+
+    def _start(self) -> Platform:
         from eclm import runtime
         from eclm.campaign.tracking_recorder import TrackingRecorder
         from eclm.runtime.links import measure_links
         from eclm.runtime.ray_fleet import RayFleet
 
         cfg = self.cfg
+        where = cfg.ray.address or "a local Ray on 127.0.0.1"
+        self.progress.message(f"starting {where}, the cloud actor and {len(self.names)} device(s) ...")
         self._owns_ray = runtime.start_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_devices=len(self.names))
         latest = CampaignStore.latest(cfg.workdir, cfg.name) if self.resume_requested else None
         state, snapshot = latest.load_latest() if latest is not None else (None, None)
-        self.store = latest or CampaignStore.create(cfg.workdir, cfg.name, cfg.model_dump_json())
+        self.store = latest or CampaignStore.create(cfg)
         self.fleet = RayFleet(cfg, self.store.root / "devices", state.positions if state else None, snapshot)
         tags = {"backbone": cfg.backbone.name, "eclm.store": str(self.store.root)}
         if state is not None:
@@ -99,8 +114,8 @@ class Platform:
             self.resumed_from = state.round
             state = state.model_copy(update={"mlflow_run_id": self.tracker.run_id})
         state = state or CampaignState(run_id=self.store.run_id, mlflow_run_id=self.tracker.run_id)
-        self.coordinator = CycleCoordinator(self.fleet, cfg, recorder=TrackingRecorder(self.tracker), store=self.store,
-                                            trigger=self._trigger, state=state)
+        self.coordinator = CycleCoordinator(self.fleet, cfg, recorder=TrackingRecorder(self.tracker, cfg), store=self.store,
+                                            trigger=self._trigger, state=state, progress=self.progress)
         info = self.coordinator.connect()
         self.tracker.log_json("model/info.json", {k: v for k, v in info.model_dump(mode="json").items() if k != "costs"})
         measure_links(self.fleet, cfg)
@@ -118,7 +133,8 @@ class Platform:
             except Exception as err:  # noqa: BLE001 - shutting down must not fail because a deployment did
                 log.warning("closing deployment failed: %s", err)
         self._deployments = []
-        self.tracker.end(status)
+        if self.tracker.run_id is not None or self.tracker.journal_path is not None:
+            self.tracker.end(status)
         if self.fleet is not None:
             self.fleet.close()
             self.fleet = None
@@ -144,7 +160,7 @@ class Platform:
 
     @property
     def history(self) -> list[CycleResult]:
-        """The cycles this process ran (a resumed campaign's earlier rounds are in ``state.history``)."""
+        """The cycles this process ran (earlier rounds of a resumed campaign: ``state.history``)."""
         return self._co().history
 
     @property
@@ -153,11 +169,7 @@ class Platform:
         return self._co().state
 
     def pretrain(self) -> list[EpochRecord]:
-        """Run the offline stage on the cloud; logs per-epoch metrics and registers version 0.
-
-        Raises:
-            RuntimeError: If the campaign was resumed (it is trained already).
-        """
+        """Run the offline stage on the cloud (version 0); refused (RuntimeError) on a resumed campaign."""
         if self.resumed_from is not None:
             raise RuntimeError(f"this campaign resumed from round {self.resumed_from}; it is trained already")
         return self._co().pretrain()
@@ -173,7 +185,7 @@ class Platform:
         return self._co().step()
 
     def observe(self) -> Observation:
-        """Advance every device's data one step and observe drift and resources (no cycle)."""
+        """Advance every device's data one step; observe drift and resources (no cycle)."""
         return self._co().observe()
 
     def run(self, steps: int | None = None) -> list[CycleResult]:
@@ -185,13 +197,11 @@ class Platform:
         """One adaptation cycle now: derive/refresh sub-models, adapt, validated merge, log."""
         return self._co().run_cycle(devices, reason)
 
-    def request_cycle(self, devices: list[str] | None = None) -> None:
-        """Ask for a manual cycle at the next step (picked up by a ``ManualTrigger``)."""
+    def request_cycle(self, devices: list[str] | None = None) -> None:  # picked up by a ManualTrigger
         self._co().request_cycle(devices)
 
     def set_device_resources(self, device: str, **resources: float) -> Resources:
-        """Change a device's resources (emulation); the next step sees a drop and the device
-        swaps to a smaller sub-model locally."""
+        """Change a device's resources (emulation); at the next step a drop makes it swap locally."""
         return self._co().device_call(device, lambda d: d.set_resources(Resources(**resources)), "set_resources")
 
     def shrink_device(self, device: str, **resources: float) -> SwapReport | None:
@@ -202,8 +212,7 @@ class Platform:
         """
         return self._co().shrink(device, Resources(**resources) if resources else None)
 
-    def cloud_digest(self) -> str:
-        """SHA-256 of the cloud weights (for checking bit-identity)."""
+    def cloud_digest(self) -> str:  # SHA-256 of the cloud weights (bit-identity checks)
         return self._co()._cloud(lambda c: c.state_digest(), "digest")
 
     # ------------------------------------------------------------------ serving

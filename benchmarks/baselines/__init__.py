@@ -1,19 +1,20 @@
 """Baselines of the adaptation benchmark: NA, LA, FedAvg and HeteroFL next to eclm.
 
-Each method is one strategy class (:class:`~benchmarks.baselines.base.AdaptationMethod`) running
-on the platform's own Ray-free services; :func:`run_job` runs all of them for one label skew and
+Every method runs the platform's own cycle (:class:`~eclm.campaign.coordinator.CycleCoordinator`
+over in-process services) with its server strategy and cloud service
+(:mod:`benchmarks.baselines.methods`); :func:`run_job` runs all of them for one label skew and
 seed, :func:`setting_summary` aggregates seeds. Pure Python/torch: no Ray, no MLflow.
 """
 
-from benchmarks.baselines.base import AdaptationMethod, DeviceSlot, occupy
 from benchmarks.baselines.config import METHOD_NAMES, AdaptationBenchConfig
-from benchmarks.baselines.eclm_method import EclmMethod
-from benchmarks.baselines.experiment import METHODS, accuracies, run_job
-from benchmarks.baselines.fedavg import FedAvg
-from benchmarks.baselines.heterofl import HeteroFL
-from benchmarks.baselines.local_adaptation import LocalAdaptation
+from benchmarks.baselines.experiment import run_job, run_method
+from benchmarks.baselines.fedavg import FedAvgCloud, configured_resources
+from benchmarks.baselines.heterofl import HeteroFLCloud
+from benchmarks.baselines.local_adaptation import DeriveOnce, LocalAdaptation
 from benchmarks.baselines.memory_probe import measure_adaptation_memory
+from benchmarks.baselines.methods import METHODS, BenchMethod
 from benchmarks.baselines.no_adaptation import NoAdaptation
+from benchmarks.baselines.records import CycleLog, device_records, server_record
 from benchmarks.baselines.summary import mean_std, seed_summary, setting_summary
 from benchmarks.baselines.width_prefix import prefix_spec, prefix_width, widest_prefix_within
 
@@ -21,21 +22,23 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "AdaptationBenchConfig",
-    "AdaptationMethod",
-    "DeviceSlot",
-    "EclmMethod",
-    "FedAvg",
-    "HeteroFL",
+    "BenchMethod",
+    "CycleLog",
+    "DeriveOnce",
+    "FedAvgCloud",
+    "HeteroFLCloud",
     "LocalAdaptation",
     "NoAdaptation",
-    "accuracies",
+    "configured_resources",
+    "device_records",
     "mean_std",
     "measure_adaptation_memory",
-    "occupy",
     "prefix_spec",
     "prefix_width",
     "run_job",
+    "run_method",
     "seed_summary",
+    "server_record",
     "setting_summary",
     "widest_prefix_within",
 ]

@@ -128,18 +128,21 @@ class AdaptationBenchConfig(BaseModel):
 
     @classmethod
     def for_mode(cls, mode: str) -> AdaptationBenchConfig:
-        """Preset for ``"quick"`` (8 devices, all every cycle) or ``"full"`` (25 of 100 per cycle).
+        """Preset for ``"quick"`` (8 devices, all every cycle), ``"full"`` (25 of 100 per cycle) or
+        ``"smoke"`` (:meth:`tiny` with 3 devices, 2 per cycle).
 
         Raises:
             ValueError: For an unknown mode.
         """
         # Run time is dominated by eclm's validated merge (every candidate is finalised and validated
         # on the proxy data), hence few cycles; see the server-step table for its cost.
+        if mode == "smoke":  # tiny, with fewer devices: the suite's code path in seconds
+            return cls(**{**cls.tiny().model_dump(), "num_devices": 3, "devices_per_cycle": 2})
         if mode == "quick":
             return cls(seeds=3, num_devices=8, cycles=3, workers=2)
         if mode == "full":
             return cls(seeds=3, num_devices=100, devices_per_cycle=25, cycles=3, workers=2)
-        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+        raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
     @classmethod
     def tiny(cls) -> AdaptationBenchConfig:

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from benchmarks.baselines.base import AdaptationMethod
-from eclm.pipelines.edge_service import EdgeService
+from eclm.campaign.endpoints import CloudEndpoint, Pending
+from eclm.campaign.messages import DeviceSummary, SubModelPackage
+from eclm.campaign.strategy import ServerStrategy
 
 
-class LocalAdaptation(AdaptationMethod):
-    """Local adaptation only: derive once from the pretrained cloud, then adapt it locally forever.
+class DeriveOnce(ServerStrategy):
+    """Deliver eclm's derivation from the pretrained cloud once, then never again; never merge.
 
-    The device keeps its adapted sub-model (and replay buffer) from cycle to cycle; updates are
-    never uploaded, so devices learn nothing from each other.
+    A device that holds no sub-model yet (``summary.held is None``) receives what
+    ``CloudService.derive`` gives it; afterwards it keeps what it holds (and its replay buffer)
+    from cycle to cycle, and its updates are never uploaded.
     """
 
-    name = "la"
-    label = "LA (local only)"
     merges = False
 
-    def deliver(self, service: EdgeService) -> int:
-        if service.model is not None:
-            return 0
-        return self.derive_for(service)
+    def deliver(self, cloud: CloudEndpoint, summary: DeviceSummary) -> Pending[SubModelPackage] | None:
+        return cloud.derive(summary) if summary.held is None else None
+
+
+class LocalAdaptation(DeriveOnce):
+    """Local adaptation only: derive once, then adapt locally forever; devices learn nothing from each other."""
+
+    name = "la"

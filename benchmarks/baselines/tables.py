@@ -54,12 +54,14 @@ def cost_table(summary_by_skew: dict[int, dict], labels: dict[str, str], measure
         ["classes/device", "method", "KiB down", "KiB up", "params (k)", "train memory, analytic (MiB)",
          "analytic max (MiB)", "measured adaptation RSS (MiB)", "ms / batch"],
         rows,
-        notes=("Traffic: safetensors payload bytes per served device per cycle. eclm down: selector + derived "
-               "sub-model (float32) the first time or when its spec changes, else the cloud's change since the "
-               "version the device holds (float16 differences) or nothing. Up, for every merging method: this "
-               "cycle's change (the platform's delta exchange, float16 differences, BatchNorm statistics "
-               "float32). FedAvg/HeteroFL download their full float32 slice every cycle; NA/LA download once, "
-               "never upload. Analytic training memory: the "
+        notes=("Traffic: safetensors payload bytes per served device per cycle, as the platform's cycle counts "
+               "them (CycleResult.bytes_down/bytes_up). Down, for every method: the selector weights (every "
+               "served device receives them every cycle, for its importance summary) plus what the method "
+               "delivers. eclm: the derived sub-model (float32) the first time or when its spec changes, else "
+               "the cloud's change since the version the device holds (float16 differences) or nothing. "
+               "FedAvg/HeteroFL: their full float32 slice every cycle. NA/LA: the derived sub-model once, never "
+               "an upload. Up, for every merging method: this cycle's change (the platform's delta exchange, "
+               "float16 differences, BatchNorm statistics float32). Analytic training memory: the "
                "platform's estimate 12 B/param (weights, grads, momentum) + 2 x activation bytes x batch, with "
                "the steady-state batch of 16 fresh + 8 replayed samples, from the cost table of each device's "
                "sub-model. Measured: extra peak RSS of one adaptation run (3 epochs, 150 samples) of each method's "
@@ -164,6 +166,7 @@ def server_table(summary_by_skew: dict[int, dict]) -> Table:
                "the current cloud, importance x samples weighting, server step 0.5 halved up to 3 times while "
                "the candidate fails, proxy-accuracy tolerance 0.02, per-device tolerance 0.05, then exclusion of "
                "harmful updates). A rejected merge leaves the cloud model unchanged, so the next cycle derives "
-               "from the same weights. FedAvg/HeteroFL: plain sample-weighted averaging, no validation. Counts "
-               "over all seeds and cycles."),
+               "from the same weights. FedAvg/HeteroFL: plain sample-weighted averaging, no validation. Seconds: "
+               "the cycle's merge phase (server step, snapshot of a new version, the cloud's re-validation). "
+               "Counts over all seeds and cycles."),
     )

@@ -91,7 +91,13 @@ class ModulesBenchConfig(BaseModel):
 
     @classmethod
     def for_mode(cls, mode: str) -> ModulesBenchConfig:
-        """The preset for ``"quick"`` (< ~3 min on 2 cores) or ``"full"`` (< ~15 min)."""
+        """The preset for ``"quick"`` (< ~3 min on 2 cores), ``"full"`` (< ~15 min) or ``"smoke"`` (:meth:`tiny`).
+
+        Raises:
+            ValueError: For an unknown mode.
+        """
+        if mode == "smoke":
+            return cls.tiny()
         backbones = [
             BackboneCase(label="resnet18", timm_name="resnet18", timm_kwargs={"num_classes": 10}),
             # vit_tiny's real width and depth (192 dims, 3 heads, 12 blocks) with 4x4 patches so
@@ -113,7 +119,7 @@ class ModulesBenchConfig(BaseModel):
                 selection=SelectionSettings(channels=None, seeds=3, epochs=25, enhance_epochs=3,
                                             finetune_epochs=3),
             )
-        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+        raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
     @classmethod
     def tiny(cls) -> ModulesBenchConfig:

@@ -14,6 +14,9 @@ To add a suite, create ``benchmarks/suites/<name>.py`` with::
         table = Table("Title", ["col a", "col b"], [[1, 2.5]], notes="how it was measured")
         return {"tables": [table.to_dict()], "plots": []}
 
-``mode`` is ``"quick"`` or ``"full"``; plots are PNG files written into ``out_dir`` and listed by
-their path relative to it. Modules whose name starts with ``_`` are not imported by discovery.
+``mode`` is ``"quick"``, ``"full"`` or ``"smoke"``: smoke is a seconds-long setting run by the
+tests (``tests/integration/test_bench_smoke.py``) through the same harness, so every suite's code
+path is exercised by ``make test``; its figures mean nothing. Plots are PNG files written into
+``out_dir`` and listed by their path relative to it. A suite may add ``"targets"`` (see
+:mod:`benchmarks.targets`). Modules whose name starts with ``_`` are not imported by discovery.
 """

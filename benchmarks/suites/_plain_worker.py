@@ -1,8 +1,9 @@
 """A device outside Ray: the same ``EdgeService`` in a plain spawned process, driven over a pipe.
 
 It is the reference an ``EdgeActor`` is compared against: same class, same data stream, same
-sub-model and the same torch thread count, but no Ray worker runtime around it. It also counts
-the samples its training loop processes (a forward pre-hook on the model in training mode), which
+sub-model and the same torch thread count, but no Ray worker runtime around it. Commands are the
+service's own methods with its typed messages (pickled over the pipe). It also counts the
+samples its training loop processes (a forward pre-hook on the model in training mode), which
 ``EdgeService.adapt``'s metrics do not report but the achieved FLOP/s needs.
 """
 
@@ -13,14 +14,16 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from eclm.config import PlatformConfig
 
-def _serve(conn: Connection, config_json: str, device_index: int, threads: int, stream_state: dict | None) -> None:
+
+def _serve(conn: Connection, config: PlatformConfig, device_index: int, threads: int) -> None:
     import torch
 
     from eclm.pipelines.edge_service import EdgeService
     from eclm.pipelines.profiler import measure_gflops
 
-    service = EdgeService(config_json, device_index, threads, stream_state)
+    service = EdgeService(config, device_index, threads)
     trained = [0]
 
     def count(module: torch.nn.Module, args: tuple) -> None:
@@ -33,15 +36,17 @@ def _serve(conn: Connection, config_json: str, device_index: int, threads: int, 
             if command == "stop":
                 conn.send(("ok", None))
                 return
-            if command == "install":
+            if command == "advance":
+                out = service.advance(*args)
+            elif command == "install":
                 out = service.install(*args)
                 service.model.register_forward_pre_hook(count)
             elif command == "adapt":
                 trained[0] = 0
                 t0 = time.perf_counter()
-                result = service.adapt()
-                out = {"wall_seconds": time.perf_counter() - t0, "samples": trained[0],
-                       **{k: result["metrics"][k] for k in ("train_seconds", "batches", "seconds_per_batch")}}
+                m = service.adapt().metrics
+                out = {"wall_seconds": time.perf_counter() - t0, "samples": trained[0], "train_seconds": m.train_seconds,
+                       "batches": m.batches, "seconds_per_batch": m.seconds_per_batch}
             elif command == "gflops":
                 out = measure_gflops(*args)
             elif command == "threads":
@@ -57,18 +62,16 @@ class PlainDevice:
     """Handle to a spawned process hosting one ``EdgeService``.
 
     Args:
-        config_json: Platform config as JSON.
+        config: The platform config.
         device_index: Device index in the config.
         threads: torch threads of the process.
-        stream_state: Stream state to resume from (to see the same data as an actor).
         timeout_s: Seconds to wait for any one reply.
     """
 
-    def __init__(self, config_json: str, device_index: int, threads: int, stream_state: dict | None = None,
-                 timeout_s: float = 600.0) -> None:
+    def __init__(self, config: PlatformConfig, device_index: int, threads: int, timeout_s: float = 600.0) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, config_json, device_index, threads, stream_state),
+        self._proc = ctx.Process(target=_serve, args=(child, config, device_index, threads),
                                  daemon=True, name=f"plain-device-{device_index}")
         self._proc.start()
         child.close()

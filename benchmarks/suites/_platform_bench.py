@@ -1,5 +1,5 @@
 """Shared pieces of the Ray-based suites (``platform_overhead``, ``scale``): settings, campaign
-configs, and the Ray-free reference cycle.
+configs, and the Ray-free reference: the platform's cycle coordinator over in-process services.
 
 Nothing here imports Ray: the suites import ``eclm.platform`` / ``eclm.runtime`` inside their
 functions, so discovering the suites (and importing this module) never starts or loads Ray.
@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from benchmarks.local_campaign import local_coordinator
+from eclm.campaign.coordinator import CycleCoordinator
+from eclm.campaign.messages import CloudSnapshot
+from eclm.campaign.results import CycleResult
+from eclm.campaign.strategy import ServerStrategy
 from eclm.config import PlatformConfig
-from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
 
 TIERS = (0.3, 0.55, 0.8)
@@ -36,6 +41,12 @@ class CampaignShape(BaseModel):
                            "(isolates orchestration cost from the greedy exclusion search)")
 
 
+def smoke_campaign(**overrides) -> CampaignShape:
+    """A seconds-long campaign for the smoke mode: tiny ResNet, few samples, no pretraining."""
+    return CampaignShape(**{"channels": (8, 8, 16, 16), "modules_per_layer": 2, "samples_per_device": (20, 30),
+                            "offline_epochs": 0, "enhance_epochs": 0, "adapt_epochs": 1, **overrides})
+
+
 class OverheadBenchConfig(BaseModel):
     """Settings of the ``platform_overhead`` suite."""
 
@@ -52,7 +63,7 @@ class OverheadBenchConfig(BaseModel):
 
     @classmethod
     def for_mode(cls, mode: str) -> OverheadBenchConfig:
-        """Preset for ``"quick"`` or ``"full"``.
+        """Preset for ``"quick"``, ``"full"`` or ``"smoke"`` (seconds, for tests).
 
         Raises:
             ValueError: For an unknown mode.
@@ -61,7 +72,11 @@ class OverheadBenchConfig(BaseModel):
             return cls()
         if mode == "full":
             return cls(devices=8, cycles=4, threads=[1, 2], repeats=8, merge_scaling=[2, 4, 8, 16])
-        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+        if mode == "smoke":
+            # The cycles' merge accepts its first candidate; the merge-cost probe still searches.
+            return cls(campaign=smoke_campaign(accepting_merge=True), devices=1, cycles=1, repeats=1, matmul_size=64,
+                       matmul_repeats=1, merge_scaling=[1])
+        raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
 
 class ScaleBenchConfig(BaseModel):
@@ -89,7 +104,7 @@ class ScaleBenchConfig(BaseModel):
 
     @classmethod
     def for_mode(cls, mode: str) -> ScaleBenchConfig:
-        """Preset for ``"quick"`` or ``"full"``.
+        """Preset for ``"quick"``, ``"full"`` or ``"smoke"`` (seconds, for tests).
 
         Raises:
             ValueError: For an unknown mode.
@@ -98,7 +113,10 @@ class ScaleBenchConfig(BaseModel):
             return cls()
         if mode == "full":
             return cls(device_counts=[4, 16, 64, 128, 256], cycles=3, time_budget_s=900.0)
-        raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
+        if mode == "smoke":
+            return cls(campaign=smoke_campaign(accepting_merge=True), device_counts=[1], modes=["actor"], cycles=1,
+                       time_budget_s=120.0)
+        raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
 
 def campaign_config(shape: CampaignShape, num_devices: int, workdir: Path, *, name: str, threads: int = 1,
@@ -137,34 +155,69 @@ def campaign_config(shape: CampaignShape, num_devices: int, workdir: Path, *, na
     })
 
 
-def in_process_cycle(cloud: CloudService, services: list[EdgeService], costs: dict) -> dict:
-    """One ``Platform.run_cycle`` without Ray and without logging, devices served one after another.
+class StageClock:
+    """Seconds spent in each service method, per method name (in-process instrumentation only)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def timed(self, service: Any) -> _TimedService:
+        """``service`` with every method call timed into this clock."""
+        return _TimedService(service, self)
+
+
+class _TimedService:
+    """Forwards every attribute to the service; method calls add their duration to the clock."""
+
+    def __init__(self, service: Any, clock: StageClock) -> None:
+        self._service, self._clock = service, clock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._service, name)
+        if not callable(attr):
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self._clock.seconds[name] = self._clock.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+        return timed
+
+
+def local_campaign(cfg: PlatformConfig, pretrained: CloudSnapshot, threads: int = 1,
+                   strategy: ServerStrategy | None = None) -> tuple[CycleCoordinator, StageClock]:
+    """The platform's cycle coordinator over in-process services, without Ray or logging.
+
+    The cloud starts from ``pretrained``; the devices' calls are timed into the returned clock
+    (the platform's ``derive`` phase includes the devices' importance summaries, which are
+    device-side work). ``strategy``: the server side (default: eclm's).
+    """
+    clock = StageClock()
+    devices = {d.name: (lambda i=i: clock.timed(EdgeService(cfg, i, threads))) for i, d in enumerate(cfg.devices)}
+    return local_coordinator(cfg, pretrained, devices, threads=threads, strategy=strategy), clock
+
+
+def in_process_cycle(coordinator: CycleCoordinator, clock: StageClock,
+                     devices: list[str] | None = None) -> tuple[dict, CycleResult]:
+    """One ``run_cycle`` of an in-process coordinator (:func:`local_campaign`), devices served one
+    after another.
 
     Returns:
-        ``{"durations": {"summary", "derive", "ship", "adapt", "merge"}, "decision", "bytes_up", "bytes_down"}``
-        with seconds per stage; ``summary`` (device importance) is part of the platform's derive stage.
+        ``({"durations": {"summary", "derive", "ship", "adapt", "merge"}, "decision", "bytes_up",
+        "bytes_down"}, the cycle's result)``: seconds per phase as the coordinator measures them,
+        ``summary`` = the devices' importance summaries (part of ``derive``).
+
+    Raises:
+        RuntimeError: If a device or the cloud failed in the cycle.
     """
-    durations = dict.fromkeys(("summary", "derive", "ship", "adapt", "merge"), 0.0)
-    t0 = time.perf_counter()
-    selector = cloud.selector_payload()
-    summaries = {s.name: s.summary(selector) for s in services}
-    durations["summary"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    packages = {n: cloud.derive(n, s["importance"], s["resources"], s.get("held_spec"), s.get("held_version"))
-                for n, s in summaries.items()}
-    durations["derive"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for s in services:
-        p = packages[s.name]
-        s.install(p["spec"], p["payload"], costs, p["version"])
-    durations["ship"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    uploads = [s.adapt() for s in services]
-    durations["adapt"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = cloud.merge(uploads)
-    cloud.validation_accuracy()  # run_cycle's merge stage also re-evaluates the cloud model
-    durations["merge"] = time.perf_counter() - t0
-    return {"durations": durations, "decision": report.get("decision"),
-            "bytes_down": sum(len(selector) + len(p["payload"] or b"") for p in packages.values()),
-            "bytes_up": sum(len(u["payload"]) for u in uploads)}
+    clock.seconds.clear()
+    result = coordinator.run_cycle(devices, reason="benchmark")
+    if result.failures:
+        raise RuntimeError(f"in-process cycle {result.round} failed: {result.failures}")
+    durations = {"summary": clock.seconds.get("summary", 0.0)}
+    durations |= {k: result.durations[k] for k in ("derive", "ship", "adapt", "merge")}
+    return ({"durations": durations, "decision": result.merge.decision, "bytes_down": sum(result.bytes_down.values()),
+             "bytes_up": sum(result.bytes_up.values())}, result)

@@ -29,7 +29,8 @@ def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None,
         workdir: Temporary directory for checkpoints and the MLflow SQLite store.
         run: ``run(config, mode, devices, workdir, tracking_uri) -> record``; default
             :func:`platform_run` (tests pass a fake).
-        start_ray: Start (and finally stop) a local Ray for the runs.
+        start_ray: Start (and finally stop) a local Ray for the runs; a Ray already running in this
+            process is used instead and left running.
         settle_s: Pause after each run so the stopped actors' processes are gone before the next.
 
     Returns:
@@ -41,7 +42,7 @@ def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None,
     if start_ray:
         from eclm import runtime
 
-        runtime.start_ray(None, num_cpus=None, num_devices=max(config.device_counts))
+        start_ray = runtime.start_ray(None, num_cpus=None, num_devices=max(config.device_counts))
     try:
         procs = tree()
         baseline = {"rss": tree_rss(procs), "pss": tree_pss(procs)}
@@ -100,13 +101,13 @@ def platform_run(config: ScaleBenchConfig, mode: str, devices: int, workdir: Pat
                 pretrain_s = time.perf_counter() - t0
             cycles, seconds, failures, decisions = [], [], 0, []
             for _ in range(config.cycles):
-                platform.step()  # the drift step Platform.run takes before each cycle (not timed)
+                platform.observe()  # the drift step Platform.step takes before each cycle (not timed)
                 t0 = time.perf_counter()
                 result = platform.run_cycle()
                 seconds.append(time.perf_counter() - t0)
                 cycles.append(dict(result.durations))
                 failures += len(result.failures)
-                decisions.append(result.merge.get("decision"))
+                decisions.append(result.merge.decision)
             mem.sample(pss=True)  # everything is alive and has run: the memory that matters
         finally:
             platform.shutdown()

@@ -1,9 +1,10 @@
 """Suite ``adaptation``: eclm against the baselines users would pick instead (ALGORITHMS.md 1.6).
 
 NA, LA, FedAvg, HeteroFL and eclm run on the same data, devices, drift schedule, seeds, backbone
-family and adaptation hyper-parameters, in one run, in-process through the platform's Ray-free
-services (the code the actors run; see :mod:`benchmarks.baselines.experiment`). One job is one
-(label skew, seed); jobs run in parallel worker processes with one torch thread each.
+family and adaptation hyper-parameters, in one run, each through the platform's own cycle
+coordinator over in-process services (the code the actors run; see
+:mod:`benchmarks.baselines.experiment`). One job is one (label skew, seed); jobs run in parallel
+worker processes with one torch thread each.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from benchmarks.baselines.config import AdaptationBenchConfig
-from benchmarks.baselines.experiment import METHODS, run_job
+from benchmarks.baselines.experiment import run_job
 from benchmarks.baselines.memory_probe import measure_adaptation_memory
+from benchmarks.baselines.methods import METHODS
 from benchmarks.baselines.plots import plot_accuracy_over_cycles
 from benchmarks.baselines.summary import mean_std, setting_summary
 from benchmarks.baselines.tables import (
@@ -31,7 +33,7 @@ from benchmarks.baselines.tables import (
 from benchmarks.registry import register_suite
 from eclm.pipelines.adaptation import training_memory_bytes
 
-LABELS = {name: cls.label for name, cls in METHODS.items()}
+LABELS = {name: m.label for name, m in METHODS.items()}
 
 
 @register_suite("adaptation", num_threads=1)

@@ -3,7 +3,8 @@
 1. Edge adaptation inside an ``EdgeActor`` vs the same ``EdgeService.adapt`` in a plain spawned
    process with the same torch threads (training-loop throughput and whole-call time).
 2. Per-cycle time split (derive, ship, adapt, merge+validate, MLflow logging) of a real Ray
-   campaign, next to the same cycle run in-process without Ray or logging.
+   campaign, next to the same cycle (the platform's coordinator) over in-process services
+   without Ray or logging.
 3. Achieved FLOP/s of the adaptation loop against plain matmul FLOP/s with the same threads.
 4. Cost of the validated merge as the number of updates grows (platform default settings).
 """
@@ -149,11 +150,14 @@ def _split_table(d: dict, config: OverheadBenchConfig) -> Table:
         ["stage", "Ray campaign", "share of cycle", "same work in-process, serial"],
         rows,
         notes=("From CycleResult.durations over the timed cycles (mean ± std); derive includes the devices' "
-               "importance summaries, ship the installs, merge the validated merge and the cloud re-evaluation, "
-               "log the MLflow/journal logging of the cycle (figures included). In-process: the same campaign and "
-               "cycle code run by one process without Ray or logging, devices one after another. 'ideal' = "
-               "cloud-side in-process work + device-side in-process work / min(devices, cores): the cycle time if "
-               "orchestration were free; orchestration share = (cycle - log - ideal) / cycle. Merge decisions Ray {d['decisions']['ray']}, in-process "
+               "importance summaries, ship the installs, merge the validated merge, the new version's snapshot "
+               "and registration and the cloud re-evaluation; log = the rest of Platform.run_cycle's wall time "
+               "(recording the cycle to MLflow and the journal, figures included, and committing the campaign "
+               "store). In-process: the platform's cycle coordinator over in-process services (no Ray, no "
+               "logging), devices one after another; summary = the devices' importance summaries (part of "
+               "derive). 'ideal' = cloud-side in-process work + device-side in-process work / min(devices, cores): "
+               "the cycle time if orchestration were free; orchestration share = (cycle - log - ideal) / cycle. "
+               f"Merge decisions Ray {d['decisions']['ray']}, in-process "
                f"{d['decisions']['local']}."),
     )
 

@@ -17,27 +17,38 @@ Stage actors on a local Ray emulate nodes by CPU share (duty cycle over thread C
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.registry import register_suite
-from benchmarks.report import Table
+from benchmarks.suites._serving_report import (
+    SCALE,
+    adapt_table,
+    breakdown_table,
+    partition_table,
+    replicas_table,
+    sched_table,
+    summary,
+    targets,
+)
 from eclm import runtime
 from eclm.modules import modularize
 from eclm.runtime.serving import Deployment, StagePool
-from eclm.serving import ModelSource, NodeState, ServingConfig, create_scheduler, make_plan
+from eclm.serving import ModelSource, NodeState, ServingConfig, create_scheduler, dp_partition, make_plan
+from eclm.serving.batching import choose_micro_batch
+from eclm.serving.breakdown import capacity_bounds, stage_breakdown
 from eclm.serving.plots import throughput_over_time
 
 MIXES = {"amp4ec 1.0/0.6/0.4": [1.0, 0.6, 0.4], "4 x 0.5": [0.5, 0.5, 0.5, 0.5]}
 MODELS = {"mobilenetv3_small_100": ("mobilenetv3_small_100", {}),
           "resnet18 (16-128 ch)": ("resnet18", {"channels": [16, 32, 64, 128]})}
 PARTITIONERS = ("monolithic", "proportional", "dp")
-SCALE = 0.5  # a 1.0-share node gets half a host core: the mixes need 1 of this host's 2 cores
-CLAIMS = {"latency": "-78%", "throughput": "+414%", "scheduling": "10 ms"}
+MIN_SATURATED = 48  # requests per saturated run
 
 
 @dataclass(frozen=True)
@@ -45,9 +56,9 @@ class Budget:
     """How much each part runs in a mode.
 
     Partitioners (and schedulers) of one setting are measured in interleaved rounds, rotating the
-    order each round, and medians are reported: the host is shared, and its load drifts over the
-    seconds one setting takes, so measuring them one after the other would compare different
-    machines.
+    order each round, and medians are reported with their spread over rounds: the host is shared,
+    and its load drifts over the seconds one setting takes, so measuring them one after the other
+    would compare different machines.
     """
 
     sizes: tuple[int, ...]
@@ -57,11 +68,15 @@ class Budget:
     replicas_models: tuple[str, ...]
     adapt_seconds: float
     sched_requests: int
+    models: tuple[str, ...] = tuple(MODELS)
+    micros: tuple[int, ...] = (1, 8)  # micro-batch sizes compared
 
 
 BUDGETS = {
-    "quick": Budget((32, 96), 2, 2, 6, ("mobilenetv3_small_100",), 9.0, 4000),
-    "full": Budget((32, 128), 3, 6, 10, tuple(MODELS), 24.0, 40000),
+    "quick": Budget((32, 96), 3, 2, 12, ("mobilenetv3_small_100",), 9.0, 4000),
+    "full": Budget((32, 128), 5, 6, 16, tuple(MODELS), 24.0, 40000),
+    # Seconds-long, for the tests: every code path once, figures meaningless.
+    "smoke": Budget((32,), 1, 1, 2, ("mobilenetv3_small_100",), 3.0, 200, ("mobilenetv3_small_100",), (4,)),
 }
 
 
@@ -84,9 +99,11 @@ def serving_suite(mode: str, out_dir: Path) -> dict:
         if started:
             runtime.shutdown_ray()
     return {
-        "tables": [partition_table(rows), replicas_table(replicas), sched_table(sched), adapt_table(adapt)],
+        "tables": [partition_table(rows), breakdown_table(rows), replicas_table(replicas), sched_table(sched),
+                   adapt_table(adapt)],
         "plots": ["serving_adaptivity.png"],
         "summary": summary(rows, replicas, sched, adapt),
+        "targets": targets(rows),
         "rows": rows, "replicas": replicas, "scheduler": sched, "adaptivity": adapt,
     }
 
@@ -107,17 +124,25 @@ def source(model: str, size: int) -> ModelSource:
 
 
 def measure_round(d: Deployment, x: torch.Tensor, micro: int, budget: Budget) -> tuple[list[int], dict]:
-    """One round on ``d``: unloaded latency (micro-batches one at a time), then a saturated run."""
+    """One round on ``d``: unloaded latency (micro-batches one at a time), then a saturated run.
+
+    Returns:
+        The unloaded requests' ids and the saturated run's stats, with its request ids
+        (``"ids"``) and the host's 1-minute load average at its end (``"load"``).
+    """
     d.infer(x[: 2 * micro])  # warm the freshly loaded stages
     ids = []
     for k in range(budget.latency_batches):
         ids += [t["request_id"] for t in d.infer(x[k * micro:(k + 1) * micro])[1]]
-    _, timings = d.infer(x[: budget.throughput_batches * micro])
-    return ids, d.stats([t["request_id"] for t in timings])
+    # At least MIN_SATURATED requests: a rate from a dozen single-request micro-batches swings by 30%.
+    _, timings = d.infer(x[: max(budget.throughput_batches * micro, min(MIN_SATURATED, len(x)))])
+    saturated = [t["request_id"] for t in timings]
+    return ids, {**d.stats(saturated), "ids": saturated, "load": os.getloadavg()[0]}
 
 
 def aggregate(d: Deployment, latency_ids: list[int], runs: list[dict]) -> dict:
-    """Latency percentiles over every round's unloaded requests; medians of the saturated runs."""
+    """Latency percentiles over every round's unloaded requests; medians (and every round's value)
+    of the saturated runs; the per-hop breakdown of the last saturated run."""
     lat = d.stats(latency_ids)
 
     def med(key, sub=None):
@@ -126,8 +151,12 @@ def aggregate(d: Deployment, latency_ids: list[int], runs: list[dict]) -> dict:
     return {"wall_p50_ms": lat["latency_ms"]["p50"], "wall_p95_ms": lat["latency_ms"]["p95"],
             "emu_p50_ms": lat["emulated_latency_ms"]["p50"], "emu_p95_ms": lat["emulated_latency_ms"]["p95"],
             "wall_rps": med("steady_throughput_rps"), "emu_rps": med("emulated_steady_throughput_rps"),
+            "wall_rps_rounds": [r["steady_throughput_rps"] for r in runs],
+            "emu_rps_rounds": [r["emulated_steady_throughput_rps"] for r in runs],
+            "load_rounds": [r["load"] for r in runs],
             "loaded_p95_ms": med("service_ms", "p95"), "emu_loaded_p95_ms": med("emulated_queued_ms", "p95"),
-            "schedule_us": med("schedule_us_per_request")}
+            "schedule_us": med("schedule_us_per_request"),
+            "hops": stage_breakdown([d.ledger.records[i] for i in runs[-1]["ids"]])}
 
 
 def interleaved(d: Deployment, options: tuple[str, ...], switch, x, micro, budget) -> dict[str, dict]:
@@ -144,36 +173,68 @@ def interleaved(d: Deployment, options: tuple[str, ...], switch, x, micro, budge
 
 
 def compare_partitioners(pool: StagePool, budget: Budget) -> tuple[list[dict], list[dict]]:
-    rows, replicas = [], []
+    rows, replicas, dp_plans = [], [], {}
     for mix, shares in MIXES.items():
-        for model in MODELS:
+        for model in budget.models:
             for size in budget.sizes:
                 src = source(model, size)
                 x = torch.randn(budget.throughput_batches * 8, 3, size, size,
                                 generator=torch.Generator().manual_seed(1))
-                for micro in (1, 8):
+                for micro in budget.micros:
                     cfg = config(shares, micro)
                     with Deployment(src, cfg, pool=pool.view(cfg), name="bench") as d:
                         plans = {p: make_plan(d.problem, cfg, p) for p in PARTITIONERS}
+                        model_rates = modelled_rates(d, micro)
                         measured = interleaved(d, PARTITIONERS, d.use_partitioner, x, micro, budget)
                     group = [{"mix": mix, "model": model, "size": size, "micro": micro, "partitioner": p,
-                              "boundaries": list(plans[p].boundaries), "predicted_rps": micro / plans[p].bottleneck,
-                              **measured[p]} for p in PARTITIONERS]
+                              "boundaries": list(plans[p].boundaries), "codec": plans[p].codec,
+                              "predicted_rps": micro / plans[p].bottleneck,
+                              "stage_compute_ms": {str(st.node): 1e3 * st.compute_time for st in plans[p].stages},
+                              **model_rates, **measured[p]} for p in PARTITIONERS]
                     rows += with_ratios(group, shares)
+                    dp_plans.setdefault((mix, model, size), {})[micro] = plans["dp"]
                     if mix.startswith("amp4ec") and model in budget.replicas_models:
                         replicas += run_replicas(src, pool, shares, micro, x, budget, group[0])
+    for r in rows:  # what micro_batch_policy="auto" would pick among the measured sizes
+        r["planner_micro"] = choose_micro_batch(dp_plans[(r["mix"], r["model"], r["size"])]).size
     return rows, replicas
 
 
+def modelled_rates(d: Deployment, micro: int) -> dict:
+    """The partition model's view of a setting (profiled problem, requests/s).
+
+    ``bound_*``: :func:`~eclm.serving.breakdown.capacity_bounds`; ``dp_sync_rps``: the DP optimum
+    with store-and-forward links and float32 activations (the hand-off before asynchronous links and
+    codecs), for the capacity waterfall.
+    """
+    bounds = capacity_bounds(d.problem, micro)
+    sync = dp_partition(replace(d.problem, overlap_transfers=False, wire_ratio=1.0))
+    return {"bound_sum_rps": bounds["sum_rps"], "bound_chain_rps": bounds["chain_rps"],
+            "granularity": bounds["granularity"], "dp_sync_rps": micro / sync.bottleneck}
+
+
 def with_ratios(group: list[dict], shares: list[float]) -> list[dict]:
-    """Ratios to the monolithic row; capacity = the monolithic node's measured rate x sum(shares) / its share."""
+    """Ratios to the monolithic row and to the two capacity bounds.
+
+    ``capacity_sum`` = the monolithic node's measured emulated rate x sum(shares) / its share (the
+    sum of node capacities: exact under the duty-cycle emulation); ``capacity_chain`` =
+    ``capacity_sum`` x the setting's granularity (the best contiguous partition's share of the sum,
+    from the profile). Per-round ratios (``*_rounds``) give the spread.
+    """
     mono = group[0]
     capacity = mono["emu_rps"] * sum(shares) / max(shares)
+    chain = capacity * mono["granularity"]
     for r in group:
         r.update({"lat_ratio_emu": r["emu_p50_ms"] / mono["emu_p50_ms"],
                   "lat_ratio_wall": r["wall_p50_ms"] / mono["wall_p50_ms"],
                   "thr_ratio_emu": r["emu_rps"] / mono["emu_rps"], "thr_ratio_wall": r["wall_rps"] / mono["wall_rps"],
-                  "capacity_share_emu": r["emu_rps"] / capacity, "capacity_share_wall": r["wall_rps"] / capacity})
+                  "capacity_sum_rps": capacity, "capacity_chain_rps": chain,
+                  "capacity_share_emu": r["emu_rps"] / capacity, "capacity_share_wall": r["wall_rps"] / capacity,
+                  "chain_share_emu": r["emu_rps"] / chain, "chain_share_wall": r["wall_rps"] / chain,
+                  "chain_share_emu_rounds": [v / chain for v in r["emu_rps_rounds"]],
+                  "chain_share_wall_rounds": [v / chain for v in r["wall_rps_rounds"]],
+                  "thr_ratio_emu_rounds": [v / mono["emu_rps"] for v in r["emu_rps_rounds"]],
+                  "thr_ratio_wall_rounds": [v / mono["wall_rps"] for v in r["wall_rps_rounds"]]})
     return group
 
 
@@ -229,8 +290,7 @@ def adaptivity(pool: StagePool, budget: Budget, out_dir: Path) -> list[dict]:
         label = "re-partitioning (DP)" if adaptive else "static DP plan"
         with Deployment(src, cfg, pool=pool.view(cfg), name="bench-adapt") as d:
             d.infer(x[: 2 * cfg.max_in_flight])  # warm up under load: the baselines settle saturated
-            start, slow_at, ids, slowed = time.time(), budget.adapt_seconds / 3, [], False
-            d.started_at = start
+            start, slow_at, ids, slowed = d.restart_clock(), budget.adapt_seconds / 3, [], False
             while (elapsed := time.time() - start) < budget.adapt_seconds:
                 if not slowed and elapsed >= slow_at:
                     d.set_cpu_share(0, 0.25)
@@ -259,94 +319,3 @@ def adaptivity(pool: StagePool, budget: Budget, out_dir: Path) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------ tables
-def partition_table(rows: list[dict]) -> dict:
-    cols = ["nodes", "model", "input", "batch", "partitioner", "plan", "emu p50 ms", "emu p95 ms", "wall p50 ms",
-            "wall p95 ms", "saturated emu p95 ms", "predicted req/s", "emu req/s", "wall req/s", "emu lat / mono", "emu thr / mono",
-            "wall thr / mono", "emu thr / capacity", "wall thr / capacity"]
-    body = [[r["mix"], r["model"], r["size"], r["micro"], r["partitioner"], "/".join(map(str, r["boundaries"])),
-             r["emu_p50_ms"], r["emu_p95_ms"], r["wall_p50_ms"], r["wall_p95_ms"], r["emu_loaded_p95_ms"],
-             r["predicted_rps"], r["emu_rps"],
-             r["wall_rps"],
-             r["lat_ratio_emu"], r["thr_ratio_emu"], r["thr_ratio_wall"], r["capacity_share_emu"],
-             r["capacity_share_wall"]] for r in rows]
-    return Table("Monolithic (strongest node) vs AMP4EC proportional vs DP partition", cols, body, notes=(
-        f"Emulated nodes (stage actors pacing thread CPU time to share x {SCALE} of a host core; links 100 Mbit/s + "
-        "1 ms per hop). The three partitioners of a setting share one deployment and are measured in rotating "
-        "rounds (medians), so drifting host load hits them alike. Latency: one micro-batch at a time (unloaded), per "
-        "request; throughput: micro-batches queued at once, at most 2 per node in flight, counted from the first "
-        "completion (pipeline fill excluded); saturated p95: admission -> result of a micro-batch in that run "
-        "(queueing included, so higher throughput means lower saturated latency). 'emu' = the nodes' own seconds (CPU time / share + link time), "
-        "throughput by replaying the measured micro-batches through FIFO nodes: what real nodes of these shares "
-        "would do, without Ray overhead or this host's contention. 'wall' = measured by the driver on this host "
-        "(Ray calls ~1-2 ms per hop, all actors, Ray and the driver sharing 2 cores). capacity = the monolithic "
-        "node's measured rate x sum(shares) / its share: the ceiling for any split of the model. predicted = the "
-        "partition model's rate from the calibrated profile (what the DP optimises). plan = block boundaries per "
-        "node.")).to_dict()
-
-
-def replicas_table(rows: list[dict]) -> dict:
-    cols = ["model", "input", "batch", "scheduler", "emu p50 ms", "wall p50 ms", "emu req/s", "wall req/s",
-            "emu thr / mono", "wall thr / mono", "scheduling us / request"]
-    body = [[r["model"], r["size"], r["micro"], r["scheduler"], r["emu_p50_ms"], r["wall_p50_ms"], r["emu_rps"],
-             r["wall_rps"], r["thr_ratio_emu"], r["thr_ratio_wall"], r["schedule_us"]] for r in rows]
-    return Table("Whole-model replicas on nodes 1.0/0.6/0.4, placed per micro-batch by a request scheduler", cols, body,
-                 notes="Each node holds the whole model; the scheduler picks the node for each micro-batch "
-                 "(AMP4EC: filter load > 0.8, score 0.2 resources + 0.2 load + 0.1 performance + 0.5 balance). "
-                 "Ratios against the monolithic row of the same model/input/batch in the table above.").to_dict()
-
-
-def sched_table(rows: list[dict]) -> dict:
-    cols = ["scheduler", "nodes", "us / request (incl. bookkeeping)", "us choose only", "AMP4EC claim / ours"]
-    body = [[r["scheduler"], r["nodes"], r["us_per_request"], r["us_choose_only"], 10_000 / r["us_per_request"]]
-            for r in rows]
-    return Table("Scheduler overhead per request (driver CPU, one thread)", cols, body, notes=(
-        "Per request: stamp the ledger's in-flight counts and execution history onto the node states, choose, "
-        "record start and finish. Median of 5 runs. AMP4EC reports 10 ms per decision; its public code returns a "
-        "hard-coded 10 ms fallback (ALGORITHMS.md 5).")).to_dict()
-
-
-def adapt_table(rows: list[dict]) -> dict:
-    cols = ["mode", "wall req/s before", "wall req/s after", "emu req/s before", "emu req/s after", "re-partitions",
-            "reaction s", "drain s", "reload s", "final plan"]
-    body = [[r["mode"], r["before_rps"], r["after_rps"], r["emu_before_rps"], r["emu_after_rps"], r["repartitions"],
-             r["first_reaction_s"], r["drain_s"], r["reload_s"], "/".join(map(str, r["final_plan"]))] for r in rows]
-    return Table("Adaptivity: node 0 drops from 1.0 to 0.25 CPU share a third into the run", cols, body, notes=(
-        "'after' counts requests dispatched from 2 s after the slowdown to the end. Reaction: seconds from the "
-        "slowdown to the first re-partition (negative: a re-partition before it). Monitor EWMA alpha 0.3, node "
-        "factors change at 50% (this host's own contention moves CPU time per block by up to ~1.8x), checks every "
-        "0.5 s, 1 s cooldown, switch only for >= 10% predicted gain. Drain/reload: the pipeline bubble the re-deploy costs.")).to_dict()
-
-
-def summary(rows: list[dict], replicas: list[dict], sched: list[dict], adapt: list[dict]) -> list[str]:
-    def span(metric, part, mix):
-        vals = [r[metric] for r in rows if r["partitioner"] == part and r["mix"] == mix]
-        return f"{min(vals):.2f}-{max(vals):.2f}x" if vals else "n/a"
-
-    out = []
-    for mix in MIXES:
-        mono = {(r["model"], r["size"], r["micro"]): r for r in rows if r["mix"] == mix and r["partitioner"] == "monolithic"}
-        sat = [r["emu_loaded_p95_ms"] / mono[(r["model"], r["size"], r["micro"])]["emu_loaded_p95_ms"]
-               for r in rows if r["mix"] == mix and r["partitioner"] == "dp"]
-        out.append(f"{mix}: throughput vs the whole model on the strongest node (emulated): DP "
-                   f"{span('thr_ratio_emu', 'dp', mix)}, AMP4EC proportional {span('thr_ratio_emu', 'proportional', mix)}; "
-                   f"DP saturated p95 latency {min(sat):.2f}-{max(sat):.2f}x, unloaded latency "
-                   f"{span('lat_ratio_emu', 'dp', mix)} (one request gains nothing from a pipeline).")
-    if replicas:
-        by = {name: [r["thr_ratio_emu"] for r in replicas if r["scheduler"] == name] for name in
-              ("amp4ec", "round_robin", "least_loaded")}
-        out.append("Whole-model replicas on 1.0/0.6/0.4, throughput vs monolithic (emulated): " + ", ".join(
-            f"{name} {min(v):.2f}-{max(v):.2f}x" for name, v in by.items() if v) + ".")
-    amp = [r for r in sched if r["scheduler"] == "amp4ec"]
-    out.append("AMP4EC scheduling: " + ", ".join(f"{r['us_choose_only']:.0f} us per decision "
-                                                 f"({r['us_per_request']:.0f} us with bookkeeping) with {r['nodes']} nodes"
-                                                 for r in amp) + f" (claimed {CLAIMS['scheduling']}).")
-    static, adaptive = adapt
-    if static["after_rps"] and adaptive["after_rps"]:
-        out.append(f"Slowed node: static plan {static['emu_after_rps']:.1f} req/s emulated "
-                   f"({static['after_rps']:.1f} wall) vs re-partitioning {adaptive['emu_after_rps']:.1f} "
-                   f"({adaptive['after_rps']:.1f} wall) after {adaptive['repartitions']} re-partition(s).")
-    out.append(f"AMP4EC claims {CLAIMS['latency']} latency and {CLAIMS['throughput']} throughput vs monolithic; "
-               "not comparable: their baseline and adaptive path are not in their public code, and these are "
-               "emulated nodes on one 2-core host (see docs/serving.md).")
-    return out

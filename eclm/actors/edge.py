@@ -11,22 +11,21 @@ import ray
 from eclm.config import PlatformConfig
 from eclm.pipelines.edge_pool import EdgePool
 from eclm.pipelines.edge_service import EdgeService
-from eclm.resources import EDGE_RESOURCE, device_resource
+from eclm.resources import EDGE_RESOURCE, node_selector
 
 EdgeActor = ray.remote(EdgeService)
 EdgePoolActor = ray.remote(EdgePool)
 
 
 def create_edge_actor(cfg: PlatformConfig, index: int, store_dir: Path | None = None, resume_at: int | None = None):
-    """Start the actor of device ``index``; it needs one ``edge`` slot, and the per-device
-    resource ``device:<node>`` when the config pins it to a node. It resumes from ``store_dir``."""
+    """Start the actor of device ``index``; it needs one ``edge`` slot, and the node labelled
+    ``eclm/node=<node>`` when the config pins it to a node (``eclm.resources.node_selector``).
+    It resumes from its store ``store_dir``."""
     device = cfg.devices[index]
-    resources = {EDGE_RESOURCE: 1}
-    if device.node:
-        resources[device_resource(device.node)] = 0.001
     return EdgeActor.options(
         num_cpus=cfg.ray.edge_cpus,
-        resources=resources,
+        resources={EDGE_RESOURCE: 1},
+        label_selector=node_selector(device.node) if device.node else None,
         max_restarts=0,
     ).remote(cfg, index, cfg.ray.threads_per_actor, store_dir, resume_at)
 

@@ -17,6 +17,7 @@ unit tests and benchmarks bind it to in-process services. What it guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,9 +35,10 @@ from eclm.campaign.messages import (
     Resources,
     SubModelPackage,
 )
+from eclm.campaign.progress import NullProgress, Progress
 from eclm.campaign.recorder import CycleRecorder, NullRecorder
 from eclm.campaign.results import CycleResult
-from eclm.campaign.store import CampaignState, MemoryStore, RoundRecord
+from eclm.campaign.store import CampaignState, CorruptStoreError, MemoryStore, RoundRecord
 from eclm.campaign.strategy import ModularStrategy, ServerStrategy
 from eclm.config import PlatformConfig
 from eclm.pipelines.triggers import Decision, Observation, PeriodicTrigger, Trigger, trigger_from_config
@@ -61,14 +63,16 @@ class CycleCoordinator:
         store: Durable campaign state (default: in memory).
         trigger: When cycles run (default: ``config.trigger`` or every step).
         state: A committed state to continue from (a resumed campaign), or ``None``.
+        progress: Where progress goes (default: nowhere).
     """
 
     def __init__(self, fleet: Fleet, config: PlatformConfig, *, strategy: ServerStrategy | None = None,
                  recorder: CycleRecorder | None = None, store=None, trigger: Trigger | None = None,
-                 state: CampaignState | None = None) -> None:
+                 state: CampaignState | None = None, progress: Progress | None = None) -> None:
         self.fleet, self.cfg = fleet, config
         self.strategy = strategy or ModularStrategy()
         self.recorder = recorder or NullRecorder()
+        self.progress = progress or NullProgress()
         self.store = store if store is not None else MemoryStore()
         self.trigger = trigger or (trigger_from_config(config.trigger) if config.trigger else PeriodicTrigger(every_steps=1))
         self.state = state or CampaignState(run_id=self.store.run_id)
@@ -82,7 +86,7 @@ class CycleCoordinator:
         self._pending_restart: set[str] = set()
         self._manual: list[str] = []
         self._drift: dict[str, float] = {}
-        self._selector: tuple[int, Any] | None = None
+        self._selector: tuple[int, Any, str] | None = None
         self._costs: Any = None
 
     # ------------------------------------------------------------------ cloud calls
@@ -104,7 +108,7 @@ class CycleCoordinator:
                 return results, failures
             if attempt == 1:
                 raise CloudUnavailable(what, next(iter(dead.values())))
-            self._recover_cloud(next(iter(dead.values())))
+            self._recover_cloud(next(iter(dead.values())), what)
             todo = {k: todo[k] for k in dead}
         return results, failures
 
@@ -115,9 +119,17 @@ class CycleCoordinator:
             raise CloudUnavailable(what, failures["cloud"])
         return results["cloud"]
 
-    def _recover_cloud(self, failure: CallFailure) -> None:
-        """Recreate the cloud endpoint from the last commit (no accepted round is lost)."""
-        _, snapshot = self.store.load_latest()
+    def _recover_cloud(self, failure: CallFailure, what: str) -> None:
+        """Recreate the cloud endpoint from the last commit (no accepted round is lost).
+
+        Raises:
+            CloudUnavailable: With the original failure, if nothing was committed yet to restore
+                from (e.g. the cloud's constructor failed at start-up).
+        """
+        try:
+            _, snapshot = self.store.load_latest()
+        except CorruptStoreError:
+            raise CloudUnavailable(what, failure) from None
         self.fleet.recreate_cloud(snapshot)
         self._selector = self._costs = None
         self.recorder.record_event("cloud_recreated", self.state.round,
@@ -160,9 +172,15 @@ class CycleCoordinator:
         return self.info
 
     def pretrain(self) -> list[EpochRecord]:
-        """The offline stage on the cloud; commits version 0."""
+        """The offline stage on the cloud, epoch by epoch (with progress); commits version 0."""
         start = time.perf_counter()
-        history = self._cloud(lambda c: c.pretrain(), "pretrain")
+        total = self._cloud(lambda c: c.pretrain_begin(), "pretrain")
+        self.progress.begin("offline stage", total)
+        history = []
+        for _ in range(total):
+            history.append(self._cloud(lambda c: c.pretrain_epoch(), "pretrain"))
+            self.progress.advance("offline stage", f"{history[-1].stage}: proxy val {history[-1].val_acc_dense:.1%}")
+        self.progress.end("offline stage")
         val_acc = self._cloud(lambda c: c.validation_accuracy(), "validation")
         snapshot = self._cloud(lambda c: c.snapshot(), "snapshot")
         self.recorder.record_pretrain(history, val_acc, time.perf_counter() - start)
@@ -298,11 +316,14 @@ class CycleCoordinator:
         from eclm.campaign.cycle_phases import run_phases
 
         summaries: dict[str, DeviceSummary] = {}
+        self.progress.begin(f"cycle {result.round}", 5)
         try:
             summaries = run_phases(self, result)
         except CloudUnavailable as err:
             result.failures["cloud"] = str(err)
             result.merge = MergeOutcome.nothing(f"cycle failed: {err}", self.state.version)
+        finally:
+            self.progress.end(f"cycle {result.round}")
         self._finish_cycle(result, summaries)
         return result
 
@@ -317,11 +338,11 @@ class CycleCoordinator:
             self.recorder.record_cycle(result, summaries, self.info, self.state.history)
 
     # helpers the phases use --------------------------------------------
-    def selector(self) -> Any:
-        """The selector weights as a shareable handle (fetched once per cloud endpoint)."""
+    def selector(self) -> tuple[int, Any, str]:
+        """``(bytes, shareable handle, sha256)`` of the cloud's selector (fetched once per cloud endpoint)."""
         if self._selector is None:
             payload = self._cloud(lambda c: c.selector_payload(), "selector")
-            self._selector = (len(payload), self.fleet.share(payload))
+            self._selector = (len(payload), self.fleet.share(payload), hashlib.sha256(payload).hexdigest())
         return self._selector
 
     def costs_handle(self) -> Any:

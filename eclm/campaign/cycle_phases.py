@@ -33,29 +33,46 @@ def run_phases(c: CycleCoordinator, result: CycleResult) -> dict[str, DeviceSumm
     Raises:
         CloudUnavailable: If the cloud fails even after being recreated.
     """
+    task, step = f"cycle {result.round}", c.progress.advance
     t0 = time.perf_counter()
     summaries = _summaries(c, result)
+    step(task, f"{len(summaries)} summaries")
     split_devices = _split_devices(c, summaries)
     local = {n: s for n, s in summaries.items() if n not in split_devices}
     packages = _deliver(c, local, result)
+    step(task, f"{len(packages)} sub-models derived")
     t1 = time.perf_counter()
     adapting = _install(c, local, packages, result)
+    step(task, "installed")
     t2 = time.perf_counter()
     updates, split = _adapt(c, adapting, {n: summaries[n] for n in split_devices}, split_devices, result)
+    step(task, f"{len(updates)} adapted")
     if split is not None:
         packages |= split.packages
     t3 = time.perf_counter()
     _traffic(c, result, packages, updates, split)
     _merge(c, result, updates, packages)
+    step(task, f"merge {result.merge.decision}")
     result.durations |= {"derive": t1 - t0, "ship": t2 - t1, "adapt": t3 - t2, "merge": time.perf_counter() - t3}
     return summaries
 
 
 def _summaries(c: CycleCoordinator, result: CycleResult) -> dict[str, DeviceSummary]:
-    """Every device's summary (computed with the cloud's selector); first-time devices enroll."""
-    _, selector = c.selector()
-    replies = c._devices({n: c.fleet.devices[n].summary(selector) for n in result.devices}, result.failures,
-                         "summary")
+    """Every device's summary (computed with the cloud's selector); first-time devices enroll.
+
+    The selector travels only to devices that do not hold it yet (it never changes after the
+    offline stage); a device whose reply shows another selector (e.g. restarted on a fresh node)
+    is asked again with it.
+    """
+    size, handle, digest = c.selector()
+    held = c.state.selectors
+    replies = c._devices({n: c.fleet.devices[n].summary(None if held.get(n) == digest else handle)
+                          for n in result.devices}, result.failures, "summary")
+    stale = [n for n, r in replies.items() if r.selector_digest != digest]
+    replies |= c._devices({n: c.fleet.devices[n].summary(handle) for n in stale}, result.failures, "summary")
+    sent = {n for n in result.devices if held.get(n) != digest} | set(stale)
+    result.bytes_down |= {n: size for n in sent}
+    c.state = c.state.model_copy(update={"selectors": held | {n: digest for n in replies}})
     summaries = c._attributed(replies, result.failures, "summary")
     enrolled = dict(c.state.enrolled)
     for name, s in list(summaries.items()):
@@ -137,9 +154,8 @@ def _adapt(c: CycleCoordinator, holding: Mapping[str, SubModelPackage], split_su
 
 def _traffic(c: CycleCoordinator, result: CycleResult, packages: Mapping[str, SubModelPackage],
              updates: Mapping[str, DeviceUpdate], split: SplitRoundResult | None) -> None:
-    selector_bytes, _ = c.selector()
-    for n in result.devices:
-        result.bytes_down[n] = selector_bytes + (packages[n].nbytes if n in packages else 0)
+    for n in result.devices:  # the selector's bytes were counted when it was sent
+        result.bytes_down[n] = result.bytes_down.get(n, 0) + (packages[n].nbytes if n in packages else 0)
         result.bytes_up[n] = len(updates[n].payload) if n in updates and c.strategy.merges else 0
     if split is not None:  # split devices sent activations and device parts, not a sub-model
         result.bytes_up |= split.bytes_up

@@ -103,6 +103,8 @@ class DeviceSummary(Message):
         held_accuracy: Accuracy of the held model on the current and the previous environment
             before anything is delivered (``None`` without a model or data); forgetting is
             measured against it.
+        held_previous_accuracy_own: The held model's accuracy on the previous environment with
+            the argmax restricted to the device's own classes (``None`` as above).
     """
 
     device: str
@@ -113,6 +115,8 @@ class DeviceSummary(Message):
     held: HeldModel | None = None
     held_accuracy: float | None = Field(None, ge=0, le=1)
     held_previous_accuracy: float | None = Field(None, ge=0, le=1)
+    selector_digest: str | None = Field(None, description="sha256 of the selector the importance was computed with")
+    held_previous_accuracy_own: float | None = Field(None, ge=0, le=1)
 
     @field_validator("importance")
     @classmethod
@@ -176,16 +180,23 @@ class SwapReport(Message):
 
 
 class DeviceMetrics(Message):
-    """Per-device measurements of one cycle (accuracies in [0, 1] on the device's test data)."""
+    """Per-device measurements of one cycle (accuracies in [0, 1] on the device's test data).
+
+    The ``*_own`` accuracies take the argmax over the device's own classes only (a label-skewed
+    device knows which classes it can see); the others over all classes.
+    """
 
     mode: Literal["local", "split"] = "local"
     acc_before: float | None = Field(None, ge=0, le=1)
     acc_after: float | None = Field(None, ge=0, le=1)
+    acc_before_own: float | None = Field(None, ge=0, le=1, description="acc_before, argmax over own classes")
+    acc_after_own: float | None = Field(None, ge=0, le=1, description="acc_after, argmax over own classes")
     acc_held: float | None = Field(None, ge=0, le=1, description="held model before delivery")
     loss_before: float | None = None
     loss_after: float | None = None
     prev_acc_before: float | None = Field(None, ge=0, le=1)
     prev_acc_after: float | None = Field(None, ge=0, le=1)
+    prev_acc_after_own: float | None = Field(None, ge=0, le=1, description="prev_acc_after, argmax over own classes")
     forgetting: float | None = Field(None, ge=-1, le=1)
     train_seconds: float | None = Field(None, ge=0)
     seconds_per_batch: float | None = Field(None, ge=0)
@@ -250,6 +261,8 @@ class MergeOutcome(Message):
     device_acc_after: dict[str, float] = Field(default_factory=dict)
     server_step: float | None = None
     version: int = Field(0, ge=0)
+    screen: dict[str, dict] = Field(default_factory=dict, description="per device the robust screen's statistics")
+    paired: dict | None = Field(None, description="the paired acceptance test of the accepted candidate")
     details: dict[str, str] = Field(default_factory=dict, description="free-form facts of the strategy")
     cloud_seen_acc: float | None = Field(None, description="cloud accuracy under the environments seen so far "
                                                            "(after the merge; docs/method.md)")

@@ -163,6 +163,8 @@ def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: l
     traffic, emulated, epoch_reports = _traffic(order, epochs, info)
     m: dict[str, float] = {"split/devices": len(order), "split/epochs": len(epochs), "split/real_seconds": real_seconds,
                            "split/emulated_seconds": emulated, "split/planned_round_seconds": info["plan"]["round_time"]}
+    if info["plan"].get("epoch_time") is not None:  # the planner's own estimate of one epoch (delay model)
+        m["split/planned_epoch_seconds"] = info["plan"]["epoch_time"]
     if epoch_reports:
         m["split/train_loss"] = epoch_reports[-1]["loss"]
         m["split/train_accuracy"] = epoch_reports[-1]["accuracy"]

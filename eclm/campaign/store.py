@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eclm.campaign.atomic import sha256_file, write_json_atomic, write_once
 from eclm.campaign.messages import CloudSnapshot, HeldModel, Resources
+from eclm.config import PlatformConfig
 from eclm.modules.spec import SubModelSpec
 
 _COMMIT = re.compile(r"^commit_(\d{6})\.json$")
@@ -81,6 +82,7 @@ class CampaignState(BaseModel):
     enrolled: dict[str, tuple[int, ...]] = Field(default_factory=dict)
     resources: dict[str, Resources] = Field(default_factory=dict)
     positions: dict[str, int] = Field(default_factory=dict)
+    selectors: dict[str, str] = Field(default_factory=dict, description="digest of the selector each device holds")
     trigger: dict = Field(default_factory=dict)
     mlflow_run_id: str | None = None
     history: list[RoundRecord] = Field(default_factory=list)
@@ -107,13 +109,18 @@ class CampaignStore:
         return Path(workdir) / "campaigns" / name
 
     @classmethod
-    def create(cls, workdir: Path, name: str, config_json: str) -> CampaignStore:
-        """Start a new run directory (never reusing an existing one) and record its config."""
+    def create(cls, config: PlatformConfig) -> CampaignStore:
+        """Start a new run directory of campaign ``config.name`` under ``config.workdir`` (never
+        reusing an existing one) and record the config it starts with."""
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-        store = cls(cls.campaign_dir(workdir, name) / run_id)
+        store = cls(cls.campaign_dir(config.workdir, config.name) / run_id)
         store.root.mkdir(parents=True, exist_ok=False)
-        write_once(store.root / "config.json", config_json.encode())
+        write_once(store.root / "config.json", config.model_dump_json(indent=1).encode())
         return store
+
+    def config(self) -> PlatformConfig:
+        """The config the run started with."""
+        return PlatformConfig.model_validate_json((self.root / "config.json").read_text())
 
     @classmethod
     def latest(cls, workdir: Path, name: str) -> CampaignStore | None:
@@ -128,9 +135,6 @@ class CampaignStore:
     @property
     def run_id(self) -> str:
         return self.root.name
-
-    def config_json(self) -> str:
-        return (self.root / "config.json").read_text()
 
     def device_dir(self, device: str) -> Path:
         return self.root / "devices" / device

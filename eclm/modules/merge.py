@@ -50,6 +50,7 @@ class ModuleUpdate:
         num_samples: Local samples the update was trained on.
         classes: Classes in the device's data (used to merge classifier rows by class), or
             ``None`` if unknown (then the device contributes to every row).
+        metrics: What the device reports about its adaptation (checked for finite numbers only).
         trained: For a module-sparse upload, the modules it carries (a subset of ``spec``; module
             slices in ``state`` are restricted to them); ``None``: every module of ``spec``. A
             module or tensor an upload does not carry is not contributed.
@@ -61,6 +62,7 @@ class ModuleUpdate:
     importance: Sequence[Sequence[float]]
     num_samples: int
     classes: Sequence[int] | None = None
+    metrics: dict | None = None
     trained: SubModelSpec | None = None
 
     @property

@@ -92,22 +92,61 @@ def train_offline(
     Returns:
         One :class:`EpochMetrics` per epoch of both stages.
     """
-    s = settings or OfflineSettings()
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"proxy data must be non-empty with matching lengths, got {len(x)} and {len(y)}")
-    run = _OfflineRun(model, x, y, (val_x, val_y), s, progress)
-    for epoch in range(s.epochs):
-        run.epoch("modules", epoch, None, None)
-    if s.enhance_epochs:
-        n_cls = num_classes or int(y.max()) + 1
-        tasks = [list(t) for t in (subtasks or class_subtasks(n_cls, s.classes_per_subtask))]
-        task_idx = torch.as_tensor(subtask_of_labels(y.numpy(), tasks))
-        targets = enhancement_targets(model, x, task_idx, len(tasks), s.kappa1, s.kappa2)
-        for epoch in range(s.enhance_epochs):
-            run.epoch("enhance", epoch, targets, task_idx)
-    run.bar.close()
-    model.eval()
+    run = OfflineTraining(model, x, y, val_x, val_y, settings, subtasks=subtasks, num_classes=num_classes,
+                          progress=progress)
+    while run.next_epoch() is not None:
+        pass
     return run.history
+
+
+class OfflineTraining:
+    """The offline stage one epoch at a time (so a caller can report progress between epochs).
+
+    Stage 1 (``modules``) runs ``settings.epochs`` epochs, then stage 2 (``enhance``) runs
+    ``settings.enhance_epochs``; :meth:`next_epoch` returns each epoch's metrics and ``None``
+    once both are done (the model is then in eval mode). Same arguments as :func:`train_offline`.
+
+    Raises:
+        ValueError: If the proxy data is empty or its lengths differ.
+    """
+
+    def __init__(self, model: ModularModel, x: Tensor, y: Tensor, val_x: Tensor, val_y: Tensor,
+                 settings: OfflineSettings | None = None, *, subtasks: Sequence[Sequence[int]] | None = None,
+                 num_classes: int | None = None, progress: bool = False) -> None:
+        self.s = settings or OfflineSettings()
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"proxy data must be non-empty with matching lengths, got {len(x)} and {len(y)}")
+        self.model, self.x, self.y = model, x, y
+        self.subtasks, self.num_classes = subtasks, num_classes
+        self.run = _OfflineRun(model, x, y, (val_x, val_y), self.s, progress)
+        self.total = self.s.epochs + self.s.enhance_epochs
+        self.done = 0
+        self._targets: tuple | None = None
+
+    @property
+    def history(self) -> list[EpochMetrics]:
+        return self.run.history
+
+    def next_epoch(self) -> EpochMetrics | None:
+        """Train the next epoch and return its metrics, or ``None`` when both stages are done."""
+        s = self.s
+        if self.done >= self.total:
+            return None
+        if self.done < s.epochs:
+            self.run.epoch("modules", self.done, None, None)
+        else:
+            if self._targets is None:  # the load matrix is measured once stage 1 is over
+                n_cls = self.num_classes or int(self.y.max()) + 1
+                tasks = [list(t) for t in (self.subtasks or class_subtasks(n_cls, s.classes_per_subtask))]
+                task_idx = torch.as_tensor(subtask_of_labels(self.y.numpy(), tasks))
+                self._targets = (enhancement_targets(self.model, self.x, task_idx, len(tasks), s.kappa1, s.kappa2),
+                                 task_idx)
+            self.run.epoch("enhance", self.done - s.epochs, *self._targets)
+        self.done += 1
+        if self.done == self.total:
+            self.run.bar.close()
+            self.model.eval()
+        return self.run.history[-1]
 
 
 class _OfflineRun:

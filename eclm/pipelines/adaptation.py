@@ -8,6 +8,7 @@ extracted or shrunk sub-model inherits statistics measured with other modules ac
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,18 +39,34 @@ class TrainStats:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> tuple[float, float]:
     """``(accuracy, mean cross-entropy)`` of ``model`` on ``(x, y)`` in eval mode."""
+    acc, loss, _ = evaluate_own(model, x, y, None, batch_size)
+    return acc, loss
+
+
+@torch.no_grad()
+def evaluate_own(model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None,
+                 batch_size: int = 256) -> tuple[float, float, float]:
+    """``(accuracy, mean cross-entropy, own-class accuracy)`` of ``model`` on ``(x, y)`` in eval mode.
+
+    Own-class accuracy takes the argmax over ``classes`` only (a label-skewed device knows which
+    classes it can see); with ``classes=None`` it equals the accuracy. All three come from one
+    forward pass; NaN without data.
+    """
     if len(x) == 0:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
+    own = torch.as_tensor(sorted(set(classes))) if classes else None
     was = model.training
     model.eval()
-    correct, loss = 0, 0.0
+    correct, correct_own, loss = 0, 0, 0.0
     for i in range(0, len(x), batch_size):
         logits = model(x[i : i + batch_size])
         yb = y[i : i + batch_size]
         correct += int((logits.argmax(-1) == yb).sum())
+        if own is not None:
+            correct_own += int((own[logits[:, own].argmax(-1)] == yb).sum())
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
     model.train(was)
-    return correct / len(x), loss / len(x)
+    return correct / len(x), loss / len(x), (correct_own if own is not None else correct) / len(x)
 
 
 @torch.no_grad()

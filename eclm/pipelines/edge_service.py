@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from eclm.campaign.atomic import sha256_bytes, sha256_file, write_atomic
 from eclm.campaign.device_store import DeviceStore
 from eclm.campaign.messages import (
     DeviceMetrics,
@@ -35,6 +36,7 @@ from eclm.config import PlatformConfig
 from eclm.data import ReplayBuffer, build_device_stream, load_dataset
 from eclm.modules import (
     CostTable,
+    ModularModel,
     ModuleSelector,
     SubModelSpec,
     narrow,
@@ -53,6 +55,7 @@ from eclm.modules.trainable import TrainingMemory, derive_trainable
 from eclm.pipelines.adaptation import (
     effective_batch,
     evaluate,
+    evaluate_own,
     finetune,
     recalibrate_norms,
     training_memory_bytes,
@@ -63,6 +66,14 @@ from eclm.pipelines.edge_exchange import DeviceExchange
 from eclm.pipelines.edge_state import restore_service, snapshot_service
 from eclm.pipelines.profiler import budget_from_resources, measure_resources
 from eclm.pipelines.split_device import SplitDeviceMixin
+
+
+def device_skeleton(config: PlatformConfig, num_classes: int) -> ModularModel:
+    """The weightless modular model devices rebuild their sub-models from (shareable)."""
+    b = config.backbone
+    kwargs = dict(b.kwargs, num_classes=num_classes, in_chans=config.data.channels)
+    return skeleton({"name": b.name, "kwargs": kwargs}, b.modules_per_layer, config.input_size, b.selector_width,
+                    b.selector_dim)
 
 
 def _finite(value: float | None) -> float | None:
@@ -78,10 +89,15 @@ class EdgeService(SplitDeviceMixin):
         threads: torch threads for this process.
         store_dir: The device's store; its newest snapshot is loaded if there is one.
         resume_at: Load the newest snapshot at or before this stream step (a resumed campaign).
+        skeleton_model: A weightless skeleton to share with other devices of this process (it is
+            never modified: sub-models are extracted as copies); built here when ``None``.
+        selector_model: A selector to share with other devices of this process (all devices load
+            the cloud's one selector); built here when ``None``.
     """
 
     def __init__(self, config: PlatformConfig, device_index: int, threads: int = 1,
-                 store_dir: Path | str | None = None, resume_at: int | None = None) -> None:
+                 store_dir: Path | str | None = None, resume_at: int | None = None,
+                 skeleton_model: ModularModel | None = None, selector_model: ModuleSelector | None = None) -> None:
         torch.set_num_threads(threads)
         self.cfg = config
         self.device = config.devices[device_index]
@@ -91,10 +107,9 @@ class EdgeService(SplitDeviceMixin):
         self.classes = [int(c) for c in pool.classes]
         self.stream = build_device_stream(data, pool, config.data)
         b = config.backbone
-        kwargs = dict(b.kwargs, num_classes=data.num_classes, in_chans=config.data.channels)
-        self.skeleton = skeleton({"name": b.name, "kwargs": kwargs}, b.modules_per_layer, config.input_size,
-                                 b.selector_width, b.selector_dim)
-        self.selector = ModuleSelector(self.skeleton.layer_sizes, config.data.channels, b.selector_width, b.selector_dim)
+        self.skeleton = skeleton_model or device_skeleton(config, data.num_classes)
+        self.selector = selector_model or ModuleSelector(self.skeleton.layer_sizes, config.data.channels,
+                                                         b.selector_width, b.selector_dim)
         self.model: torch.nn.Module | None = None
         self.spec: SubModelSpec | None = None
         self.trainable: TrainableSpec | None = None  # what the cloud asked this device to train (None: all)
@@ -112,6 +127,8 @@ class EdgeService(SplitDeviceMixin):
             loaded = self.store.load(resume_at)
             if loaded is not None:
                 restore_service(self, *loaded)
+            if self._selector_file().is_file():  # the cloud's selector, as last received on this node
+                self.load_selector(self._selector_file().read_bytes())
 
     def _save(self) -> None:
         if self.store is not None:
@@ -158,8 +175,21 @@ class EdgeService(SplitDeviceMixin):
                               severity=env.severity, classes=tuple(env.classes or self.classes))
 
     def load_selector(self, payload: bytes) -> None:
+        """Take the cloud's selector (skipped when it is the one loaded already); with a store it is
+        also kept on disk next to the device stores, so a restarted device scores drift with it."""
+        digest = sha256_bytes(payload)
+        if getattr(self.selector, "eclm_digest", None) == digest:
+            return
         state, _, _ = unpack_state(payload)
         self.selector.load_state_dict(state)
+        self.selector.eclm_digest = digest
+        if self.store is not None:
+            path = self._selector_file()
+            if not path.is_file() or sha256_file(path) != digest:
+                write_atomic(path, payload)
+
+    def _selector_file(self) -> Path:
+        return self.store.root.parent / "selector.safetensors"
 
     @torch.no_grad()
     def importance(self) -> list[list[float]]:
@@ -180,15 +210,17 @@ class EdgeService(SplitDeviceMixin):
         """What the cloud needs to derive this device's sub-model; never raw data."""
         if selector_payload is not None:
             self.load_selector(selector_payload)
-        held = acc = prev_acc = None
+        held = acc = prev_acc = prev_own = None
         if self.model is not None and self.spec is not None and self.version is not None:
             held = HeldModel(spec=self.spec, version=self.version)
             test, prev = self.stream.test_set(), self.stream.previous_test_set()
             acc = _finite(evaluate(self.model, test.images, test.labels)[0])
-            prev_acc = _finite(evaluate(self.model, prev.images, prev.labels)[0]) if prev is not None else None
+            if prev is not None:
+                prev_acc, _, prev_own = map(_finite, evaluate_own(self.model, prev.images, prev.labels, self.classes))
         return DeviceSummary(device=self.name, importance=self.importance(), resources=self.profile(),
                              num_samples=self.stream.local_size, classes=tuple(self.classes), held=held,
-                             held_accuracy=acc, held_previous_accuracy=prev_acc)
+                             selector_digest=getattr(self.selector, "eclm_digest", None),
+                             held_accuracy=acc, held_previous_accuracy=prev_acc, held_previous_accuracy_own=prev_own)
 
     # ------------------------------------------------------------------ sub-model
     def install(self, package: SubModelPackage, costs: dict | None = None) -> InstallReport:
@@ -298,7 +330,7 @@ class EdgeService(SplitDeviceMixin):
             raise RuntimeError(f"device {self.name} has no sub-model installed")
         a = self.cfg.adaptation
         train, test, prev = self.stream.train_set(), self.stream.test_set(), self.stream.previous_test_set()
-        before = evaluate(self.model, test.images, test.labels)
+        before = evaluate_own(self.model, test.images, test.labels, self.classes)
         prev_before = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         rss_before = psutil.Process().memory_info().rss
         plan = self.trainable or TrainableSpec.dense(self.spec)
@@ -314,8 +346,9 @@ class EdgeService(SplitDeviceMixin):
         rss_delta = psutil.Process().memory_info().rss - rss_before
         if a.recalibrate_norms:  # training-mode batches mixed replayed environments into the stats
             recalibrate_norms(self.model, train.images)
-        after = evaluate(self.model, test.images, test.labels)
-        prev_after = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
+        after = evaluate_own(self.model, test.images, test.labels, self.classes)
+        prev_after = (evaluate_own(self.model, prev.images, prev.labels, self.classes)
+                      if prev is not None else (None, None, None))
         importance = self.importance()
         self.detector.update_reference(evaluate(self.model, train.images, train.labels)[0], importance)
         self.rounds += 1
@@ -336,17 +369,20 @@ class EdgeService(SplitDeviceMixin):
 
     def _metrics(self, before, after, prev_before, prev_after, stats, plan: TrainableSpec,
                  rss_delta: int) -> DeviceMetrics:
+        """The cycle's metrics; ``before``/``after``/``prev_after`` are ``(accuracy, loss, own-class
+        accuracy)`` (``None`` entries without a previous environment)."""
         a = self.cfg.adaptation
         cost = self.costs.total(self.spec) if self.costs else {}
         if self.trainable is not None and self.costs is not None:
             memory = self._memory().total(self.costs, self.spec, plan)
         else:
             memory = training_memory_bytes(cost.get("params", 0), cost.get("activation_bytes", 0), a.batch_size)
-        forgetting = (prev_before - prev_after) if prev_before is not None else None
+        forgetting = (prev_before - prev_after[0]) if prev_before is not None else None
         return DeviceMetrics(
-            acc_before=_finite(before[0]), acc_after=_finite(after[0]), loss_before=_finite(before[1]),
-            loss_after=_finite(after[1]), prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after),
-            forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
+            acc_before=_finite(before[0]), acc_after=_finite(after[0]), acc_before_own=_finite(before[2]),
+            acc_after_own=_finite(after[2]), loss_before=_finite(before[1]), loss_after=_finite(after[1]),
+            prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after[0]),
+            prev_acc_after_own=_finite(prev_after[2]), forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
             batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
             train_memory_estimate=memory, rss_delta=rss_delta,
             environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
@@ -361,12 +397,14 @@ class EdgeService(SplitDeviceMixin):
         if self.model is None:
             raise RuntimeError(f"device {self.name} has no sub-model installed")
         test, prev = self.stream.test_set(), self.stream.previous_test_set()
-        acc, loss = evaluate(self.model, test.images, test.labels)
-        prev_acc = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
+        acc, loss, own = evaluate_own(self.model, test.images, test.labels, self.classes)
+        prev_acc, _, prev_own = (evaluate_own(self.model, prev.images, prev.labels, self.classes)
+                                 if prev is not None else (None, None, None))
         cost = self.costs.total(self.spec) if self.costs else {}
-        return DeviceMetrics(acc_before=_finite(acc), acc_after=_finite(acc), loss_before=_finite(loss),
-                             loss_after=_finite(loss), prev_acc_before=_finite(prev_acc),
-                             prev_acc_after=_finite(prev_acc), forgetting=0.0 if prev is not None else None,
+        return DeviceMetrics(acc_before=_finite(acc), acc_after=_finite(acc), acc_before_own=_finite(own),
+                             acc_after_own=_finite(own), loss_before=_finite(loss), loss_after=_finite(loss),
+                             prev_acc_before=_finite(prev_acc), prev_acc_after=_finite(prev_acc),
+                             prev_acc_after_own=_finite(prev_own), forgetting=0.0 if prev is not None else None,
                              params=cost.get("params"), flops=cost.get("flops"),
                              environment=self.stream.environment.corruption,
                              severity=self.stream.environment.severity)

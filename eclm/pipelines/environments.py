@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from eclm.data.catalog import CORRUPTION_NAMES
 from eclm.data.corruptions import apply_corruption, check_corruption
-from eclm.pipelines.adaptation import evaluate, recalibrate_norms
+from eclm.pipelines.adaptation import recalibrate_norms
+from eclm.pipelines.mcnemar import correct_mask
 
 #: An environment: ``(corruption, severity)``.
 Environment = tuple[str, int]
@@ -92,17 +93,21 @@ class ProxyEnvironments:
                 x[pick] = self.images(env, "train")[0][pick]
         return x, self.train_y
 
-    def accuracy(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> float:
-        """Accuracy of ``model`` under ``env`` after re-estimating its norm statistics there
-        (``model`` is not modified; clean: evaluated as it is). NaN without validation images."""
+    def correct(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> Tensor:
+        """Per-sample correctness ``(N,)`` of ``model`` on the proxy validation images under ``env``,
+        after re-estimating its norm statistics there (``model`` is not modified; clean: evaluated
+        as it is)."""
         val_x, val_y = self.images(env, "val", classes)
-        if len(val_x) == 0:
-            return float("nan")
-        if env is None:
-            return evaluate(model, val_x, val_y)[0]
+        if len(val_x) == 0 or env is None:
+            return correct_mask(model, val_x, val_y)
         probe = copy.deepcopy(model)
         recalibrate_norms(probe, self.images(env, "train", classes)[0])
-        return evaluate(probe, val_x, val_y)[0]
+        return correct_mask(probe, val_x, val_y)
+
+    def accuracy(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> float:
+        """Accuracy of :meth:`correct` (NaN without validation images)."""
+        mask = self.correct(model, env, classes)
+        return float(mask.float().mean()) if len(mask) else float("nan")
 
     def mean_accuracy(self, model: nn.Module, envs: Sequence[Environment]) -> float | None:
         """Mean accuracy over ``envs`` (``None`` if there are none)."""

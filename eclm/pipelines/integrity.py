@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -11,6 +12,7 @@ from eclm.modules._surgery import positions
 from eclm.modules.layer import ModuleLayer
 from eclm.modules.merge import ModuleUpdate, expected_shape, tensor_owner
 from eclm.modules.spec import SubModelSpec
+from eclm.pipelines.defences.claims import ClaimBounds, check_claims
 
 
 def check_update(
@@ -22,15 +24,32 @@ def check_update(
     *,
     max_relative_norm: float,
     max_samples: int | None = None,
+    claims: ClaimBounds | None = None,
+    known_classes: Collection[int] | None = None,
 ) -> list[str]:
     """Every problem found with ``update`` (an empty list means it passes).
 
     Checks: the spec is the one the device was given (or a subset of it, after a local swap);
-    tensor names are exactly those of that sub-model (a subset for a module-sparse upload, whose
-    carried modules must lie within it); shapes and dtypes match what the spec
-    implies; all values are finite; and the change of each tensor relative to the cloud's
-    corresponding slices, over all trained tensors together, is bounded:
-    ``||w - w_cloud|| <= max_relative_norm * (||w_cloud|| + 1e-3)``.
+    what the device claims (importance, classes, sample count, metrics) is within ``claims``
+    (:func:`~eclm.pipelines.defences.claims.check_claims`); tensor names are exactly those of
+    that sub-model (a subset for a module-sparse upload, whose carried modules must lie within
+    it); shapes and dtypes match what the spec implies; all values are finite; and
+    the change of each tensor relative to the cloud's corresponding slices, over all trained
+    tensors together, is bounded: ``||w - w_cloud|| <= max_relative_norm * (||w_cloud|| + 1e-3)``.
+
+    Args:
+        update: The device's update.
+        cloud_state: The cloud backbone state.
+        layers: The cloud model's module layers.
+        expected_spec: The spec the device was given.
+        expected_names: Tensor names of a sub-model with ``update.spec``.
+        max_relative_norm: The absolute bound on the change norm.
+        max_samples: Largest plausible sample count (used when ``claims`` sets none).
+        claims: Bounds on the device's claims (default: :class:`ClaimBounds` defaults).
+        known_classes: The classes the cloud knows the device holds.
+
+    Returns:
+        The problems found (empty: the update passes).
     """
     problems: list[str] = []
     if update.spec.model_id != expected_spec.model_id:
@@ -39,17 +58,10 @@ def check_update(
         problems.append("spec holds modules the device was never given")
     if update.trained is not None and not update.spec.contains(update.trained):
         problems.append("a sparse upload carries modules outside its sub-model")
-    if len(update.importance) != len(layers) or any(
-        len(v) != l.n_modules for v, l in zip(update.importance, layers, strict=False)
-    ):
-        problems.append("importance summary has the wrong shape")
-    elif not all(torch.isfinite(torch.tensor(list(v), dtype=torch.float64)).all() for v in update.importance):
-        problems.append("importance summary is not finite")
-    if update.num_samples < 1:
-        problems.append(f"num_samples must be >= 1, got {update.num_samples}")
-    elif max_samples is not None and update.num_samples > max_samples:
-        # a device claiming more data than it can hold would dominate sample-weighted averages
-        problems.append(f"num_samples {update.num_samples} exceeds the plausible maximum {max_samples}")
+    bounds = claims if claims is not None else ClaimBounds()
+    if bounds.max_samples is None and max_samples is not None:
+        bounds = replace(bounds, max_samples=max_samples)
+    problems += check_claims(update, layers, bounds, known_classes)
     names = set(update.state)
     if update.trained is not None:  # a module-sparse upload carries a subset of the sub-model's tensors
         if not names <= expected_names:
@@ -57,6 +69,20 @@ def check_update(
     elif names != expected_names:
         missing, extra = sorted(expected_names - names), sorted(names - expected_names)
         problems.append(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
+    tensor_problems, change, reference = _tensor_problems(update, cloud_state, layers)
+    problems += tensor_problems
+    # One bound over the whole update: single tensors (e.g. zero-initialised norm scales) can
+    # legitimately move far relative to their own tiny norm, a poisoned update moves the model.
+    bound = max_relative_norm * (reference + 1e-3)
+    if not problems and change > bound:
+        problems.append(f"update norm {change:.4g} exceeds bound {bound:.4g} ({max_relative_norm} x cloud norm)")
+    return problems
+
+
+def _tensor_problems(update: ModuleUpdate, cloud_state: dict[str, Tensor],
+                     layers: Sequence[ModuleLayer]) -> tuple[list[str], float, float]:
+    """Shape, dtype and finiteness problems, and the norms of the change and of the cloud slices."""
+    problems: list[str] = []
     change_sq, ref_sq = 0.0, 0.0
     for key, value in update.state.items():
         if key not in cloud_state:
@@ -79,12 +105,7 @@ def check_update(
         ref = _cloud_slice(cloud, layers, key, update.carried).double()
         change_sq += float((value.double() - ref).pow(2).sum())
         ref_sq += float(ref.pow(2).sum())
-    # One bound over the whole update: single tensors (e.g. zero-initialised norm scales) can
-    # legitimately move far relative to their own tiny norm, a poisoned update moves the model.
-    change, bound = change_sq**0.5, max_relative_norm * (ref_sq**0.5 + 1e-3)
-    if not problems and change > bound:
-        problems.append(f"update norm {change:.4g} exceeds bound {bound:.4g} ({max_relative_norm} x cloud norm)")
-    return problems
+    return problems, change_sq**0.5, ref_sq**0.5
 
 
 def _cloud_slice(cloud: Tensor, layers: Sequence[ModuleLayer], key: str, spec: SubModelSpec) -> Tensor:

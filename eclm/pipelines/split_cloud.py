@@ -13,9 +13,9 @@ A split round (see ``docs/split_learning.md``) trains *one* sub-model with sever
    shallower-cut devices), weighted by the samples that passed through each copy, and sends the
    devices their new prefixes: after each round there is one model.
 
-:func:`eclm.pipelines.split_local.run_local_epochs` drives the same objects in-process;
-``eclm.runtime.split_round`` drives them across Ray actors with the same call sequence. Pure
-torch, no Ray.
+The cloud service's ``split_*`` methods (:mod:`eclm.pipelines.split_service`) wrap the session;
+:func:`eclm.campaign.split_round.run_split_round` drives them, in-process or over Ray actors, with
+one call sequence. Pure torch, no Ray.
 """
 
 from __future__ import annotations

@@ -321,8 +321,8 @@ class SplitDeviceWorker:
     def load(self, payload: bytes) -> None:
         """Load aggregated device-part weights; restart the optimiser if they were averaged.
 
-        A fresh optimiser state after averaging is FedAvg's convention (and the in-process
-        :class:`~eclm.split.ParallelSplitTrainer`'s); weights nobody else trained keep momentum.
+        A fresh optimiser state after averaging is FedAvg's convention; weights nobody else
+        trained keep momentum.
 
         Raises:
             ValueError: If the payload's tensor names differ from the device part's.

@@ -2,7 +2,8 @@
 
 :func:`prepare_split_round` derives the split spec (pooled importance; only the devices'
 ``params_fraction`` limits it, because memory is what the cut takes care of), measures per-block
-costs of its chain (:func:`measure_block_costs`), plans a cut and a bandwidth share per device with
+costs of its chain (:func:`measure_block_costs`, and with ``split.cost_profile: timed`` the stages'
+timed fixed and per-sample costs, :func:`~eclm.pipelines.split_profile.time_block_costs`), plans a cut and a bandwidth share per device with
 the configured policy (EdgeSplit, best common cut or a fixed cut), and opens a
 :class:`~eclm.pipelines.split_cloud.SplitServerSession`. :func:`local_training_fits` is the
 ``auto`` mode's choice between local adaptation and split learning. Pure torch, no Ray.
@@ -10,7 +11,7 @@ the configured policy (EdgeSplit, best common cut or a fixed cut), and opens a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import (
     Stages,
 )
-from eclm.split import BlockCosts, SplitDevice
+from eclm.pipelines.split_profile import time_block_costs
+from eclm.split import BlockCosts, SplitDevice, SplitPlan
 from eclm.split.config import SplitConfig
 from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
 
@@ -59,27 +61,30 @@ def measure_block_costs(stages: Stages, example: Tensor) -> BlockCosts:
 
     Returns:
         :class:`BlockCosts`: measured forward FLOPs per stage, bytes of the tensor at every
-        boundary, 12 bytes of training state per parameter and 2x the stored activations.
+        boundary, 12 bytes of training state per parameter, 2x the stored activations, and the
+        bytes of each stage's tensors (weights and buffers) that an epoch-end exchange sends.
 
     Raises:
         ValueError: If ``example`` does not have batch size 1.
     """
     if example.shape[0] != 1:
         raise ValueError(f"example must have batch size 1, got shape {tuple(example.shape)}")
-    flops, state, acts, boundary = [], [], [], [float(example.numel() * example.element_size())]
+    flops, state, acts, sent = [], [], [], []
+    boundary = [float(example.numel() * example.element_size())]
     x = example
     for _, stage in stages:
         params, stage_flops, act_bytes, _ = measure(stage, x)
         flops.append(stage_flops)
         state.append(_STATE_BYTES_PER_PARAM * params)
         acts.append(_ACTIVATION_COPIES * act_bytes)
+        sent.append(float(sum(t.numel() * t.element_size() for t in stage.state_dict().values())))
         was = stage.training
         with torch.no_grad():
             x = stage.eval()(x)
         stage.train(was)
         boundary.append(float(x.numel() * x.element_size()))
     return BlockCosts(forward_flops=flops, activation_bytes=boundary, param_bytes=state,
-                      train_activation_bytes=acts)
+                      train_activation_bytes=acts, state_bytes=sent)
 
 
 def local_training_fits(model: ModularModel, device: str, importance: Sequence[Sequence[float]],
@@ -130,7 +135,7 @@ def split_spec(model: ModularModel, importances: Sequence[Sequence[Sequence[floa
 
 def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Sequence[dict], *,
                         server_gflops: float, allowed_classes: Sequence[int] | None = None,
-                        ) -> tuple[SplitServerSession, dict]:
+                        planner: Callable[..., SplitPlan] = plan_cuts) -> tuple[SplitServerSession, dict]:
     """Derive the split spec, measure block costs, plan cuts and open the server session.
 
     Args:
@@ -141,18 +146,18 @@ def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Seque
             and ``params_fraction``.
         server_gflops: Server compute speed (GFLOP/s) for the planner.
         allowed_classes: Loss restricted to these classes, or ``None``.
+        planner: Plans cuts and shares, called like :func:`~eclm.split.plan_cuts` (the default: the
+            configured policy) with the devices that take part, in client order.
 
     Returns:
-        ``(session, info)``; ``info`` holds the spec, stage names, costs, the plan, per device
+        ``(session, info)``; ``info`` holds the spec, stage names, costs, the plan (with
+        ``round_time`` of the per-iteration model and ``epoch_time`` of the epoch model), per device
         ``{"cut", "index", "bandwidth" (bytes/s), "slowdown", "latency", "memory" (bytes)}``, and ``excluded``
         (devices no cut fits, with the reason).
 
     Raises:
-        ValueError: If ``client_sync`` is ``"step"``, no device can take part, or the planner fails.
+        ValueError: If no device can take part, or the planner fails.
     """
-    if config.client_sync != "epoch":
-        raise ValueError("split.client_sync='step' shares gradients every step, which the actor protocol "
-                         "does not implement; use client_sync='epoch'")
     spec = split_spec(model, [d["importance"] for d in devices], [d["resources"] for d in devices])
     sub = model.extract(spec)
     stages = model.chain(sub)
@@ -171,29 +176,41 @@ def prepare_split_round(model: ModularModel, config: SplitConfig, devices: Seque
         raise ValueError(f"no device can take part in split learning: {excluded}")
     sizes = [int(d["num_samples"]) for d in kept]
     batches = _local_batches(config, sizes)
+    if config.cost_profile == "timed":  # the devices' batches up to the server's global batch
+        small = min(batches)
+        costs = time_block_costs(stages, torch.zeros(1, *model.input_size), costs, reference_speed=1e9 * server_gflops,
+                                 batches=(small, max(config.global_batch, 2 * small)))
     planned = [SplitDevice(speed=1e9 * _gflops(d), memory=_memory_bytes(d["resources"]), batch_size=b,
                            latency=float(d["resources"].get("latency_s") or 0.0), name=d["name"])
                for d, b in zip(kept, batches, strict=True)]
     total_bandwidth = sum(_bandwidth_bytes(d["resources"]) for d in kept)
-    plan = plan_cuts(config, costs, planned, total_bandwidth, 1e9 * server_gflops)
+    plan = planner(config, costs, planned, total_bandwidth, 1e9 * server_gflops, client_sizes=sizes)
     session = SplitServerSession(sub, stages, spec, [d["name"] for d in kept], list(plan.cuts),
                                  build_codec(config.codec), optimizer_settings(config),
                                  build_sampler(config, sizes), allowed_classes=allowed_classes)
-    info = {
+    plan_info = {"local_batches": batches, "total_bandwidth": total_bandwidth, "server_gflops": server_gflops}
+    return session, _round_info(spec, session, sizes, excluded, costs, config.cost_profile, plan, plan_info,
+                                kept, planned)
+
+
+def _round_info(spec: SubModelSpec, session: SplitServerSession, sizes: list[int], excluded: dict,
+                costs: BlockCosts, profile: str, plan: SplitPlan, plan_info: dict, kept: Sequence[dict],
+                planned: Sequence[SplitDevice]) -> dict:
+    """The ``info`` of :func:`prepare_split_round` (reported with the round)."""
+    return {
         "spec": spec.to_json(), "stages": session.stage_names, "client_sizes": sizes, "excluded": excluded,
-        "costs": {"forward_flops": costs.forward_flops, "activation_bytes": costs.activation_bytes,
-                  "param_bytes": costs.param_bytes},
+        "costs": {"profile": profile, "forward_flops": costs.forward_flops, "call_flops": costs.call_flops,
+                  "activation_bytes": costs.activation_bytes, "param_bytes": costs.param_bytes,
+                  "state_bytes": costs.state_bytes},
         "plan": {"method": plan.method, "cuts": list(plan.cuts), "bandwidths": list(plan.bandwidths),
                  "device_times": list(plan.device_times), "round_time": plan.round_time,
-                 "iterations": plan.iterations, "local_batches": batches, "total_bandwidth": total_bandwidth,
-                 "server_gflops": server_gflops},
+                 "epoch_time": plan.epoch_time, "objective": plan.objective, "iterations": plan.iterations,
+                 **plan_info},
         "devices": {d["name"]: {"cut": plan.cuts[k], "index": k, "bandwidth": plan.bandwidths[k],
-                                "slowdown": float(d["host_gflops"]) / _gflops(d),
-                                "latency": planned[k].latency,
-                                "memory": costs.device_memory(plan.cuts[k], batches[k])}
+                                "slowdown": float(d["host_gflops"]) / _gflops(d), "latency": planned[k].latency,
+                                "memory": costs.device_memory(plan.cuts[k], planned[k].batch_size)}
                     for k, d in enumerate(kept)},
     }
-    return session, info
 
 
 def _local_batches(config: SplitConfig, sizes: Sequence[int]) -> list[int]:

@@ -7,9 +7,16 @@ the server session in :mod:`eclm.pipelines.split_cloud`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from eclm.campaign.messages import DeviceSummary, DeviceUpdate
 from eclm.modules import pack_state
 from eclm.pipelines.split_cloud import SplitServerSession
+
+if TYPE_CHECKING:
+    from eclm.split import BlockCosts, SplitDevice, SplitPlan
+    from eclm.split.config import SplitConfig
 
 
 class SplitCloudMixin:
@@ -37,12 +44,21 @@ class SplitCloudMixin:
         classes = sorted({int(c) for d in devices for c in d.get("classes", [])})
         self._split, info = prepare_split_round(
             self.model, self.cfg.split, devices, server_gflops=measure_gflops(),
-            allowed_classes=classes if self.cfg.adaptation.restrict_to_local_classes else None)
+            allowed_classes=classes if self.cfg.adaptation.restrict_to_local_classes else None,
+            planner=self.plan_split_cuts)
         self._split_devices = {d["name"]: d for d in devices}
         info["cost"] = self.model.costs().total(self._split.spec)
         for name, dev in info["devices"].items():
             dev["payload"] = self._split.device_payload(name, version=self.version)
         return info
+
+    def plan_split_cuts(self, config: SplitConfig, costs: BlockCosts, devices: Sequence[SplitDevice],
+                        total_bandwidth: float, server_speed: float, *, client_sizes: Sequence[int]) -> SplitPlan:
+        """The cut and bandwidth-share plan of a split round: the configured policy
+        (:func:`eclm.split.plan_cuts`). Not an endpoint method; a subclass may pin a plan."""
+        from eclm.split.factory import plan_cuts
+
+        return plan_cuts(config, costs, devices, total_bandwidth, server_speed, client_sizes=client_sizes)
 
     def _session(self) -> SplitServerSession:
         if self._split is None:
@@ -73,6 +89,7 @@ class SplitCloudMixin:
     def split_finish(self) -> dict[str, DeviceUpdate]:
         """Close the session; every device's upload carries the one aggregated sub-model."""
         session, self._split = self._session(), None
+        self._split_uploads = set(session.devices)  # one aggregated upload for all of them: screened once
         state = session.sub.state_dict()
         out = {}
         for name in session.devices:

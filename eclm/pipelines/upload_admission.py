@@ -67,7 +67,7 @@ def admit_one(item: AttributedUpdate, layer_sizes: Sequence[int], rebase: Rebase
             raise MalformedPayloadError(f"carries classifier rows {foreign_rows} of classes it does not hold")
         trained = parts.as_spec(spec)
     return ModuleUpdate(channel, spec, state, [list(r) for r in up.importance], up.num_samples, list(up.classes),
-                        trained=trained)
+                        up.metrics.model_dump(), trained=trained)
 
 
 def admit(uploads: Sequence[AttributedUpdate], layer_sizes: Sequence[int], rebase: Rebase) -> Admission:

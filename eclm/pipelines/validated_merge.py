@@ -2,25 +2,34 @@
 
 The paper merges whatever devices send. eclm refuses to regress silently:
 
-1. Every update passes :func:`~eclm.pipelines.integrity.check_update` or is rejected with the
+1. Every update passes :func:`~eclm.pipelines.integrity.check_update` (tensors, and the bounds
+   on what the device claims: :mod:`eclm.pipelines.defences.claims`) or is rejected with the
    reasons.
-2. The valid updates are merged module-wise (``aggregator`` decides how contributions combine).
-3. The candidate is evaluated on the cloud's held-out proxy set and, for every reporting device,
-   its re-derived sub-model on the proxy samples of that device's classes.
-4. If the candidate loses more than ``tolerance`` overall or ``device_tolerance`` on a device,
-   shorter server steps are tried first (``server_lr`` halved up to ``step_backoff`` times: a
-   backtracking line search towards the merged weights); if none passes, devices are excluded
-   greedily (the one whose exclusion helps most first) until it passes:
-   *partial accept*. If no subset passes: *reject*.
+2. The robust screen (:mod:`eclm.pipelines.defences.screen`) compares the updates of the round
+   with each other and with the cloud's reference updates, and rejects the ones that look
+   poisoned (boosted or shrunken norms, wrong direction, identical copies).
+3. The remaining updates are merged module-wise (``aggregator`` decides how contributions combine).
+4. The candidate is evaluated on the cloud's held-out proxy set and, for every reporting device,
+   its re-derived sub-model on the proxy samples of that device's classes, against the current
+   model finalized the same way.
+5. If the candidate is worse (``acceptance="paired"``: McNemar's test on the same samples,
+   :mod:`eclm.pipelines.mcnemar`; ``"threshold"``: it loses more than ``tolerance`` overall or
+   ``device_tolerance`` on a device), shorter server steps are tried first (``server_lr`` halved
+   up to ``step_backoff`` times: a backtracking line search towards the merged weights); if none
+   passes, devices are excluded greedily (the one whose exclusion helps most first) until it
+   passes: *partial accept*. If no subset passes: *reject*.
 
-The input state is never modified; a rejected merge returns ``None`` and the caller keeps its
-model, which stays bit-identical.
+Every decision lands in the :class:`MergeReport` with a reason per rejected device. An exception
+while checking or screening one device's update rejects that device alone. The input state is
+never modified; a rejected merge returns ``None`` and the caller keeps its model, which stays
+bit-identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from torch import Tensor
 
@@ -28,18 +37,32 @@ from eclm.modules.layer import ModuleLayer
 from eclm.modules.merge import ModuleUpdate, Weighting, is_norm_statistic, merge_module_updates
 from eclm.modules.spec import SubModelSpec
 from eclm.pipelines.aggregators import Aggregator, WeightedAverage
+from eclm.pipelines.defences.changes import unit_changes
+from eclm.pipelines.defences.claims import ClaimBounds
+from eclm.pipelines.defences.screen import RobustScreen
 from eclm.pipelines.integrity import check_update
+from eclm.pipelines.mcnemar import compare_paired
 
 
 @dataclass
 class Evaluation:
-    """Accuracy of a cloud state overall and per reporting device (on its classes)."""
+    """Accuracy of a cloud state overall and per reporting device (on its classes).
+
+    Attributes:
+        overall: Accuracy on the proxy validation set.
+        per_device: Accuracy of each device's sub-model on the proxy samples of its classes.
+        correct: Per-sample correctness on the proxy validation set (enables the paired test).
+        per_device_correct: The same per device (its samples, in a fixed order).
+    """
 
     overall: float
     per_device: dict[str, float]
+    correct: Tensor | None = None
+    per_device_correct: dict[str, Tensor] = field(default_factory=dict)
 
 
 Evaluator = Callable[[dict[str, Tensor], Sequence[ModuleUpdate]], Evaluation]
+ReferenceUpdate = Callable[[ModuleUpdate], dict[str, Tensor]]
 
 
 @dataclass
@@ -55,6 +78,8 @@ class MergeReport:
     device_acc_before: dict[str, float] = field(default_factory=dict)
     device_acc_after: dict[str, float] = field(default_factory=dict)
     server_step: float | None = None
+    screen: dict[str, dict] = field(default_factory=dict)
+    paired: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +91,7 @@ class ValidatedMerge:
 
     Attributes:
         evaluate: ``evaluate(state, updates) -> Evaluation`` (run on a copy of the model).
-        aggregator: How contributions combine (weighted average, median, trimmed mean).
+        aggregator: How contributions combine (weighted average, median, trimmed mean, Krum).
         weighting: Module weighting for the weighted average.
         max_relative_norm: Integrity bound on update norms.
         tolerance: Allowed drop of overall proxy accuracy.
@@ -81,7 +106,27 @@ class ValidatedMerge:
         max_samples: Upper bound on a device's claimed sample count (integrity).
         class_rows: Classifier tensors merged row by row over the devices holding each class.
         reference_accuracy: Best overall accuracy of any accepted version; the tolerance is
-            measured from ``max(current, reference)`` so small accepted drops cannot accumulate.
+            measured from ``max(current, reference)`` so small accepted drops cannot accumulate
+            (``acceptance="threshold"``).
+        claims: Bounds on importance, classes, sample counts and metrics (``max_samples`` above
+            applies when the bounds set none).
+        known_classes: Per device, the classes the cloud knows it holds (claims must be a subset).
+        screen: The robust screen run before aggregation (None: off).
+        reference: ``reference(update) -> change`` computed by the cloud on its proxy data for
+            the screen's trust check (None: no trust check).
+        acceptance: ``"paired"`` (McNemar on the same samples; falls back to ``"threshold"``
+            when the evaluator gives no per-sample correctness) or ``"threshold"``.
+        alpha: Significance of the paired test overall; the per-device tests share another
+            ``alpha`` (Bonferroni), so a neutral candidate fails with probability <= ``2 alpha``
+            from the tests (plus what the ``max_drop`` guards add).
+        max_drop: Paired acceptance: an observed overall drop beyond this rejects regardless.
+        device_max_drop: The same for a device's classes.
+        same_upload: Devices whose updates are one upload by design (the devices of a split
+            round share the server's aggregated sub-model); the screen sees them as one device
+            and applies its verdict to all of them.
+        reference_correct: Per-sample correctness of the best accepted version on the proxy
+            validation set; the paired test compares candidates with it (accumulated drops
+            cannot pass), or with the current model when absent.
     """
 
     evaluate: Evaluator
@@ -98,6 +143,16 @@ class ValidatedMerge:
     reference_accuracy: float | None = None
     class_rows: tuple[str, ...] = ()
     max_samples: int | None = None
+    claims: ClaimBounds = field(default_factory=ClaimBounds)
+    known_classes: Mapping[str, Collection[int]] | None = None
+    screen: RobustScreen | None = None
+    reference: ReferenceUpdate | None = None
+    acceptance: Literal["paired", "threshold"] = "paired"
+    alpha: float = 0.05
+    max_drop: float | None = 0.03
+    device_max_drop: float | None = 0.2
+    reference_correct: Tensor | None = None
+    same_upload: Collection[str] = ()
 
     def run(
         self,
@@ -120,35 +175,16 @@ class ValidatedMerge:
             ``(new_state or None, report)``; ``None`` means keep the cloud model as it is.
         """
         report = MergeReport(decision="reject", reason="")
-        valid: list[ModuleUpdate] = []
-        seen: set[str] = set()
-        for u in updates:
-            if u.device_id in seen:
-                report.rejected[f"{u.device_id} (duplicate upload)"] = "duplicate update from the same device; the first was kept"
-                continue
-            seen.add(u.device_id)
-            given = given_specs.get(u.device_id)
-            if given is None:
-                report.rejected[u.device_id] = "unknown device (no sub-model was derived for it)"
-                continue
-            try:
-                names = expected_names(u.spec)
-            except ValueError as err:  # foreign model id, wrong layer count, module out of range
-                report.rejected[u.device_id] = f"integrity: spec does not fit the cloud model: {err}"
-                continue
-            problems = check_update(
-                u, cloud_state, layers, given, names, max_relative_norm=self.max_relative_norm,
-                    max_samples=self.max_samples
-            )
-            if problems:
-                report.rejected[u.device_id] = "integrity: " + "; ".join(problems[:3])
-            else:
-                valid.append(u)
+        valid = self._admit(cloud_state, layers, updates, given_specs, expected_names, report)
+        valid = self._screen(cloud_state, layers, valid, report)
         if len(valid) < self.min_updates:
             report.reason = f"{len(valid)} valid update(s), fewer than min_updates={self.min_updates}"
             return None, report
 
-        before = self.evaluate(cloud_state, valid)
+        # The baseline goes through the same finalize step as every candidate, so the step's own
+        # effect (e.g. re-estimated norm statistics) is not counted against the devices.
+        baseline = self.finalize(cloud_state) if self.finalize is not None else cloud_state
+        before = self.evaluate(baseline, valid)
         report.cloud_acc_before, report.device_acc_before = before.overall, before.per_device
         chosen = list(valid)
         exclusion_order: list[tuple[ModuleUpdate, Evaluation]] | None = None
@@ -156,18 +192,9 @@ class ValidatedMerge:
             for step in self._steps():
                 candidate = self._merge(cloud_state, layers, chosen, step)
                 after = self.evaluate(candidate, chosen)
-                failure = self._failure(before, after, chosen)
+                failure = self._failure(before, after, chosen, report)
                 if failure is None:
-                    report.cloud_acc_after, report.device_acc_after = after.overall, after.per_device
-                    report.accepted = [u.device_id for u in chosen]
-                    report.server_step = step
-                    partial = bool(report.rejected)
-                    report.decision = "partial" if partial else "accept"
-                    report.reason = (
-                        f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} within tolerance"
-                        + (f" at server step {step:g}" if step != self.server_lr else "")
-                        + (f"; excluded {sorted(report.rejected)}" if partial else "")
-                    )
+                    self._accept(report, before, after, chosen, step)
                     return candidate, report
             if self.step_backoff:
                 failure += f" even at server step {step:g}"
@@ -185,6 +212,75 @@ class ValidatedMerge:
             chosen = [u for u in chosen if u is not worst]
         report.reason = "no subset of the updates keeps the cloud model within tolerance"
         return None, report
+
+    def _accept(self, report: MergeReport, before: Evaluation, after: Evaluation, chosen, step: float) -> None:
+        report.cloud_acc_after, report.device_acc_after = after.overall, after.per_device
+        report.accepted = [u.device_id for u in chosen]
+        report.server_step = step
+        partial = bool(report.rejected)
+        report.decision = "partial" if partial else "accept"
+        report.reason = (
+            f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} within tolerance"
+            + (f" at server step {step:g}" if step != self.server_lr else "")
+            + (f"; excluded {sorted(report.rejected)}" if partial else "")
+        )
+
+    def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
+        """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
+        valid: list[ModuleUpdate] = []
+        seen: set[str] = set()
+        for u in updates:
+            if u.device_id in seen:
+                report.rejected[f"{u.device_id} (duplicate upload)"] = "duplicate update from the same device; the first was kept"
+                continue
+            seen.add(u.device_id)
+            given = given_specs.get(u.device_id)
+            if given is None:
+                report.rejected[u.device_id] = "unknown device (no sub-model was derived for it)"
+                continue
+            try:
+                names = expected_names(u.spec)
+            except ValueError as err:  # foreign model id, wrong layer count, module out of range
+                report.rejected[u.device_id] = f"integrity: spec does not fit the cloud model: {err}"
+                continue
+            known = self.known_classes.get(u.device_id) if self.known_classes is not None else None
+            try:
+                problems = check_update(u, cloud_state, layers, given, names, max_relative_norm=self.max_relative_norm,
+                                        max_samples=self.max_samples, claims=self.claims, known_classes=known)
+            except Exception as err:  # a malformed update must not sink the others
+                problems = [f"check failed: {err!r}"]
+            if problems:
+                report.rejected[u.device_id] = "integrity: " + "; ".join(problems[:3])
+            else:
+                valid.append(u)
+        return valid
+
+    def _screen(self, cloud_state, layers, valid: list[ModuleUpdate], report: MergeReport) -> list[ModuleUpdate]:
+        """Updates the robust screen lets through; every device's statistics go into the report."""
+        if self.screen is None or not valid:
+            return valid
+        changes, references = {}, {}
+        group = [u.device_id for u in valid if u.device_id in self.same_upload]
+        for u in valid:
+            if u.device_id in group[1:]:
+                continue  # screened once, as group[0]
+            try:
+                changes[u.device_id] = unit_changes(u.state, u.carried, layers, cloud_state,
+                                                    class_rows=self.class_rows, classes=u.classes)
+                if self.reference is not None:
+                    references[u.device_id] = unit_changes(self.reference(u), u.spec, layers, None,
+                                                           class_rows=self.class_rows, classes=u.classes)
+            except Exception as err:  # this device alone is rejected
+                changes.pop(u.device_id, None)
+                report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
+        verdicts = self.screen(changes, references or None)
+        if group and group[0] in verdicts:
+            verdicts |= {d: verdicts[group[0]] for d in group[1:]}
+        report.screen = {d: v.to_dict() for d, v in verdicts.items()}
+        for d, v in verdicts.items():
+            if not v.passed:
+                report.rejected[d] = "screen: " + "; ".join(v.reasons)
+        return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
 
     def _steps(self) -> list[float]:
         """Server steps to try, longest first."""
@@ -205,7 +301,10 @@ class ValidatedMerge:
             }
         return self.finalize(merged) if self.finalize is not None else merged
 
-    def _failure(self, before: Evaluation, after: Evaluation, chosen: Sequence[ModuleUpdate]) -> str | None:
+    def _failure(self, before: Evaluation, after: Evaluation, chosen: Sequence[ModuleUpdate],
+                 report: MergeReport) -> str | None:
+        if self.acceptance == "paired" and before.correct is not None and after.correct is not None:
+            return self._paired_failure(before, after, chosen, report)
         floor = max(before.overall, self.reference_accuracy or 0.0) - self.tolerance
         if after.overall < floor:
             return (f"cloud proxy accuracy {before.overall:.4f} -> {after.overall:.4f} "
@@ -215,6 +314,27 @@ class ValidatedMerge:
             b, a = before.per_device.get(u.device_id), after.per_device.get(u.device_id)
             if b is not None and a is not None and a < b - self.device_tolerance:
                 return f"device {u.device_id} accuracy {b:.4f} -> {a:.4f} (tolerance {self.device_tolerance})"
+        return None
+
+    def _paired_failure(self, before: Evaluation, after: Evaluation, chosen: Sequence[ModuleUpdate],
+                        report: MergeReport) -> str | None:
+        """McNemar's test overall (against the best version when known) at ``alpha`` and per
+        device at ``alpha / devices`` (Bonferroni); the comparison lands in ``report.paired``."""
+        pairs = [(u.device_id, before.per_device_correct.get(u.device_id), after.per_device_correct.get(u.device_id))
+                 for u in chosen]
+        pairs = [(d, b, a) for d, b, a in pairs if b is not None and a is not None and b.shape == a.shape]
+        ref = self.reference_correct
+        against = "best accepted version" if ref is not None and ref.shape == after.correct.shape else "current model"
+        ref = ref if against == "best accepted version" else before.correct
+        overall = compare_paired(ref, after.correct)
+        report.paired = overall.to_dict() | {"against": against}
+        failure = overall.failure(self.alpha, self.tolerance, self.max_drop)
+        if failure:
+            return f"cloud proxy accuracy {after.overall:.4f} vs {against}: {failure}"
+        for d, b, a in pairs:
+            failure = compare_paired(b, a).failure(self.alpha / len(pairs), self.device_tolerance, self.device_max_drop)
+            if failure:
+                return f"device {d} accuracy {before.per_device.get(d, float('nan')):.4f} -> {after.per_device.get(d, float('nan')):.4f}: {failure}"
         return None
 
     def _rank_by_harm(self, cloud_state, layers, chosen) -> list[tuple[ModuleUpdate, Evaluation]]:

@@ -128,7 +128,7 @@ class RayFleet:
                ) -> tuple[dict[Any, Any], dict[Any, CallFailure]]:
         refs = {key: _ref(p) for key, p in calls.items()}
         results, failures = gather(refs, timeout if timeout is not None else self.cfg.ray.call_timeout_s)
-        return results, {k: CallFailure(f.kind, getattr(f, "error_type", ""), f.message) for k, f in failures.items()}
+        return results, {k: _call_failure(f) for k, f in failures.items()}
 
     def share(self, value: Any) -> Any:
         return ray.put(value)
@@ -153,6 +153,13 @@ class RayFleet:
         for actor in {id(a): a for a in [self.cloud.actor, *self._actors.values()]}.values():
             kill(actor)
         self._actors, self.devices = {}, {}
+
+
+def _call_failure(f) -> CallFailure:
+    """The runtime's :class:`~eclm.failures.ActorFailure` as the protocol's :class:`CallFailure`."""
+    error_type = f.error_type or ""
+    message = f.message[len(error_type) + 2:] if error_type and f.message.startswith(f"{error_type}: ") else f.message
+    return CallFailure(f.kind, error_type, message)
 
 
 __all__ = ["RayEndpoint", "RayFleet", "RayPending"]

@@ -40,6 +40,7 @@ from eclm.actors.serving import StagePool
 from eclm.runtime.serving_events import SessionEvents
 from eclm.runtime.serving_handles import Flight, RequestHandle
 from eclm.serving.adaptation import RepartitionPolicy
+from eclm.serving.batching import MicroBatchChoice, candidate_sizes, choose_micro_batch
 from eclm.serving.config import ServingConfig
 from eclm.serving.model_source import ModelSource
 from eclm.serving.partition_problem import PartitionPlan
@@ -49,6 +50,7 @@ from eclm.serving.requests import RequestLedger, RequestRecord
 from eclm.serving.scheduler import create_scheduler
 from eclm.serving.session_log import plan_costs, plan_record
 from eclm.serving.session_stats import summarize, throughput_timeline
+from eclm.serving.wire import decode, encode
 
 log = logging.getLogger("eclm.serving")
 
@@ -105,8 +107,8 @@ class Deployment:
         loaded = ray.get([a.load.remote(self._architecture, self._payload_ref, 0, None) for a in self.pool.actors])
         self.n_blocks = loaded[0]["n_chain"]
         t1 = time.perf_counter()
-        # One node at a time: profiles taken while other nodes compute would share the host's cores.
-        self.profiles = [self._profile(a) for a in self.pool.actors]
+        self.profiles = self._profile_and_size()
+        cfg = self.config
         t2 = time.perf_counter()
         self.problem = build_problem(self.profiles, cfg)
         self._need_bytes = sum(self.profiles[0].block_memory) + max(self.profiles[0].activation_bytes)
@@ -129,22 +131,42 @@ class Deployment:
         self.session.started_at = time.time()
         self._record({"kind": "deploy", "placement": cfg.placement, "partitioner": cfg.partitioner,
                       "boundaries": list(self.plan.boundaries), "load_s": t1 - t0, "profile_s": t2 - t1,
-                      "predicted": plan_costs(self.plan, cfg.micro_batch_size)})
+                      "predicted": plan_costs(self.plan, cfg.micro_batch_size), "micro_batch": cfg.micro_batch_size,
+                      "micro_batch_choice": None if self.batching is None else {
+                          "rates": self.batching.rates, "latencies": self.batching.latencies,
+                          "reason": self.batching.reason}})
         record = plan_record(self.name, self.source.name, self.source.meta, cfg, self.n_blocks, self.plan,
                              self.profiles, self._replicas)
         self._track(lambda t: t.log_json(f"serving/{self.name}/plan.json", record))
 
-    def _profile(self, actor) -> NodeProfile:
-        """Isolated per-block profile, calibrated by serving the whole chain as one stage."""
+    def _profile_and_size(self) -> list[NodeProfile]:
+        """Profile every node at the micro-batch size, or (``micro_batch_policy="auto"``) at every
+        candidate size and settle the size; returns the profiles at the size served."""
         cfg = self.config
-        isolated = NodeProfile.from_dict(ray.get(actor.profile.remote(cfg.micro_batch_size, cfg.profile_repeats)))
-        x = torch.randn(cfg.micro_batch_size, *self.source.input_size, generator=torch.Generator().manual_seed(0))
+        auto = cfg.micro_batch_policy == "auto"
+        sizes = candidate_sizes(cfg.micro_batch_size) if auto else (cfg.micro_batch_size,)
+        # One node at a time: profiles taken while other nodes compute would share the host's cores.
+        by_size = {b: [self._profile(a, b) for a in self.pool.actors] for b in sizes}
+        self.batching: MicroBatchChoice | None = None
+        if auto:
+            self.batching = choose_micro_batch({b: make_plan(build_problem(p, cfg), cfg) for b, p in by_size.items()},
+                                               cfg.latency_slo_s)
+            self.config = cfg.model_copy(update={"micro_batch_size": self.batching.size})
+            self.ledger.micro_batch_size = self.batching.size
+        return by_size[self.config.micro_batch_size]
+
+    def _profile(self, actor, batch: int) -> NodeProfile:
+        """Isolated per-block profile at micro-batch ``batch``, calibrated by serving the whole chain
+        as one stage."""
+        cfg = self.config
+        isolated = NodeProfile.from_dict(ray.get(actor.profile.remote(batch, cfg.profile_repeats)))
+        x = torch.randn(batch, *self.source.input_size, generator=torch.Generator().manual_seed(0))
         warmup = 2
         served: list[list[float]] = []
         for k in range(warmup + cfg.profile_repeats):
-            _, timing = ray.get(actor.forward.options(num_returns=2).remote(x, {"batch_id": -1, "monitor": False}))
+            out = ray.get(actor.forward.remote(encode(x), {"batch_id": -1, "monitor": False}))
             if k >= warmup:
-                served.append(timing["block_s"])
+                served.append(out.timings[-1]["block_s"])
         return isolated.calibrated([statistics.median(col) for col in zip(*served, strict=True)])
 
     # ------------------------------------------------------------------ client API
@@ -331,13 +353,15 @@ class Deployment:
             self._dispatch(batch.batch_id, self.ledger.inputs(batch), routes, key, n)
 
     def _dispatch(self, batch_id: int, x: Tensor, routes: tuple[StageRoute, ...], key: Any, n: int) -> None:
-        ref, timing_refs = x, []
+        # One call per stage; each returns one StageMessage (activation + every stage's timings)
+        # that Ray hands straight to the next stage's call.
+        ref = encode(x, "float32", batch_id)
         for r in routes:
-            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "monitor": n == self.config.micro_batch_size}
+            ticket = {"batch_id": batch_id, "hops_out": r.hops_out, "codec": r.codec,
+                      "monitor": n == self.config.micro_batch_size}
             actor = self.pool.actors[r.node]
-            ref, tref = (actor.relay if r.is_relay else actor.forward).options(num_returns=2).remote(ref, ticket)
-            timing_refs.append(tref)
-        self._flight[batch_id] = Flight(batch_id, ref, timing_refs, key)
+            ref = (actor.relay if r.is_relay else actor.forward).remote(ref, ticket)
+        self._flight[batch_id] = Flight(batch_id, ref, key)
         if key is not None:
             self.scheduler.on_start(key)
 
@@ -353,11 +377,11 @@ class Deployment:
         for ref in ready:
             flight = self._flight.pop(by_ref[ref])
             try:
-                out, *timings = ray.get([flight.out_ref, *flight.timing_refs])
+                message = ray.get(flight.out_ref)
             except RayError as err:
                 failures.append((flight, err))
                 continue
-            self._finish(flight, out, timings)
+            self._finish(flight, decode(message), message.timings)
         if failures:
             self._recover(failures)
 
@@ -366,7 +390,8 @@ class Deployment:
         if flight.route_key is not None:
             self.scheduler.on_finish(flight.route_key, time.monotonic() - flight.dispatched)
         for t in timings:
-            self._busy[t["node"]].append((time.monotonic(), t["compute_s"] + t["link_s"]))
+            busy = t["compute_s"] + (0.0 if t.get("overlap") else t["link_s"])
+            self._busy[t["node"]].append((time.monotonic(), busy))
             self.policy.observe(t)
             self.monitor_events.extend(t["events"])
 
@@ -487,7 +512,20 @@ class Deployment:
 
     @property
     def started_at(self) -> float:
+        """Wall time (s) the session clock counts from (see :meth:`restart_clock`)."""
         return self.session.started_at
+
+    def restart_clock(self) -> float:
+        """Restart the session clock now, e.g. after a warm-up that should not count.
+
+        :meth:`timeline` windows and the ``time_s`` of later events count from this moment;
+        earlier events (the deployment itself, the warm-up) keep their place with negative times.
+        Requests and their statistics are not touched.
+
+        Returns:
+            The new start (wall time, s), also :attr:`started_at`.
+        """
+        return self.session.restart()
 
     def log_session(self) -> dict[str, Any]:
         """Log the session's figures, events and throughput plot to the tracker; returns the stats."""

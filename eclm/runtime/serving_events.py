@@ -27,6 +27,25 @@ class SessionEvents:
         self.events: list[dict[str, Any]] = []
         self.started_at = time.time()
 
+    def restart(self, now: float | None = None) -> float:
+        """Restart the session clock: event times and timelines count from ``now`` on.
+
+        Events recorded earlier keep their place in time: their ``time_s`` is shifted to the new
+        start (negative when they happened before it).
+
+        Args:
+            now: Wall time (s) of the new start; default: the current time.
+
+        Returns:
+            The new start (wall time, s).
+        """
+        now = time.time() if now is None else float(now)
+        shift = now - self.started_at
+        for event in self.events:
+            event["time_s"] -= shift
+        self.started_at = now
+        return now
+
     def record(self, event: dict[str, Any]) -> None:
         """Keep ``event`` (stamped with ``time_s`` since the start); log re-partitions and replacements."""
         event = {"time_s": time.time() - self.started_at, **event}

@@ -14,11 +14,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Flight:
-    """A micro-batch in the pipeline: its output ref and one timing ref per hop."""
+    """A micro-batch in the pipeline: the ref of its last stage's output message."""
 
     batch_id: int
     out_ref: Any
-    timing_refs: list
     route_key: Any
     dispatched: float = field(default_factory=time.monotonic)
 

@@ -20,9 +20,9 @@ from eclm._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from eclm.serving.adaptation import RepartitionPolicy
-    from eclm.serving.config import ServingConfig
+    from eclm.serving.config import CODECS, WIRE_RATIO, ServingConfig
     from eclm.serving.emulation import DutyCycle, LinkDelay
-    from eclm.serving.model_source import ModelSource, build_chain, stage_module
+    from eclm.serving.model_source import ModelSource, build_chain, build_model, stage_module
     from eclm.serving.monitor import NodeResources, ResourceEvent, ResourceMonitor
     from eclm.serving.pacing import NodePacer
     from eclm.serving.partition import (
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
         run_pipeline_inprocess,
         split_into_stages,
     )
+    from eclm.serving.wire import StageMessage, decode, encode
     from eclm.serving.worker import NodeSettings, StageWorker
 
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -87,6 +88,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "LinkDelay": ("eclm.serving.emulation", "LinkDelay"),
     "ModelSource": ("eclm.serving.model_source", "ModelSource"),
     "build_chain": ("eclm.serving.model_source", "build_chain"),
+    "build_model": ("eclm.serving.model_source", "build_model"),
     "stage_module": ("eclm.serving.model_source", "stage_module"),
     "NodeResources": ("eclm.serving.monitor", "NodeResources"),
     "ResourceEvent": ("eclm.serving.monitor", "ResourceEvent"),
@@ -145,14 +147,21 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "payload_nbytes": ("eclm.serving.stages", "payload_nbytes"),
     "run_pipeline_inprocess": ("eclm.serving.stages", "run_pipeline_inprocess"),
     "split_into_stages": ("eclm.serving.stages", "split_into_stages"),
+    "CODECS": ("eclm.serving.config", "CODECS"),
+    "WIRE_RATIO": ("eclm.serving.config", "WIRE_RATIO"),
+    "StageMessage": ("eclm.serving.wire", "StageMessage"),
+    "decode": ("eclm.serving.wire", "decode"),
+    "encode": ("eclm.serving.wire", "encode"),
     "NodeSettings": ("eclm.serving.worker", "NodeSettings"),
     "StageWorker": ("eclm.serving.worker", "StageWorker"),
 }
 
 __all__ = [
+    "CODECS",
     "CPU_NEED",
     "OBJECTIVES",
     "SCHEDULERS",
+    "WIRE_RATIO",
     "Amp4ecScheduler",
     "Amp4ecScore",
     "BatchTrace",
@@ -183,6 +192,7 @@ __all__ = [
     "RoundRobinScheduler",
     "ServingConfig",
     "SlowdownTracker",
+    "StageMessage",
     "StageRoute",
     "StageWorker",
     "as_blocks",
@@ -190,11 +200,14 @@ __all__ = [
     "block_memory_bytes",
     "brute_force_partition",
     "build_chain",
+    "build_model",
     "build_problem",
     "busy_fraction",
     "create_scheduler",
     "decide_repartition",
+    "decode",
     "dp_partition",
+    "encode",
     "evaluate_plan",
     "make_plan",
     "measure_block_latencies",

@@ -104,7 +104,7 @@ class RepartitionPolicy:
         if not settled:
             return None  # keep the events: they still explain the next check
         events, self.pending = self.pending, []
-        problem = build_problem(self.profiles, cfg, factors)
+        problem = build_problem(self.profiles, cfg, factors, self.plan.codec)
         return replan(problem, self.plan, cfg, self.shares), events
 
     def installed(self, plan: PartitionPlan, now: float, switched: bool = True) -> list[int]:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eclm.resources import NODE_LABEL_VALUE_PATTERN
+
 _GIB, _MIB = 1024**3, 1024**2
+
+#: Wire codecs of activations between stages (``eclm.serving.wire``), and the bytes each puts on
+#: the wire per byte of a float32 activation (int8's scale and offset are 16 bytes per message).
+CODECS: tuple[str, ...] = ("float32", "float16", "int8")
+WIRE_RATIO: dict[str, float] = {"float32": 1.0, "float16": 0.5, "int8": 0.25}
 
 
 class ServingConfig(BaseModel):
@@ -25,6 +33,9 @@ class ServingConfig(BaseModel):
         "CPU-share-proportional runs; monolithic = whole model on node 0.")
     objective: Literal["throughput", "latency"] = Field(
         "throughput", description="What the dp partitioner minimises: pipeline bottleneck or end-to-end latency.")
+    plan_tolerance: float = Field(
+        0.02, ge=0.0, lt=0.5, description="dp, throughput: among plans whose predicted bottleneck is within this "
+        "fraction of the optimum, take the lowest-latency one (fewer hops); profiles are noisy by a few percent.")
     scheduler: Literal["amp4ec", "round_robin", "least_loaded"] = Field(
         "amp4ec", description="Request scheduling policy.")
     scheduler_seed: int = Field(0, ge=0, description="Seed of the scheduler's tie-breaking generator.")
@@ -41,7 +52,15 @@ class ServingConfig(BaseModel):
         0.1, ge=0.0, lt=1.0, description="Switch plans only if the objective improves by at least this fraction.")
 
     max_in_flight: int = Field(8, ge=1, description="Requests admitted into the pipeline at once.")
-    micro_batch_size: int = Field(1, ge=1, description="Requests grouped into one forward pass.")
+    micro_batch_size: int = Field(
+        1, ge=1, description="Requests grouped into one forward pass (with micro_batch_policy=auto: the largest "
+        "size the planner may choose; the deployment's config then holds the chosen one).")
+    micro_batch_policy: Literal["fixed", "auto"] = Field(
+        "fixed", description="fixed = micro_batch_size; auto = profile the nodes at powers of two up to "
+        "micro_batch_size and take the size with the highest predicted rate (within latency_slo_s).")
+    latency_slo_s: float | None = Field(
+        None, gt=0.0, description="micro_batch_policy=auto: largest predicted unloaded latency of a micro-batch "
+        "through the pipeline, seconds (None = no limit).")
     profile_repeats: int = Field(5, ge=1, le=1000, description="Timed runs per block when profiling latencies.")
 
     node_cpu_shares: list[float] = Field(
@@ -53,6 +72,14 @@ class ServingConfig(BaseModel):
     link_bandwidth_bytes_per_s: float = Field(
         12.5e6, gt=0.0, description="Emulated bandwidth of each link between consecutive nodes (inf = free).")
     link_latency_s: float = Field(0.001, ge=0.0, description="Emulated latency of each link, seconds.")
+    overlap_transfers: bool = Field(
+        True, description="Asynchronous hand-off: a stage's output is sent while the stage computes the next "
+        "micro-batch (each link is a pipeline step of its own, as Ray moves objects outside the actor); False = "
+        "the stage is busy until its send completes.")
+    activation_codec: Literal["auto", "float32", "float16", "int8"] = Field(
+        "auto", description="Encoding of activations between stages: auto = float16 where that lowers the "
+        "predicted pipeline bottleneck by at least 5% (links limit it), else float32; int8 (per-tensor affine) "
+        "only when asked for.")
 
     # ---------------------------------------------------------------- deployment (Ray executor)
     placement: Literal["pipeline", "replicas"] = Field(
@@ -65,7 +92,7 @@ class ServingConfig(BaseModel):
         1.0, gt=0.0, le=1.0, description="Fraction of one host core that a node of cpu_share 1.0 gets when "
         "emulating; below 1 leaves headroom for Ray and the driver on small machines (e.g. 0.5 on 2 cores).")
     node_labels: list[str] | None = Field(
-        None, description="Real cluster: pin stage actor i to the Ray custom resource device:<label> "
+        None, description="Real cluster: pin stage actor i to the node labelled eclm/node=<label> "
         "(same length as node_cpu_shares); None = place anywhere.")
     stage_actor_cpus: float = Field(0.1, gt=0.0, description="Ray num_cpus reserved by each stage actor.")
     stage_threads: int = Field(1, ge=1, le=64, description="torch threads per stage actor.")
@@ -95,8 +122,9 @@ class ServingConfig(BaseModel):
     @classmethod
     def _labels_clean(cls, labels: list[str] | None) -> list[str] | None:
         for i, label in enumerate(labels or []):
-            if not label or any(c.isspace() for c in label):
-                raise ValueError(f"node_labels[{i}] must be non-empty without whitespace, got {label!r}")
+            if not isinstance(label, str) or not re.fullmatch(NODE_LABEL_VALUE_PATTERN, label):
+                raise ValueError(f"node_labels[{i}] must be a Ray label value (1-63 characters [A-Za-z0-9_.-], "
+                                 f"alphanumeric at both ends), got {label!r}")
         return labels
 
     @field_validator("link_latency_s")

@@ -105,6 +105,25 @@ def _cached_skeleton(architecture_json: str) -> ModularModel:
     return skeleton(a["arch"], a["modules_per_layer"], tuple(a["input_size"]), a["selector_width"], a["selector_dim"])
 
 
+def build_model(architecture: Mapping[str, Any], payload: bytes) -> nn.Module:
+    """Rebuild a model from architecture + weights: a plain timm ``nn.Module`` in eval mode.
+
+    No pickled code is involved: the architecture is JSON and the weights are safetensors.
+
+    Args:
+        architecture: :meth:`ModelSource.architecture` (``arch``, ``modules_per_layer``,
+            ``input_size``, ``selector_width``, ``selector_dim``).
+        payload: :func:`~eclm.modules.pack_state` bytes with the sub-model spec in the header.
+
+    Returns:
+        The (sub-)model the payload describes, computing ``(N, C, H, W) -> (N, classes)`` logits.
+
+    Raises:
+        ValueError: If the architecture lacks a key, or the payload has no spec or does not match.
+    """
+    return _rebuild(architecture, payload)[1]
+
+
 def build_chain(architecture: Mapping[str, Any], payload: bytes) -> list[tuple[str, nn.Module]]:
     """Rebuild the served model from architecture + weights and return its named chain.
 
@@ -119,6 +138,11 @@ def build_chain(architecture: Mapping[str, Any], payload: bytes) -> list[tuple[s
     Raises:
         ValueError: If the architecture lacks a key, or the payload has no spec or does not match.
     """
+    skel, sub = _rebuild(architecture, payload)
+    return skel.chain(sub)
+
+
+def _rebuild(architecture: Mapping[str, Any], payload: bytes) -> tuple[ModularModel, nn.Module]:
     from eclm.modules import rebuild_submodel, unpack_state
 
     missing = [k for k in _ARCH_KEYS if k not in architecture]
@@ -128,8 +152,7 @@ def build_chain(architecture: Mapping[str, Any], payload: bytes) -> list[tuple[s
     if spec is None:
         raise ValueError("payload carries no sub-model spec; pack it with pack_state(state, spec)")
     skel = _cached_skeleton(json.dumps(dict(architecture), sort_keys=True))
-    sub = rebuild_submodel(skel, spec, state).eval()
-    return skel.chain(sub)
+    return skel, rebuild_submodel(skel, spec, state).eval()
 
 
 def chain_length(architecture: Mapping[str, Any], payload: bytes) -> int:

@@ -13,6 +13,15 @@ emulated duration ``cpu / share`` is what a real node of that share would take. 
 deadline instead of sleeping a fixed extra absorbs host waits up to the deadline; only when the
 host is overcommitted does the wall time exceed the emulated time, and benchmarks report both.
 
+Links. With ``overlap`` (the default of the serving config) a stage hands its output to its
+outgoing link and is free for the next micro-batch at once, as a Ray actor is: Ray moves a
+returned object outside the actor's thread. The link is then a resource of its own: one message
+at a time, FIFO (:meth:`NodePacer.send` keeps when it is next free), and the message is stamped
+with its arrival time, which the receiving stage waits for (:meth:`NodePacer.wait_arrival`). The
+wall clock is ``time.time()`` so that stamps compare across the stage processes of one host.
+Without ``overlap`` the stage itself is busy until its send completes (store-and-forward on the
+sender).
+
 Without emulation (a real cluster), block times are plain wall time and nothing sleeps.
 """
 
@@ -33,9 +42,10 @@ class NodePacer:
         bandwidth: Bytes/s of each outgoing link hop (``math.inf`` for free).
         latency: Seconds per message per link hop.
         emulate: Pace to the emulated speed (``False``: report wall time, never sleep).
+        overlap: The outgoing link works concurrently with the stage (see the module docstring).
         scale: Fraction of a host core that a node of share 1.0 gets, in (0, 1].
         sleep: Sleep function (seconds -> None), injectable for tests.
-        clock: Wall clock (seconds), injectable for tests.
+        clock: Wall clock (seconds since the epoch, the same in every process), injectable for tests.
         cpu_clock: CPU-time clock of the calling thread (seconds), injectable for tests.
 
     Raises:
@@ -49,15 +59,18 @@ class NodePacer:
         latency: float,
         *,
         emulate: bool = True,
+        overlap: bool = False,
         scale: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.time,
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         if not 0.0 < scale <= 1.0:
             raise ValueError(f"scale must be in (0, 1], got {scale!r}")
         self.emulate = bool(emulate)
+        self.overlap = bool(overlap)
         self.scale = float(scale)
+        self.link_free = 0.0  # wall time the outgoing link finishes its last message
         self._sleep, self._clock, self._cpu_clock = sleep, clock, cpu_clock
         self.link = LinkDelay(bandwidth, latency, sleep=sleep)
         self.duty = DutyCycle(cpu_share * self.scale, sleep=sleep)
@@ -115,6 +128,40 @@ class NodePacer:
         if not self.emulate:
             return 0.0
         remaining = start + emulated_seconds - self._clock()
+        if remaining > 0:
+            self._sleep(remaining)
+            return remaining
+        return 0.0
+
+    def send(self, nbytes: float, hops: int) -> tuple[float, float]:
+        """Put a message of ``nbytes`` on the outgoing link (after the stage's compute is paced).
+
+        With ``overlap`` and emulation the link is a FIFO of its own: the message leaves when the
+        link is free and arrives ``link seconds`` later; otherwise it is delivered at once (the
+        caller paced the link time itself, or there is no emulated link).
+
+        Returns:
+            ``(link_seconds, arrive_at)``; ``arrive_at`` is 0 when delivered at once.
+
+        Raises:
+            ValueError: If ``hops`` is negative or ``nbytes`` invalid.
+        """
+        link = self.link_seconds(nbytes, hops)
+        if not (self.emulate and self.overlap and link > 0):
+            return link, 0.0
+        arrive = max(self._clock(), self.link_free) + link
+        self.link_free = arrive
+        return link, arrive
+
+    def wait_arrival(self, arrive_at: float) -> float:
+        """Sleep until a message stamped ``arrive_at`` has arrived (no-op without emulation).
+
+        Returns:
+            The seconds waited.
+        """
+        if not self.emulate or arrive_at <= 0:
+            return 0.0
+        remaining = arrive_at - self._clock()
         if remaining > 0:
             self._sleep(remaining)
             return remaining

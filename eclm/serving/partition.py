@@ -50,7 +50,9 @@ def _solve(problem: PartitionProblem, combine: str, cap: float) -> tuple[int, ..
     """DP over (node, first block) states; returns boundaries of an optimal plan or ``None``.
 
     ``best[i][k]`` is the optimal cost of running blocks ``k..N-1`` when node ``i`` is active and
-    starts at block ``k`` (only nodes after ``i`` may follow). Both objectives combine a stage's
+    starts at block ``k`` (only nodes after ``i`` may follow). A stage's pipeline step (what
+    ``cap`` bounds and ``max`` combines) is compute + transfer, or their maximum when transfers
+    overlap compute; its latency (what ``+`` combines) is always compute + transfer. Both objectives combine a stage's
     cost with the rest monotonically (``max`` or ``+``), so optimal sub-solutions compose into an
     optimal solution. Any step costing more than ``cap`` is forbidden, which lets the throughput
     objective run a second pass minimising latency among min-bottleneck plans.
@@ -75,15 +77,16 @@ def _solve(problem: PartitionProblem, combine: str, cap: float) -> tuple[int, ..
                         best[i][k], choice[i][k] = compute, (e, None)
                     continue
                 for j in range(i + 1, n):
-                    step = compute + transfer[i][j][e]
+                    tr = transfer[i][j][e]
+                    step = max(compute, tr) if problem.overlap_transfers else compute + tr
                     if step > cap or best[j][e] == math.inf:
                         continue
-                    value = join(step, best[j][e])
+                    value = join(step if combine == "max" else compute + tr, best[j][e])
                     if value < best[i][k]:
                         best[i][k], choice[i][k] = value, (e, j)
     top, first = math.inf, None
     for a in range(n):
-        ingress = problem.transfer_time(0, a, problem.input_bytes)
+        ingress = problem.transfer_time(0, a, problem.cut_bytes(0))
         if ingress > cap or best[a][0] == math.inf:
             continue
         value = join(ingress, best[a][0])
@@ -100,17 +103,21 @@ def _solve(problem: PartitionProblem, combine: str, cap: float) -> tuple[int, ..
     return _counts_to_boundaries(counts)
 
 
-def dp_partition(problem: PartitionProblem, objective: Objective = "throughput") -> PartitionPlan:
+def dp_partition(problem: PartitionProblem, objective: Objective = "throughput",
+                 tolerance: float = 0.0) -> PartitionPlan:
     """Optimal contiguous partition of the block chain over the ordered nodes.
 
-    ``"throughput"`` minimises the pipeline bottleneck (max over ingress and stages of compute +
-    outgoing transfer) and, among plans achieving it, the end-to-end latency. ``"latency"``
+    ``"throughput"`` minimises the pipeline bottleneck (max over ingress and stages of their
+    steps) and, among plans within ``tolerance`` of it, the end-to-end latency. ``"latency"``
     minimises ingress + sum of stage costs. Memory limits are hard constraints. Runs in
     ``O(n_nodes^2 * n_blocks^2)``.
 
     Args:
         problem: The partitioning problem.
         objective: ``"throughput"`` or ``"latency"``.
+        tolerance: Throughput only: relative slack on the optimal bottleneck within which the
+            lowest-latency plan is taken, in [0, 1). Profiled costs are noisy by a few percent;
+            among plans that close, the one with fewer hops and less transfer is the safer bet.
 
     Returns:
         The optimal :class:`PartitionPlan` (``method`` is ``"dp-<objective>"``).
@@ -119,28 +126,32 @@ def dp_partition(problem: PartitionProblem, objective: Objective = "throughput")
         ValueError: If ``objective`` is unknown or no partition fits the memory limits.
     """
     _check_objective(objective)
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
     if objective == "latency":
         bounds = _solve(problem, "sum", math.inf)
     else:
         first = _solve(problem, "max", math.inf)
         if first is None:
             raise _infeasible(problem)
-        cap = evaluate_plan(problem, first).bottleneck * (1 + _CAP_SLACK)
+        cap = evaluate_plan(problem, first).bottleneck * (1 + tolerance + _CAP_SLACK)
         bounds = _solve(problem, "sum", cap) or first
     if bounds is None:
         raise _infeasible(problem)
     return evaluate_plan(problem, bounds, f"dp-{objective}")
 
 
-def brute_force_partition(problem: PartitionProblem, objective: Objective = "throughput") -> PartitionPlan:
+def brute_force_partition(problem: PartitionProblem, objective: Objective = "throughput",
+                          tolerance: float = 0.0) -> PartitionPlan:
     """Exhaustive search over all contiguous partitions; the reference for testing the DP.
 
-    Same objective (and throughput tie-break on latency) as :func:`dp_partition`.
+    Same objective (and throughput tie-break on latency within ``tolerance``) as :func:`dp_partition`.
 
     Args:
         problem: The partitioning problem (``C(n_blocks + n_nodes - 1, n_nodes - 1)`` plans
             are enumerated, at most 200 000).
         objective: ``"throughput"`` or ``"latency"``.
+        tolerance: See :func:`dp_partition`.
 
     Returns:
         An optimal :class:`PartitionPlan` (``method`` is ``"brute-force-<objective>"``).
@@ -161,7 +172,7 @@ def brute_force_partition(problem: PartitionProblem, objective: Objective = "thr
         raise _infeasible(problem)
     if objective == "latency":
         return min(plans, key=lambda p: p.latency)
-    cap = min(p.bottleneck for p in plans) * (1 + _CAP_SLACK)
+    cap = min(p.bottleneck for p in plans) * (1 + tolerance + _CAP_SLACK)
     return min((p for p in plans if p.bottleneck <= cap), key=lambda p: p.latency)
 
 

@@ -5,17 +5,22 @@ Cost model (shared by every partitioner, so plans are compared on equal terms):
 * The model is a chain of ``n_blocks`` blocks; node ``i`` gets the contiguous blocks
   ``[boundaries[i], boundaries[i+1])``. Nodes keep their order; a node given zero blocks is skipped.
 * A request enters at node 0 (the entry node, e.g. the gateway holding the input). If node 0 is
-  skipped, the input (``input_bytes``) is first sent from node 0 to the first active node: the
-  *ingress* step. The output stays on the last active node.
-* An active stage's cost is its compute time (sum of its blocks' latencies on that node, plus the
-  node's fixed per-stage overhead if given) plus the time to send the activation at its last cut
-  to the next active node.
+  skipped, the input (``input_bytes`` times ``wire_ratio``) is first sent from node 0 to the first
+  active node: the *ingress* step. The output stays on the last active node.
+* An active stage's compute time is the sum of its blocks' latencies on that node, plus the
+  node's fixed per-stage overhead if given; its transfer time is the time to send the activation
+  at its last cut (``wire_ratio`` of its float32 bytes: the wire codec) to the next active node.
+* Store-and-forward on the sender (``overlap_transfers=False``): a stage's pipeline step costs
+  compute + transfer. Asynchronous hand-off (``overlap_transfers=True``): the outgoing link works
+  while the stage computes the next micro-batch, so compute and transfer are separate pipeline
+  steps and the stage's step costs ``max(compute, transfer)`` (the model of pipeline-parallel
+  planners such as PipeDream, Narayanan et al., SOSP 2019).
 * Links: with a chain of links (``n_nodes - 1`` entries), sending from node ``a`` to node ``b > a``
   crosses every link in between, store-and-forward (each hop costs ``latency + bytes/bandwidth``);
   with an ``n_nodes x n_nodes`` matrix, node ``a`` sends directly over link ``[a][b]``.
 * Pipelined throughput is limited by the slowest step: ``bottleneck = max(ingress, stage costs)``;
   requests per second = ``1 / bottleneck``. End-to-end latency of one request is
-  ``ingress + sum(stage costs)``.
+  ``ingress + sum(compute + transfer)`` either way.
 """
 
 from __future__ import annotations
@@ -80,6 +85,9 @@ class PartitionProblem:
         node_memory: ``[n_nodes]`` bytes each node may use for blocks; ``None`` = unlimited.
         stage_overhead: ``[n_nodes]`` seconds every active stage on a node pays per micro-batch on
             top of its blocks (e.g. dispatch and cache warm-up after idling); ``None`` = zeros.
+        overlap_transfers: Whether a stage's outgoing transfer overlaps its compute (see the module
+            docstring).
+        wire_ratio: Bytes on the wire per byte of a float32 activation or input (the codec).
 
     Raises:
         ValueError: On inconsistent shapes or negative / non-finite values, naming the field.
@@ -93,6 +101,8 @@ class PartitionProblem:
     block_memory: tuple[float, ...] | None = None
     node_memory: tuple[float, ...] | None = None
     stage_overhead: tuple[float, ...] | None = None
+    overlap_transfers: bool = False
+    wire_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         rows = self.block_latency
@@ -121,6 +131,8 @@ class PartitionProblem:
         set_(self, "node_memory", _as_floats("node_memory", limit, n_nodes, allow_inf=True))
         overhead = [0.0] * n_nodes if self.stage_overhead is None else self.stage_overhead
         set_(self, "stage_overhead", _as_floats("stage_overhead", overhead, n_nodes))
+        if not 0.0 < self.wire_ratio <= 1.0:
+            raise ValueError(f"wire_ratio must be in (0, 1], got {self.wire_ratio!r}")
 
     @staticmethod
     def _is_matrix(links: tuple) -> bool:
@@ -177,8 +189,8 @@ class PartitionProblem:
         return len(self.block_latency[0])
 
     def cut_bytes(self, boundary: int) -> float:
-        """Bytes crossing the cut before block ``boundary`` (0 = model input)."""
-        return self.input_bytes if boundary == 0 else self.activation_bytes[boundary - 1]
+        """Bytes crossing the cut before block ``boundary`` on the wire (0 = model input)."""
+        return (self.input_bytes if boundary == 0 else self.activation_bytes[boundary - 1]) * self.wire_ratio
 
     def transfer_time(self, src: int, dst: int, nbytes: float) -> float:
         """Seconds to send ``nbytes`` from node ``src`` to a later node ``dst`` (0 if equal)."""
@@ -204,6 +216,7 @@ class PlanStage:
         transfer_time: Seconds to send the activation after ``stop - 1`` to the next active node
             (0 for the last stage).
         memory_bytes: Bytes of ``block_memory`` the stage holds.
+        overlap: Whether the transfer overlaps the compute (a pipeline step of its own).
     """
 
     node: int
@@ -212,10 +225,19 @@ class PlanStage:
     compute_time: float
     transfer_time: float
     memory_bytes: float
+    overlap: bool = False
 
     @property
     def cost(self) -> float:
-        """Pipeline step time of this stage: compute + outgoing transfer, seconds."""
+        """Pipeline step time of this stage, seconds: compute + outgoing transfer, or the larger
+        of the two when the transfer overlaps the compute."""
+        if self.overlap:
+            return max(self.compute_time, self.transfer_time)
+        return self.compute_time + self.transfer_time
+
+    @property
+    def latency(self) -> float:
+        """Seconds one micro-batch spends in this stage and its outgoing transfer."""
         return self.compute_time + self.transfer_time
 
 
@@ -229,6 +251,7 @@ class PartitionPlan:
         ingress_time: Seconds to move the input from node 0 to the first active node.
         fits_memory: Whether every stage fits its node's memory limit.
         method: Which partitioner produced the plan (for logs), e.g. ``"dp-throughput"``.
+        codec: Wire codec of the activations between stages (``eclm.serving.wire``).
     """
 
     boundaries: tuple[int, ...]
@@ -236,6 +259,7 @@ class PartitionPlan:
     ingress_time: float
     fits_memory: bool
     method: str = "manual"
+    codec: str = "float32"
 
     @property
     def bottleneck(self) -> float:
@@ -245,7 +269,7 @@ class PartitionPlan:
     @property
     def latency(self) -> float:
         """End-to-end seconds of one request through an idle pipeline."""
-        return self.ingress_time + sum(s.cost for s in self.stages)
+        return self.ingress_time + sum(s.latency for s in self.stages)
 
     @property
     def throughput(self) -> float:
@@ -286,7 +310,8 @@ def evaluate_plan(problem: PartitionProblem, boundaries: Sequence[int], method: 
         nxt = active[pos + 1] if pos + 1 < len(active) else None
         transfer = 0.0 if nxt is None else problem.transfer_time(node, nxt, problem.cut_bytes(stop))
         compute = math.fsum(problem.block_latency[node][start:stop]) + problem.stage_overhead[node]
-        stages.append(PlanStage(node, start, stop, compute, transfer, math.fsum(problem.block_memory[start:stop])))
-    ingress = problem.transfer_time(0, active[0], problem.input_bytes)
+        stages.append(PlanStage(node, start, stop, compute, transfer, math.fsum(problem.block_memory[start:stop]),
+                                problem.overlap_transfers))
+    ingress = problem.transfer_time(0, active[0], problem.cut_bytes(0))
     fits = all(s.memory_bytes <= problem.node_memory[s.node] for s in stages)
     return PartitionPlan(b, tuple(stages), ingress, fits, method)

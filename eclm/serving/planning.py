@@ -14,10 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from eclm.serving.config import ServingConfig
+from eclm.serving.config import WIRE_RATIO, ServingConfig
 from eclm.serving.partition import dp_partition, monolithic_plan, proportional_partition
 from eclm.serving.partition_problem import PartitionPlan, PartitionProblem, evaluate_plan
 from eclm.serving.replan import RepartitionDecision, decide_repartition
+
+# A codec must lower the predicted objective by this fraction to be used: encoding and decoding
+# cost CPU time that the cost model does not count (0.1-0.3 ms per 100 kB on the development host).
+_CODEC_MIN_GAIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,14 @@ class StageRoute:
         stop: Last block (exclusive); ``start == stop`` is a *relay*: the entry node 0 runs no
             blocks and only sends the input on to the first active node (the plan's ingress step).
         hops_out: Link hops to the next active node (0 for the last stage).
+        codec: Wire codec of the hop's output (float32 for the last stage: the result).
     """
 
     node: int
     start: int
     stop: int
     hops_out: int
+    codec: str = "float32"
 
     @property
     def is_relay(self) -> bool:
@@ -107,13 +113,14 @@ class StageRoute:
 
 
 def build_problem(profiles: Sequence[NodeProfile], config: ServingConfig,
-                  slowdown: Sequence[float] | None = None) -> PartitionProblem:
+                  slowdown: Sequence[float] | None = None, codec: str = "float32") -> PartitionProblem:
     """The partitioning problem for the configured nodes from their measured profiles.
 
     Args:
         profiles: One profile per node of ``config``, any order.
-        config: Link and memory settings.
+        config: Link, memory and hand-off settings.
         slowdown: ``[n_nodes]`` factors (> 0) scaling each node's block latencies; ``None`` = 1.
+        codec: Wire codec of the activations (sets the problem's ``wire_ratio``).
 
     Returns:
         The :class:`PartitionProblem` (links form a chain of identical hops).
@@ -143,6 +150,7 @@ def build_problem(profiles: Sequence[NodeProfile], config: ServingConfig,
         (config.link_bandwidth_bytes_per_s,) * hops, (config.link_latency_s,) * hops,
         first.block_memory, None if config.node_memory_bytes is None else tuple(config.node_memory_bytes),
         tuple(p.stage_overhead * f for p, f in zip(ordered, factors, strict=True)),
+        config.overlap_transfers, WIRE_RATIO[codec],
     )
 
 
@@ -153,31 +161,46 @@ def strongest_node(cpu_shares: Sequence[float]) -> int:
 
 def make_plan(problem: PartitionProblem, config: ServingConfig, partitioner: str | None = None,
               cpu_shares: Sequence[float] | None = None) -> PartitionPlan:
-    """The plan of ``partitioner`` (default: the configured one) for ``problem``.
+    """The plan of ``partitioner`` (default: the configured one) for ``problem``, with its wire codec.
+
+    The codec is ``config.activation_codec``; ``"auto"`` plans with float32 activations and with
+    float16 ones and takes float16 only if that lowers the objective (bottleneck or latency) by at
+    least 5%, i.e. where links limit the pipeline. Every partitioner gets the same rule.
 
     Args:
-        problem: The partitioning problem.
-        config: Objective and node shares.
+        problem: The partitioning problem (its ``wire_ratio`` is replaced by the codec's).
+        config: Objective, node shares and codec.
         partitioner: ``"dp"``, ``"proportional"`` (AMP4EC) or ``"monolithic"`` (everything on
             the strongest node).
         cpu_shares: Current shares (default: the configured ones); proportional and monolithic
             plans depend on them.
 
     Returns:
-        The plan.
+        The plan (``plan.codec`` says how its activations travel).
 
     Raises:
         ValueError: If the partitioner is unknown or no dp plan fits memory.
     """
     name = partitioner or config.partitioner
     shares = list(cpu_shares or config.node_cpu_shares)
-    if name == "dp":
-        return dp_partition(problem, config.objective)
-    if name == "proportional":
-        return proportional_partition(problem, shares)
-    if name == "monolithic":
-        return monolithic_plan(problem, strongest_node(shares))
-    raise ValueError(f"partitioner must be 'dp', 'proportional' or 'monolithic', got {name!r}")
+    if name not in ("dp", "proportional", "monolithic"):
+        raise ValueError(f"partitioner must be 'dp', 'proportional' or 'monolithic', got {name!r}")
+
+    def plan_with(codec: str) -> PartitionPlan:
+        coded = replace(problem, wire_ratio=WIRE_RATIO[codec])
+        if name == "dp":
+            plan = dp_partition(coded, config.objective, config.plan_tolerance)
+        elif name == "proportional":
+            plan = proportional_partition(coded, shares)
+        else:
+            plan = monolithic_plan(coded, strongest_node(shares))
+        return replace(plan, codec=codec)
+
+    if config.activation_codec != "auto":
+        return plan_with(config.activation_codec)
+    plain, half = plan_with("float32"), plan_with("float16")
+    cost = (lambda p: p.bottleneck) if config.objective == "throughput" else (lambda p: p.latency)
+    return half if cost(half) <= (1.0 - _CODEC_MIN_GAIN) * cost(plain) else plain
 
 
 def routes_for(plan: PartitionPlan) -> tuple[StageRoute, ...]:
@@ -185,10 +208,11 @@ def routes_for(plan: PartitionPlan) -> tuple[StageRoute, ...]:
     entry node 0 when the plan leaves it idle (the cost model's ingress step, a pipeline step of
     its own on node 0's link)."""
     stages = plan.stages
-    routes = [StageRoute(0, 0, 0, stages[0].node)] if stages[0].node > 0 else []
+    routes = [StageRoute(0, 0, 0, stages[0].node, plan.codec)] if stages[0].node > 0 else []
     for pos, stage in enumerate(stages):
         nxt = stages[pos + 1].node if pos + 1 < len(stages) else stage.node
-        routes.append(StageRoute(stage.node, stage.start, stage.stop, nxt - stage.node))
+        routes.append(StageRoute(stage.node, stage.start, stage.stop, nxt - stage.node,
+                                 plan.codec if nxt > stage.node else "float32"))
     return tuple(routes)
 
 
@@ -287,7 +311,7 @@ class SlowdownTracker:
 
 def replan(problem: PartitionProblem, current: PartitionPlan, config: ServingConfig,
            cpu_shares: Sequence[float]) -> RepartitionDecision:
-    """Decide whether to switch from ``current`` on the updated ``problem``.
+    """Decide whether to switch from ``current`` on the updated ``problem`` (built with its codec).
 
     ``dp`` re-optimises and switches only for a gain of at least ``repartition_min_gain``
     (:func:`~eclm.serving.replan.decide_repartition`); ``proportional`` (AMP4EC) recomputes its
@@ -297,11 +321,13 @@ def replan(problem: PartitionProblem, current: PartitionPlan, config: ServingCon
         ValueError: If the configured partitioner cannot re-plan (monolithic).
     """
     if config.partitioner == "dp":
-        return decide_repartition(problem, current, config.objective, config.repartition_min_gain)
+        decision = decide_repartition(problem, current, config.objective, config.repartition_min_gain,
+                                      config.plan_tolerance)
+        return replace(decision, plan=replace(decision.plan, codec=current.codec))
     if config.partitioner != "proportional":
         raise ValueError(f"partitioner {config.partitioner!r} does not re-partition")
-    recosted = evaluate_plan(problem, current.boundaries, current.method)
-    best = proportional_partition(problem, list(cpu_shares))
+    recosted = replace(evaluate_plan(problem, current.boundaries, current.method), codec=current.codec)
+    best = replace(proportional_partition(problem, list(cpu_shares)), codec=current.codec)
     cost = (lambda p: p.bottleneck) if config.objective == "throughput" else (lambda p: p.latency)
     if best.boundaries == recosted.boundaries:
         return RepartitionDecision(False, recosted, cost(recosted), cost(best), "shares give the same plan")

@@ -47,6 +47,7 @@ def decide_repartition(
     current: PartitionPlan,
     objective: Objective = "throughput",
     min_gain: float = 0.1,
+    tolerance: float = 0.0,
 ) -> RepartitionDecision:
     """Compare the running plan with the optimum on the updated problem.
 
@@ -57,6 +58,7 @@ def decide_repartition(
         objective: ``"throughput"`` (compare bottlenecks) or ``"latency"``.
         min_gain: Switch only if the optimum's cost is at least this fraction lower, in [0, 1).
             A current plan that no longer fits memory is always replaced.
+        tolerance: Passed to :func:`~eclm.serving.partition.dp_partition`.
 
     Returns:
         The :class:`RepartitionDecision`.
@@ -74,7 +76,7 @@ def decide_repartition(
             f"{problem.n_nodes} nodes x {problem.n_blocks} blocks"
         )
     recosted = evaluate_plan(problem, current.boundaries, current.method)
-    best = dp_partition(problem, objective)
+    best = dp_partition(problem, objective, tolerance)
     current_cost, best_cost = _cost(recosted, objective), _cost(best, objective)
     if best.boundaries == recosted.boundaries:
         return RepartitionDecision(False, recosted, current_cost, best_cost, "current plan is still optimal")

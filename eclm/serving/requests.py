@@ -77,8 +77,8 @@ class RequestRecord:
             if self.stages else None,
             "attempts": self.attempts, "micro_batch": self.batch_size, "route": self.route,
             "schedule_s": self.schedule_s, "error": self.error,
-            "stages": [{k: s[k] for k in ("node", "start", "stop", "compute_s", "link_s", "wall_s")}
-                       for s in self.stages],
+            "stages": [{**{k: s[k] for k in ("node", "start", "stop", "compute_s", "link_s", "wall_s")},
+                        "codec": s.get("codec", "float32")} for s in self.stages],
         }
 
 

@@ -26,7 +26,7 @@ def plan_record(session: str, model: str, model_meta: Mapping[str, Any], config:
     return {
         "session": session, "model": model, "model_meta": dict(model_meta),
         "config": config.model_dump(mode="json"), "n_blocks": n_blocks,
-        "boundaries": list(plan.boundaries), "method": plan.method,
+        "boundaries": list(plan.boundaries), "method": plan.method, "codec": plan.codec,
         "stages": [{"node": s.node, "blocks": [s.start, s.stop], "compute_s": s.compute_time,
                     "transfer_s": s.transfer_time, "memory_bytes": s.memory_bytes} for s in plan.stages],
         "predicted": plan_costs(plan, config.micro_batch_size), "replicas": list(replicas),
@@ -48,5 +48,6 @@ def session_metrics(session: str, stats: Mapping[str, Any]) -> dict[str, float]:
     for key in ("latency_ms", "service_ms", "emulated_latency_ms", "emulated_queued_ms"):
         metrics.update({f"{prefix}/{key}_{q}": float(v) for q, v in stats[key].items()})
     for node, load in stats["stage_load"].items():
-        metrics[f"{prefix}/node{node}_busy_fraction"] = float(load["busy_fraction"])
+        name = node if node.startswith("link") else f"node{node}"
+        metrics[f"{prefix}/{name}_busy_fraction"] = float(load["busy_fraction"])
     return metrics

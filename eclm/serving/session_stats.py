@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,12 +37,28 @@ class BatchTrace:
 
     Attributes:
         size: Requests in the micro-batch.
-        hops: ``((node, node_seconds), ...)`` in route order; node seconds include the stage's
-            outgoing link time.
+        hops: ``((resource, seconds), ...)`` in route order. A resource is a node index, or
+            ``("link", node)`` for node's outgoing link when stages hand off asynchronously (the
+            link is then a pipeline step of its own); with store-and-forward on the sender a
+            node's seconds include its outgoing link time.
     """
 
     size: int
-    hops: tuple[tuple[int, float], ...]
+    hops: tuple[tuple[Hashable, float], ...]
+
+
+def stage_hops(stages: Sequence[dict]) -> tuple[tuple[Hashable, float], ...]:
+    """The replay resources one micro-batch's stage timings occupy, in order (see :class:`BatchTrace`)."""
+    hops: list[tuple[Hashable, float]] = []
+    for s in stages:
+        node, compute, link = int(s["node"]), float(s["compute_s"]), float(s["link_s"])
+        if s.get("overlap"):
+            hops.append((node, compute))
+            if link > 0:
+                hops.append((("link", node), link))
+        else:
+            hops.append((node, compute + link))
+    return tuple(hops)
 
 
 def batch_traces(records: Sequence[RequestRecord]) -> list[BatchTrace]:
@@ -54,8 +70,7 @@ def batch_traces(records: Sequence[RequestRecord]) -> list[BatchTrace]:
         key = rec.stages[0].get("batch_id", ("request", rec.request_id))
         if key in seen:
             continue
-        hops = tuple((int(s["node"]), float(s["compute_s"] + s["link_s"])) for s in rec.stages)
-        seen[key] = (rec.dispatched_at or 0.0, BatchTrace(rec.batch_size, hops))
+        seen[key] = (rec.dispatched_at or 0.0, BatchTrace(rec.batch_size, stage_hops(rec.stages)))
     return [t for _, t in sorted(seen.values(), key=lambda item: item[0])]
 
 
@@ -108,7 +123,7 @@ def replay_emulated(traces: Sequence[BatchTrace], max_in_flight: int) -> ReplayR
     Raises:
         ValueError: If a micro-batch is larger than ``max_in_flight``.
     """
-    node_free: dict[int, float] = defaultdict(float)
+    node_free: dict[Hashable, float] = defaultdict(float)
     flight: list[tuple[float, int]] = []
     in_flight = 0
     admit = 0.0
@@ -194,7 +209,8 @@ def summarize(records: Sequence[RequestRecord], max_in_flight: int) -> dict[str,
         (sum of a request's stage node seconds), ``emulated_throughput_rps`` and
         ``emulated_queued_ms`` percentiles (replay: admission -> completion of each micro-batch with
         every request queued at once, i.e. latency under saturation),
-        ``stage_load`` (per node: node seconds busy / wall seconds, and micro-batches served),
+        ``stage_load`` (per node, and per link ``"link<node>"`` with asynchronous hand-off: emulated
+        seconds busy / wall seconds, and micro-batches served),
         ``schedule_us_per_request`` (mean scheduler time per request).
     """
     ok = [r for r in records if r.ok]
@@ -208,12 +224,13 @@ def summarize(records: Sequence[RequestRecord], max_in_flight: int) -> dict[str,
     wall = max(last - first, 1e-9)
     timings = [r.timings() for r in ok]
     traces = batch_traces(ok)
-    busy: dict[int, float] = defaultdict(float)
-    served: dict[int, int] = defaultdict(int)
+    busy: dict[str, float] = defaultdict(float)
+    served: dict[str, int] = defaultdict(int)
     for trace in traces:
-        for node, seconds in trace.hops:
-            busy[node] += seconds
-            served[node] += 1
+        for resource, seconds in trace.hops:
+            name = f"link{resource[1]}" if isinstance(resource, tuple) else str(resource)
+            busy[name] += seconds
+            served[name] += 1
     replay = replay_emulated(traces, max_in_flight)
     out.update({
         "wall_s": wall,
@@ -225,7 +242,7 @@ def summarize(records: Sequence[RequestRecord], max_in_flight: int) -> dict[str,
         "emulated_latency_ms": {k: 1e3 * v for k, v in percentiles([t["emulated_s"] for t in timings]).items()},
         "emulated_throughput_rps": replay.throughput_rps,
         "emulated_queued_ms": {k: 1e3 * v for k, v in percentiles(replay.batch_latency_s).items()},
-        "stage_load": {str(n): {"busy_fraction": busy[n] / wall, "micro_batches": served[n]} for n in sorted(busy)},
+        "stage_load": {n: {"busy_fraction": busy[n] / wall, "micro_batches": served[n]} for n in sorted(busy)},
         "schedule_us_per_request": 1e6 * float(np.mean([r.schedule_s for r in ok])),
     })
     return out

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
 
 from eclm.serving.config import ServingConfig
 from eclm.serving.model_source import build_chain
 from eclm.serving.monitor import NodeResources, ResourceMonitor
 from eclm.serving.pacing import NodePacer
 from eclm.serving.stages import block_memory_bytes, payload_nbytes
+from eclm.serving.wire import StageMessage, decode, encode
 
 _WARMUP_FORWARDS = 2
 
@@ -45,6 +45,7 @@ class NodeSettings(BaseModel):
     link_latency: float = Field(ge=0.0, description="Seconds per message per link hop.")
     emulate: bool = Field(True, description="Pace compute and links to the emulated node.")
     emulation_scale: float = Field(1.0, gt=0.0, le=1.0, description="Host-core fraction of a 1.0-share node.")
+    overlap: bool = Field(True, description="The outgoing link sends while the stage computes the next micro-batch.")
     monitor_alpha: float = Field(0.3, gt=0.0, le=1.0)
     monitor_threshold: float = Field(0.25, gt=0.0)
     monitor_interval_s: float = Field(1.0, gt=0.0)
@@ -63,7 +64,7 @@ class NodeSettings(BaseModel):
             node=node, cpu_share=config.node_cpu_shares[node],
             memory_bytes=None if config.node_memory_bytes is None else config.node_memory_bytes[node],
             link_bandwidth=config.link_bandwidth_bytes_per_s, link_latency=config.link_latency_s,
-            emulate=config.emulate, emulation_scale=config.emulation_scale,
+            emulate=config.emulate, emulation_scale=config.emulation_scale, overlap=config.overlap_transfers,
             monitor_alpha=config.monitor_alpha, monitor_threshold=config.monitor_threshold,
             monitor_interval_s=config.monitor_interval_s, threads=config.stage_threads,
         )
@@ -91,7 +92,7 @@ class StageWorker:
     def _configure(self) -> None:
         s = self.settings
         self.pacer = NodePacer(s.cpu_share, s.link_bandwidth, s.link_latency, emulate=s.emulate,
-                               scale=s.emulation_scale, sleep=self._sleep)
+                               overlap=s.overlap, scale=s.emulation_scale, sleep=self._sleep)
         self._new_monitor()
 
     def _new_monitor(self) -> None:
@@ -220,33 +221,44 @@ class StageWorker:
 
     # ------------------------------------------------------------------ serving
     @torch.no_grad()
-    def forward(self, x: Tensor, ticket: Mapping[str, Any]) -> tuple[Tensor, dict]:
-        """Run the held blocks on a micro-batch, paced to the emulated node.
+    def forward(self, message: StageMessage, ticket: Mapping[str, Any]) -> StageMessage:
+        """Run the held blocks on a micro-batch, paced to the emulated node, and send it on.
+
+        The stage waits until the message has arrived over the emulated link, decodes it, runs
+        its blocks, encodes the output with the ticket's codec, paces the node's compute (and,
+        without overlap, the outgoing link) and stamps the output's arrival time on the next node.
 
         Args:
-            x: The activation entering this stage, ``(batch, ...)``.
+            message: The micro-batch entering this stage (:class:`~eclm.serving.wire.StageMessage`).
             ticket: ``{"batch_id", "hops_out"`` (link hops to the next active node, 0 for the
-                last stage), ``"monitor"`` (record block times: a full micro-batch)}.
+                last stage), ``"codec"`` (of the output, default float32), ``"monitor"`` (record
+                block times: a full micro-batch)}.
 
         Returns:
-            ``(y, timing)``; ``timing`` holds node seconds of compute (``compute_s``) and of the
-            outgoing link (``link_s``), CPU seconds, the wall seconds spent here,
-            per-block node seconds, the monitor's smoothed block latencies and any change events.
+            The output message; its ``timings`` end with this stage's: node seconds of compute
+            (``compute_s``, encode/decode included, ``codec_s`` of it) and of the outgoing link
+            (``link_s``), CPU seconds, wall seconds spent here (``wall_s``) and waiting for the
+            input to arrive (``wait_s``), per-block node seconds, the monitor's smoothed block
+            latencies and any change events.
 
         Raises:
             RuntimeError: If the node holds no blocks.
         """
         if not self.blocks:
             raise RuntimeError(f"node {self.settings.node} holds no blocks but was sent a micro-batch")
+        entered = time.time()
+        waited = self.pacer.wait_arrival(message.arrive_at)
         wall0 = self.pacer.now()
+        x, decode_s, decode_cpu = self.pacer.timed(decode, message)
         block_s: list[float] = []
-        cpu = 0.0
+        cpu = decode_cpu
         for _, block in self.blocks:
             x, seconds, used = self.pacer.timed(block, x)
             block_s.append(seconds)
             cpu += used
-        compute = math.fsum(block_s)
-        link = self.pacer.link_seconds(payload_nbytes(x), int(ticket.get("hops_out", 0)))
+        codec = str(ticket.get("codec", "float32"))
+        out, encode_s, encode_cpu = self.pacer.timed(encode, x, codec, message.batch_id, message.timings)
+        compute = math.fsum(block_s) + decode_s + encode_s
         # The first passes after (re)loading run on cold caches and allocators; keep them out of
         # the monitor, whose first reading would otherwise anchor the average too high.
         monitor = bool(ticket.get("monitor", True)) and self._warmup <= 0
@@ -255,36 +267,57 @@ class StageWorker:
             for k, seconds in enumerate(block_s):
                 self.monitor.record_block_latency(self.start + k, seconds)
         events = self._poll_events() if monitor else []
-        slept = self.pacer.pace_until(wall0, compute + link)
+        link, slept = self._send(out, wall0, compute, int(ticket.get("hops_out", 0)))
         smoothed = self.monitor.block_latencies()
-        timing = {
-            "batch_id": ticket.get("batch_id"), "node": self.settings.node, "start": self.start, "stop": self.stop,
-            "batch_size": int(x.shape[0]), "compute_s": compute, "link_s": link,
-            "cpu_s": cpu, "wall_s": self.pacer.now() - wall0, "slept_s": slept, "block_s": block_s,
-            "smoothed": {b: smoothed[b] for b in range(self.start, self.stop) if b in smoothed},
-            "events": events, "monitored": monitor, "cpu_share": self.settings.cpu_share,
-            "finished_at": time.time(),
-        }
-        return x, timing
+        out.timings.append(self._timing(
+            ticket, entered, wall0, compute, link, waited, slept, int(x.shape[0]), cpu + encode_cpu,
+            codec_s=decode_s + encode_s, block_s=block_s, events=events, monitored=monitor,
+            smoothed={b: smoothed[b] for b in range(self.start, self.stop) if b in smoothed}, wire_bytes=out.nbytes))
+        return out
 
-    def relay(self, x: Tensor, ticket: Mapping[str, Any]) -> tuple[Tensor, dict]:
+    def relay(self, message: StageMessage, ticket: Mapping[str, Any]) -> StageMessage:
         """Send a micro-batch on without computing: the entry node forwarding the input.
 
         Args:
-            x: The model input micro-batch.
-            ticket: ``{"batch_id", "hops_out"}`` (link hops to the first active node).
+            message: The model input micro-batch.
+            ticket: ``{"batch_id", "hops_out"`` (link hops to the first active node), ``"codec"``
+                (of the forwarded input; default: as received)}.
 
         Returns:
-            ``(x, timing)`` with ``compute_s == 0`` and the link time in ``link_s``.
+            The message (re-encoded if the ticket's codec differs), stamped with its arrival at
+            the first active node; its timings end with this hop's (``compute_s``: the
+            re-encoding only, the link time in ``link_s``).
         """
+        entered = time.time()
+        waited = self.pacer.wait_arrival(message.arrive_at)
         wall0 = self.pacer.now()
-        link = self.pacer.link_seconds(payload_nbytes(x), int(ticket.get("hops_out", 0)))
-        slept = self.pacer.pace_until(wall0, link)
-        return x, {
-            "batch_id": ticket.get("batch_id"), "node": self.settings.node, "start": 0, "stop": 0,
-            "batch_size": int(x.shape[0]), "compute_s": 0.0, "link_s": link, "cpu_s": 0.0,
-            "wall_s": self.pacer.now() - wall0, "slept_s": slept, "block_s": [], "smoothed": {}, "events": [],
-            "monitored": False, "cpu_share": self.settings.cpu_share, "finished_at": time.time(),
+        codec, compute, cpu = str(ticket.get("codec", message.codec)), 0.0, 0.0
+        if codec != message.codec:
+            x, decode_s, decode_cpu = self.pacer.timed(decode, message)
+            message, encode_s, encode_cpu = self.pacer.timed(encode, x, codec, message.batch_id, message.timings)
+            compute, cpu = decode_s + encode_s, decode_cpu + encode_cpu
+        link, slept = self._send(message, wall0, compute, int(ticket.get("hops_out", 0)))
+        message.timings.append(self._timing(
+            ticket, entered, wall0, compute, link, waited, slept, int(message.data.shape[0]), cpu, codec_s=compute,
+            block_s=[], events=[], monitored=False, smoothed={}, wire_bytes=message.nbytes, start=0, stop=0))
+        return message
+
+    def _send(self, message: StageMessage, wall0: float, compute: float, hops: int) -> tuple[float, float]:
+        """Pace the stage and put ``message`` on the link; returns ``(link seconds, seconds slept)``."""
+        overlap = self.pacer.overlap
+        link = self.pacer.link_seconds(message.nbytes, hops)
+        slept = self.pacer.pace_until(wall0, compute if overlap else compute + link)
+        message.arrive_at = self.pacer.send(message.nbytes, hops)[1]
+        return link, slept
+
+    def _timing(self, ticket: Mapping[str, Any], entered: float, wall0: float, compute: float, link: float,
+                waited: float, slept: float, batch_size: int, cpu: float, **extra: Any) -> dict:
+        return {
+            "batch_id": ticket.get("batch_id"), "node": self.settings.node, "start": self.start, "stop": self.stop,
+            "batch_size": batch_size, "compute_s": compute, "link_s": link, "overlap": self.pacer.overlap,
+            "cpu_s": cpu, "wall_s": self.pacer.now() - wall0, "wait_s": waited, "slept_s": slept,
+            "cpu_share": self.settings.cpu_share, "codec": str(ticket.get("codec", "float32")),
+            "started_at": entered, "finished_at": time.time(), **extra,
         }
 
     def _poll_events(self) -> list[dict]:

@@ -1,6 +1,8 @@
 """Split learning for weak edge devices: cut planning (EdgeSplit), global sampling (GPSL),
-activation codecs (Mask-Encoded Sparsification and baselines), device emulation and an
-in-process parallel split-learning trainer. Pure Python/torch/numpy: no Ray here.
+activation codecs (Mask-Encoded Sparsification and baselines), device emulation and the optimiser
+settings. The split protocol that trains with them is the platform's (``eclm.pipelines.split_cloud``,
+``eclm.pipelines.split_edge``, driven by ``eclm.campaign.split_round``). Pure Python/torch/numpy: no
+Ray here.
 
 Names are imported on first use (PEP 562), so importing one light submodule (for example
 a config) does not pull in torch through this package.
@@ -34,15 +36,15 @@ if TYPE_CHECKING:
         uniform_cut_plan,
     )
     from eclm.split.emulation import ComputeModel, LinkModel, emulated_step_time
-    from eclm.split.evaluation import EvalResult, evaluate
+    from eclm.split.epoch_time import epoch_seconds
     from eclm.split.factory import build_codec, build_sampler, optimizer_settings, plan_cuts
+    from eclm.split.optimizer import OptimizerSettings
     from eclm.split.samplers import (
         FixedEqualSampler,
         FixedProportionalSampler,
         GlobalSampler,
         LocalBatchSampler,
     )
-    from eclm.split.training import EpochMetrics, OptimizerSettings, ParallelSplitTrainer, replicate
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     "EncodedActivation": ("eclm.split.codecs", "EncodedActivation"),
@@ -65,8 +67,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ComputeModel": ("eclm.split.emulation", "ComputeModel"),
     "LinkModel": ("eclm.split.emulation", "LinkModel"),
     "emulated_step_time": ("eclm.split.emulation", "emulated_step_time"),
-    "EvalResult": ("eclm.split.evaluation", "EvalResult"),
-    "evaluate": ("eclm.split.evaluation", "evaluate"),
+    "epoch_seconds": ("eclm.split.epoch_time", "epoch_seconds"),
     "build_codec": ("eclm.split.factory", "build_codec"),
     "build_sampler": ("eclm.split.factory", "build_sampler"),
     "optimizer_settings": ("eclm.split.factory", "optimizer_settings"),
@@ -75,10 +76,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "FixedProportionalSampler": ("eclm.split.samplers", "FixedProportionalSampler"),
     "GlobalSampler": ("eclm.split.samplers", "GlobalSampler"),
     "LocalBatchSampler": ("eclm.split.samplers", "LocalBatchSampler"),
-    "EpochMetrics": ("eclm.split.training", "EpochMetrics"),
-    "OptimizerSettings": ("eclm.split.training", "OptimizerSettings"),
-    "ParallelSplitTrainer": ("eclm.split.training", "ParallelSplitTrainer"),
-    "replicate": ("eclm.split.training", "replicate"),
+    "OptimizerSettings": ("eclm.split.optimizer", "OptimizerSettings"),
 }
 
 __all__ = [
@@ -86,8 +84,6 @@ __all__ = [
     "CodecConfig",
     "ComputeModel",
     "EncodedActivation",
-    "EpochMetrics",
-    "EvalResult",
     "FixedEqualSampler",
     "FixedProportionalSampler",
     "GlobalSampler",
@@ -96,7 +92,6 @@ __all__ = [
     "LocalBatchSampler",
     "MaskEncodedSparsification",
     "OptimizerSettings",
-    "ParallelSplitTrainer",
     "RandomizedTopKCodec",
     "SmashedCodec",
     "SplitConfig",
@@ -109,11 +104,10 @@ __all__ = [
     "build_codec",
     "build_sampler",
     "emulated_step_time",
-    "evaluate",
+    "epoch_seconds",
     "optimizer_settings",
     "plan_cuts",
     "plan_edgesplit",
-    "replicate",
     "straight_through",
     "uniform_cut_plan",
 ]

@@ -3,12 +3,14 @@
 For device ``i`` at cut ``c`` with bandwidth share ``b`` (bytes/s):
 
     T_i(c, b) = C_i(c) + D_i(c) / b
-    C_i(c)    = batch_i * F_dev(c) / f_i + batch_i * F_srv(c) / f_s + 2 * latency_i
+    C_i(c)    = (batch_i * F_dev(c) + K_dev(c)) / f_i + (batch_i * F_srv(c) + K_srv(c)) / f_s
+                + 2 * latency_i
     D_i(c)    = batch_i * cut_bytes(c) * (1 / compression_ratio + 1)
 
-``C`` is everything bandwidth does not change (device and server compute, one uplink and one
-downlink latency); ``D`` is the bytes of one step (compressed smashed activations up,
-uncompressed gradients down, as in Mask-Encoded Sparsification).
+``C`` is everything bandwidth does not change (device and server compute, with the fixed cost ``K``
+of one call of each side, and one uplink and one downlink latency); ``D`` is the bytes of one step
+(compressed smashed activations up, uncompressed gradients down, as in Mask-Encoded
+Sparsification).
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def build_cost_table(
         needs = []
         for j, c in enumerate(cuts):
             compute[i, j] = (
-                dev.batch_size * costs.device_flops(c) / dev.speed
-                + dev.batch_size * costs.server_flops(c) / server_speed
+                (dev.batch_size * costs.device_flops(c) + costs.device_call_flops(c)) / dev.speed
+                + (dev.batch_size * costs.server_flops(c) + costs.server_call_flops(c)) / server_speed
                 + 2.0 * dev.latency
             )
             traffic[i, j] = dev.batch_size * costs.cut_bytes(c) * byte_factor

@@ -11,6 +11,8 @@ __all__ = ["CodecConfig", "SplitConfig"]
 CodecName = Literal["identity", "mask_encoded", "topk", "randomized_topk", "uniform_quantization"]
 SamplerName = Literal["global", "fixed_proportional", "fixed_equal"]
 CutPolicy = Literal["edgesplit", "uniform", "fixed"]
+PlanObjective = Literal["epoch", "iteration"]
+CostProfile = Literal["timed", "flops"]
 
 # Which parameters each codec takes; anything else set is a configuration error.
 _CODEC_PARAMS: dict[str, set[str]] = {
@@ -63,7 +65,8 @@ class SplitConfig(BaseModel):
 
     Cut policies: ``"edgesplit"`` plans a cut and bandwidth share per device (alternating
     algorithm); ``"uniform"`` uses the best single cut for all devices with equal bandwidth;
-    ``"fixed"`` uses ``fixed_cut`` for all devices with equal bandwidth.
+    ``"fixed"`` uses ``fixed_cut`` for all devices with equal bandwidth. ``edgesplit_objective``
+    says what "best" means for the first two (docs/split_learning.md).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,8 +84,21 @@ class SplitConfig(BaseModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="SGD weight decay.")
     epochs: int = Field(1, ge=1, le=100_000, description="Training epochs.")
-    client_sync: Literal["epoch", "step"] = Field(
-        "epoch", description="FedAvg client parts at epoch end, or share summed gradients every step."
+    client_sync: Literal["epoch"] = Field(
+        "epoch", description="How device parts stay one model: averaged (FedAvg) at every epoch end, the "
+        "only mode (sharing summed gradients every step is not implemented).",
+    )
+    edgesplit_objective: PlanObjective = Field(
+        "epoch",
+        description="What cut planning minimises: 'epoch' = seconds of a whole epoch in the delay model "
+        "(every step of the sampler's plan, latency, server time, epoch-end exchange of device parts); "
+        "'iteration' = the EdgeSplit paper's per-iteration straggler time.",
+    )
+    cost_profile: CostProfile = Field(
+        "timed",
+        description="Compute costs the planner predicts from: 'timed' = each chain stage's training pass timed "
+        "on the cloud at two batch sizes (a fixed cost per call plus a cost per sample); 'flops' = counted "
+        "FLOPs only (no per-call cost).",
     )
     planner_max_iters: int = Field(50, ge=1, le=10_000, description="Cap on EdgeSplit alternating rounds.")
     seed: int = Field(0, ge=0, description="Seed of the sampler.")

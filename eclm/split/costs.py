@@ -7,7 +7,10 @@ the whole chain and the server only computes the loss on the received outputs. `
 server does everything) is not a split and is not offered, but ``activation_bytes[0]`` (the input
 size) is kept so that the profile describes every boundary of the chain.
 
-All quantities are *per sample*; multiply by the batch size for a step.
+All quantities are *per sample*; multiply by the batch size for a step. The one exception is
+``call_flops``: what running a block once costs whatever the batch (kernel launches, Python and
+autograd bookkeeping), which makes small batches and many separate calls (a server running one
+pass per cut group) dearer than their FLOPs say.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class BlockCosts:
             backward pass.
         backward_factor: backward FLOPs as a multiple of forward FLOPs (2.0 is the usual
             estimate, so a training step costs 3x the forward pass).
+        state_bytes: ``L`` bytes of each block's tensors as they cross the link when device
+            parts are exchanged at epoch end (weights and buffers, no optimiser state); ``None``
+            when unknown, and then the exchange is counted as free.
+        call_flops: ``L`` fixed cost of one forward and backward call of each block, whatever the
+            batch, in FLOP-equivalents (seconds measured x the speed they are expressed at; split
+            between forward and backward like the per-sample cost); ``None``: calls are free.
     """
 
     forward_flops: tuple[float, ...]
@@ -56,6 +65,8 @@ class BlockCosts:
     param_bytes: tuple[float, ...]
     train_activation_bytes: tuple[float, ...]
     backward_factor: float = 2.0
+    state_bytes: tuple[float, ...] | None = None
+    call_flops: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         num_blocks = len(tuple(self.forward_flops))
@@ -72,6 +83,9 @@ class BlockCosts:
             "train_activation_bytes",
             _as_tuple("train_activation_bytes", self.train_activation_bytes, num_blocks),
         )
+        for name in ("state_bytes", "call_flops"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _as_tuple(name, getattr(self, name), num_blocks))
         if not math.isfinite(self.backward_factor) or self.backward_factor < 0:
             raise ValueError(
                 f"BlockCosts.backward_factor must be finite and >= 0, got {self.backward_factor}"
@@ -109,6 +123,24 @@ class BlockCosts:
         self._check_cut(cut)
         return (1.0 + self.backward_factor) * sum(self.forward_flops[cut:])
 
+    def device_call_flops(self, cut: int) -> float:
+        """Fixed cost of one training call of the device side (blocks ``[0, cut)``), fwd + bwd.
+
+        Raises:
+            ValueError: if ``cut`` is outside ``1..L``.
+        """
+        self._check_cut(cut)
+        return 0.0 if self.call_flops is None else sum(self.call_flops[:cut])
+
+    def server_call_flops(self, cut: int) -> float:
+        """Fixed cost of one training call of the server side (blocks ``[cut, L)``), fwd + bwd.
+
+        Raises:
+            ValueError: if ``cut`` is outside ``1..L``.
+        """
+        self._check_cut(cut)
+        return 0.0 if self.call_flops is None else sum(self.call_flops[cut:])
+
     def cut_bytes(self, cut: int) -> float:
         """Bytes per sample of the smashed activation crossing the link at ``cut``.
 
@@ -119,6 +151,17 @@ class BlockCosts:
         """
         self._check_cut(cut)
         return self.activation_bytes[cut]
+
+    def exchange_bytes(self, cut: int) -> float:
+        """Bytes of the device part ``[0, cut)`` sent each way at an epoch-end exchange.
+
+        Zero when ``state_bytes`` is unknown.
+
+        Raises:
+            ValueError: if ``cut`` is outside ``1..L``.
+        """
+        self._check_cut(cut)
+        return 0.0 if self.state_bytes is None else sum(self.state_bytes[:cut])
 
     def device_memory(self, cut: int, batch: int) -> float:
         """Peak training memory in bytes the device needs for ``cut`` at ``batch`` samples.

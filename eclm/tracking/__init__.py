@@ -1,4 +1,5 @@
-"""Experiment tracking: the campaign tracker (the only MLflow client in eclm), its JSONL journal, plots.
+"""Experiment tracking: the campaign tracker (the only MLflow client in eclm), its JSONL journal,
+journal replay, the eclm MLflow model (pyfunc + pytorch flavors, no pickle), plots.
 
 Used from the cloud/driver side only. MLflow is imported lazily, when a tracker starts a run, so
 importing this package (for example for :class:`TrackingConfig`) loads neither MLflow nor Ray.
@@ -15,11 +16,14 @@ from typing import TYPE_CHECKING
 from eclm._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from eclm.tracking._model_log import CHAMPION
     from eclm.tracking.config import TrackingConfig
     from eclm.tracking.flatten import MAX_PARAM_VALUE_LENGTH, config_params, flatten_config, param_value
     from eclm.tracking.journal import RECORD_KINDS, RunJournal, read_journal
+    from eclm.tracking.model_flavor import load_model
     from eclm.tracking.plots import accuracy_over_rounds, module_usage_heatmap
     from eclm.tracking.plots import close as close_figure
+    from eclm.tracking.replay import ReplaySummary, replay_journal
     from eclm.tracking.tracker import (
         RUN_STATUSES,
         CampaignTracker,
@@ -36,6 +40,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "RECORD_KINDS": ("eclm.tracking.journal", "RECORD_KINDS"),
     "RunJournal": ("eclm.tracking.journal", "RunJournal"),
     "read_journal": ("eclm.tracking.journal", "read_journal"),
+    "load_model": ("eclm.tracking.model_flavor", "load_model"),
+    "ReplaySummary": ("eclm.tracking.replay", "ReplaySummary"),
+    "replay_journal": ("eclm.tracking.replay", "replay_journal"),
+    "CHAMPION": ("eclm.tracking._model_log", "CHAMPION"),
     "accuracy_over_rounds": ("eclm.tracking.plots", "accuracy_over_rounds"),
     "module_usage_heatmap": ("eclm.tracking.plots", "module_usage_heatmap"),
     "close_figure": ("eclm.tracking.plots", "close"),
@@ -46,10 +54,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [
+    "CHAMPION",
     "MAX_PARAM_VALUE_LENGTH",
     "RECORD_KINDS",
     "RUN_STATUSES",
     "CampaignTracker",
+    "ReplaySummary",
     "RunJournal",
     "TrackingConfig",
     "accuracy_over_rounds",
@@ -58,9 +68,11 @@ __all__ = [
     "default_artifact_location",
     "default_tracking_uri",
     "flatten_config",
+    "load_model",
     "module_usage_heatmap",
     "param_value",
     "read_journal",
+    "replay_journal",
 ]
 
 

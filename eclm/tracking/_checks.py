@@ -19,6 +19,8 @@ MAX_KEY_LENGTH = 250
 _MLFLOW_NAME = re.compile(r"^[/\w.\- :]+$")
 #: Model version tags become folder names (``models/<tag>``), so keep them path-safe.
 _VERSION_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: MLflow registry aliases: letters, digits, ``_ -``; ``latest`` and ``v<digits>`` are reserved.
+_ALIAS = re.compile(r"^(?!latest$)(?!v\d+$)[A-Za-z0-9_-]{1,255}$")
 _SAFETENSORS_PREFIX_BYTES = 8  # little-endian u64 header length
 
 
@@ -113,6 +115,20 @@ def check_version_tag(version_tag: Any) -> str:
             f"version_tag {version_tag!r} must be 1-100 characters of [A-Za-z0-9_.-], starting alphanumeric"
         )
     return version_tag
+
+
+def check_alias(alias: Any) -> str:
+    """Check a registered-model alias such as ``champion``.
+
+    Raises:
+        TypeError: If it is not a ``str``.
+        ValueError: If it is not 1-255 of ``[A-Za-z0-9_-]`` or is reserved (``latest``, ``v3``).
+    """
+    if not isinstance(alias, str):
+        raise TypeError(f"alias must be str, got {type(alias).__name__}")
+    if not _ALIAS.match(alias):
+        raise ValueError(f"alias {alias!r} must be [A-Za-z0-9_-], and not 'latest' or 'v<digits>'")
+    return alias
 
 
 def check_safetensors(weights: Any) -> bytes:

@@ -51,6 +51,17 @@ class TrackingConfig(BaseModel):
     http_max_retries: int = Field(
         0, ge=0, le=10, description="Retries per HTTP request before the tracker degrades to the journal."
     )
+    pytorch_flavor: bool = Field(
+        True,
+        description="Also store each model version as a torch.export archive so mlflow.pytorch.load_model "
+        "works (pickle-free; repeats the weights and costs ~2 s of export per version). mlflow.pyfunc and "
+        "eclm.tracking.load_model work either way.",
+    )
+    per_device_metrics_max: int = Field(
+        32, ge=0,
+        description="Campaigns with at most this many devices log device/<name>/* metrics per round; larger "
+        "ones log per-round aggregates (mean, quantiles, worst devices) and one per-device table per round.",
+    )
 
     @field_validator("tracking_uri")
     @classmethod
@@ -71,6 +82,14 @@ class TrackingConfig(BaseModel):
     def _no_surrounding_space(cls, name: str) -> str:
         if name != name.strip():
             raise ValueError(f"name {name!r} must not start or end with whitespace")
+        return name
+
+    @field_validator("registered_model_name")
+    @classmethod
+    def _registry_safe(cls, name: str) -> str:
+        # MLflow refuses '/' and ':' in model names; quotes would break the registry search filters.
+        if any(char in name for char in "/:'\"`"):
+            raise ValueError(f"registered_model_name {name!r} must not contain / : ' \" or `")
         return name
 
     @model_validator(mode="after")

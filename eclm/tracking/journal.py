@@ -2,17 +2,22 @@
 
 The journal is the tracker's ground truth. Every record is appended here *before* it is sent to
 MLflow, so a tracking server that is down at start, or fails halfway through a campaign, never
-loses a parameter, metric or model: the journal holds the complete run either way, and can be
-replayed into MLflow later.
+loses a parameter, metric or model: the journal holds the complete run either way, and
+:func:`~eclm.tracking.replay_journal` pushes it into MLflow later.
 
 Layout for a run journal ``<dir>/<stem>.jsonl``::
 
-    <dir>/<stem>.jsonl                                   one JSON object per line
-    <dir>/<stem>/rounds/round_003/merge_report.json      artifact bytes, by artifact path
-    <dir>/<stem>/models/v3/model.safetensors
+    <dir>/<stem>.jsonl                                        one JSON object per line
+    <dir>/<stem>/rounds/round_003/merge_report.json           artifact bytes not (yet) in MLflow
+    <dir>/<stem>/models/cloud/v0003/model.safetensors         model weights not (yet) in MLflow
 
-Each line is ``{"kind": str, "step": int | null, "data": object, "time": float}`` with ``time`` in
-Unix seconds. Artifact records reference their file by a path relative to ``<dir>``.
+Each line is ``{"id": str, "kind": str, "step": int | null, "data": object, "time": float}``:
+``id`` is unique (replay uses it to recognise records), ``step`` is the campaign round the record
+belongs to (``null`` for run-level records and for the offline stage, whose ``epoch_metrics``
+carry their epoch in ``data``), ``time`` is Unix seconds. Artifact and model records cite their
+staged files by a path relative to ``<dir>``. Once MLflow holds the bytes, the tracker deletes the
+staged files and appends a ``stored`` record ``{"ref": <id>, "uri": ...}``, so the bytes are kept
+once, in the artifact store, and the journal keeps the reference.
 """
 
 from __future__ import annotations
@@ -20,12 +25,24 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 #: Record kinds the tracker writes (see :class:`~eclm.tracking.tracker.CampaignTracker`).
 RECORD_KINDS = frozenset(
-    {"start", "params", "metrics", "artifact", "model_version", "warning", "degraded", "end"}
+    {
+        "start",
+        "params",
+        "metrics",
+        "epoch_metrics",
+        "artifact",
+        "model_version",
+        "stored",
+        "warning",
+        "degraded",
+        "end",
+    }
 )
 
 _UNSAFE_STEM_CHARS = re.compile(r"[^\w.-]")
@@ -115,7 +132,7 @@ class RunJournal:
             step: Campaign round the record belongs to, or ``None``.
 
         Returns:
-            The record as written.
+            The record as written, with a fresh ``id``.
 
         Raises:
             ValueError: If ``kind`` is unknown.
@@ -123,7 +140,7 @@ class RunJournal:
         """
         if kind not in RECORD_KINDS:
             raise ValueError(f"unknown journal record kind {kind!r}; valid kinds: {sorted(RECORD_KINDS)}")
-        record = {"kind": kind, "step": step, "data": data, "time": time.time()}
+        record = {"id": uuid.uuid4().hex, "kind": kind, "step": step, "data": data, "time": time.time()}
         line = json.dumps(record, default=json_default)
         with self.path.open("a", encoding="utf-8") as journal:
             journal.write(line + "\n")
@@ -151,6 +168,14 @@ class RunJournal:
     def relative(self, local_path: Path) -> str:
         """Path of a stored artifact relative to the journal's directory (how records cite it)."""
         return local_path.relative_to(self.path.parent).as_posix()
+
+    def discard(self, local_path: Path) -> None:
+        """Delete a staged file (MLflow now holds it) and the folders it leaves empty."""
+        local_path.unlink(missing_ok=True)
+        folder = local_path.parent
+        while folder != self.artifact_root.parent and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
 
 def json_default(value: Any) -> Any:

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 #: Above this many devices the accuracy plot draws them faintly and labels only their mean.
 MAX_LABELLED_DEVICES = 12
@@ -40,7 +41,8 @@ def accuracy_over_rounds(
     """Plot each device's accuracy before (dashed) and after (solid) adaptation, per round.
 
     A device keeps one colour for both lines, so the gap between its dashed and solid line is the
-    gain of adaptation in that round.
+    gain of adaptation in that round. Rounds are integers, so the x axis only has integer ticks;
+    the legend sits to the right of the axes, never over the lines.
 
     Args:
         history: ``{device: [(round, acc_before, acc_after), ...]}``; accuracies in any consistent
@@ -59,7 +61,7 @@ def accuracy_over_rounds(
     """
     if not history and not cloud_accuracy:
         raise ValueError("history is empty and no cloud_accuracy given: nothing to plot")
-    figure = _new_figure(7.0, 4.0)
+    figure = _new_figure(8.5, 4.0)  # wider: the legend takes a column right of the axes
     axes = figure.add_subplot()
     palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     crowded = len(history) > MAX_LABELLED_DEVICES
@@ -85,18 +87,25 @@ def accuracy_over_rounds(
         axes.plot(
             [r[0] for r in rows], [r[1] for r in rows], color="black", linewidth=2.0, label="cloud (val)"
         )
+    _label_accuracy_axes(axes, title)
+    return figure
+
+
+def _label_accuracy_axes(axes, title: str) -> None:
+    """Legend beside the axes (never over a line), integer round ticks, labels, grid."""
     # Proxy entries explain the line styles once instead of doubling every device's legend entry.
     style_handles = [
         Line2D([], [], color="grey", linestyle="--", label="before adaptation"),
         Line2D([], [], color="grey", linestyle="-", label="after adaptation"),
     ]
     handles, _ = axes.get_legend_handles_labels()
-    axes.legend(handles=handles + style_handles, fontsize="small", loc="best")
+    axes.legend(handles=handles + style_handles, fontsize="small", loc="upper left",
+                bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.set_xlabel("round")
     axes.set_ylabel("accuracy")
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    return figure
 
 
 def module_usage_heatmap(

@@ -16,7 +16,15 @@ then sent to MLflow. Writing a line is cheap, and it means no record depends on 
 No exception from MLflow ever reaches the coordinator. HTTP stores are made to fail fast (the
 ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` environment variables are
 set from the config around each call) so an unreachable server costs seconds, not minutes.
-Model weights are stored as safetensors artifacts only, never as pickled MLflow model flavours.
+
+**Bytes once.** Artifact and model bytes are staged beside the journal and deleted once MLflow
+holds them; the journal then keeps a ``stored`` reference. A journal written during an outage keeps
+its files until :func:`~eclm.tracking.replay_journal` pushes them.
+
+Model versions are MLflow models (see :mod:`eclm.tracking.model_flavor`): architecture JSON plus
+safetensors weights, loadable with ``mlflow.pyfunc`` and (through a ``torch.export`` archive)
+``mlflow.pytorch``; never a pickled module. A version whose architecture and weights are already
+registered under the same name is reused, not registered again.
 """
 
 from __future__ import annotations
@@ -26,23 +34,15 @@ import json
 import logging
 import math
 import posixpath
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from eclm.tracking._checks import (
-    check_json_text,
-    check_key,
-    check_number,
-    check_safetensors,
-    check_step,
-    check_tags,
-    check_version_tag,
-)
-from eclm.tracking._mlflow_run import MlflowRun, http_fail_fast
+from eclm.tracking._checks import check_key, check_number, check_step, check_tags
+from eclm.tracking._mlflow_run import RUN_KEY_TAG, MlflowRun, http_fail_fast
+from eclm.tracking._model_log import ModelLog
 from eclm.tracking.config import TrackingConfig, default_artifact_location, default_tracking_uri
 from eclm.tracking.flatten import config_params
 from eclm.tracking.journal import RunJournal, check_artifact_path, json_default, unique_journal_path
@@ -58,7 +58,7 @@ _MAX_REASON_CHARS = 500
 _T = TypeVar("_T")
 
 
-class CampaignTracker:
+class CampaignTracker(ModelLog):
     """Records one campaign run in MLflow, journalled to JSONL, failing soft.
 
     Args:
@@ -72,6 +72,8 @@ class CampaignTracker:
         enabled: ``False`` never touches MLflow (journal only; ``degraded`` stays ``False``).
         http_timeout_s: Per-request timeout against an HTTP server, seconds.
         http_max_retries: Retries per HTTP request.
+        pytorch_flavor: Also store each model version as a ``torch.export`` archive so that
+            ``mlflow.pytorch.load_model`` works (repeats the weights; ~2 s of export per version).
 
     Raises:
         ValueError: If a setting is invalid (see :class:`TrackingConfig`).
@@ -89,6 +91,7 @@ class CampaignTracker:
         enabled: bool = True,
         http_timeout_s: int = 3,
         http_max_retries: int = 0,
+        pytorch_flavor: bool = True,
     ) -> None:
         self.config = TrackingConfig(
             enabled=enabled,
@@ -99,6 +102,7 @@ class CampaignTracker:
             fallback_dir=Path(fallback_dir),
             http_timeout_s=http_timeout_s,
             http_max_retries=http_max_retries,
+            pytorch_flavor=pytorch_flavor,
         )
         workdir = Path(workdir)
         self.tracking_uri = self.config.tracking_uri or default_tracking_uri(workdir)
@@ -108,11 +112,14 @@ class CampaignTracker:
         self._journal: RunJournal | None = None
         self._degraded_reason: str | None = None
         self._ended = False
+        self._model_folders: set[str] = set()
+        self._epoch_stages: set[str] = set()
 
     @classmethod
     def from_config(cls, config: TrackingConfig, workdir: Path | str = ".") -> CampaignTracker:
         """Build a tracker from the platform's :class:`TrackingConfig` section."""
-        return cls(**config.model_dump(), workdir=workdir)
+        # per_device_metrics_max is the recorder's business (what to log), not the tracker's.
+        return cls(**config.model_dump(exclude={"per_device_metrics_max"}), workdir=workdir)
 
     @property
     def degraded(self) -> bool:
@@ -174,13 +181,14 @@ class CampaignTracker:
                 "tags": tag_values,
                 "experiment": self.config.experiment,
                 "tracking_uri": self.tracking_uri,
+                "artifact_location": self.artifact_location,
             },
         )
         if self.degraded:  # MLflow failed before the journal existed; record that now
             self._journal.append("degraded", {"reason": self._degraded_reason})
         self._journal.append("params", params)
-        journal_tag = {"eclm.journal": str(self._journal.path.resolve())}
-        self._call("logging of params", lambda: self._run().log_params(params, journal_tag))
+        run_tags = {"eclm.journal": str(self._journal.path.resolve()), RUN_KEY_TAG: run_key}
+        self._call("logging of params", lambda: self._run().log_params(params, run_tags))
         return run_key
 
     def close_stale_run(self, run_id: str, status: str = "KILLED") -> bool:
@@ -196,16 +204,8 @@ class CampaignTracker:
         Returns:
             Whether the run was running and is now ended (``False`` when MLflow is unreachable).
         """
-        def close() -> bool:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-            if client.get_run(run_id).info.status != "RUNNING":
-                return False
-            client.set_terminated(run_id, status)
-            return True
-
-        return bool(self._call(f"closing the earlier run {run_id}", close))
+        return bool(self._call(f"closing the earlier run {run_id}",
+                               lambda: MlflowRun.close_if_running(self.tracking_uri, run_id, status)))
 
     def log_round(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log one campaign round's metrics with ``step=round``.
@@ -219,27 +219,51 @@ class CampaignTracker:
 
         Raises:
             RuntimeError: If the run is not open.
-            TypeError, ValueError: If the step, a name or a value is malformed.
+            TypeError, ValueError: If the step, a name or a value is malformed, or a name belongs to
+                a stage logged with :meth:`log_epoch` (those keep their own step axis).
         """
         journal = self._require_open("log_round")
         check_step(step)
-        if not isinstance(metrics, Mapping):
-            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
-        finite: dict[str, float] = {}
-        skipped: dict[str, str] = {}
-        for key, value in metrics.items():
-            number = check_number(check_key("metric", key), value)
-            if math.isfinite(number):
-                finite[key] = number
-            else:
-                skipped[key] = repr(number)
-        if skipped:
-            logger.warning("round %d: skipping non-finite metrics %s", step, skipped)
-            journal.append("warning", {"message": "non-finite metrics skipped", "metrics": skipped}, step)
-        journal.append("metrics", finite, step)
-        timestamp_ms = int(time.time() * 1000)
+        values = self._checked_values(metrics)
+        clash = sorted(key for key in values if key.split("/", 1)[0] in self._epoch_stages)
+        if clash:
+            raise ValueError(f"metrics {clash} belong to an epoch stage; log them with log_epoch()")
+        finite = self._finite_metrics(values, f"round {step}", step)
+        record = journal.append("metrics", finite, step)
+        timestamp_ms = int(record["time"] * 1000)  # the journal's time, so a replay can recognise the point
         self._call(
             f"logging of round {step} metrics", lambda: self._run().log_metrics(finite, step, timestamp_ms)
+        )
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, Any], stage: str = "offline") -> None:
+        """Log one training epoch of a campaign stage (the offline stage) on its own step axis.
+
+        MLflow gets ``<stage>/<name>`` at ``step=epoch``, a series of its own that never mixes
+        with the round metrics; the journal gets an ``epoch_metrics`` record
+        ``{"stage", "epoch", "metrics"}`` with ``step`` null (the stage is not a round).
+
+        Args:
+            epoch: Epoch index, ``>= 0``.
+            metrics: ``{name: value}`` without the stage prefix, e.g. ``{"loss": 0.4}``.
+            stage: Stage name, a single metric-name segment.
+
+        Raises:
+            RuntimeError: If the run is not open.
+            TypeError, ValueError: If the epoch, stage, a name or a value is malformed.
+        """
+        journal = self._require_open("log_epoch")
+        check_step(epoch)
+        if "/" in check_key("stage", stage):
+            raise ValueError(f"stage {stage!r} must be a single name segment (no '/')")
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        prefixed = {f"{stage}/{key}": value for key, value in metrics.items()}
+        finite = self._finite_metrics(prefixed, f"{stage} epoch {epoch}", None)
+        self._epoch_stages.add(stage)
+        record = journal.append("epoch_metrics", {"stage": stage, "epoch": epoch, "metrics": finite})
+        timestamp_ms = int(record["time"] * 1000)
+        self._call(
+            f"logging of {stage} epoch {epoch}", lambda: self._run().log_metrics(finite, epoch, timestamp_ms)
         )
 
     def log_json(self, name: str, data: Mapping[str, Any], step: int | None = None) -> str:
@@ -286,74 +310,6 @@ class CampaignTracker:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=dpi)
         return self._log_artifact(artifact_path, buffer.getvalue(), step)
-
-    def log_model_version(
-        self,
-        weights: bytes,
-        spec_json: str,
-        metrics: Mapping[str, Any],
-        version_tag: str,
-        step: int | None = None,
-    ) -> str | None:
-        """Store a cloud model version as safetensors artifacts and register it in the model registry.
-
-        Writes ``models/<version_tag>/model.safetensors`` and ``spec.json``, then creates a version of
-        ``registered_model_name`` whose source is that artifact folder, tagged with ``version_tag``
-        and the given metrics (``metric.<name>``).
-
-        Args:
-            weights: ``safetensors.torch.save(state_dict)`` output.
-            spec_json: JSON text describing the model (e.g. the sub-model spec).
-            metrics: ``{name: value}`` describing this version (e.g. validation accuracy).
-            version_tag: Folder name of the version, ``[A-Za-z0-9_.-]``, unique within the run.
-            step: Round that produced the version, or ``None``.
-
-        Returns:
-            The registry version number (``"1"``, ``"2"``, ...), or ``None`` when MLflow is
-            unavailable (the files are then in the journal folder only).
-
-        Raises:
-            RuntimeError: If the run is not open.
-            TypeError, ValueError: If an argument is malformed, or ``version_tag`` was already used.
-        """
-        journal = self._require_open("log_model_version")
-        blob = check_safetensors(weights)
-        check_json_text("spec_json", spec_json)
-        check_version_tag(version_tag)
-        if step is not None:
-            check_step(step)
-        if not isinstance(metrics, Mapping):
-            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
-        values = {check_key("metric", key): check_number(key, value) for key, value in metrics.items()}
-        folder = f"models/{version_tag}"
-        if (journal.artifact_root / folder).exists():
-            raise ValueError(f"version_tag {version_tag!r} was already logged in this run")
-        weights_file = journal.write_artifact(f"{folder}/model.safetensors", blob)
-        spec_file = journal.write_artifact(f"{folder}/spec.json", spec_json.encode("utf-8"))
-        version_tags = {
-            "eclm.version_tag": version_tag,
-            **{f"metric.{k}": repr(v) for k, v in values.items()},
-        }
-        version = self._call(
-            f"registration of model version {version_tag!r}",
-            lambda: self._run().register_version(
-                self.config.registered_model_name, folder, weights_file.parent, version_tags
-            ),
-        )
-        # Appended after the attempt so the record carries the registry version; the files are
-        # already on disk, so nothing is lost if the process dies during registration.
-        journal.append(
-            "model_version",
-            {
-                "version_tag": version_tag,
-                "registered_model": self.config.registered_model_name,
-                "registered_version": version,
-                "metrics": values,
-                "files": {"weights": journal.relative(weights_file), "spec": journal.relative(spec_file)},
-            },
-            step,
-        )
-        return version
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run with a terminal status; a second call is a no-op.
@@ -429,11 +385,37 @@ class CampaignTracker:
     def _log_artifact(self, artifact_path: str, content: bytes, step: int | None) -> str:
         journal = self._require_open("log artifact")
         local_file = journal.write_artifact(artifact_path, content)
-        journal.append(
+        record = journal.append(
             "artifact",
             {"artifact_path": artifact_path, "file": journal.relative(local_file), "bytes": len(content)},
             step,
         )
         folder = posixpath.dirname(artifact_path) or None
-        self._call(f"upload of {artifact_path}", lambda: self._run().log_artifact(local_file, folder))
+        sent = self._call(f"upload of {artifact_path}", lambda: self._run().log_artifact(local_file, folder) or True)
+        if sent:
+            self._stored(record, [local_file], uri=f"{self._run().artifact_uri}/{artifact_path}")
         return artifact_path
+
+    def _stored(self, record: Mapping[str, Any], files: list[Path], uri: str, **extra: Any) -> None:
+        """MLflow holds the bytes of ``record`` now: drop the staged files, journal the reference."""
+        journal = self._require_open("log artifact")
+        for local_file in files:
+            journal.discard(local_file)
+        journal.append("stored", {"ref": record["id"], "uri": uri, **extra}, record["step"])
+
+    def _checked_values(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        return {check_key("metric", key): check_number(key, value) for key, value in metrics.items()}
+
+    def _finite_metrics(self, metrics: Mapping[str, Any], where: str, step: int | None) -> dict[str, float]:
+        """The finite metrics; non-finite ones are left out, logged and journalled as a warning."""
+        values = self._checked_values(metrics)
+        finite = {key: value for key, value in values.items() if math.isfinite(value)}
+        skipped = {key: repr(value) for key, value in values.items() if key not in finite}
+        if skipped:
+            logger.warning("%s: skipping non-finite metrics %s", where, skipped)
+            self._require_open("log metrics").append(
+                "warning", {"message": "non-finite metrics skipped", "metrics": skipped}, step
+            )
+        return finite

@@ -3,7 +3,7 @@
 ``ray.cluster_utils.Cluster`` starts one raylet per node on loopback. The platform connects by
 address (as ``eclm run --address ...`` does on a real cluster), and every actor must land on a
 node that offers the custom resource it asked for; a device pinned with ``node: n2`` must land
-on the node started with ``device:n2``.
+on the node labelled ``eclm/node=n2`` (``ray start --labels``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_config
 
 from eclm.platform import Platform
-from eclm.resources import CLOUD_RESOURCE, EDGE_RESOURCE, device_resource
+from eclm.resources import CLOUD_RESOURCE, EDGE_RESOURCE, NODE_LABEL
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,8 @@ def cluster():
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {CLOUD_RESOURCE: 1}, "object_store_memory": NODE_MEMORY,
         "dashboard_port": dashboard_port})
-    for extra in ({}, {device_resource("n2"): 1}, {}):
-        c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 2, **extra}, object_store_memory=NODE_MEMORY)
+    for labels in ({}, {NODE_LABEL: "n2"}, {}):
+        c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 2}, labels=labels, object_store_memory=NODE_MEMORY)
     c.wait_for_nodes()
     yield c
     if ray.is_initialized():
@@ -63,12 +63,12 @@ def platform(cluster, tmp_path_factory):
         p.shutdown()
 
 
-def _actor_nodes(address: str) -> dict[str, dict[str, float]]:
-    """Id (hex) of every live actor -> resources of the node it runs on (per Ray's state API)."""
+def _actor_nodes(address: str) -> dict[str, dict[str, float | str]]:
+    """Id (hex) of every live actor -> resources and labels of the node it runs on (per Ray's state API)."""
     import ray
     from ray.util.state import list_actors
 
-    resources = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    resources = {n["NodeID"]: {**n["Resources"], **n.get("Labels", {})} for n in ray.nodes() if n["Alive"]}
     try:
         # The explicit address matters: with several Ray instances on the machine, the state API
         # would otherwise pick "the latest" one, which may not be this cluster.
@@ -101,7 +101,7 @@ def test_every_actor_lands_on_a_node_of_its_kind(platform, cluster):
 
 def test_a_pinned_device_lands_on_its_node(platform, cluster):
     nodes = _actor_nodes(cluster.address)
-    assert device_resource("n2") in nodes[platform.fleet.actor("d1")._actor_id.hex()]
+    assert nodes[platform.fleet.actor("d1")._actor_id.hex()].get(NODE_LABEL) == "n2"
 
 
 def test_a_cycle_runs_across_the_nodes(platform):

@@ -1,6 +1,7 @@
 """The adaptation, platform-overhead and scale benchmarks' code paths on tiny settings (no Ray).
 
-The adaptation suite runs for real (all five methods, one seed, two cycles). The Ray-side
+The adaptation suite runs for real (all five methods through the platform's cycle coordinator,
+one seed, two cycles). The Ray-side
 measurements of the other two suites are replaced by recorded/fake results; everything they
 feed (in-process reference cycles, merge-cost probe, skip rules, growth fits, tables, plots)
 runs for real. No assertion looks at wall-clock time.
@@ -9,6 +10,7 @@ runs for real. No assertion looks at wall-clock time.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +19,16 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks.baselines import (
+    METHOD_NAMES,
+    METHODS,
     AdaptationBenchConfig,
-    DeviceSlot,
+    FedAvgCloud,
+    HeteroFLCloud,
+    LocalAdaptation,
+    NoAdaptation,
+    configured_resources,
+    device_records,
     measure_adaptation_memory,
-    occupy,
     prefix_spec,
     widest_prefix_within,
 )
@@ -31,10 +39,11 @@ from benchmarks.suites._scale_measure import predict, run_scale
 from benchmarks.suites.adaptation import run_adaptation_benchmark
 from benchmarks.suites.platform_overhead import derive_figures, run_overhead_benchmark
 from benchmarks.suites.scale import growth_rates, run_scale_benchmark
-from eclm.modules import DeviceProfile, modularize
+from eclm.campaign.messages import DeviceSummary, HeldModel, Resources
+from eclm.campaign.results import CycleResult
+from eclm.modules import DeviceProfile, SubModelSpec, fits, modularize
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = ("na", "la", "fedavg", "heterofl", "eclm")
 
 
 # ----------------------------------------------------------------------------- import hygiene
@@ -120,17 +129,62 @@ def test_prefix_spec_rejects_out_of_range_width(small_modular) -> None:
         prefix_spec(small_modular.model_id, small_modular.layer_sizes, 5, 4)
 
 
-def test_occupy_swaps_method_state_in_and_back() -> None:
-    service = SimpleNamespace(model="device-own", spec=None, costs=None, version=None, replay="r0",
-                              detector="d0", rounds=0)
-    slot = DeviceSlot(replay="r1", detector="d1")
+def test_every_configurable_method_is_registered() -> None:
+    assert set(METHODS) == set(METHOD_NAMES)
+    assert [m for m in METHODS if not METHODS[m].merges] == ["na", "la"] and not METHODS["na"].adapts
 
-    with occupy(service, slot) as svc:
-        assert svc.replay == "r1" and svc.model is None
-        svc.model, svc.rounds = "adapted", 3
 
-    assert (service.model, service.replay, service.rounds) == ("device-own", "r0", 0)
-    assert (slot.model, slot.rounds, slot.replay) == ("adapted", 3, "r1")
+def _summary(held: bool) -> DeviceSummary:
+    spec = SubModelSpec(model_id="m", groups=[(0,)])
+    return DeviceSummary(device="d", importance=((0.5, 0.5),), resources=Resources(), num_samples=10, classes=(0, 1),
+                         held=HeldModel(spec=spec, version=0) if held else None)
+
+
+@pytest.mark.parametrize("strategy", [NoAdaptation, LocalAdaptation])
+def test_na_and_la_deliver_the_derivation_once_and_never_merge(strategy) -> None:
+    cloud = SimpleNamespace(derive=lambda summary: ("derived for", summary.device))
+
+    first, later = strategy().deliver(cloud, _summary(held=False)), strategy().deliver(cloud, _summary(held=True))
+
+    assert first == ("derived for", "d") and later is None
+    assert not strategy.merges and strategy.adapts == (strategy is LocalAdaptation)
+
+
+def test_a_failed_device_fails_the_benchmark_cycle() -> None:
+    # A benchmark must not silently average over fewer devices than it claims.
+    result = CycleResult(round=1, devices=["d"], failures={"d": "adapt: error: RuntimeError: boom"})
+    with pytest.raises(RuntimeError, match="boom"):
+        device_records(result, {}, None, 24, adapts=True)
+
+
+def test_measuring_devices_have_no_configured_resources() -> None:
+    from eclm.config import DeviceConfig
+
+    assert configured_resources(DeviceConfig(name="a", params_fraction=0.5)).params_fraction == 0.5
+    with pytest.raises(ValueError, match="'m'"):
+        configured_resources(DeviceConfig(name="m", measure=True))
+
+
+@pytest.fixture(scope="module")
+def tiny_platform_config(tmp_path_factory):
+    return AdaptationBenchConfig.tiny().platform_config(2, 0, tmp_path_factory.mktemp("bench"))
+
+
+def test_width_slices_fit_the_budgets_the_cloud_computes(tiny_platform_config) -> None:
+    cfg = tiny_platform_config
+    fedavg, heterofl = FedAvgCloud(cfg), HeteroFLCloud(cfg)
+    costs = fedavg.model.costs()
+    summaries = [_summary(held=False).model_copy(update={"device": d.name, "resources": configured_resources(d)})
+                 for d in cfg.devices]
+    budgets = [fedavg.budget(s.device, s.resources) for s in summaries]
+
+    common = {fedavg.width_spec(s) for s in summaries}
+    own = [heterofl.width_spec(s) for s in summaries]
+
+    assert len(common) == 1 and all(fits(costs, next(iter(common)), b) for b in budgets)
+    assert all(fits(costs, spec, b) for spec, b in zip(own, budgets, strict=True))
+    assert all(spec.num_modules() >= next(iter(common)).num_modules() for spec in own)
+    assert max(own, key=lambda spec: spec.num_modules()) == fedavg.model.full_spec()  # tier 1.0: the whole model
 
 
 # ----------------------------------------------------------------------------- adaptation suite
@@ -175,11 +229,10 @@ def test_na_never_changes_and_never_uploads(job) -> None:
     recs = job["records"]["na"]
     assert all(r["acc_after"] == r["acc_before"] and r["bytes_up"] == 0 for r in recs)
     assert all(r["forgetting"] in (None, 0.0) for r in recs)
-    first = {}
-    for r in recs:
-        first.setdefault(r["device"], r)
-        if r is not first[r["device"]]:
-            assert r["bytes_down"] == 0  # derived once, never again
+    first = {r["device"]: r["bytes_down"] for r in recs if r["round"] == 1}
+    later = {r["bytes_down"] for r in recs if r["round"] > 1}
+    # Derived once, never again: later cycles carry only the selector every device receives.
+    assert len(later) == 1 and all(next(iter(later)) < b for b in first.values())
 
 
 def test_la_and_eclm_agree_in_the_first_cycle(job) -> None:
@@ -249,7 +302,9 @@ def test_overhead_suite_builds_its_report_from_recorded_ray_runs() -> None:
     # actor 480 samples/s vs plain 600 samples/s in every round
     assert d["throughput"][0]["throughput_ratio"]["mean"] == pytest.approx(0.8)
     assert d["throughput"][0]["actor_gflops"]["mean"] == pytest.approx(3 * 2e6 * 480 / 1e9)
-    assert -1.0 <= d["orchestration_share"] <= 1.0 and d["log_share"] == pytest.approx(0.3 / 4.0)
+    # The share compares the recorded Ray seconds with this machine's in-process seconds (which
+    # include the merge's defences): no bound on it holds on a loaded machine, only its form does.
+    assert math.isfinite(d["orchestration_share"]) and d["log_share"] == pytest.approx(0.3 / 4.0)
     scaling = result["in_process"]["merge_scaling"]
     assert [s["updates"] for s in scaling] == [1, 2]
     assert all(s["candidates"] is None or s["candidates"] >= 1 for s in scaling)
@@ -340,28 +395,29 @@ def test_tree_memory_sampler_sees_a_child_process() -> None:
 
 
 @pytest.mark.parametrize("method_name", ["fedavg", "heterofl"])
-def test_federated_baselines_average_weights_not_the_uploaded_deltas(tmp_path, method_name: str) -> None:
+def test_federated_baselines_average_weights_not_the_uploaded_deltas(tiny_platform_config, method_name: str) -> None:
     # Devices upload their change (the platform's delta exchange); FedAvg/HeteroFL must re-base it
     # on the global slice they delivered. With one device, the new global slice is its weights.
     import torch
 
-    from benchmarks.baselines.experiment import METHODS
+    from eclm.campaign.messages import AttributedUpdate
     from eclm.modules import unpack_state
     from eclm.modules.deltas import is_delta_key
-    from eclm.pipelines.cloud_service import CloudService
     from eclm.pipelines.edge_service import EdgeService
 
-    cfg_json = AdaptationBenchConfig.tiny().platform_config(2, 0, tmp_path).model_dump_json()
-    cloud, service = CloudService(cfg_json), EdgeService(cfg_json, 0)
-    method = METHODS[method_name](cloud, [service])
-    with occupy(service, method.slots[service.name]) as svc:
-        method.deliver(svc)
-        upload = svc.adapt()
-        adapted = unpack_state(svc.snapshot_model())[0]
-        spec = svc.spec
-    assert unpack_state(upload["payload"])[2]["kind"] == "delta"
-    method.finish_cycle([upload])
-    global_slice = cloud.model.extract(spec).state_dict()
+    cfg = tiny_platform_config
+    cloud, service = METHODS[method_name].cloud(cfg), EdgeService(cfg, 0)
+    package = cloud.derive(service.summary(cloud.selector_payload()))
+    service.install(package, cloud.info().costs)
+    upload = service.adapt()
+    adapted = unpack_state(service.snapshot_model())[0]
+    assert unpack_state(upload.payload)[2]["kind"] == "delta"
+
+    outcome = cloud.merge([AttributedUpdate(channel=service.name, issued=package.spec,
+                                            enrolled_classes=tuple(service.classes), update=upload)])
+
+    assert outcome.decision == "accept" and outcome.version == 1 and outcome.accepted == (service.name,)
+    global_slice = cloud.model.extract(package.spec).state_dict()
     for key, value in adapted.items():
         if is_delta_key(key, value):
             torch.testing.assert_close(global_slice[key], value, rtol=0, atol=1e-5)

@@ -6,6 +6,7 @@ each test states exactly what the endpoints do and checks what the coordinator m
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 
 import pytest
@@ -20,6 +21,7 @@ from eclm.campaign.messages import (
     DeviceSummary,
     DeviceUpdate,
     DriftReport,
+    EpochRecord,
     HeldModel,
     InstallReport,
     MergeOutcome,
@@ -52,8 +54,12 @@ class ScriptedCloud:
                          allows_empty=(True, True), costs={}, full_cost={"params": 10.0}, num_classes=3,
                          version=self.version, proxy_train=10, proxy_val=10)
 
-    def pretrain(self) -> list:
-        return []
+    def pretrain_begin(self) -> int:
+        return 2
+
+    def pretrain_epoch(self) -> EpochRecord:
+        return EpochRecord(stage="modules", epoch=0, loss=1.0, ce=1.0, aux=0.0, train_acc=0.5, val_acc_dense=0.5,
+                           val_acc_routed=0.5)
 
     def validation_accuracy(self) -> float:
         return 0.5 + 0.1 * self.version
@@ -96,6 +102,7 @@ class ScriptedDevice:
         self.name, self.drift_score, self.step = name, drift, 0
         self.held: HeldModel | None = None
         self.adapt_with = None
+        self.selector_digest, self.selectors_received = None, 0
 
     def advance(self, steps: int) -> StreamPosition:
         self.step += steps
@@ -108,8 +115,11 @@ class ScriptedDevice:
         return Resources()
 
     def summary(self, selector) -> DeviceSummary:
+        if selector is not None:
+            self.selectors_received += 1
+            self.selector_digest = hashlib.sha256(selector).hexdigest()
         return DeviceSummary(device=self.name, importance=((0.5, 0.5), (0.5, 0.5)), resources=Resources(),
-                             num_samples=10, classes=(0, 1), held=self.held)
+                             num_samples=10, classes=(0, 1), held=self.held, selector_digest=self.selector_digest)
 
     def install(self, package: SubModelPackage, costs) -> InstallReport:
         self.held = HeldModel(spec=package.spec, version=package.version)
@@ -122,7 +132,7 @@ class ScriptedDevice:
                             classes=(0, 1), metrics=DeviceMetrics(acc_before=0.4, acc_after=0.8))
 
 
-def make(decisions=(), trigger=None):
+def make(decisions=(), trigger=None, progress=None):
     cfg = PlatformConfig.from_dict({"devices": [{"name": n} for n in NAMES], "data": {"num_devices": len(NAMES)},
                                     "tracking": {"enabled": False}})
     log: list = []
@@ -143,7 +153,7 @@ def make(decisions=(), trigger=None):
         return clouds[-1]
 
     fleet = LocalFleet(cloud_factory, {n: device_factory(n) for n in NAMES})
-    co = CycleCoordinator(fleet, cfg, store=MemoryStore(), trigger=trigger)
+    co = CycleCoordinator(fleet, cfg, store=MemoryStore(), trigger=trigger, progress=progress)
     co.connect()
     co.pretrain()
     return co, devices, clouds, log, created
@@ -269,3 +279,57 @@ def test_unknown_devices_are_refused_before_anything_runs():
     with pytest.raises(ValueError, match="unknown devices"):
         co.run_cycle(["a", "nobody"])
     assert co.state.round == 0
+
+
+class RecordedProgress:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def message(self, text):
+        self.events.append(("message", text))
+
+    def begin(self, task, total):
+        self.events.append(("begin", task, total))
+
+    def advance(self, task, note=""):
+        self.events.append(("advance", task))
+
+    def end(self, task):
+        self.events.append(("end", task))
+
+
+def test_progress_follows_the_offline_stage_epoch_by_epoch_and_a_cycle_phase_by_phase():
+    progress = RecordedProgress()
+    co, *_ = make(progress=progress)
+    assert progress.events == [("begin", "offline stage", 2), ("advance", "offline stage"),
+                               ("advance", "offline stage"), ("end", "offline stage")]
+    progress.events.clear()
+    co.run_cycle()
+    assert progress.events[0] == ("begin", "cycle 1", 5) and progress.events[-1] == ("end", "cycle 1")
+    assert [e[0] for e in progress.events[1:-1]] == ["advance"] * 5
+
+
+def test_bar_progress_draws_on_its_stream():
+    import io
+
+    from eclm.campaign.progress import BarProgress
+
+    out = io.StringIO()
+    bar = BarProgress(out, leave=True)
+    bar.message("starting Ray")
+    bar.begin("offline stage", 3)
+    for _ in range(3):
+        bar.advance("offline stage", "val 50%")
+    bar.end("offline stage")
+    text = out.getvalue()
+    assert "eclm: starting Ray" in text and "offline stage" in text and "3/3" in text
+
+
+def test_the_selector_travels_once_unless_a_device_lost_it():
+    co, devices, *_ = make()
+    first, second = co.run_cycle(), co.run_cycle()
+    assert first.bytes_down["a"] == len(b"selector") + len(b"weights")  # selector + full package
+    assert second.bytes_down["a"] == len(b"weights") and devices["a"].selectors_received == 1
+    devices["b"].selector_digest = None  # e.g. restarted on a node without its copy
+    third = co.run_cycle()
+    assert devices["b"].selectors_received == 2 and third.bytes_down["b"] >= len(b"selector")

@@ -63,7 +63,7 @@ def campaign(workdir, steps: int, interrupt_after: int | None = None) -> tuple[s
         the device stores) at the interruption and at the end.
     """
     cfg = config(workdir)
-    store = CampaignStore.create(cfg.workdir, cfg.name, cfg.model_dump_json())
+    store = CampaignStore.create(cfg)
     co = CycleCoordinator(fleet(cfg, store), cfg, store=store)
     co.connect()
     co.pretrain()
@@ -90,7 +90,7 @@ def test_an_interrupted_and_resumed_campaign_ends_bit_identical_to_an_uninterrup
 def test_a_restarted_device_keeps_its_adapted_weights_and_receives_a_delta(tmp_path):
     cfg = config(tmp_path).model_copy(update={"merge": config(tmp_path).merge.model_copy(
         update={"tolerance": 1.0, "device_tolerance": 1.0})})
-    store = CampaignStore.create(cfg.workdir, cfg.name, cfg.model_dump_json())
+    store = CampaignStore.create(cfg)
     co = CycleCoordinator(fleet(cfg, store), cfg, store=store)
     co.connect()
     co.pretrain()
@@ -113,7 +113,7 @@ def test_a_stored_cloud_version_loads_back_as_a_model_and_as_a_new_campaigns_wei
     cfg = config(tmp_path)
     cloud = CloudService(cfg)
     cloud.pretrain()
-    store = CampaignStore.create(cfg.workdir, cfg.name, cfg.model_dump_json())
+    store = CampaignStore.create(cfg)
     snapshot = cloud.snapshot()
     store.save_cloud(snapshot)
     path = store.cloud_path(snapshot.version)

@@ -11,6 +11,7 @@ from eclm.campaign.atomic import TMP_PREFIX, write_once
 from eclm.campaign.device_store import DeviceSnapshot, DeviceStore
 from eclm.campaign.messages import CloudSnapshot
 from eclm.campaign.store import CampaignState, CampaignStore, CorruptStoreError
+from eclm.config import PlatformConfig
 
 
 def snap(version: int) -> CloudSnapshot:
@@ -19,14 +20,15 @@ def snap(version: int) -> CloudSnapshot:
 
 @pytest.fixture()
 def store(tmp_path):
-    return CampaignStore.create(tmp_path, "camp", '{"name": "camp"}')
+    return CampaignStore.create(PlatformConfig(name="camp", workdir=tmp_path))
 
 
 def test_every_run_gets_its_own_directory_and_never_reuses_one(tmp_path):
-    first = CampaignStore.create(tmp_path, "camp", "{}")
-    second = CampaignStore.create(tmp_path, "camp", "{}")
+    cfg = PlatformConfig(name="camp", workdir=tmp_path)
+    first, second = CampaignStore.create(cfg), CampaignStore.create(cfg)
     assert first.root != second.root and first.root.parent == second.root.parent
     assert CampaignStore.latest(tmp_path, "camp") is None  # neither has a commit yet
+    assert first.config() == cfg
 
 
 def test_commits_number_themselves_and_the_latest_verified_one_is_loaded(store):

@@ -1,4 +1,5 @@
-"""cluster.yaml: valid for Ray's own cluster launcher, resource names match eclm, loopback-only UIs.
+"""cluster.yaml: valid for Ray's own cluster launcher, resource and label names match eclm, Ray pinned,
+loopback-only UIs.
 
 The only unit test that imports Ray: validation uses Ray's config preparation and JSON schema,
 exactly what ``ray up`` runs before it contacts any machine (no cluster is started).
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eclm.resources import CLOUD_RESOURCE, DEVICE_RESOURCE_PREFIX, EDGE_RESOURCE, device_resource
+from eclm.resources import CLOUD_RESOURCE, EDGE_RESOURCE, NODE_LABEL, node_selector
 
 jsonschema = pytest.importorskip("jsonschema")
 ray_util = pytest.importorskip("ray.autoscaler._private.util")
@@ -118,26 +119,48 @@ def test_token_authentication_stays_on(cluster):
     assert any("export RAY_AUTH_MODE=token" in c for c in cluster["initialization_commands"])
     # ... and every node receives the token generated on the operator's machine.
     assert cluster["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
-    # ... and setup refuses a Ray too old to know RAY_AUTH_MODE (it would silently run open).
-    assert any("(2, 52)" in c for c in cluster["setup_commands"])
     assert "disabled" not in json.dumps(cluster)
+
+
+def test_setup_installs_and_enforces_the_installed_ray_version(cluster):
+    import ray
+
+    installs = [c for c in cluster["setup_commands"] if c.startswith("pip install")]
+    assert len(installs) == 1 and f'"ray[default]=={ray.__version__}"' in installs[0]
+    assert "-e ~/eclm" in installs[0]  # one resolver run: eclm's dependencies cannot move the pin
+    assert any(f'ray.__version__ != "{ray.__version__}"' in c and "exit 1" in c for c in cluster["setup_commands"])
+    assert tuple(map(int, ray.__version__.split(".")[:2])) >= (2, 52)  # knows RAY_AUTH_MODE
+
+
+def test_every_worker_carries_the_node_label_devices_select_on(cluster):
+    (worker,) = ray_start_commands(cluster["worker_start_ray_commands"])
+    key, _, value = option(worker, "labels").partition("=")
+    assert key == NODE_LABEL and "hostname -s" in value and "~/.eclm-node" in value
 
 
 def test_repo_is_synced_and_installed_editable_without_git_urls(cluster):
     assert cluster["file_mounts"]["~/eclm"] == "."
-    assert "pip install -e ~/eclm" in cluster["setup_commands"]
+    assert any(c.startswith("pip install") and c.endswith(" -e ~/eclm") for c in cluster["setup_commands"])
     assert "git+" not in json.dumps(cluster)
     assert ".git" in cluster["rsync_exclude"]
 
 
-@pytest.mark.parametrize("name", ["cam-01", "jetson_7", "pi.kitchen"])
-def test_device_resource_names(name):
-    resource = device_resource(name)
-    assert resource == f"device:{name}" and resource.startswith(DEVICE_RESOURCE_PREFIX)
-    assert resource not in (CLOUD_RESOURCE, EDGE_RESOURCE)
+@pytest.mark.parametrize("name", ["cam-01", "jetson_7", "pi.kitchen", "x"])
+def test_node_selector_is_a_label_ray_accepts(name):
+    from ray._private.label_utils import validate_label_selector, validate_node_label_syntax
+
+    assert node_selector(name) == {NODE_LABEL: name}
+    assert validate_label_selector(node_selector(name)) is None  # what .options(label_selector=...) checks
+    validate_node_label_syntax(node_selector(name))  # what `ray start --labels` checks
 
 
-@pytest.mark.parametrize("bad,error", [("", ValueError), ("cam 01", ValueError), (7, TypeError)])
-def test_device_resource_rejects_bad_names(bad, error):
-    with pytest.raises(error, match="device name"):
-        device_resource(bad)
+@pytest.mark.parametrize("bad,error", [("", ValueError), ("cam 01", ValueError), ("-pi", ValueError),
+                                       ("a" * 64, ValueError), (7, TypeError)])
+def test_node_selector_rejects_names_no_node_could_carry(bad, error):
+    from ray._private.label_utils import validate_node_label_syntax
+
+    with pytest.raises(error, match="node name"):
+        node_selector(bad)
+    if isinstance(bad, str) and bad:  # (Ray allows an empty label value, which names no node)
+        with pytest.raises(ValueError):  # Ray agrees: no node can be labelled with it
+            validate_node_label_syntax({NODE_LABEL: bad})

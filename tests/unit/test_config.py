@@ -28,11 +28,17 @@ def _base(**changes) -> dict:
         (_base(adaptation={"lr": -1}), "adaptation.lr", "greater than 0"),
         (_base(merge={"aggregator": "mean"}), "merge.aggregator", "weighted"),
         (_base(merge={"trim_fraction": 0.5}), "merge.trim_fraction", "less than 0.5"),
+        (_base(merge={"screen": {"norm_multiplier": 1.0}}), "merge.screen.norm_multiplier", "greater than 1"),
+        (_base(merge={"screen": {"min_cohort": 2}}), "merge.screen.min_cohort", "greater than or equal to 3"),
+        (_base(merge={"screen": {"bogus": 1}}), "merge.screen.bogus", "Extra inputs"),
+        (_base(merge={"acceptance": "vote"}), "merge.acceptance", "paired"),
+        (_base(merge={"alpha": 0.7}), "merge.alpha", "less than 0.5"),
         (_base(ray={"edge_pool_size": 0}), "ray.edge_pool_size", "greater than or equal to 1"),
         (_base(cycles=-1), "cycles", "greater than or equal to 0"),
         (_base(devices=[{"name": "a"}, {"name": "b", "memory_mb": 0}]), "devices.1.memory_mb", "greater than 0"),
         (_base(devices=[{"name": "a"}, {"name": "has space"}]), "devices.1.name", "pattern"),
         (_base(devices=[{"name": "a"}, {"name": "b", "params_fraction": 1.5}]), "devices.1.params_fraction", "1"),
+        (_base(devices=[{"name": "a"}, {"name": "b", "node": "-pi"}]), "devices.1.node", "pattern"),
         (_base(backbone={"kwargs": {"pretrained": True}}), "backbone", "download"),
         (_base(tracking={"tracking_uri": "nonsense"}), "tracking.tracking_uri", ""),
     ],
@@ -110,12 +116,6 @@ def test_from_yaml_reports_invalid_yaml(tmp_path):
         PlatformConfig.from_yaml(path)
 
 
-def test_from_yaml_empty_file_gives_defaults(tmp_path):
-    path = tmp_path / "empty.yaml"
-    path.write_text("")
-    assert PlatformConfig.from_yaml(path) == PlatformConfig()
-
-
 def test_from_yaml_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file not found"):
         PlatformConfig.from_yaml(tmp_path / "nope.yaml")
@@ -135,7 +135,7 @@ def test_cli_check_config_on_a_bad_file_exits_2_with_the_field(tmp_path, capsys)
     path.write_text(yaml.safe_dump(_base(merge={"tolerance": -0.5})))
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("eclm: error:") and "merge.tolerance" in err
+    assert err.startswith(f"eclm: {path}: invalid configuration") and "merge.tolerance" in err
 
 
 def test_cli_check_config_on_a_missing_file_exits_2(tmp_path, capsys):
@@ -166,3 +166,29 @@ def test_config_cli_and_pipelines_do_not_import_ray_or_mlflow():
             "assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, sorted(sys.modules)")
     root = Path(__file__).parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "the file is empty"),
+    ("# only a comment\n", "the file is empty"),
+    ("- name: a\n- name: b\n", "expected a mapping of settings (key: value) at the top level, got a list"),
+    ("just text\n", "got a str"),
+])
+def test_an_empty_or_non_mapping_file_is_a_config_error_naming_it(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        PlatformConfig.from_yaml(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_resolve_paths_makes_every_path_absolute_against_the_base(tmp_path):
+    cfg = PlatformConfig.from_dict({**_base(workdir="runs", data={"source": "npz", "path": "data/x.npz",
+                                                                  "num_devices": 2}),
+                                    "backbone": {"weights_path": "~/w.safetensors"}})
+    resolved = cfg.resolve_paths(tmp_path)
+    assert resolved.workdir == tmp_path / "runs" and resolved.data.path == tmp_path / "data" / "x.npz"
+    assert resolved.backbone.weights_path == Path.home() / "w.safetensors" and resolved.data.root is None
+    assert resolved.resolve_paths("/elsewhere") == resolved  # idempotent: absolute paths stay
+    assert cfg.workdir == Path("runs")  # the original is unchanged
+    assert PlatformConfig.model_validate_json(resolved.model_dump_json()) == resolved  # what actors receive

@@ -33,8 +33,10 @@ def round_(tmp_path_factory):
         "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
         "devices": [{"name": "d0"}, {"name": "d1"}, {"name": "d2", "params_fraction": 0.6}],
         "adaptation": {"epochs": 1},
-        # Every honest candidate passes: a rejection can only come from the crafted upload itself.
-        "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "step_backoff": 0},
+        # Every honest candidate passes (the statistical screen is tested on its own elsewhere): a
+        # rejection can only come from the crafted upload itself.
+        "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "step_backoff": 0, "acceptance": "threshold",
+                  "screen": {"enabled": False}},
         "tracking": {"enabled": False},
     })
     cloud = CloudService(cfg)

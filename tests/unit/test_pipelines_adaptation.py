@@ -8,7 +8,13 @@ from torch import nn
 
 from eclm.data.replay import ReplayBuffer
 from eclm.modules import SubModelSpec, modularize
-from eclm.pipelines.adaptation import evaluate, finetune, recalibrate_norms, training_memory_bytes
+from eclm.pipelines.adaptation import (
+    evaluate,
+    evaluate_own,
+    finetune,
+    recalibrate_norms,
+    training_memory_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +135,18 @@ def test_evaluate_on_empty_data_is_nan_and_restores_mode():
     assert acc != acc and loss != loss
     evaluate(net, torch.randn(5, 4), torch.zeros(5, dtype=torch.long))
     assert net.training
+
+
+def test_own_class_accuracy_restricts_the_argmax_to_the_given_classes():
+    # Logits are the inputs: sample 0 is right 10-way, sample 1 only within classes {1, 2}, sample 2 never.
+    logits = torch.tensor([[0.0, 5.0, 1.0, 0.0], [9.0, 1.0, 2.0, 0.0], [0.0, 3.0, 1.0, 9.0]])
+    y = torch.tensor([1, 2, 2])
+
+    acc, loss, own = evaluate_own(nn.Identity(), logits, y, [2, 1], batch_size=2)
+
+    assert (acc, own) == pytest.approx((1 / 3, 2 / 3))
+    assert (acc, loss) == evaluate(nn.Identity(), logits, y, batch_size=2)
+    assert evaluate_own(nn.Identity(), logits, y, None)[2] == acc  # no classes: the 10-way accuracy
 
 
 def test_training_memory_formula():

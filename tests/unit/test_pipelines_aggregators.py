@@ -8,6 +8,7 @@ import torch
 from eclm.pipelines.aggregators import (
     Aggregator,
     CoordinateMedian,
+    Krum,
     TrimmedMean,
     WeightedAverage,
     create_aggregator,
@@ -73,7 +74,7 @@ def test_inputs_are_not_modified():
 
 
 @pytest.mark.parametrize(("name", "cls"), [("weighted", WeightedAverage), ("median", CoordinateMedian),
-                                           ("trimmed_mean", TrimmedMean)])
+                                           ("trimmed_mean", TrimmedMean), ("krum", Krum), ("multi_krum", Krum)])
 def test_factory_by_config_name(name, cls):
     agg = create_aggregator(name, trim_fraction=0.1)
     assert isinstance(agg, cls) and isinstance(agg, Aggregator) and agg.name == name
@@ -90,3 +91,43 @@ def test_trimmed_mean_rejects_a_bad_fraction(trim):
 def test_factory_rejects_an_unknown_name():
     with pytest.raises(ValueError, match="unknown aggregator 'mean'"):
         create_aggregator("mean")
+
+
+def _cluster(honest: int, outliers: int, identical_outliers: bool = False) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    centre = torch.randn(40, generator=gen)
+    good = [centre + 0.1 * torch.randn(40, generator=gen) for _ in range(honest)]
+    far = torch.randn(40, generator=gen) * 5
+    bad = [far.clone() if identical_outliers else far + torch.randn(40, generator=gen) for _ in range(outliers)]
+    return bad + good  # outliers first: picking them by position would be the bug
+
+
+@pytest.mark.parametrize("identical", [False, True], ids=["outliers", "colluding-identical-outliers"])
+def test_krum_picks_a_contribution_of_the_honest_cluster(identical):
+    tensors = _cluster(honest=5, outliers=2, identical_outliers=identical)
+    krum = Krum(byzantine=2)
+    assert krum.select(tensors)[0] >= 2
+    out = krum(tensors, [1 / 7] * 7)
+    assert any(torch.equal(out, t) for t in tensors[2:])
+
+
+def test_multi_krum_averages_exactly_the_honest_cluster_with_their_weights():
+    tensors = _cluster(honest=5, outliers=2)
+    weights = [0.3, 0.3, 0.1, 0.1, 0.1, 0.05, 0.05]
+    out = Krum(byzantine=2, keep=None)(tensors, weights)  # keeps n - f = 5
+    honest_w = torch.tensor(weights[2:]) / sum(weights[2:])
+    torch.testing.assert_close(out, sum(w * t for w, t in zip(honest_w.tolist(), tensors[2:], strict=True)))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_krum_with_one_or_two_contributions_is_the_weighted_average(n):
+    tensors = [torch.full((3,), float(i + 1)) for i in range(n)]
+    torch.testing.assert_close(Krum()(tensors, [0.25, 0.75][:n] if n == 2 else [1.0]),
+                               WeightedAverage()(tensors, [0.25, 0.75][:n] if n == 2 else [1.0]))
+
+
+def test_krum_refuses_bad_settings():
+    with pytest.raises(ValueError):
+        Krum(byzantine=-1)
+    with pytest.raises(ValueError):
+        Krum(keep=0)

@@ -59,6 +59,25 @@ def test_dp_matches_brute_force_on_random_instances(objective, seed, memory, int
         assert dp.latency == pytest.approx(bf.latency, rel=1e-9)
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+def test_dp_with_a_tolerance_matches_brute_force_and_trades_a_little_rate_for_latency(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        problem = random_problem(rng, memory=False)
+        exact, loose = dp_partition(problem), dp_partition(problem, tolerance=0.1)
+        bf = brute_force_partition(problem, tolerance=0.1)
+        assert loose.latency == pytest.approx(bf.latency, rel=1e-9)
+        assert exact.bottleneck <= loose.bottleneck <= 1.1 * exact.bottleneck * (1 + 1e-9)
+        assert loose.latency <= exact.latency * (1 + 1e-9)
+    # Moving a small last block to a second node gains under 2% (1.02 s -> 1.001 s per step), less
+    # than a profile's noise: within a 2% tolerance the single stage wins (no hop, lower latency).
+    marginal = PartitionProblem([[1.0, 0.02], [1.0, 0.02]], [1e3, 0.0], 0.0, [1e6], [0.0])
+    assert dp_partition(marginal).boundaries == (0, 1, 2)
+    assert dp_partition(marginal, tolerance=0.02).boundaries == (0, 2, 2)
+    with pytest.raises(ValueError, match="tolerance"):
+        dp_partition(marginal, tolerance=1.0)
+
+
 @pytest.mark.parametrize("objective", ["throughput", "latency"])
 def test_dp_plans_respect_node_memory(objective):
     rng = np.random.default_rng(7)

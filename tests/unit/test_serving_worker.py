@@ -6,12 +6,15 @@ import torch
 from eclm.modules import SubModelSpec, modularize, pack_state
 from eclm.serving import (
     ModelSource,
+    NodePacer,
     NodeProfile,
     NodeSettings,
     ServingConfig,
     StageWorker,
     build_chain,
     build_problem,
+    decode,
+    encode,
     make_plan,
     routes_for,
 )
@@ -51,10 +54,11 @@ def workers_for(source, boundaries, sleep=lambda s: None):
 
 
 def run(workers, x):
+    message = encode(x)
     for w in workers:
         if w.blocks:
-            x, _ = w.forward(x, {"batch_id": 0, "hops_out": 0})
-    return x
+            message = w.forward(message, {"batch_id": 0, "hops_out": 0})
+    return decode(message)
 
 
 @pytest.mark.parametrize("family", ["resnet", "mobilenet"])
@@ -116,14 +120,17 @@ def test_profile_feeds_a_partition_plan_whose_routes_serve_exactly(modular):
     plan = make_plan(build_problem(profiles, cfg), cfg)
     for i, w in enumerate(workers):
         w.keep(plan.boundaries[i], plan.boundaries[i + 1])
-    x = x0 = torch.randn(2, *MODELS["mobilenet"]["size"])
+    x0 = torch.randn(2, *MODELS["mobilenet"]["size"])
+    message = encode(x0)
     for r in routes_for(plan):
         run_hop = workers[r.node].relay if r.is_relay else workers[r.node].forward
-        x, timing = run_hop(x, {"batch_id": 1, "hops_out": r.hops_out})
+        message = run_hop(message, {"batch_id": 1, "hops_out": r.hops_out, "codec": r.codec})
+        timing = message.timings[-1]
         assert (timing["start"], timing["stop"]) == (r.start, r.stop) and len(timing["block_s"]) == r.stop - r.start
+    assert len(message.timings) == len(routes_for(plan))  # every hop's timing travels with the batch
     with torch.no_grad():
         ref = m.extract(m.full_spec()).eval()(x0)
-    assert torch.allclose(x, ref, atol=1e-5)
+    assert torch.allclose(decode(message), ref, atol=1e-5)
 
 
 def test_monitor_skips_warmup_and_reports_a_slowdown(modular):
@@ -131,10 +138,10 @@ def test_monitor_skips_warmup_and_reports_a_slowdown(modular):
     w = StageWorker(settings(monitor_threshold=0.5, monitor_alpha=1.0), sleep=lambda s: None)
     w.load(source.architecture(), source.payload)
     x = torch.randn(1, *MODELS["resnet"]["size"])
-    flags = [w.forward(x, {"batch_id": k})[1]["monitored"] for k in range(4)]
+    flags = [w.forward(encode(x), {"batch_id": k}).timings[-1]["monitored"] for k in range(4)]
     assert flags == [False, False, True, True]
     w.set_cpu_share(0.05)
-    events = w.forward(x, {"batch_id": 10})[1]["events"]
+    events = w.forward(encode(x), {"batch_id": 10}).timings[-1]["events"]
     slowed = [e for e in events if e["quantity"].startswith("block_latency")]
     # A twentieth of the speed: the total of the reported block latencies rises many-fold.
     assert slowed and sum(e["current"] for e in slowed) > 5 * sum(e["previous"] for e in slowed)
@@ -146,7 +153,7 @@ def test_pacing_sleeps_to_the_emulated_duration(modular):
     slept = []
     w = StageWorker(settings(share=0.1), sleep=slept.append)
     w.load(source.architecture(), source.payload)
-    _, timing = w.forward(torch.randn(1, *MODELS["resnet"]["size"]), {"batch_id": 0})
+    timing = w.forward(encode(torch.randn(1, *MODELS["resnet"]["size"])), {"batch_id": 0}).timings[-1]
     # A tenth of a core: the node needs 10x the CPU time; the stage sleeps whatever of that the
     # host did not already spend (the fake sleep returns at once, so wall_s excludes it).
     assert timing["compute_s"] == pytest.approx(timing["cpu_s"] / 0.1)
@@ -165,7 +172,7 @@ def test_bad_payloads_and_idle_forward_raise(modular):
         w.load({"arch": source.arch}, source.payload)
     w.load(source.architecture(), source.payload, 2, 2)
     with pytest.raises(RuntimeError, match="no blocks"):
-        w.forward(torch.zeros(1, 3, 16, 16), {"batch_id": 0})
+        w.forward(encode(torch.zeros(1, 3, 16, 16)), {"batch_id": 0})
     with pytest.raises(RuntimeError):
         w.profile(1)
 
@@ -178,11 +185,48 @@ def test_model_source_validates(kwargs, match):
         ModelSource(**args)
 
 
-def test_relay_forwards_the_input_and_pays_only_the_link():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_relay_forwards_the_input_and_pays_only_the_link(overlap):
     slept = []
-    w = StageWorker(NodeSettings(node=0, cpu_share=1.0, link_bandwidth=1e6, link_latency=0.001), sleep=slept.append)
+    w = StageWorker(NodeSettings(node=0, cpu_share=1.0, link_bandwidth=1e6, link_latency=0.001, overlap=overlap),
+                    sleep=slept.append)
     x = torch.zeros(2, 3, 8, 8)  # 1536 bytes
-    y, timing = w.relay(x, {"batch_id": 3, "hops_out": 2})
-    assert y is x and timing["compute_s"] == 0.0 and timing["batch_id"] == 3
+    sent = encode(x)
+    message = w.relay(sent, {"batch_id": 3, "hops_out": 2})
+    timing = message.timings[-1]
+    assert message is sent and timing["compute_s"] == 0.0 and timing["batch_id"] == 3
     assert timing["link_s"] == pytest.approx(2 * (0.001 + 1536 / 1e6))
-    assert slept and sum(slept) <= timing["link_s"] + 1e-9
+    if overlap:
+        # Asynchronous hand-off: the node does not wait for its link; the message carries the
+        # time the link delivers it, one transfer after it was sent.
+        assert not slept and message.arrive_at == pytest.approx(timing["finished_at"] + timing["link_s"], abs=0.05)
+    else:
+        assert slept and sum(slept) <= timing["link_s"] + 1e-9 and message.arrive_at == 0.0
+    # With a codec on the ticket the entry node re-encodes the input: half the bytes, half the link.
+    half = w.relay(encode(x), {"batch_id": 4, "hops_out": 2, "codec": "float16"})
+    assert half.codec == "float16" and half.nbytes == 768 and torch.equal(decode(half), x)
+    assert half.timings[-1]["link_s"] == pytest.approx(2 * (0.001 + 768 / 1e6))
+
+
+def test_overlapped_link_is_a_fifo_and_the_receiver_waits_for_arrival():
+    clock = [100.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock[0] += seconds
+
+    def worker(node):
+        w = StageWorker(NodeSettings(node=node, cpu_share=1.0, link_bandwidth=1e3, link_latency=0.0))
+        w.pacer = NodePacer(1.0, 1e3, 0.0, overlap=True, sleep=sleep, clock=lambda: clock[0])
+        return w
+
+    sender = worker(0)
+    x = torch.zeros(1, 50)  # 200 bytes: 0.2 s on a 1 kB/s link
+    first = sender.relay(encode(x), {"batch_id": 0, "hops_out": 1})
+    second = sender.relay(encode(x), {"batch_id": 1, "hops_out": 1})
+    # Both leave at t=100 without the sender sleeping; the second queues behind the first.
+    assert not slept
+    assert first.arrive_at == pytest.approx(100.2) and second.arrive_at == pytest.approx(100.4)
+    out = worker(1).relay(second, {"batch_id": 1, "hops_out": 0})
+    assert out.timings[-1]["wait_s"] == pytest.approx(0.4) and clock[0] == pytest.approx(100.4)

@@ -98,16 +98,29 @@ def test_every_codec_name_builds(name: str, params: dict) -> None:
     assert codec.name == name
 
 
+@pytest.mark.parametrize("objective", ["epoch", "iteration"])
 @pytest.mark.parametrize(("policy", "fixed_cut"), [("edgesplit", None), ("uniform", None), ("fixed", 2)])
-def test_plan_cuts_follows_the_policy(policy: str, fixed_cut: int | None) -> None:
-    costs = BlockCosts([1e8] * 3, [4e4, 2e4, 1e4, 1e2], [1e5] * 3, [1e4] * 3)
+def test_plan_cuts_follows_the_policy(policy: str, fixed_cut: int | None, objective: str) -> None:
+    costs = BlockCosts([1e8] * 3, [4e4, 2e4, 1e4, 1e2], [1e5] * 3, [1e4] * 3, state_bytes=[1e4] * 3)
     devices = [SplitDevice(1e11, 1e9, 16), SplitDevice(1e9, 1e9, 16)]
-    config = SplitConfig(cut_policy=policy, fixed_cut=fixed_cut)
+    config = SplitConfig(cut_policy=policy, fixed_cut=fixed_cut, edgesplit_objective=objective, global_batch=32,
+                         sampler="fixed_equal")
 
-    plan = plan_cuts(config, costs, devices, 2e5, 1e12)
+    plan = plan_cuts(config, costs, devices, 2e5, 1e12, client_sizes=[40, 40])
 
     if policy == "fixed":
         assert plan.cuts == (2, 2)
     if policy == "uniform":
         assert len(set(plan.cuts)) == 1
     assert sum(plan.bandwidths) == pytest.approx(2e5)
+    assert plan.epoch_time is not None and plan.epoch_time > 0
+    assert plan.objective == (objective if policy != "fixed" else "iteration")
+
+
+def test_epoch_objective_needs_the_client_sizes() -> None:
+    costs = BlockCosts([1e8] * 3, [4e4, 2e4, 1e4, 1e2], [1e5] * 3, [1e4] * 3)
+    devices = [SplitDevice(1e11, 1e9, 16), SplitDevice(1e9, 1e9, 16)]
+
+    with pytest.raises(ValueError, match="client_sizes"):
+        plan_cuts(SplitConfig(), costs, devices, 2e5, 1e12)
+    assert plan_cuts(SplitConfig(edgesplit_objective="iteration"), costs, devices, 2e5, 1e12).epoch_time is None

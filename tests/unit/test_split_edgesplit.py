@@ -1,6 +1,9 @@
-"""EdgeSplit cost model and planners: optimality vs brute force, memory, bandwidth, errors."""
+"""EdgeSplit with the paper's per-iteration objective: optimality vs brute force, memory, bandwidth,
+errors; the epoch objective is tested in test_split_edgesplit_epoch.py."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from eclm.split import (
     plan_edgesplit,
     uniform_cut_plan,
 )
+
+ITER = {"objective": "iteration"}  # the paper's per-iteration model
 
 
 def random_instance(seed: int, num_devices: int = 4, num_blocks: int = 6):
@@ -37,7 +42,7 @@ def random_instance(seed: int, num_devices: int = 4, num_blocks: int = 6):
         ]
         bandwidth, server = 10 ** rng.uniform(5, 8), 10 ** rng.uniform(10, 12)
         try:
-            best_common_cut_plan(costs, devices, bandwidth, server)
+            best_common_cut_plan(costs, devices, bandwidth, server, **ITER)
         except ValueError:
             continue
         return costs, devices, bandwidth, server
@@ -48,9 +53,9 @@ def random_instance(seed: int, num_devices: int = 4, num_blocks: int = 6):
 def test_alternating_matches_brute_force_and_beats_baselines(seed: int, ratio: float) -> None:
     costs, devices, bandwidth, server = random_instance(seed)
 
-    plan = plan_edgesplit(costs, devices, bandwidth, server, compression_ratio=ratio)
-    exact = brute_force_plan(costs, devices, bandwidth, server, compression_ratio=ratio)
-    common = best_common_cut_plan(costs, devices, bandwidth, server, compression_ratio=ratio)
+    plan = plan_edgesplit(costs, devices, bandwidth, server, compression_ratio=ratio, **ITER)
+    exact = brute_force_plan(costs, devices, bandwidth, server, compression_ratio=ratio, **ITER)
+    common = best_common_cut_plan(costs, devices, bandwidth, server, compression_ratio=ratio, **ITER)
 
     assert plan.round_time <= exact.round_time * (1 + 1e-6)
     assert exact.round_time <= plan.round_time * (1 + 1e-9)  # brute force is the optimum
@@ -64,9 +69,9 @@ def test_plans_respect_memory_and_split_all_bandwidth(seed: int) -> None:
     costs, devices, bandwidth, server = random_instance(seed, num_devices=3)
 
     plans = [
-        plan_edgesplit(costs, devices, bandwidth, server),
-        brute_force_plan(costs, devices, bandwidth, server),
-        best_common_cut_plan(costs, devices, bandwidth, server),
+        plan_edgesplit(costs, devices, bandwidth, server, **ITER),
+        brute_force_plan(costs, devices, bandwidth, server, **ITER),
+        best_common_cut_plan(costs, devices, bandwidth, server, **ITER),
     ]
 
     for plan in plans:
@@ -96,8 +101,8 @@ def two_tier_instance(slow_memory: float = 1e9):
 def test_heterogeneous_cuts_beat_any_common_cut() -> None:
     costs, devices, bandwidth, server = two_tier_instance()
 
-    plan = plan_edgesplit(costs, devices, bandwidth, server)
-    common = best_common_cut_plan(costs, devices, bandwidth, server)
+    plan = plan_edgesplit(costs, devices, bandwidth, server, **ITER)
+    common = best_common_cut_plan(costs, devices, bandwidth, server, **ITER)
 
     assert plan.cuts[0] > plan.cuts[1]  # the fast device takes more blocks
     assert plan.round_time < 0.9 * common.round_time
@@ -106,8 +111,8 @@ def test_heterogeneous_cuts_beat_any_common_cut() -> None:
 def test_compression_never_slows_the_plan() -> None:
     costs, devices, bandwidth, server = two_tier_instance()
 
-    plain = plan_edgesplit(costs, devices, bandwidth, server)
-    compressed = plan_edgesplit(costs, devices, bandwidth, server, compression_ratio=10.0)
+    plain = plan_edgesplit(costs, devices, bandwidth, server, **ITER)
+    compressed = plan_edgesplit(costs, devices, bandwidth, server, compression_ratio=10.0, **ITER)
 
     assert compressed.round_time < plain.round_time
 
@@ -116,17 +121,17 @@ def test_device_without_any_feasible_cut_is_named() -> None:
     costs, devices, bandwidth, server = two_tier_instance(slow_memory=1e4)
 
     with pytest.raises(ValueError, match=r"device 'weak' \(index 1\) has memory 10000 bytes.*needs 260000"):
-        plan_edgesplit(costs, devices, bandwidth, server)
+        plan_edgesplit(costs, devices, bandwidth, server, **ITER)
 
 
 def test_memory_limit_forces_shallower_cut() -> None:
     costs, devices, bandwidth, server = two_tier_instance()
-    free = plan_edgesplit(costs, devices, bandwidth, server)
+    free = plan_edgesplit(costs, devices, bandwidth, server, **ITER)
     fast_cut = free.cuts[0]
     limit = costs.device_memory(fast_cut - 1, 16)  # just enough for one block less
     tight = [SplitDevice(speed=1e11, memory=limit, batch_size=16, name="fast"), devices[1]]
 
-    plan = plan_edgesplit(costs, tight, bandwidth, server)
+    plan = plan_edgesplit(costs, tight, bandwidth, server, **ITER)
 
     assert plan.cuts[0] <= fast_cut - 1
     assert plan.round_time >= free.round_time
@@ -147,11 +152,13 @@ def test_uniform_cut_rejects_cut_that_does_not_fit() -> None:
         ({"compression_ratio": 0.0}, "compression_ratio"),
         ({"max_iters": 0}, "max_iters"),
         ({"devices": []}, "devices"),
+        ({"objective": "epoch"}, "needs step_batches"),
+        ({"objective": "fastest"}, "objective must be"),
     ],
 )
 def test_planner_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     costs, devices, bandwidth, server = two_tier_instance()
-    args = {"devices": devices, "total_bandwidth": bandwidth, "server_speed": server} | kwargs
+    args = {"devices": devices, "total_bandwidth": bandwidth, "server_speed": server, **ITER} | kwargs
 
     with pytest.raises(ValueError, match=message):
         plan_edgesplit(costs, **args)
@@ -165,6 +172,11 @@ def test_cost_helpers_partition_the_chain() -> None:
         assert costs.cut_bytes(cut) == [8, 4, 2, 1][cut]
     assert costs.device_memory(2, batch=4) == 30 + 4 * 3
     assert list(costs.cuts) == [1, 2, 3]
+    assert costs.exchange_bytes(3) == 0.0  # no state bytes given: the exchange is not counted
+    assert replace(costs, state_bytes=[5, 6, 7]).exchange_bytes(2) == 11
+    calls = replace(costs, call_flops=[1, 2, 4])
+    assert [calls.device_call_flops(c) + calls.server_call_flops(c) for c in calls.cuts] == [7, 7, 7]
+    assert calls.device_call_flops(2) == 3 and costs.server_call_flops(1) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -175,6 +187,8 @@ def test_cost_helpers_partition_the_chain() -> None:
         ("forward_flops", {"forward_flops": [1, -1, 1]}),
         ("train_activation_bytes", {"train_activation_bytes": [1, float("nan"), 1]}),
         ("backward_factor", {"backward_factor": -1.0}),
+        ("state_bytes", {"state_bytes": [1, 1]}),
+        ("call_flops", {"call_flops": [1, -1, 1]}),
     ],
 )
 def test_block_costs_validation_names_field(field: str, kwargs: dict) -> None:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from eclm.split import GlobalSampler, IdentityCodec, OptimizerSettings, ParallelSplitTrainer
+from eclm.modules import modularize, skeleton
+from eclm.pipelines.split_cloud import SplitServerSession
+from eclm.pipelines.split_edge import SplitDeviceWorker
+from eclm.split.config import SplitConfig
+from eclm.split.factory import build_codec, build_sampler, optimizer_settings
 from eclm.split.norms import batch_safe_norms
 
 torch.set_num_threads(1)
@@ -56,13 +62,34 @@ def test_eval_parts_stay_in_eval():
     assert not part[2].training
 
 
-def test_split_epoch_with_a_one_sample_client_trains():
-    # Client 0 holds a single sample: GPSL gives it a batch of one in exactly one step.
-    sizes = [1, 23]
+def test_protocol_step_with_a_one_sample_client_and_server_group_trains():
+    # Client 0 holds a single sample: GPSL gives it a batch of one in exactly one step. Its cut is
+    # its own, so the server runs that cut group on one sample too (layer4 is 1x1 at 16 px, where
+    # training-mode BatchNorm refuses a single sample).
+    torch.manual_seed(0)
+    model = modularize("resnet18", modules_per_layer=2, input_size=(3, 16, 16), num_classes=3,
+                       channels=[8, 8, 16, 16]).eval()
+    sub = model.extract(model.full_spec())
+    sizes, cuts, config = [1, 23], [2, 5], SplitConfig(global_batch=8, lr=0.05)
+    server = SplitServerSession(sub, model.chain(sub), model.full_spec(), ["a", "b"], cuts,
+                                build_codec(config.codec), optimizer_settings(config), build_sampler(config, sizes))
     gen = torch.Generator().manual_seed(0)
-    data = [(torch.randn(n, 3, 6, 6, generator=gen), torch.randint(0, 3, (n,), generator=gen)) for n in sizes]
-    trainer = ParallelSplitTrainer([pooled_bn_part(0), pooled_bn_part(0)], head(), IdentityCodec(),
-                                   GlobalSampler(sizes, 8, seed=0), optimizer=OptimizerSettings(lr=0.05))
-    metrics = [trainer.train_epoch(data) for _ in range(2)]
-    assert all(m.samples == (1, 23) for m in metrics)
-    assert all(torch.isfinite(torch.tensor(m.loss)) for m in metrics)
+    data = [(torch.randn(n, 3, 16, 16, generator=gen), torch.randint(0, 3, (n,), generator=gen)) for n in sizes]
+    skel = skeleton(model.arch, 2, (3, 16, 16))
+    workers = [SplitDeviceWorker.from_payload(n, skel, server.device_payload(n), config, sizes, k, data[k], data[k])
+               for k, n in enumerate(["a", "b"])]
+    plan = server.epoch_plan(0)
+    (step,) = [t for t, row in enumerate(plan) if row[0] > 0]
+    assert plan[step][0] == 1
+    stem_bn = next(m for m in workers[0].prefix.modules() if isinstance(m, nn.BatchNorm2d))
+    stats = (stem_bn.running_mean.clone(), int(stem_bn.num_batches_tracked))
+    weights = [p.detach().clone() for p in workers[0].prefix.parameters()]
+
+    grads = server.server_step(0, step, [w.forward(0, step) for w in workers])
+    for worker, grad in zip(workers, grads, strict=True):
+        worker.backward(grad)
+
+    assert math.isfinite(server.epoch_summary()["loss"])
+    assert torch.equal(stem_bn.running_mean, stats[0]) and int(stem_bn.num_batches_tracked) == stats[1]
+    assert stem_bn.training  # back in training mode after the step
+    assert any(not torch.equal(p, w) for p, w in zip(workers[0].prefix.parameters(), weights, strict=True))

@@ -1,8 +1,9 @@
 """Split execution and the split-learning protocol of the platform, in-process (no Ray).
 
 Chain cuts of extracted sub-models, measured block costs, device parts built from a weightless
-skeleton, the device/server message protocol against a local step and against the in-process
-``ParallelSplitTrainer``, epoch-end aggregation, codec traffic accounting and the delay model.
+skeleton, one step of the device/server message protocol against SGD on the composed model (one
+device, and mixed cuts sharing server stages), epoch-end aggregation, codec traffic records and the
+delay model. Whole rounds through the services are in ``test_split_training.py``.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from eclm.pipelines.split_edge import (
     unpack_gradient,
     unpack_smashed,
 )
-from eclm.pipelines.split_local import emulated_epoch_seconds, run_epoch_steps, run_local_epochs
+from eclm.pipelines.split_local import emulated_epoch_seconds
 from eclm.pipelines.split_planning import measure_block_costs
+from eclm.pipelines.split_profile import time_block_costs
 from eclm.split import (
     ComputeModel,
     IdentityCodec,
     LinkModel,
     MaskEncodedSparsification,
-    ParallelSplitTrainer,
+    OptimizerSettings,
     TopKCodec,
     UniformQuantizationCodec,
 )
@@ -83,10 +85,13 @@ def session(model, cuts: list[int], sizes: list[int], config: SplitConfig, codec
     return server, workers, data
 
 
-def train_epoch_by_hand(server, workers, epoch: int) -> float:
-    """One epoch of the protocol without the epoch-end aggregation; returns the mean loss."""
-    run_epoch_steps(server, workers, epoch)
-    return server.epoch_summary()["loss"]
+def one_step(server, workers, epoch: int = 0, step: int = 0) -> list[int]:
+    """One global step of the protocol by hand (forward, server step, backward); the active clients."""
+    active = [k for k, count in enumerate(server.epoch_plan(epoch)[step]) if count > 0]
+    grads = server.server_step(epoch, step, [workers[k].forward(epoch, step) for k in active])
+    for k, grad in zip(active, grads, strict=True):
+        workers[k].backward(grad)
+    return active
 
 
 def test_split_packages_import_without_ray() -> None:
@@ -136,8 +141,42 @@ def test_block_costs_are_measured_per_chain_stage(family: str) -> None:
     assert costs.activation_bytes[-1] == 4 * NUM_CLASSES
     assert sum(costs.forward_flops) == pytest.approx(whole[1], rel=1e-6)
     assert sum(costs.param_bytes) == pytest.approx(12 * whole[0])
+    assert sum(costs.state_bytes) == sum(t.numel() * t.element_size() for t in sub.state_dict().values())
     with pytest.raises(ValueError, match="batch size 1"):
         measure_block_costs(stages, torch.zeros(2, *model.input_size))
+
+
+def test_timed_profile_adds_call_costs_and_leaves_the_model_untouched() -> None:
+    model = modular()
+    sub = model.extract(model.full_spec()).train()
+    stages = model.chain(sub)
+    example = torch.zeros(1, *model.input_size)
+    costs = measure_block_costs(stages, example)
+    before = {k: v.clone() for k, v in sub.state_dict().items()}
+
+    timed = time_block_costs(stages, example, costs, batches=(2, 8), reference_speed=1e9, repeats=2)
+
+    assert all(torch.equal(before[k], v) for k, v in sub.state_dict().items())  # BN statistics too
+    assert all(p.grad is None for p in sub.parameters())
+    assert len(timed.call_flops) == costs.num_blocks and min(timed.call_flops) >= 0
+    assert min(timed.forward_flops) >= 0 and sum(timed.forward_flops) + sum(timed.call_flops) > 0
+    assert (timed.activation_bytes, timed.param_bytes, timed.state_bytes) == (
+        costs.activation_bytes, costs.param_bytes, costs.state_bytes)
+    with pytest.raises(ValueError, match="small < large"):
+        time_block_costs(stages, example, costs, batches=(8, 8), reference_speed=1e9)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 10])
+def test_planned_exchange_bytes_are_the_tensors_of_the_device_part_payload(cut: int) -> None:
+    model = modular()
+    server, workers, _ = session(model, [cut], [8], SplitConfig(global_batch=8))
+    costs = measure_block_costs(model.chain(server.sub), torch.zeros(1, *model.input_size))
+
+    payload = workers[0].state_payload()
+
+    tensors = sum(t.numel() * t.element_size() for t in server.prefix_state("dev0").values())
+    assert costs.exchange_bytes(cut) == tensors
+    assert tensors < len(payload) < tensors + 16_384  # the rest is the safetensors header (names, spec)
 
 
 def test_device_part_holds_weights_only_for_its_stages() -> None:
@@ -172,37 +211,42 @@ def test_single_client_split_step_equals_a_local_step_on_the_composed_model(cut:
         torch.testing.assert_close(split_state[key], value, atol=1e-6, rtol=1e-5, msg=key)
 
 
-@pytest.mark.parametrize("cuts", [[3, 3, 3], [2, 10, 5]])
-def test_protocol_matches_the_in_process_parallel_split_trainer(cuts: list[int]) -> None:
+def test_mixed_cuts_step_equals_sgd_on_the_composed_models_sharing_server_stages() -> None:
     model = modular()
-    config = SplitConfig(global_batch=16, lr=0.05, momentum=0.9)
-    sizes = [12, 20, 9]
+    cuts, sizes = [2, 10, 5], [12, 20, 9]
+    config = SplitConfig(global_batch=64, lr=0.05, momentum=0.9)  # one global step holds every sample
     server, workers, data = session(model, cuts, sizes, config)
-    ref_sub = copy.deepcopy(server.sub)
+    ref_sub = copy.deepcopy(server.sub).train()
     ref_stages = model.chain(ref_sub)
-    clients = [copy.deepcopy(cut_chain(ref_stages, c)[0]) for c in cuts]
-    servers = {c: cut_chain(ref_stages, c)[1] for c in set(cuts)}
-    trainer = ParallelSplitTrainer(clients, servers, IdentityCodec(), build_sampler(config, sizes),
-                                   optimizer=optimizer_settings(config), groups=cuts)
-    if len(set(cuts)) == 1:  # same cut: the epoch-end aggregation is the trainer's FedAvg too
-        ours = [h["loss"] for h in run_local_epochs(server, workers, 2)]
-        reference = [trainer.train_epoch(data).loss for _ in range(2)]
-    else:  # one client per cut: the trainer averages nothing, so compare before our aggregation
-        ours = [train_epoch_by_hand(server, workers, 0)]
-        reference = [trainer.train_epoch(data).loss]
+    devices = [copy.deepcopy(cut_chain(ref_stages, c)[0]) for c in cuts]  # one prefix copy per device
+    (rows,) = server.sampler.epoch_indices(0)
 
-    assert ours == pytest.approx(reference, abs=1e-6)
-    for worker, client in zip(workers, clients, strict=True):
-        for a, b in zip(worker.prefix.state_dict().values(), client.state_dict().values(), strict=True):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert one_step(server, workers) == [0, 1, 2]
+    # Reference: one loss over the concatenated logits (one cut group per device here, in client
+    # order), one SGD step over every tensor it touched; stages [c, L) are the server's, shared.
+    logits = [cut_chain(ref_stages, c)[1](devices[k](data[k][0][torch.from_numpy(rows[k])]))
+              for k, c in enumerate(cuts)]
+    labels = torch.cat([data[k][1][torch.from_numpy(rows[k])] for k in range(len(cuts))])
+    params = {id(p): p for m in [*devices, ref_sub] for p in m.parameters()}
+    opt = OptimizerSettings(lr=0.05, momentum=0.9).build(list(params.values()))
+    F.cross_entropy(torch.cat(logits), labels).backward()
+    opt.step()
+
+    shared = {id(p) for _, stage in ref_stages[min(cuts):] for p in stage.parameters()}
+    assert len(server.optimizer.param_groups[0]["params"]) == len(shared)  # each shared stage once
+    for worker, device in zip(workers, devices, strict=True):
+        for (key, a), b in zip(worker.prefix.state_dict().items(), device.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=key)
+    ref_state = ref_sub.state_dict()
+    for key in (k for keys in server.stage_keys[min(cuts):] for k in keys):
+        torch.testing.assert_close(server.sub.state_dict()[key], ref_state[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
 def test_epoch_end_aggregation_leaves_one_model_weighted_by_samples() -> None:
     model = modular()
     sizes = [10, 30]
-    server, workers, _ = session(model, [2, 5], sizes, SplitConfig(global_batch=20, lr=0.1))
-    run_local_epochs(server, workers, 1)
-    train_epoch_by_hand(server, workers, 1)  # to observe the inputs and output of one aggregation
+    server, workers, _ = session(model, [2, 5], sizes, SplitConfig(global_batch=40, lr=0.1))
+    one_step(server, workers)  # the whole epoch: device parts and the server's copy now differ
     states = [segment_state(w.sub, w.prefix) for w in workers]
     server_before = {k: v.clone() for k, v in server.sub.state_dict().items()}
     key = next(k for k in server.stage_keys[3] if k.endswith("weight"))  # stage 3: device 1 and server
@@ -238,9 +282,10 @@ def test_messages_round_trip_and_traffic_uses_the_codecs_exact_sizes(codec) -> N
     worker.codec.encode = lambda t: sent.append(encode(t)) or sent[-1]  # record what crosses the link
     per_sample = worker.prefix(data[0][0][:1]).numel()
 
-    history = run_local_epochs(server, workers, 1)
+    for step in range(3):
+        one_step(server, workers, step=step)
 
-    recorded = history[0]["device_records"]["dev0"]
+    recorded = worker.epoch_end()["records"]
     assert len(recorded) == len(sent) == 3
     assert [r["bits_up"] for r in recorded] == [e.size_bits for e in sent]
     assert [r["bits_down"] for r in recorded] == [32 * per_sample * r["samples"] for r in recorded]

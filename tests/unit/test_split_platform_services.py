@@ -16,6 +16,7 @@ from eclm.config import ConfigError, PlatformConfig
 from eclm.modules import unpack_state
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
+from eclm.split import uniform_cut_plan
 
 torch.set_num_threads(1)
 
@@ -82,7 +83,10 @@ def test_services_run_a_split_round_that_learns_and_ends_with_one_model(services
     result = run_split_round(fleet, summaries, epochs=3, version=cloud.version, timeout=60)
 
     assert not result.failures and set(result.uploads) == {"d0", "d1"}
-    assert result.report["plan"]["method"] == "edgesplit" and len(result.report["stages"]) == 10
+    plan = result.report["plan"]
+    assert plan["method"] == "edgesplit" and len(result.report["stages"]) == 10
+    assert plan["objective"] == "epoch" and plan["epoch_time"] > 0
+    assert result.report["costs"]["profile"] == "timed" and len(result.report["costs"]["call_flops"]) == 10
     losses = [e["loss"] for e in result.report["epochs"]]
     assert losses[-1] < losses[0]
     states = [unpack_state(u.payload)[0] for u in result.uploads.values()]
@@ -96,6 +100,18 @@ def test_services_run_a_split_round_that_learns_and_ends_with_one_model(services
     assert not problems and set(report.accepted) | set(report.rejected) == {"d0", "d1"}
 
 
+def test_a_cloud_subclass_can_pin_the_plan_of_its_split_rounds(tmp_path_factory, services) -> None:
+    class PinnedCloud(CloudService):
+        def plan_split_cuts(self, config, costs, devices, total_bandwidth, server_speed, *, client_sizes):
+            return uniform_cut_plan(costs, devices, total_bandwidth, server_speed, 7)
+
+    _, edges = services
+    info = prepare(PinnedCloud(config(tmp_path_factory.mktemp("pinned"))), edges, ["d0", "d1"])
+
+    assert info["plan"]["method"] == "uniform_cut_7" and info["plan"]["cuts"] == [7, 7]
+    assert [info["devices"][n]["cut"] for n in ("d0", "d1")] == [7, 7]
+
+
 def test_devices_no_cut_fits_are_excluded_with_the_reason(services) -> None:
     cloud, edges = services
     info = prepare(cloud, edges, ["d0", "d1"], d0={"memory_mb": 1e-4})
@@ -105,12 +121,10 @@ def test_devices_no_cut_fits_are_excluded_with_the_reason(services) -> None:
         prepare(cloud, edges, ["d0"], d0={"memory_mb": 1e-4})
 
 
-def test_step_synchronisation_is_refused_by_the_actor_protocol(tmp_path) -> None:
-    cfg = config(tmp_path, client_sync="step")
-    cloud = CloudService(cfg)
-    edges = {"d0": EdgeService(cfg, 0)}
-    with pytest.raises(ValueError, match="client_sync"):
-        prepare(cloud, edges, ["d0"])
+def test_step_synchronisation_is_refused_when_the_config_loads(tmp_path) -> None:
+    assert config(tmp_path, client_sync="epoch").split.client_sync == "epoch"
+    with pytest.raises(ConfigError, match="split.client_sync"):
+        config(tmp_path, client_sync="step")  # no split engine shares gradients every step
 
 
 def test_edge_refuses_split_calls_without_a_session(services) -> None:

@@ -1,241 +1,181 @@
-"""Parallel split-learning trainer: equivalence with centralised SGD, learning, traffic, FedAvg."""
+"""Split training through the platform's one split protocol, in-process.
+
+Every round here is :func:`eclm.campaign.split_round.run_split_round` over real cloud and edge
+services bound by :class:`~eclm.campaign.local.LocalFleet`: equivalence with local SGD, learning
+with a compressing codec, exact traffic accounting, and GPSL's use of the data.
+"""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from eclm.split import (
-    FixedEqualSampler,
-    GlobalSampler,
-    IdentityCodec,
-    MaskEncodedSparsification,
-    OptimizerSettings,
-    ParallelSplitTrainer,
-    evaluate,
-    replicate,
-)
+from eclm.campaign.local import LocalFleet
+from eclm.campaign.split_round import run_split_round
+from eclm.config import PlatformConfig
+from eclm.modules import unpack_state
+from eclm.pipelines.cloud_service import CloudService
+from eclm.pipelines.edge_service import EdgeService
+from eclm.pipelines.split_edge import unpack_smashed
+from eclm.split.factory import build_sampler
 
 torch.set_num_threads(1)
-NUM_CLASSES = 3
 
 
-def client_part(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU())
+def config(tmp_path, *, devices: int, data: dict | None = None, **split) -> PlatformConfig:
+    """Narrow ResNet-18 on clean 16x16 grey digits, every device in split mode."""
+    return PlatformConfig.from_dict({
+        "name": "split-training", "workdir": str(tmp_path),
+        "data": {"source": "digits", "image_size": 16, "channels": 1, "num_devices": devices,
+                 "classes_per_device": 3, "samples_per_device": [40, 60], "drift": {"corruptions": ["none"]},
+                 **(data or {})},
+        "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
+        "devices": [{"name": f"d{i}", "mode": "split"} for i in range(devices)],
+        "split": {"global_batch": 16, "lr": 0.05, "epochs": 1, "cut_policy": "fixed", "fixed_cut": 3,
+                  "cost_profile": "flops", **split},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlruns.db"},
+    })
 
 
-def server_part(seed: int = 1) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(4, 8, 3, stride=2, padding=1),
-        nn.GroupNorm(2, 8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, NUM_CLASSES),
-    )
-
-
-def synthetic_clients(sizes: list[int], seed: int = 0, classes_per_client: int | None = None):
-    """Images whose class shifts the mean of one channel: linearly separable."""
-    rng = np.random.default_rng(seed)
-    data = []
-    for k, n in enumerate(sizes):
-        if classes_per_client is None:
-            y = rng.integers(0, NUM_CLASSES, n)
-        else:
-            y = (k + rng.integers(0, classes_per_client, n)) % NUM_CLASSES
-        x = rng.normal(0, 1, (n, 3, 6, 6))
-        x[np.arange(n), y] += 2.0
-        data.append((torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)))
-    return data
-
-
-def assert_modules_close(a: nn.Module, b: nn.Module, atol: float) -> None:
-    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
-        torch.testing.assert_close(pa, pb, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+def round_of(cfg: PlatformConfig, *, spy_cloud=None, spy_device=None):
+    """Build the services of ``cfg``, let the spies wrap them, run one split round of ``split.epochs``."""
+    cloud = CloudService(cfg)
+    edges = {d.name: EdgeService(cfg, i) for i, d in enumerate(cfg.devices)}
+    if spy_cloud is not None:
+        spy_cloud(cloud)
+    for edge in edges.values():
+        if spy_device is not None:
+            spy_device(edge)
+    fleet = LocalFleet(lambda: cloud, {n: (lambda e=e: e) for n, e in edges.items()})
+    selector = cloud.selector_payload()
+    summaries = {n: e.summary(selector) for n, e in edges.items()}
+    result = run_split_round(fleet, summaries, epochs=cfg.split.epochs, version=cloud.version, timeout=120)
+    assert not result.failures, result.failures
+    return result, cloud, edges
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_single_client_split_equals_centralised_sgd(momentum: float) -> None:
-    data = synthetic_clients([40])
-    sampler = GlobalSampler([40], 16, seed=2)
-    settings = OptimizerSettings(lr=0.1, momentum=momentum)
-    client, server = client_part(), server_part()
-    central = nn.Sequential(copy.deepcopy(client), copy.deepcopy(server))
-    central_opt = settings.build(list(central.parameters()))
-    trainer = ParallelSplitTrainer([client], server, IdentityCodec(), sampler, optimizer=settings)
+def test_single_device_round_equals_local_sgd_on_the_composed_model(tmp_path, momentum: float) -> None:
+    cfg = config(tmp_path, devices=1, data={"samples_per_device": [40, 40]}, lr=0.1, momentum=momentum,
+                 epochs=2, fixed_cut=4)
 
-    metrics = [trainer.train_epoch(data) for _ in range(2)]
+    result, cloud, edges = round_of(cfg)
+
+    # The same two epochs of SGD on the composed model, locally, over the batches the sampler drew
+    # (40 samples, global batch 16: three steps per epoch). The cloud model is still the start.
+    train = edges["d0"].stream.train_set()
+    local = cloud.model.extract(result.packages["d0"].spec).train()
+    opt = torch.optim.SGD(local.parameters(), lr=0.1, momentum=momentum)
+    sampler = build_sampler(cfg.split, [len(train.labels)])
     for epoch in range(2):
         for (idx,) in sampler.epoch_indices(epoch):
-            central_opt.zero_grad()
-            F.cross_entropy(central(data[0][0][idx]), data[0][1][idx]).backward()
-            central_opt.step()
-
-    assert metrics[0].steps == math.ceil(40 / 16)
-    assert_modules_close(trainer.client_model(), central[0], atol=1e-6)
-    assert_modules_close(server, central[1], atol=1e-6)
-
-
-def test_step_synchronised_clients_equal_centralised_sgd_on_global_batches() -> None:
-    sizes = [12, 30, 7]
-    data = synthetic_clients(sizes, classes_per_client=1)
-    sampler = GlobalSampler(sizes, 10, seed=4)
-    settings = OptimizerSettings(lr=0.2, momentum=0.5)
-    clients, server = replicate(client_part(), 3), server_part()
-    central = nn.Sequential(copy.deepcopy(clients[0]), copy.deepcopy(server))
-    central_opt = settings.build(list(central.parameters()))
-    trainer = ParallelSplitTrainer(
-        clients, server, IdentityCodec(), sampler, optimizer=settings, client_sync="step"
-    )
-
-    trainer.train_epoch(data, epoch=0)
-    for step in sampler.epoch_indices(0):
-        x = torch.cat([data[k][0][idx] for k, idx in enumerate(step)])
-        y = torch.cat([data[k][1][idx] for k, idx in enumerate(step)])
-        central_opt.zero_grad()
-        F.cross_entropy(central(x), y).backward()
-        central_opt.step()
-
-    for client in clients:
-        assert_modules_close(client, central[0], atol=1e-6)
-    assert_modules_close(server, central[1], atol=1e-6)
+            opt.zero_grad()
+            F.cross_entropy(local(train.images[idx]), train.labels[idx]).backward()
+            opt.step()
+    trained, _, _ = unpack_state(result.uploads["d0"].payload)
+    assert result.round_metrics["split/d0/steps"] == 6
+    for key, value in local.state_dict().items():
+        torch.testing.assert_close(trained[key], value, atol=2e-5, rtol=1e-4, msg=key)
 
 
-@pytest.mark.parametrize("codec", [IdentityCodec(), MaskEncodedSparsification(0.9, 2)])
-@pytest.mark.parametrize("client_sync", ["epoch", "step"])
-def test_two_clients_learn_separable_data(codec, client_sync: str) -> None:
-    data = synthetic_clients([48, 48], seed=1, classes_per_client=2)
-    clients = replicate(client_part(), 2)
-    trainer = ParallelSplitTrainer(
-        clients,
-        server_part(),
-        codec,
-        GlobalSampler([48, 48], 16, seed=0),
-        optimizer=OptimizerSettings(lr=0.1, momentum=0.9),
-        client_sync=client_sync,
-    )
-    x_test, y_test = synthetic_clients([90], seed=9)[0]
+def test_round_with_mask_encoded_activations_learns_and_ends_with_one_model(tmp_path) -> None:
+    cfg = config(tmp_path, devices=2, epochs=8, codec={"name": "mask_encoded", "ratio": 0.9, "bits": 2})
 
-    before = evaluate(trainer.client_model(), trainer.server_parts[0], x_test, y_test)
-    history = [trainer.train_epoch(data) for _ in range(6)]
-    after = evaluate(trainer.client_model(), trainer.server_parts[0], x_test, y_test)
+    result, _, _ = round_of(cfg)
 
-    assert history[-1].loss < 0.6 * history[0].loss
-    assert after.loss < 0.6 * before.loss
-    assert after.accuracy > 0.8
+    losses = [e["loss"] for e in result.report["epochs"]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(m.acc_after > m.acc_before + 0.3 for m in result.metrics.values())  # split inference, MS too
+    states = [unpack_state(u.payload)[0] for u in result.uploads.values()]
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
 
 
-def test_traffic_accounting_matches_the_codec_layout() -> None:
-    sizes = [20, 13]
-    data = synthetic_clients(sizes)
-    codec = MaskEncodedSparsification(0.9, 3)
-    trainer = ParallelSplitTrainer(
-        replicate(client_part(), 2), server_part(), codec, FixedEqualSampler(sizes, 8)
-    )
+def test_round_traffic_is_the_codecs_exact_payload_sizes(tmp_path) -> None:
+    sent: dict[str, list[int]] = {}
 
-    metrics = trainer.train_epoch(data)
+    def record_encodings(edge: EdgeService) -> None:  # wrap the worker's codec once split_begin made it
+        begin = edge.split_begin
 
-    d = 4 * 6 * 6  # smashed elements per sample; ReLU output, so unsigned MS
+        def spied(*args):
+            out = begin(*args)
+            codec, log = edge._split.codec, sent.setdefault(edge.name, [])
+            encode = codec.encode
+
+            def encode_and_log(activation):
+                encoded = encode(activation)
+                log.append(encoded.size_bits)
+                return encoded
+            codec.encode = encode_and_log
+            return out
+        edge.split_begin = spied
+
+    cfg = config(tmp_path, devices=2, sampler="fixed_equal", fixed_cut=1,
+                 codec={"name": "mask_encoded", "ratio": 0.9, "bits": 3})
+
+    result, _, _ = round_of(cfg, spy_device=record_encodings)
+
+    d = result.report["costs"]["activation_bytes"][1] // 4  # elements per sample after the stem
     k = math.floor(0.1 * d + 1e-9)
-    assert metrics.samples == tuple(sizes)
-    assert metrics.bits_up == tuple(n * (3 * d + 32 * k) for n in sizes)
-    assert metrics.bits_down == tuple(n * 32 * d for n in sizes)
-    assert metrics.bytes_up == tuple(b / 8 for b in metrics.bits_up)
-    assert metrics.steps == math.ceil(20 / 4)
+    for name, device in result.report["devices"].items():
+        n = result.report["client_sizes"][device["index"]]
+        m = result.round_metrics
+        # The test set before training, the training steps, the test set after: each at its exact size.
+        assert m[f"split/{name}/bits_activations"] == sum(sent[name][1:-1]) == n * (3 * d + 32 * k)  # unsigned MS
+        assert m[f"split/{name}/bytes_gradients"] == 4 * d * n
+        assert m[f"split/{name}/bytes_labels"] == 8 * n
+        assert m[f"split/{name}/steps"] == math.ceil(n / 8)  # fixed equal: 16 / 2 devices per step
 
 
-def test_epoch_sync_averages_clients_of_a_group() -> None:
-    sizes = [24, 0, 16]  # client 1 holds no data this epoch: it only receives the average
-    data = synthetic_clients(sizes)
-    clients = [client_part(seed=s) for s in range(3)]  # deliberately different initial weights
-    trainer = ParallelSplitTrainer(clients, server_part(), IdentityCodec(), GlobalSampler(sizes, 8))
-
-    trainer.train_epoch(data)
-
-    for other in clients[1:]:
-        assert_modules_close(clients[0], other, atol=0)
+def chi_square(batches: list[torch.Tensor], pooled: np.ndarray) -> float:
+    """Mean per-step chi-square of the server's global batches' class counts against ``pooled``."""
+    stats = []
+    for labels in batches:
+        counts = np.bincount(labels.numpy(), minlength=len(pooled))
+        expected = len(labels) * pooled
+        stats.append(float(((counts - expected) ** 2 / np.where(expected > 0, expected, 1)).sum()))
+    return float(np.mean(stats))
 
 
-def test_cut_groups_with_shared_server_blocks_match_centralised_step() -> None:
-    # Chain: block_a -> block_b -> head. Group "deep" runs [a, b] on the client, "shallow" only [a].
-    torch.manual_seed(0)
-    block_a = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
-    block_b = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
-    head = nn.Linear(8, NUM_CLASSES)
-    deep_client = nn.Sequential(copy.deepcopy(block_a), copy.deepcopy(block_b))
-    shallow_client = copy.deepcopy(block_a)
-    servers = {"deep": head, "shallow": nn.Sequential(block_b, head)}  # head is shared
-    rng = np.random.default_rng(0)
-    data = [
-        (torch.tensor(rng.normal(size=(n, 6)), dtype=torch.float32), torch.tensor(rng.integers(0, 3, n)))
-        for n in (9, 11)
-    ]
-    reference = copy.deepcopy([deep_client, shallow_client, block_b, head])
-    sampler = GlobalSampler([9, 11], 20, seed=0)  # a single step with everybody
-    trainer = ParallelSplitTrainer(
-        [deep_client, shallow_client], servers, IdentityCodec(), sampler, groups=["deep", "shallow"]
-    )
+@pytest.mark.parametrize("sampler", ["global", "fixed_equal"])
+def test_round_uses_every_local_sample_once_per_epoch_and_gpsl_the_pooled_class_mix(tmp_path, sampler) -> None:
+    received: dict = {"steps": [], "devices": {}}
 
-    trainer.train_epoch(data)
-    r_deep, r_shallow, r_block_b, r_head = reference
-    params = {id(p): p for m in reference for p in m.parameters()}
-    opt = OptimizerSettings().build(list(params.values()))
-    (idx_deep, idx_shallow) = next(sampler.epoch_indices(0))
-    logits = torch.cat(
-        [r_head(r_deep(data[0][0][idx_deep])), r_head(r_block_b(r_shallow(data[1][0][idx_shallow])))]
-    )
-    F.cross_entropy(logits, torch.cat([data[0][1][idx_deep], data[1][1][idx_shallow]])).backward()
-    opt.step()
+    def record_batches(cloud: CloudService) -> None:  # what reaches the server in every global step
+        step_fn = cloud.split_server_step
 
-    assert len(trainer.server_optimizer.param_groups[0]["params"]) == 4  # block_b and head, once each
-    for trained, ref in [
-        (deep_client, r_deep),
-        (shallow_client, r_shallow),
-        (block_b, r_block_b),
-        (head, r_head),
-    ]:
-        assert_modules_close(trained, ref, atol=1e-6)
+        def spied(epoch, step, *messages):
+            labels = []
+            for message in messages:
+                _, y, meta = unpack_smashed(message)
+                received["devices"].setdefault((meta["device"], epoch), []).append(y)
+                labels.append(y)
+            received["steps"].append(torch.cat(labels))
+            return step_fn(epoch, step, *messages)
+        cloud.split_server_step = spied
 
+    # One class per device and uneven sizes: local batches of equal size distort the class mix.
+    cfg = config(tmp_path, devices=4, data={"classes_per_device": 1, "samples_per_device": [10, 120], "seed": 3},
+                 sampler=sampler, epochs=2, global_batch=40)
 
-def test_evaluate_restores_modes_and_counts_correct_predictions() -> None:
-    client, server = client_part(), server_part()
-    x, y = synthetic_clients([25])[0]
-    server.eval()
+    result, _, edges = round_of(cfg, spy_cloud=record_batches)
 
-    result = evaluate(client, server, x, y, batch_size=7)
-
-    with torch.no_grad():
-        logits = server(client(x))
-    assert result.accuracy == pytest.approx(float((logits.argmax(1) == y).float().mean()))
-    assert result.loss == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
-    assert client.training and not server.training
-
-
-def test_trainer_rejects_inconsistent_setup() -> None:
-    sampler = GlobalSampler([4, 4], 4)
-    shared = client_part()
-
-    with pytest.raises(ValueError, match="distinct"):
-        ParallelSplitTrainer([shared, shared], server_part(), IdentityCodec(), sampler)
-    with pytest.raises(ValueError, match="sampler has 2 clients"):
-        ParallelSplitTrainer([client_part()], server_part(), IdentityCodec(), sampler)
-    with pytest.raises(ValueError, match="identical initial weights"):
-        ParallelSplitTrainer(
-            [client_part(0), client_part(1)], server_part(), IdentityCodec(), sampler, client_sync="step"
-        )
-    with pytest.raises(ValueError, match="no module for cut group"):
-        ParallelSplitTrainer(
-            replicate(client_part(), 2), {0: server_part()}, IdentityCodec(), sampler, groups=[0, 1]
-        )
-    trainer = ParallelSplitTrainer(replicate(client_part(), 2), server_part(), IdentityCodec(), sampler)
-    with pytest.raises(ValueError, match="do not match sampler sizes"):
-        trainer.train_epoch(synthetic_clients([4, 5]))
+    sizes = result.report["client_sizes"]
+    assert max(sizes) >= 3 * min(sizes)
+    for name, edge in edges.items():
+        local = edge.stream.train_set().labels
+        for epoch in range(2):
+            assert torch.equal(torch.cat(received["devices"][(name, epoch)]).sort().values, local.sort().values)
+    pooled = np.bincount(torch.cat([e.stream.train_set().labels for e in edges.values()]).numpy(), minlength=10)
+    pooled = pooled / pooled.sum()
+    # GPSL's batches are hypergeometric draws from the pooled data: E[chi2] = (C - 1)(N - B)/(N - 1).
+    classes, total = int((pooled > 0).sum()), sum(sizes)
+    hypergeometric = (classes - 1) * (total - 40) / (total - 1)
+    statistic = chi_square(received["steps"], pooled)
+    if sampler == "global":
+        assert statistic < 1.5 * hypergeometric
+    else:
+        assert statistic > 2.5 * hypergeometric

@@ -7,14 +7,19 @@ import os
 import warnings
 
 import pytest
-import safetensors.torch
-import torch
 
+from eclm.modules import modularize
+from eclm.serving import ModelSource
 from eclm.tracking import CampaignTracker, accuracy_over_rounds, close_figure, read_journal
 
 UNREACHABLE = "http://127.0.0.1:1"  # port 1 on loopback: closed, refused at once, no network involved
 CONFIG = {"seed": 1, "merge": {"rule": "validated"}}
-WEIGHTS = safetensors.torch.save({"w": torch.arange(6.0).reshape(2, 3)})
+
+
+@pytest.fixture(scope="module")
+def source() -> ModelSource:
+    model = modularize("resnet18", modules_per_layer=2, num_classes=10, channels=(8, 8, 16, 16)).eval()
+    return ModelSource.from_modular(model)
 
 
 def run_campaign(tracker: CampaignTracker, rounds: range) -> None:
@@ -30,13 +35,13 @@ def kinds(records: list[dict]) -> list[str]:
     return [record["kind"] for record in records]
 
 
-def test_unreachable_server_degrades_at_start_and_journals_everything(tmp_path):
+def test_unreachable_server_degrades_at_start_and_journals_everything(tmp_path, source):
     tracker = CampaignTracker(UNREACHABLE, "exp", tmp_path / "runs")
 
     with pytest.warns(RuntimeWarning, match="JSONL journal"):
         run_id = tracker.start(CONFIG, run_name="offline")
     run_campaign(tracker, range(3))
-    version = tracker.log_model_version(WEIGHTS, "{}", {"val_acc": 0.9}, "v1")
+    version = tracker.log_model_version(source.payload, source.architecture(), {"val_acc": 0.9}, "v1")
     tracker.end()
 
     records = read_journal(tracker.journal_path)
@@ -56,8 +61,9 @@ def test_unreachable_server_degrades_at_start_and_journals_everything(tmp_path):
     artifacts = [r["data"] for r in records if r["kind"] == "artifact"]
     assert json.loads((root / artifacts[0]["file"]).read_text()) == {"accepted": True}
     assert (root / artifacts[1]["file"]).read_bytes().startswith(b"\x89PNG")
-    weights_file = root / records[-2]["data"]["files"]["weights"]
-    assert torch.equal(safetensors.torch.load_file(weights_file)["w"], torch.arange(6.0).reshape(2, 3))
+    files = records[-2]["data"]["files"]
+    assert (root / files["weights"]).read_bytes() == source.payload  # kept for a replay
+    assert json.loads((root / files["architecture"]).read_text()) == source.architecture()
 
 
 def test_degrading_warns_once_and_leaves_http_env_untouched(tmp_path):

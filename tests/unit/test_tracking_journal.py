@@ -21,7 +21,8 @@ def test_records_round_trip_in_order(tmp_path):
 
     assert [(r["kind"], r["step"]) for r in records] == [(k, s) for k, _, s in payloads]
     assert records[1]["data"] == {"acc": 0.5}
-    assert all(set(r) == {"kind", "step", "data", "time"} for r in records)
+    assert all(set(r) == {"id", "kind", "step", "data", "time"} for r in records)
+    assert len({r["id"] for r in records}) == len(records)
     assert records[0]["time"] <= records[-1]["time"]
 
 
@@ -76,4 +77,14 @@ def test_read_journal_names_the_corrupt_line(tmp_path):
 
 
 def test_record_kinds_cover_the_tracker_vocabulary():
-    assert {"params", "metrics", "artifact", "model_version", "end"} <= RECORD_KINDS
+    assert {"params", "metrics", "epoch_metrics", "artifact", "model_version", "stored", "end"} <= RECORD_KINDS
+
+
+def test_discarding_a_staged_file_removes_the_folders_it_empties(tmp_path):
+    journal = RunJournal(tmp_path / "run.jsonl")
+    kept = journal.write_artifact("rounds/round_001/a.json", b"{}")
+    dropped = journal.write_artifact("models/cloud/v1/model.safetensors", b"x")
+
+    journal.discard(dropped)
+
+    assert kept.is_file() and not (tmp_path / "run" / "models").exists()

@@ -32,6 +32,19 @@ def test_accuracy_plot_has_a_dashed_and_a_solid_line_per_device(devices, rounds,
     close_figure(fig)
 
 
+@pytest.mark.parametrize(("devices", "rounds"), [(1, 1), (4, 5), (13, 3)])
+def test_accuracy_plot_has_integer_round_ticks_and_its_legend_beside_the_axes(devices, rounds):
+    fig = accuracy_over_rounds(history_of(devices, rounds), [(r, 0.5) for r in range(rounds)])
+    fig.canvas.draw()
+    axes = fig.axes[0]
+    axes_box, legend_box = axes.get_window_extent(), axes.get_legend().get_window_extent()
+
+    assert all(float(tick).is_integer() for tick in axes.get_xticks())
+    assert legend_box.x0 >= axes_box.x1  # right of the plotting area: it covers no line
+    assert legend_box.x1 <= fig.bbox.x1  # and still inside the figure
+    close_figure(fig)
+
+
 def test_accuracy_plot_sorts_rounds():
     fig = accuracy_over_rounds({"d0": [(2, 0.1, 0.2), (0, 0.3, 0.4), (1, 0.5, 0.6)]})
 

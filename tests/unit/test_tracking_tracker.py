@@ -10,7 +10,6 @@ import json
 import math
 import uuid
 
-import mlflow
 import pytest
 import safetensors.torch
 import torch
@@ -94,6 +93,26 @@ def test_round_metrics_are_logged_at_their_round(store, tracker, rounds):
         assert history == [(step, float(metrics[key])) for step, metrics in expected.items()]
 
 
+def test_offline_epochs_have_their_own_step_axis(store, tracker):
+    run_id = tracker.start(CONFIG)
+    losses = [1.0, 0.6, 0.4, 0.3]
+
+    for epoch, loss in enumerate(losses):
+        tracker.log_epoch(epoch, {"loss": loss, "val_acc_dense": 0.5 + 0.1 * epoch})
+    tracker.log_round(0, {"cloud/val_acc": 0.9})
+    tracker.log_round(1, {"cloud/val_acc": 0.92})
+
+    client = client_for(store)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "offline/loss")] == list(enumerate(losses))
+    assert [m.step for m in client.get_metric_history(run_id, "cloud/val_acc")] == [0, 1]
+    records = read_journal(tracker.journal_path)
+    epochs = [r for r in records if r["kind"] == "epoch_metrics"]
+    assert [(r["step"], r["data"]["stage"], r["data"]["epoch"]) for r in epochs] == [(None, "offline", e) for e in range(4)]
+    assert not any(k.startswith("offline/") for r in records if r["kind"] == "metrics" for k in r["data"])
+    with pytest.raises(ValueError, match="log_epoch"):
+        tracker.log_round(2, {"offline/loss": 0.2})
+
+
 def test_non_finite_metrics_are_skipped_but_journalled_as_a_warning(store, tracker, caplog):
     run_id = tracker.start(CONFIG)
 
@@ -120,26 +139,6 @@ def test_json_and_png_artifacts_are_listed_at_their_paths(store, tracker):
     assert [f.path for f in client.list_artifacts(run_id, "plots")] == [png_path]
     local = client.download_artifacts(run_id, json_path, str(tracker.journal_path.parent / "dl"))
     assert json.loads(open(local).read()) == report
-
-
-def test_model_version_is_registered_and_its_safetensors_load_back(store, tracker, tmp_path):
-    run_id = tracker.start(CONFIG)
-    generator = torch.Generator().manual_seed(0)
-    state = {"head.weight": torch.randn(3, 4, generator=generator), "head.bias": torch.zeros(3)}
-    spec = json.dumps({"layers": [[0, 1], [2]]})
-
-    first = tracker.log_model_version(safetensors.torch.save(state), spec, {"val_acc": 0.8}, "v1", step=1)
-    second = tracker.log_model_version(safetensors.torch.save(state), spec, {"val_acc": 0.9}, "v2", step=2)
-
-    client = client_for(store)
-    assert (first, second) == ("1", "2")
-    version = client.get_model_version(tracker.config.registered_model_name, first)
-    assert version.run_id == run_id and version.tags["metric.val_acc"] == "0.8"
-    uri = client.get_model_version_download_uri(tracker.config.registered_model_name, first)
-    folder = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "dl"))
-    loaded = safetensors.torch.load_file(f"{folder}/model.safetensors")
-    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
-    assert json.loads(open(f"{folder}/spec.json").read()) == json.loads(spec)
 
 
 @pytest.mark.parametrize("status", ["FINISHED", "FAILED"])
@@ -176,6 +175,8 @@ def test_a_run_name_names_the_journal_and_is_never_reused(store, tracker, tmp_pa
 
 
 ST_BLOB = safetensors.torch.save({"w": torch.ones(2)})
+ARCH = {"arch": {"name": "resnet18", "kwargs": {}}, "modules_per_layer": 2, "input_size": [3, 32, 32],
+        "selector_width": 16, "selector_dim": 64}
 
 
 @pytest.mark.parametrize(
@@ -190,10 +191,13 @@ ST_BLOB = safetensors.torch.save({"w": torch.ones(2)})
         (lambda t: t.log_json("../x.json", {}), ValueError, "artifact_path"),
         (lambda t: t.log_json("x.json", [1]), TypeError, "mapping"),
         (lambda t: t.log_figure("not a figure", "a.png"), TypeError, "Figure"),
-        (lambda t: t.log_model_version(b"junk", "{}", {}, "v1"), ValueError, "safetensors"),
-        (lambda t: t.log_model_version("str", "{}", {}, "v1"), TypeError, "weights"),
-        (lambda t: t.log_model_version(ST_BLOB, "{bad", {}, "v1"), ValueError, "spec_json"),
-        (lambda t: t.log_model_version(ST_BLOB, "{}", {}, "../v1"), ValueError, "version_tag"),
+        (lambda t: t.log_model_version(b"junk", ARCH, {}, "v1"), ValueError, "safetensors"),
+        (lambda t: t.log_model_version("str", ARCH, {}, "v1"), TypeError, "weights"),
+        (lambda t: t.log_model_version(ST_BLOB, {"arch": {}}, {}, "v1"), ValueError, "architecture lacks"),
+        (lambda t: t.log_model_version(ST_BLOB, ARCH, {}, "v1"), ValueError, "spec"),
+        (lambda t: t.log_model_version(ST_BLOB, ARCH, {}, "../v1"), ValueError, "version_tag"),
+        (lambda t: t.log_model_version(ST_BLOB, ARCH, {}, "v1", alias="latest"), ValueError, "alias"),
+        (lambda t: t.log_epoch(0, {"loss": 1.0}, stage="a/b"), ValueError, "segment"),
         (lambda t: t.end("DONE"), ValueError, "status"),
     ],
 )
@@ -204,14 +208,6 @@ def test_bad_input_raises_naming_the_field_and_leaves_tracking_healthy(tracker, 
         call(tracker)
 
     assert not tracker.degraded
-
-
-def test_reusing_a_version_tag_is_rejected(tracker):
-    tracker.start(CONFIG)
-    tracker.log_model_version(ST_BLOB, "{}", {}, "v1")
-
-    with pytest.raises(ValueError, match="already logged"):
-        tracker.log_model_version(ST_BLOB, "{}", {}, "v1")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,221 @@
+"""The robust screen: which device updates of a round look like poison, before anything is merged.
+
+Four checks on the change each update makes (``uploaded - cloud``, cut into merge units by
+:func:`~eclm.pipelines.defences.changes.unit_changes`), each comparing a device only with the
+devices that hold the same unit (devices hold different modules). See docs/security.md for the
+measured error rates and what the checks do not catch.
+
+* **Norm bound relative to the round.** Per unit, the median change norm of the *other* holders
+  is the round's typical size; over the device's units, ``ratio = ||own|| / ||typical||``.
+  ``ratio > norm_multiplier`` (boosted, e.g. scaled x10) or ``< 1 / norm_multiplier``
+  (a shrunken update that dilutes the average, e.g. scaled x0.1, or a free rider) is rejected.
+* **Direction against the robust centre.** Per unit, the coordinate-wise median of the *other*
+  holders' changes; the cosine between the device's change and those centres over its units must
+  exceed ``min_centre_cosine`` (sign flips, random noise).
+* **Trust against the cloud's reference update** (the FLTrust idea, Cao et al., NDSS 2021): the
+  cosine with a change the cloud computed itself by briefly fine-tuning the same sub-model on
+  proxy data of the device's classes must exceed ``min_trust_cosine`` over the body and
+  ``min_head_trust_cosine`` over the classifier rows of the device's classes (a device trained
+  on wrong labels pushes its own classes' rows the other way). This is the one check that needs
+  no other device, so it is what protects a round with one or two updates.
+* **Identical updates.** Two devices whose changes agree within ``duplicate_distance`` (relative
+  distance over the units both hold) did not train on their own data: colluding or replayed
+  updates. All of them are rejected (the original cannot be told from the copy).
+
+Round-relative checks need at least ``min_cohort`` holders of a unit (the device and two others);
+units with fewer holders are left to the trust check, the absolute integrity bound and the
+validation. A single honest device therefore passes unless its direction disagrees with the
+cloud's own reference. The screen assumes that honest devices are the majority among the holders
+of every unit; a colluding majority defines the "typical" update.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from eclm.pipelines.defences.changes import Unit
+
+Changes = dict[str, dict[Unit, Tensor]]
+
+
+@dataclass
+class DeviceScreen:
+    """Statistics and verdict of one device (``None`` where a check had nothing to compare with).
+
+    Attributes:
+        norm_ratio: The device's change norm over the round's typical norm on the same units.
+        centre_cosine: Cosine with the coordinate-wise median of the other holders' changes.
+        trust_cosine: Cosine with the cloud's reference update (the body: every unit but the
+            classifier rows).
+        head_trust_cosine: The same over the classifier rows of the device's classes.
+        compared_units: Units with enough holders for the round-relative checks.
+        identical_to: Devices whose update equals this one's.
+        reasons: Why the device is rejected (empty: it passes).
+    """
+
+    norm_ratio: float | None = None
+    centre_cosine: float | None = None
+    trust_cosine: float | None = None
+    head_trust_cosine: float | None = None
+    compared_units: int = 0
+    identical_to: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
+
+@dataclass
+class _Sums:
+    own_sq: float = 0.0  # ||own change||^2 over compared units
+    typical_sq: float = 0.0  # sum of (median norm of the others)^2
+    centre_dot: float = 0.0
+    centre_sq: float = 0.0
+    units: int = 0
+
+
+@dataclass
+class RobustScreen:
+    """The screen's thresholds (see module docstring; defaults in docs/security.md).
+
+    Attributes:
+        norm_multiplier: Allowed factor between a device's change norm and the round's typical one.
+        min_centre_cosine: Minimum cosine with the robust centre of the other holders.
+        min_trust_cosine: Minimum cosine with the cloud's reference update (body).
+        min_head_trust_cosine: Minimum cosine with it over the classifier rows of the device's classes.
+        min_cohort: Holders a unit needs before round-relative checks apply (>= 3).
+        duplicate_distance: Relative distance below which two devices' changes count as identical.
+    """
+
+    norm_multiplier: float = 4.0
+    min_centre_cosine: float = -0.1
+    min_trust_cosine: float = -0.3
+    min_head_trust_cosine: float = -0.5
+    min_cohort: int = 3
+    duplicate_distance: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.norm_multiplier <= 1 or self.min_cohort < 3:
+            raise ValueError("norm_multiplier must be > 1 and min_cohort >= 3")
+
+    def __call__(self, changes: Changes, references: Changes | None = None) -> dict[str, DeviceScreen]:
+        """Screen one round.
+
+        Args:
+            changes: Per device, its change per unit.
+            references: Per device, the cloud's reference change per unit (missing: no trust check).
+
+        Returns:
+            A :class:`DeviceScreen` per device of ``changes``.
+        """
+        devices = list(changes)
+        out = {d: DeviceScreen() for d in devices}
+        sums = {d: _Sums() for d in devices}
+        holders: dict[Unit, list[str]] = defaultdict(list)
+        for d in devices:
+            for unit in changes[d]:
+                holders[unit].append(d)
+        dots = torch.zeros(len(devices), len(devices), dtype=torch.float64)
+        common_sq = torch.zeros_like(dots)  # [a, b]: ||change of a||^2 over units b holds too
+        index = {d: i for i, d in enumerate(devices)}
+        for unit, who in holders.items():
+            x = torch.stack([changes[d][unit] for d in who]).double()
+            idx = torch.tensor([index[d] for d in who])
+            gram = x @ x.T
+            dots[idx[:, None], idx[None, :]] += gram
+            common_sq[idx[:, None], idx[None, :]] += gram.diagonal()[:, None]
+            if len(who) >= self.min_cohort:
+                self._compare_with_others(x, [sums[d] for d in who])
+        for d in devices:
+            s = sums[d]
+            out[d].compared_units = s.units
+            if s.units:
+                out[d].norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
+                out[d].centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)
+            if references and d in references:
+                out[d].trust_cosine = _trust(changes[d], references[d], head=False)
+                out[d].head_trust_cosine = _trust(changes[d], references[d], head=True)
+        self._mark_identical(devices, dots, common_sq, out)
+        for d in devices:
+            self._verdict(out[d])
+        return out
+
+    def _compare_with_others(self, x: Tensor, sums: list[_Sums]) -> None:
+        """Add one unit's contribution to each holder's norm and centre statistics."""
+        norms = x.norm(dim=1)
+        typical = leave_one_out_median(norms.unsqueeze(1)).squeeze(1)
+        centres = leave_one_out_median(x)
+        stats = torch.stack([norms**2, typical**2, (x * centres).sum(1), (centres * centres).sum(1)], dim=1)
+        for s, (own_sq, typical_sq, centre_dot, centre_sq) in zip(sums, stats.tolist(), strict=True):
+            s.own_sq += own_sq
+            s.typical_sq += typical_sq
+            s.centre_dot += centre_dot
+            s.centre_sq += centre_sq
+            s.units += 1
+
+    def _mark_identical(self, devices: list[str], dots: Tensor, common_sq: Tensor, out: dict[str, DeviceScreen]) -> None:
+        dist_sq = (common_sq + common_sq.T - 2 * dots).clamp_min(0)
+        scale_sq = torch.maximum(common_sq, common_sq.T)
+        same = (dist_sq <= self.duplicate_distance**2 * scale_sq) & (scale_sq > 0)
+        same.fill_diagonal_(False)
+        for i, d in enumerate(devices):
+            out[d].identical_to = [devices[j] for j in same[i].nonzero().flatten().tolist()]
+
+    def _verdict(self, s: DeviceScreen) -> None:
+        m = self.norm_multiplier
+        if s.identical_to:
+            s.reasons.append(f"identical to the update of {s.identical_to} (colluding or replayed)")
+        if s.norm_ratio is not None and not 1 / m <= s.norm_ratio <= m:
+            s.reasons.append(f"norm {s.norm_ratio:.3g} x the round's typical update on its units "
+                             f"(allowed {1 / m:.3g}..{m:g})")
+        if s.centre_cosine is not None and not s.centre_cosine > self.min_centre_cosine:
+            s.reasons.append(f"direction: cosine {s.centre_cosine:.3f} with the median of the other devices "
+                             f"(needs > {self.min_centre_cosine:g})")
+        if s.trust_cosine is not None and not s.trust_cosine > self.min_trust_cosine:
+            s.reasons.append(f"trust: cosine {s.trust_cosine:.3f} with the cloud's reference update "
+                             f"(needs > {self.min_trust_cosine:g})")
+        if s.head_trust_cosine is not None and not s.head_trust_cosine > self.min_head_trust_cosine:
+            s.reasons.append(f"trust: cosine {s.head_trust_cosine:.3f} with the cloud's reference update on the "
+                             f"classifier rows of its classes (needs > {self.min_head_trust_cosine:g})")
+
+
+def leave_one_out_median(x: Tensor) -> Tensor:
+    """Row ``i``: the coordinate-wise median of all rows but ``i`` (mean of the two middle values
+    for an even count). ``x`` is ``(k, n)`` with ``k >= 2``; one sort serves every row."""
+    k = x.shape[0]
+    values, order = torch.sort(x, dim=0)
+    rank = torch.empty_like(order)
+    rank.scatter_(0, order, torch.arange(k).unsqueeze(1).expand_as(order))
+    lo, hi = (k - 2) // 2, (k - 1) // 2  # middle positions among the k - 1 others
+    # The j-th smallest of the others is the j-th of all, or the (j+1)-th at or after one's own rank.
+    pos_lo = lo + (lo >= rank).long()
+    pos_hi = hi + (hi >= rank).long()
+    return (values.gather(0, pos_lo) + values.gather(0, pos_hi)) / 2
+
+
+def _cosine(dot: float, a_sq: float, b_sq: float) -> float:
+    return dot / (a_sq * b_sq) ** 0.5 if a_sq > 0 and b_sq > 0 else 0.0
+
+
+def _trust(change: dict[Unit, Tensor], reference: dict[Unit, Tensor], *, head: bool) -> float | None:
+    """Cosine of ``change`` with ``reference`` over the classifier-row units (``head``) or the
+    others; ``None`` if there are no such units."""
+    dot = own = ref = 0.0
+    units = 0
+    for unit, value in change.items():
+        r = reference.get(unit)
+        if r is None or r.shape != value.shape or unit.module.startswith("head/") != head:
+            continue
+        dot += float(value.double() @ r.double())
+        own += float(value.double() @ value.double())
+        ref += float(r.double() @ r.double())
+        units += 1
+    return _cosine(dot, own, ref) if units else None

@@ -1,0 +1,123 @@
+"""Paired acceptance of a merged candidate: McNemar's test on the same validation samples.
+
+Comparing two accuracies measured on the same ~100 samples decides by noise: one sample is
+~0.9 points against a 2-point tolerance. Both models are evaluated on *the same* samples, so the
+information is in the samples on which they disagree (McNemar, Psychometrika 12, 1947):
+
+* ``worse`` = samples the reference model gets right and the candidate wrong,
+* ``better`` = samples the reference gets wrong and the candidate right.
+
+Under "the candidate is no worse", each disagreement is a fair coin, so the one-sided exact
+p-value is ``P[Binomial(worse + better, 1/2) >= worse]``. The candidate is rejected when
+
+1. it is significantly worse, ``p < alpha``, **and** the drop is not shown to be within
+   tolerance: the one-sided ``1 - alpha`` upper confidence bound of the accuracy drop,
+   ``(worse - better) / n + z * se`` with the paired standard error
+   ``se = sqrt(worse + better - (worse - better)^2 / n) / n``, exceeds ``tolerance``; **or**
+2. the observed drop exceeds ``max_drop`` (a guard for small sets, where a large drop can fail
+   to be significant because the models disagree on many samples).
+
+Rule 1 alone rejects a neutral candidate with probability at most ``alpha`` whatever the set
+size, and with a large validation set accepts a real but small drop within tolerance; its price
+on a small set is power. docs/security.md gives the false-accept / false-reject rates of both
+rules together for the digits proxy split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A candidate against a reference model on the same samples.
+
+    Attributes:
+        n: Paired samples.
+        worse: Samples the reference gets right and the candidate wrong.
+        better: Samples the reference gets wrong and the candidate right.
+    """
+
+    n: int
+    worse: int
+    better: int
+
+    @property
+    def drop(self) -> float:
+        """Accuracy of the reference minus that of the candidate."""
+        return (self.worse - self.better) / self.n if self.n else 0.0
+
+    @property
+    def p_worse(self) -> float:
+        """One-sided exact McNemar p-value of "the candidate is worse"."""
+        return mcnemar_p_worse(self.worse, self.better)
+
+    def drop_upper(self, alpha: float) -> float:
+        """One-sided ``1 - alpha`` upper confidence bound of :attr:`drop` (normal, paired se)."""
+        if not self.n:
+            return 0.0
+        d = self.worse + self.better
+        se = math.sqrt(max(d - (self.worse - self.better) ** 2 / self.n, 0.0)) / self.n
+        return self.drop + NormalDist().inv_cdf(1 - alpha) * se
+
+    def failure(self, alpha: float, tolerance: float, max_drop: float | None = None) -> str | None:
+        """Why the candidate is rejected (see module docstring), or ``None`` if it is accepted."""
+        p = self.p_worse
+        upper = self.drop_upper(alpha)
+        counts = f"{self.worse} newly wrong vs {self.better} newly right of {self.n} paired samples"
+        if p < alpha and upper > tolerance:
+            return (f"significantly worse ({counts}, McNemar p={p:.3g} < {alpha:.3g}), drop {self.drop:.4f} "
+                    f"(upper bound {upper:.4f} > tolerance {tolerance})")
+        if max_drop is not None and self.drop > max_drop:
+            return f"drop {self.drop:.4f} > max_drop {max_drop} ({counts}, McNemar p={p:.3g})"
+        return None
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "worse": self.worse, "better": self.better, "drop": self.drop, "p_worse": self.p_worse}
+
+
+def mcnemar_p_worse(worse: int, better: int) -> float:
+    """``P[Binomial(worse + better, 1/2) >= worse]``: exact one-sided McNemar p-value.
+
+    Args:
+        worse: Discordant pairs against the candidate.
+        better: Discordant pairs in its favour.
+
+    Raises:
+        ValueError: On negative counts.
+    """
+    if worse < 0 or better < 0:
+        raise ValueError(f"counts must be non-negative, got {worse} and {better}")
+    n = worse + better
+    if n == 0:
+        return 1.0
+    # exact integer arithmetic: sum of binomial coefficients over 2^n (true division of ints)
+    return sum(math.comb(n, i) for i in range(worse, n + 1)) / 2**n
+
+
+def compare_paired(reference_correct: Tensor, candidate_correct: Tensor) -> PairedComparison:
+    """Count the disagreements of two per-sample correctness vectors (same samples, same order).
+
+    Raises:
+        ValueError: If the vectors differ in length.
+    """
+    if reference_correct.shape != candidate_correct.shape:
+        raise ValueError(f"paired vectors differ: {tuple(reference_correct.shape)} vs {tuple(candidate_correct.shape)}")
+    ref, cand = reference_correct.bool(), candidate_correct.bool()
+    return PairedComparison(n=int(ref.numel()), worse=int((ref & ~cand).sum()), better=int((~ref & cand).sum()))
+
+
+@torch.no_grad()
+def correct_mask(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> Tensor:
+    """Per-sample correctness ``(N,)`` bool of ``model`` in eval mode."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]
+                     for i in range(0, len(x), batch_size)]) if len(x) else torch.zeros(0, dtype=torch.bool)
+    model.train(was)
+    return out

@@ -1,0 +1,141 @@
+"""The robust screen on hand-made change vectors: each check fires for its attack, honest devices pass.
+
+Honest changes share a common direction plus their own noise (devices that learn something in
+common); the attacks are derived from one honest device's change. Units stand for merge units
+(module slices); devices holding different modules are compared only where they overlap.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eclm.pipelines.defences.changes import Unit
+from eclm.pipelines.defences.screen import RobustScreen, leave_one_out_median
+
+UNITS = [Unit("shared.weight", None, "shared"), Unit("layer.conv", 0, "layer/m0"), Unit("layer.conv", 1, "layer/m1")]
+
+
+def _round(devices: int = 5, signal: float = 1.0, noise: float = 0.5, seed: int = 0) -> dict[str, dict[Unit, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    common = {u: torch.randn(200, generator=gen) for u in UNITS}
+    return {f"h{i}": {u: signal * common[u] + noise * torch.randn(200, generator=gen) for u in UNITS}
+            for i in range(devices)}
+
+
+def _attacked(change: dict[Unit, torch.Tensor], attack: str) -> dict[Unit, torch.Tensor]:
+    if attack == "sign flip":
+        return {u: -v for u, v in change.items()}
+    if attack == "scaled x10":
+        return {u: 10 * v for u, v in change.items()}
+    if attack == "scaled x0.1":
+        return {u: 0.1 * v for u, v in change.items()}
+    gen = torch.Generator().manual_seed(7)  # random weights of the weights' scale: a faulty device
+    return {u: 30 * torch.randn(v.shape, generator=gen) for u, v in change.items()}
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 8])
+def test_leave_one_out_median_is_the_median_of_the_others(k):
+    x = torch.randn(k, 50, generator=torch.Generator().manual_seed(k))
+    got = leave_one_out_median(x)
+    for i in range(k):
+        others = torch.cat([x[:i], x[i + 1 :]])
+        ordered = others.sort(dim=0).values
+        want = (ordered[(k - 2) // 2] + ordered[(k - 1) // 2]) / 2
+        torch.testing.assert_close(got[i], want)
+
+
+def test_honest_devices_of_a_round_pass():
+    verdicts = RobustScreen()(_round())
+    assert all(v.passed for v in verdicts.values()), {d: v.reasons for d, v in verdicts.items()}
+    assert all(v.compared_units == len(UNITS) and 0.5 < v.norm_ratio < 2 and v.centre_cosine > 0.5
+               for v in verdicts.values())
+
+
+@pytest.mark.parametrize(("attack", "reason"), [
+    ("sign flip", "direction: cosine"),
+    ("scaled x10", "norm"),
+    ("scaled x0.1", "norm"),
+    ("random weights", "norm"),
+])
+def test_each_attack_is_rejected_with_its_reason_and_the_honest_pass(attack, reason):
+    changes = _round()
+    changes["h0"] = _attacked(changes["h0"], attack)
+    verdicts = RobustScreen()(changes)
+    assert not verdicts["h0"].passed and any(r.startswith(reason) for r in verdicts["h0"].reasons), verdicts["h0"]
+    assert all(verdicts[d].passed for d in changes if d != "h0"), {d: v.reasons for d, v in verdicts.items()}
+
+
+def test_norm_reasons_name_the_ratio_and_the_allowed_band():
+    changes = _round()
+    changes["h0"] = _attacked(changes["h0"], "scaled x10")
+    verdict = RobustScreen(norm_multiplier=4.0)(changes)["h0"]
+    assert 8 < verdict.norm_ratio < 12
+    assert "allowed 0.25..4" in verdict.reasons[0]
+
+
+def test_colluding_identical_updates_are_all_rejected():
+    changes = _round(devices=6)
+    crafted = _attacked(changes["h0"], "sign flip")
+    changes["h0"], changes["h1"] = crafted, {u: v.clone() for u, v in crafted.items()}
+    verdicts = RobustScreen()(changes)
+    assert verdicts["h0"].identical_to == ["h1"] and verdicts["h1"].identical_to == ["h0"]
+    assert all("identical to the update of" in verdicts[d].reasons[0] for d in ("h0", "h1"))
+    assert all(verdicts[d].passed for d in ("h2", "h3", "h4", "h5"))
+
+
+def test_slightly_different_copies_count_as_identical_but_honest_neighbours_do_not():
+    changes = _round(devices=4, noise=0.05)  # honest devices that agree closely (relative distance ~7%)
+    changes["h3"] = {u: v * (1 + 1e-3) for u, v in changes["h0"].items()}  # a copy rescaled by 0.1 %
+    verdicts = RobustScreen(duplicate_distance=0.01)(changes)
+    assert verdicts["h3"].identical_to == ["h0"]
+    assert verdicts["h1"].identical_to == [] and verdicts["h2"].identical_to == []
+
+
+def test_a_device_is_compared_only_on_modules_others_hold_too():
+    changes = _round(devices=4)
+    lonely = Unit("layer.conv", 3, "layer/m3")
+    changes["h0"][lonely] = 1e3 * torch.ones(200)  # nobody else holds module 3: no round to compare with
+    verdict = RobustScreen()(changes)["h0"]
+    assert verdict.compared_units == len(UNITS) and verdict.passed
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_small_rounds_skip_round_relative_checks_and_a_lone_honest_update_passes(devices):
+    changes = _round(devices=devices)
+    references = {d: {u: v + 0.5 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+                      for u, v in c.items()} for d, c in changes.items()}
+    verdicts = RobustScreen()(changes, references)
+    for v in verdicts.values():
+        assert v.norm_ratio is None and v.centre_cosine is None and v.compared_units == 0
+        assert v.trust_cosine > 0.5 and v.passed
+
+
+def test_the_trust_check_rejects_an_update_against_the_cloud_reference_even_alone():
+    changes = _round(devices=1)
+    references = {"h0": {u: -v for u, v in changes["h0"].items()}}
+    verdict = RobustScreen()(changes, references)["h0"]
+    assert verdict.trust_cosine == pytest.approx(-1.0) and verdict.reasons[0].startswith("trust: cosine -1.000")
+
+
+def test_the_head_is_trusted_separately_from_the_body():
+    changes = _round(devices=1)
+    head = Unit("fc.weight", 3, "head/class3")
+    changes["h0"][head] = torch.ones(16)
+    references = {"h0": {**changes["h0"], head: -torch.ones(16)}}  # body agrees, own class row opposite
+    verdict = RobustScreen()(changes, references)["h0"]
+    assert verdict.trust_cosine == pytest.approx(1.0) and verdict.head_trust_cosine == pytest.approx(-1.0)
+    assert len(verdict.reasons) == 1 and "classifier rows of its classes" in verdict.reasons[0]
+
+
+def test_a_zero_update_is_rejected_as_too_small():
+    changes = _round()
+    changes["h0"] = {u: torch.zeros_like(v) for u, v in changes["h0"].items()}
+    verdict = RobustScreen()(changes)["h0"]
+    assert verdict.norm_ratio == 0.0 and not verdict.passed
+
+
+@pytest.mark.parametrize("kwargs", [{"norm_multiplier": 1.0}, {"min_cohort": 2}])
+def test_bad_thresholds_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        RobustScreen(**kwargs)
