@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from eclm.campaign.cycle_phases import run_phases
 from eclm.campaign.endpoints import CallFailure, CloudEndpoint, Fleet, Pending
 from eclm.campaign.messages import (
     AttributedUpdate,
@@ -313,8 +314,6 @@ class CycleCoordinator:
         self.state = self.state.model_copy(update={"round": self.state.round + 1})
         result = CycleResult(round=self.state.round, step=self.state.step, devices=list(devices or self.names),
                              reason=reason)
-        from eclm.campaign.cycle_phases import run_phases
-
         summaries: dict[str, DeviceSummary] = {}
         self.progress.begin(f"cycle {result.round}", 5)
         try:
