@@ -56,19 +56,11 @@ def check_update(
         return [f"spec is for model {update.spec.model_id}, cloud is {expected_spec.model_id}"]
     if not expected_spec.contains(update.spec):
         problems.append("spec holds modules the device was never given")
-    if update.trained is not None and not update.spec.contains(update.trained):
-        problems.append("a sparse upload carries modules outside its sub-model")
     bounds = claims if claims is not None else ClaimBounds()
     if bounds.max_samples is None and max_samples is not None:
         bounds = replace(bounds, max_samples=max_samples)
     problems += check_claims(update, layers, bounds, known_classes)
-    names = set(update.state)
-    if update.trained is not None:  # a module-sparse upload carries a subset of the sub-model's tensors
-        if not names <= expected_names:
-            problems.append(f"tensor names differ: unexpected {sorted(names - expected_names)[:3]}")
-    elif names != expected_names:
-        missing, extra = sorted(expected_names - names), sorted(names - expected_names)
-        problems.append(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
+    problems += _name_problems(update, expected_names)
     tensor_problems, change, reference = _tensor_problems(update, cloud_state, layers)
     problems += tensor_problems
     # One bound over the whole update: single tensors (e.g. zero-initialised norm scales) can
@@ -77,6 +69,21 @@ def check_update(
     if not problems and change > bound:
         problems.append(f"update norm {change:.4g} exceeds bound {bound:.4g} ({max_relative_norm} x cloud norm)")
     return problems
+
+
+def _name_problems(update: ModuleUpdate, expected_names: set[str]) -> list[str]:
+    """The update's tensors must be the sub-model's; a module-sparse upload carries a subset of
+    them, of modules within its sub-model."""
+    names = set(update.state)
+    if update.trained is not None:
+        problems = [] if update.spec.contains(update.trained) else ["a sparse upload carries modules outside its sub-model"]
+        if not names <= expected_names:
+            problems.append(f"tensor names differ: unexpected {sorted(names - expected_names)[:3]}")
+        return problems
+    if names != expected_names:
+        missing, extra = sorted(expected_names - names), sorted(names - expected_names)
+        return [f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}"]
+    return []
 
 
 def _tensor_problems(update: ModuleUpdate, cloud_state: dict[str, Tensor],
