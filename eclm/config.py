@@ -82,24 +82,28 @@ class AdaptationConfig(_Strict):
         "delta", description="delta: devices upload this cycle's change and receive the cloud's change since the "
         "version they hold, keeping their local adaptation; weights: full sub-model weights both ways")
     delta_dtype: Literal["float32", "float16", "bfloat16", "int8"] = Field(
-        "float16", description="wire codec of weight differences in the delta exchange (both ways): float16 halves "
+        "int8", description="wire codec of weight differences in the delta exchange (both ways): float16 halves "
         "their bytes at ~5e-4 relative error of the change; int8 quantises them per output channel (a quarter of "
         "the bytes; 1-D tensors as float16); float32 sends them exactly. A device feeds its rounding error into "
         "its next upload")
     first_delivery_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="wire type of a full sub-model (a first delivery or a changed spec); float16 halves "
+        "float16", description="wire type of a full sub-model (a first delivery or a changed spec); float16 halves "
         "it and the device computes in float32 again (norm statistics and integer buffers travel exactly)")
     trainable: Literal["all", "budgeted"] = Field(
-        "all", description="all: a device trains every parameter of its sub-model, which is derived to fit dense "
+        "budgeted", description="all: a device trains every parameter of its sub-model, which is derived to fit dense "
         "training in its memory; budgeted: module-sparse adaptation (docs/method.md): the sub-model is derived to "
         "fit the device's memory for its weights, and the device trains only its most important modules (and the "
         "parts outside modules when its memory allows backward through them) within trainable_share and its "
         "training-memory budget, plus the classifier rows of its classes")
+    keep_local: bool = Field(
+        True, description="a device adds a delta download to its own adapted weights (eclm: its adaptation "
+        "survives); false: to the last version it received, so it then holds exactly the cloud's model (how "
+        "FedAvg-style methods use compressed downloads)")
     trainable_share: float = Field(
         0.25, gt=0, le=1, description="budgeted: cap on trainable parameters as a share of the sub-model's "
         "parameters (the classifier rows aside)")
     train_head: Literal["own", "all"] = Field(
-        "own", description="budgeted: the classifier rows a device trains: own (the rows of its classes; the others "
+        "all", description="budgeted: the classifier rows a device trains: own (the rows of its classes; the others "
         "keep the cloud's values) or all (its head also learns which classes it never sees); either way it uploads "
         "only the rows of its classes")
 
@@ -176,7 +180,7 @@ class MergeConfig(_Strict):
     server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
     step_backoff: int = Field(3, ge=0, description="halvings of server_lr tried on a failing candidate before devices are excluded")
     keep_versions: int = Field(4, ge=1, description="recent cloud versions kept in memory to ship deltas against")
-    repair_epochs: int = Field(0, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
+    repair_epochs: int = Field(1, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
     repair_lr: float = Field(0.005, gt=0, description="learning rate of that repair fine-tuning")
     repair_environments: bool = Field(
         True, description="the repair fine-tuning sees each proxy image under a random one of the environments "

@@ -6,7 +6,9 @@ its trained modules and classifier rows after module-sparse training, see
 With a lossy codec the device keeps each tensor's rounding error and adds it to that tensor's next
 difference (error feedback), so what the codec drops now reaches the cloud later instead of
 being lost. The residual belongs to the sub-model it was computed on: it is dropped whenever the
-device receives or swaps to another sub-model.
+device receives or swaps to another sub-model. A device that does not keep its local adaptation
+across versions (``adaptation.keep_local: false``, FedAvg-style) also keeps the version it received
+last, which the next delta download is added to.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class DeviceExchange:
     def __init__(self, layers: Sequence[ModuleLayer], codec: str, statistics: bool) -> None:
         self.layers, self.codec, self.statistics = layers, codec, statistics
         self.residual: dict[str, Tensor] = {}
+        self.received: dict[str, Tensor] = {}  # the version received last (``adaptation.keep_local: false``)
 
     def reset(self) -> None:
         """Forget the residual (the device now holds another sub-model)."""

@@ -250,11 +250,15 @@ class EdgeService(SplitDeviceMixin):
             if self.model is None or self.spec != spec or self.version != meta.get("base_version"):
                 raise ValueError(f"device {self.name}: got a delta against version {meta.get('base_version')} "
                                  f"but holds version {self.version} of {self.spec.to_json() if self.spec else None}")
-            self.model.load_state_dict(apply_wire_delta(self.model.state_dict(), state, meta, self.skeleton.layers,
-                                                        spec, classifier_keys(self.model)))
+            # keep_local: the change lands on the adapted weights; else on the version received last
+            base = self.model.state_dict() if self.cfg.adaptation.keep_local else self.exchange.received
+            self.model.load_state_dict(apply_wire_delta(base, state, meta, self.skeleton.layers, spec,
+                                                        classifier_keys(self.model)))
         else:
             self.model = rebuild_submodel(self.skeleton, spec, to_float32(state))
             self.exchange.reset()
+        if not self.cfg.adaptation.keep_local:
+            self.exchange.received = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.spec, self.version, self.trainable = spec, package.version, package.trainable
         if costs is not None:
             self.costs = CostTable.from_dict(costs)

@@ -58,11 +58,14 @@ def trio(tmp_path):
     return CloudService(cfg), EdgeService(cfg, 0), EdgeService(cfg, 1)
 
 
-def test_a_device_trains_uploads_and_contributes_only_what_the_cloud_named(trio):
-    cloud, edge, _ = trio
+@pytest.mark.parametrize("head", ["own", "all"])
+def test_a_device_trains_uploads_and_contributes_only_what_the_cloud_named(tmp_path, head):
+    cfg = config(tmp_path, train_head=head)
+    cloud, edge = CloudService(cfg), EdgeService(cfg, 0)
     package = ship(cloud, edge)
     plan = package.trainable
-    assert plan is not None and plan.within(package.spec) and plan.head_rows == tuple(sorted(edge.classes))
+    assert plan is not None and plan.within(package.spec)
+    assert plan.head_rows == (tuple(sorted(edge.classes)) if head == "own" else None)
     assert package.cost["train_memory"] <= package.budget["train_memory"] == 4 * 2**20
     held = weights(edge)
     upload = edge.adapt()
@@ -73,7 +76,7 @@ def test_a_device_trains_uploads_and_contributes_only_what_the_cloud_named(trio)
     trained_layers = {i for i, g in enumerate(plan.groups) if g}
     carried_layers = {tensor_owner(cloud.model.layers, k)[0] for k in decode(wire) if tensor_owner(cloud.model.layers, k)}
     assert carried_layers == trained_layers
-    assert wire["fc.weight"].shape[0] == len(plan.head_rows)
+    assert wire["fc.weight"].shape[0] == len(edge.classes)  # only its own classes' rows travel
     # frozen modules did not move on the device
     after = weights(edge)
     for key, value in after.items():
@@ -92,6 +95,8 @@ def test_a_device_trains_uploads_and_contributes_only_what_the_cloud_named(trio)
             assert torch.equal(value, old[key]), key
     others = [c for c in range(10) if c not in edge.classes]
     assert torch.equal(new["fc.weight"][others], old["fc.weight"][others])
+    if head == "own":  # rows of other classes did not move on the device either
+        assert torch.equal(after["fc.weight"][others], held["fc.weight"][others])
 
 
 def test_downloads_carry_only_changed_modules_and_keep_the_local_adaptation(tmp_path):
