@@ -203,7 +203,10 @@ class DeviceMetrics(Message):
     batches: int | None = Field(None, ge=0)
     params: float | None = Field(None, ge=0)
     flops: float | None = Field(None, ge=0)
-    train_memory_estimate: float | None = Field(None, ge=0)
+    train_memory_estimate: float | None = Field(None, ge=0, description="modelled training memory, bytes "
+                                                 "(eclm.modules.trainable.TrainingMemory)")
+    trainable: TrainableSpec | None = Field(None, description="what the device trained (None: every parameter)")
+    trained_params: float | None = Field(None, ge=0, description="parameters the device trained")
     rss_delta: float | None = None
     environment: str | None = None
     severity: int | None = None

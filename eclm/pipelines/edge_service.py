@@ -58,7 +58,6 @@ from eclm.pipelines.adaptation import (
     evaluate_own,
     finetune,
     recalibrate_norms,
-    training_memory_bytes,
     training_memory_model,
 )
 from eclm.pipelines.drift_detection import DriftDetector
@@ -375,12 +374,11 @@ class EdgeService(SplitDeviceMixin):
                  rss_delta: int) -> DeviceMetrics:
         """The cycle's metrics; ``before``/``after``/``prev_after`` are ``(accuracy, loss, own-class
         accuracy)`` (``None`` entries without a previous environment)."""
-        a = self.cfg.adaptation
         cost = self.costs.total(self.spec) if self.costs else {}
-        if self.trainable is not None and self.costs is not None:
-            memory = self._memory().total(self.costs, self.spec, plan)
-        else:
-            memory = training_memory_bytes(cost.get("params", 0), cost.get("activation_bytes", 0), a.batch_size)
+        memory = trained = None
+        if self.costs is not None:  # the same memory model for dense and module-sparse training
+            model = self._memory()
+            memory, trained = model.total(self.costs, self.spec, plan), model.trainable_params(self.costs, self.spec, plan)
         forgetting = (prev_before - prev_after[0]) if prev_before is not None else None
         return DeviceMetrics(
             acc_before=_finite(before[0]), acc_after=_finite(after[0]), acc_before_own=_finite(before[2]),
@@ -388,7 +386,7 @@ class EdgeService(SplitDeviceMixin):
             prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after[0]),
             prev_acc_after_own=_finite(prev_after[2]), forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
             batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
-            train_memory_estimate=memory, rss_delta=rss_delta,
+            train_memory_estimate=memory, trainable=self.trainable, trained_params=trained, rss_delta=rss_delta,
             environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
 
     def evaluate(self) -> DeviceMetrics:
