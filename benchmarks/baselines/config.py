@@ -39,9 +39,10 @@ class AdaptationBenchConfig(BaseModel):
         description="device resource tiers: sub-model parameter cap as a share of the cloud model; device i gets tiers[i % len]",
     )
     memory_mb: list[float | None] = Field(
-        default_factory=lambda: [16.0, None, None],
-        description="per tier, memory for training in MB (None: unconstrained); 16 MB cannot train the full "
-                    "model (its dense training needs about 31 MB: eclm.modules.trainable.TrainingMemory)",
+        default_factory=lambda: [20.0, None, None],
+        description="per tier, memory for training in MB (None: unconstrained); 20 MB cannot train the full "
+                    "model (its dense training needs about 31 MB: eclm.modules.trainable.TrainingMemory) and is "
+                    "about the least in which the narrowest width-prefix slice (FedAvg, HeteroFL) still fits",
     )
     channels: tuple[int, int, int, int] = Field((16, 32, 64, 128), description="resnet18 stage widths of the cloud model")
     modules_per_layer: int = Field(4, ge=2, le=16, description="modules N per module layer")

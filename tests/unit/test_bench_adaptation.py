@@ -101,7 +101,7 @@ def test_presets_match_the_issue_settings(mode: str, devices: int, per_cycle: in
     assert platform.adaptation.epochs == 3 and platform.adaptation.trainable == "all"
     assert platform.adaptation.delta_dtype == "float32"  # FedAvg as published
     weakest = [d for d in platform.devices if d.memory_mb is not None]
-    assert weakest and all(d.memory_mb <= 16 for d in weakest)  # cannot train the full model (about 31 MB)
+    assert weakest and all(d.memory_mb < 31 for d in weakest)  # cannot train the full model (about 31 MB)
 
 
 # ----------------------------------------------------------------------------- width prefix
