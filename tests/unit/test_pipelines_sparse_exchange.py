@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eclm.campaign.messages import AttributedUpdate
+from eclm.campaign.messages import AttributedUpdate, Resources
 from eclm.config import PlatformConfig
 from eclm.modules import pack_state, unpack_state
 from eclm.modules.codec import SCALE_SUFFIX, decode
@@ -169,3 +169,17 @@ def test_the_codec_residual_and_the_plan_survive_a_device_restart(tmp_path):
     assert set(again.exchange.residual) == set(edge.exchange.residual)
     assert all(torch.equal(again.exchange.residual[k], v) for k, v in edge.exchange.residual.items())
     assert set(weights(again)) == set(weights(edge))
+
+
+def test_a_local_swap_rederives_the_trainable_subset_within_the_new_memory(tmp_path):
+    cfg = config(tmp_path, trainable_share=1.0)  # memory, not the share, bounds what is trained
+    cloud, edge = CloudService(cfg), EdgeService(cfg, 0)
+    ship(cloud, edge)
+    held = edge.spec
+    report = edge.shrink(Resources(memory_mb=3.65))
+    assert report is not None and held.contains(edge.spec) and edge.spec != held
+    assert edge.trainable is not None and edge.trainable.within(edge.spec)
+    assert edge._memory().total(edge.costs, edge.spec, edge.trainable) <= 3.65 * 2**20
+    upload = edge.adapt()  # still adapts, and uploads only what it now trains
+    meta = unpack_state(upload.payload)[2]
+    assert [tuple(g) for g in meta.get("groups", edge.spec.groups)] == list(edge.trainable.groups)
