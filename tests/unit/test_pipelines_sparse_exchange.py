@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eclm.campaign.messages import AttributedUpdate, Resources
+from eclm.campaign.messages import Resources
 from eclm.config import PlatformConfig
 from eclm.modules import pack_state, unpack_state
 from eclm.modules.codec import SCALE_SUFFIX, decode
@@ -18,6 +18,7 @@ from eclm.modules.deltas import is_delta_key
 from eclm.modules.merge import tensor_owner
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
+from tests.unit.test_pipelines_exchange import merge, ship, weights
 
 torch.set_num_threads(1)
 
@@ -35,21 +36,6 @@ def config(tmp_path, **adaptation) -> PlatformConfig:
         "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0},
         "tracking": {"enabled": False},
     })
-
-
-def ship(cloud: CloudService, edge: EdgeService):
-    package = cloud.derive(edge.summary(cloud.selector_payload()))
-    edge.install(package, cloud.info().costs)
-    return package
-
-
-def merge(cloud: CloudService, *pairs):
-    return cloud.merge([AttributedUpdate(channel=e.name, issued=e.spec, enrolled_classes=e.classes, update=u)
-                        for e, u in pairs])
-
-
-def weights(edge: EdgeService) -> dict:
-    return unpack_state(edge.snapshot_model())[0]
 
 
 @pytest.fixture()
