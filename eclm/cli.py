@@ -78,7 +78,8 @@ def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool
             label = f"cycle {c + 1}/{total}" + (f" (round {r.round})" if r.round != c + 1 else "")
             print(f"{label}: device acc {_fmt(r.mean('acc_before'))} -> {_fmt(r.mean('acc_after'))}"
                   f" | merge {r.merge.decision} ({len(r.merge.accepted)} accepted)"
-                  f" | cloud val {_fmt(r.cloud_val_acc)} | up {sum(r.bytes_up.values()) / 1e6:.2f} MB"
+                  f" | cloud val {_fmt(r.cloud_val_acc)}, on {len(r.merge.environments)} seen environments "
+                  f"{_fmt(r.merge.cloud_seen_acc)} | up {sum(r.bytes_up.values()) / 1e6:.2f} MB"
                   f" down {sum(r.bytes_down.values()) / 1e6:.2f} MB"
                   + (f" | failed {sorted(r.failures)}" if r.failures else ""), file=out, flush=True)
         _summary(p, out)
@@ -191,7 +192,10 @@ def _summary(p, out) -> None:
               f"{r['mb_up']:>8.2f}{r['mb_down']:>9.2f}", file=out)
     decisions = [h.merge.decision for h in p.history]
     print(f"\nmerges: {decisions}; cloud val accuracy by cycle: "
-          f"{[round(100 * h.cloud_val_acc, 1) if h.cloud_val_acc is not None else None for h in p.history]}", file=out)
+          f"{[round(100 * h.cloud_val_acc, 1) if h.cloud_val_acc is not None else None for h in p.history]}; "
+          "on the environments seen so far: "
+          f"{[round(100 * h.merge.cloud_seen_acc, 1) if h.merge.cloud_seen_acc is not None else None for h in p.history]}",
+          file=out)
 
 
 def serve_model(cfg: PlatformConfig, serving, model: str = "cloud", requests: int = 64, pretrain: bool = False,

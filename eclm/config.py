@@ -81,9 +81,37 @@ class AdaptationConfig(_Strict):
     exchange: Literal["delta", "weights"] = Field(
         "delta", description="delta: devices upload this cycle's change and receive the cloud's change since the "
         "version they hold, keeping their local adaptation; weights: full sub-model weights both ways")
-    delta_dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float16", description="wire type of weight differences in the delta exchange (both ways); float16 halves "
-        "their bytes at ~5e-4 relative error of the change, float32 sends them exactly")
+    delta_dtype: Literal["float32", "float16", "bfloat16", "int8"] = Field(
+        "int8", description="wire codec of weight differences in the delta exchange (both ways): float16 halves "
+        "their bytes at ~5e-4 relative error of the change; int8 quantises them per output channel (a quarter of "
+        "the bytes; 1-D tensors as float16); float32 sends them exactly. A device feeds its rounding error into "
+        "its next upload")
+    first_delivery_dtype: Literal["float32", "float16"] = Field(
+        "float16", description="wire type of a full sub-model (a first delivery or a changed spec); float16 halves "
+        "it and the device computes in float32 again (norm statistics and integer buffers travel exactly)")
+    trainable: Literal["all", "budgeted"] = Field(
+        "budgeted", description="all: a device trains every parameter of its sub-model, which is derived to fit dense "
+        "training in its memory; budgeted: module-sparse adaptation (docs/method.md): the sub-model is derived to "
+        "fit the device's memory for its weights, and the device trains only its most important modules (and the "
+        "parts outside modules when its memory allows backward through them) within trainable_share and its "
+        "training-memory budget, plus the classifier rows of its classes")
+    keep_local: bool = Field(
+        True, description="a device adds a delta download to its own adapted weights (eclm: its adaptation "
+        "survives); false: to the last version it received, so it then holds exactly the cloud's model (how "
+        "FedAvg-style methods use compressed downloads)")
+    trainable_share: float = Field(
+        0.25, gt=0, le=1, description="budgeted: cap on trainable parameters as a share of the sub-model's "
+        "parameters (the classifier rows aside)")
+    train_head: Literal["own", "all"] = Field(
+        "all", description="budgeted: the classifier rows a device trains: own (the rows of its classes; the others "
+        "keep the cloud's values) or all (its head also learns which classes it never sees); either way it uploads "
+        "only the rows of its classes")
+
+    @model_validator(mode="after")
+    def _sparse_needs_deltas(self) -> AdaptationConfig:
+        if self.trainable == "budgeted" and self.exchange != "delta":
+            raise ValueError("trainable: budgeted uploads only what a device trained, which needs exchange: delta")
+        return self
 
 
 class DriftDetectionConfig(_Strict):
@@ -152,10 +180,20 @@ class MergeConfig(_Strict):
     server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
     step_backoff: int = Field(3, ge=0, description="halvings of server_lr tried on a failing candidate before devices are excluded")
     keep_versions: int = Field(4, ge=1, description="recent cloud versions kept in memory to ship deltas against")
-    repair_epochs: int = Field(0, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
+    repair_epochs: int = Field(1, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
     repair_lr: float = Field(0.005, gt=0, description="learning rate of that repair fine-tuning")
+    repair_environments: bool = Field(
+        True, description="the repair fine-tuning sees each proxy image under a random one of the environments "
+        "devices have reported (or clean): the cloud learns the environments its devices met")
+    repair_scope: Literal["merged", "all"] = Field(
+        "merged", description="merged: the repair trains only what this round's uploads carried (their modules, "
+        "their classes' classifier rows), so a download still carries only what devices changed; all: every weight")
     head_by_class: bool = Field(True, description="merge classifier rows only over the devices that hold each class")
     merge_norm_statistics: bool = Field(False, description="average BatchNorm running statistics too; by default the cloud keeps its own and recalibrates them on proxy data")
+    validate_environments: bool = Field(
+        True, description="validate merge candidates on the proxy data clean and under every environment devices "
+        "have reported (corruptions replayed on proxy images, norm statistics re-estimated per environment), and "
+        "each device's sub-model under its own environment; false: clean proxy data only")
 
 
 class RayConfig(_Strict):

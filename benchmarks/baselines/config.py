@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from eclm.config import PlatformConfig
 
-METHOD_NAMES = ("na", "la", "fedavg", "heterofl", "eclm")
+METHOD_NAMES = ("na", "la", "fedavg", "fedavg_codec", "heterofl", "heterofl_codec", "eclm")
 DIGITS_CLASSES = 10
 
 
@@ -32,10 +32,17 @@ class AdaptationBenchConfig(BaseModel):
     devices_per_cycle: int | None = Field(
         None, ge=1, description="devices sampled per cycle (same sample for every method); None = all"
     )
-    cycles: int = Field(5, ge=1, le=200, description="adaptation cycles (one drift step each)")
+    cycles: int = Field(10, ge=1, le=200, description="adaptation cycles (one drift step each)")
+    arrival_from: int = Field(6, ge=1, description="on-arrival gains are averaged over the cycles from this one on")
     tiers: list[float] = Field(
-        default_factory=lambda: [0.3, 0.55, 0.8], min_length=1,
+        default_factory=lambda: [1.0, 0.55, 0.8], min_length=1,
         description="device resource tiers: sub-model parameter cap as a share of the cloud model; device i gets tiers[i % len]",
+    )
+    memory_mb: list[float | None] = Field(
+        default_factory=lambda: [20.0, None, None],
+        description="per tier, memory for training in MB (None: unconstrained); 20 MB cannot train the full "
+                    "model (its dense training needs about 31 MB: eclm.modules.trainable.TrainingMemory) and is "
+                    "about the least in which the narrowest width-prefix slice (FedAvg, HeteroFL) still fits",
     )
     channels: tuple[int, int, int, int] = Field((16, 32, 64, 128), description="resnet18 stage widths of the cloud model")
     modules_per_layer: int = Field(4, ge=2, le=16, description="modules N per module layer")
@@ -48,7 +55,9 @@ class AdaptationBenchConfig(BaseModel):
     severity: tuple[int, int] = Field((2, 4), description="corruption severity range")
     offline_epochs: int = Field(12, ge=0, description="offline stage-1 epochs on the cloud's proxy data")
     enhance_epochs: int = Field(2, ge=0, description="offline stage-2 (ability-enhancing) epochs")
-    adapt_epochs: int = Field(3, ge=1, description="local epochs per cycle (paper: 3), same for every method")
+    epoch_budgets: list[int] = Field(
+        default_factory=lambda: [1, 3], min_length=1,
+        description="adaptation budgets: local epochs per cycle (paper: 3); every method runs each, same for all")
     lr: float = Field(0.01, gt=0, description="local SGD learning rate, same for every method")
     batch_size: int = Field(16, ge=2, description="local batch size (paper: 16), same for every method")
     methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES), min_length=1, description="methods to run")
@@ -80,8 +89,17 @@ class AdaptationBenchConfig(BaseModel):
             raise ValueError(f"tiers must lie in (0, 1], got {bad}")
         return v
 
+    @field_validator("epoch_budgets")
+    @classmethod
+    def _positive_epochs(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v):
+            raise ValueError(f"epoch_budgets must be positive, got {v}")
+        return list(dict.fromkeys(v))
+
     @model_validator(mode="after")
     def _consistent(self) -> AdaptationBenchConfig:
+        if len(self.memory_mb) != len(self.tiers):
+            raise ValueError(f"memory_mb needs one entry per tier ({len(self.tiers)}), got {len(self.memory_mb)}")
         if self.devices_per_cycle is not None and self.devices_per_cycle > self.num_devices:
             raise ValueError(
                 f"devices_per_cycle ({self.devices_per_cycle}) exceeds num_devices ({self.num_devices})"
@@ -96,14 +114,24 @@ class AdaptationBenchConfig(BaseModel):
         """Devices taking part in each cycle."""
         return self.devices_per_cycle or self.num_devices
 
-    def platform_config(self, label_skew: int, seed: int, workdir: Path) -> PlatformConfig:
-        """The eclm platform config of one (label skew, seed) run.
+    def platform_config(self, label_skew: int, seed: int, workdir: Path, epochs: int | None = None,
+                        adaptation: dict | None = None) -> PlatformConfig:
+        """The platform config of one (label skew, seed) run.
+
+        Args:
+            label_skew: Classes per device.
+            seed: Seed of data split, streams, initialisation and training.
+            workdir: Where cloud checkpoints go.
+            epochs: Local epochs per cycle (default: the first of :attr:`epoch_budgets`).
+            adaptation: A method's own adaptation settings (how it trains and what its exchange sends;
+                the training hyper-parameters stay the shared ones).
 
         Raises:
             ValueError: If ``label_skew`` is not one of :attr:`label_skews`.
         """
         if label_skew not in self.label_skews:
             raise ValueError(f"label_skew {label_skew} is not one of the configured {self.label_skews}")
+        shared = {"epochs": epochs or self.epoch_budgets[0], "lr": self.lr, "batch_size": self.batch_size}
         return PlatformConfig.from_dict({
             "name": f"bench-skew{label_skew}-seed{seed}",
             "seed": seed,
@@ -120,34 +148,37 @@ class AdaptationBenchConfig(BaseModel):
                          "modules_per_layer": self.modules_per_layer},
             "offline": {"epochs": self.offline_epochs, "enhance_epochs": self.enhance_epochs, "batch_size": 32,
                         "classes_per_subtask": label_skew, "seed": seed},
-            "devices": [{"name": f"dev{i:03d}", "params_fraction": self.tiers[i % len(self.tiers)]}
-                        for i in range(self.num_devices)],
-            "adaptation": {"epochs": self.adapt_epochs, "lr": self.lr, "batch_size": self.batch_size},
+            "devices": [self._device(i) for i in range(self.num_devices)],
+            "adaptation": (adaptation or {}) | shared,
             "tracking": {"enabled": False},
         })
 
+    def _device(self, i: int) -> dict:
+        tier = i % len(self.tiers)
+        device = {"name": f"dev{i:03d}", "params_fraction": self.tiers[tier]}
+        return device | ({"memory_mb": self.memory_mb[tier]} if self.memory_mb[tier] is not None else {})
+
     @classmethod
     def for_mode(cls, mode: str) -> AdaptationBenchConfig:
-        """Preset for ``"quick"`` (8 devices, all every cycle), ``"full"`` (25 of 100 per cycle) or
-        ``"smoke"`` (:meth:`tiny` with 3 devices, 2 per cycle).
+        """Preset for ``"quick"`` (one label skew, 2 seeds, 8 devices, all every cycle), ``"full"``
+        (issue #11's protocol: 2 and 5 classes, 3 seeds, 25 of 100 devices per cycle) or ``"smoke"``
+        (:meth:`tiny` with 3 devices, 2 per cycle). Quick and full run 10 cycles and both epoch budgets.
 
         Raises:
             ValueError: For an unknown mode.
         """
-        # Run time is dominated by eclm's validated merge (every candidate is finalised and validated
-        # on the proxy data), hence few cycles; see the server-step table for its cost.
         if mode == "smoke":  # tiny, with fewer devices: the suite's code path in seconds
             return cls(**{**cls.tiny().model_dump(), "num_devices": 3, "devices_per_cycle": 2})
         if mode == "quick":
-            return cls(seeds=3, num_devices=8, cycles=3, workers=2)
+            return cls(label_skews=[2], seeds=2, num_devices=8, workers=2)
         if mode == "full":
-            return cls(seeds=3, num_devices=100, devices_per_cycle=25, cycles=3, workers=2)
+            return cls(seeds=3, num_devices=100, devices_per_cycle=25, workers=2)
         raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
     @classmethod
     def tiny(cls) -> AdaptationBenchConfig:
         """Seconds-long setting exercising every code path (for tests)."""
-        return cls(label_skews=[2], seeds=1, num_devices=4, devices_per_cycle=3, cycles=2, tiers=[0.7, 1.0],
-                   channels=(8, 8, 16, 16), modules_per_layer=2, samples_per_device=(20, 30),
-                   corruptions=["gaussian_noise", "contrast"], offline_epochs=1, enhance_epochs=0, adapt_epochs=1,
-                   workers=0, memory_probe=False)
+        return cls(label_skews=[2], seeds=1, num_devices=4, devices_per_cycle=3, cycles=2, arrival_from=2,
+                   tiers=[0.7, 1.0], memory_mb=[None, None], channels=(8, 8, 16, 16), modules_per_layer=2,
+                   samples_per_device=(20, 30), corruptions=["gaussian_noise", "contrast"], offline_epochs=1,
+                   enhance_epochs=0, epoch_budgets=[1], workers=0, memory_probe=False)

@@ -10,8 +10,12 @@ Per cycle, ``coordinator.observe()`` advances every device one drift step and
 ``coordinator.run_cycle(sampled)`` runs the cycle for the sampled devices (the same sample for
 every method). Methods run one after the other, so memory stays flat.
 
-Accuracy is reported twice: argmax over all 10 classes (what the platform logs) and argmax over
-the device's own classes (a label-skewed device knows which classes it can see).
+Each method runs at every epoch budget (``AdaptationBenchConfig.epoch_budgets``) with its own
+adaptation settings (:attr:`~benchmarks.baselines.methods.BenchMethod.adaptation`: dense or
+module-sparse training, what its exchange sends); data, devices, schedule, seeds and the training
+hyper-parameters are the same for all. Accuracy is reported twice: argmax over all 10 classes
+(what the platform logs) and argmax over the device's own classes (a label-skewed device knows
+which classes it can see).
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from benchmarks.local_campaign import local_coordinator
 from eclm.campaign.messages import CloudInfo, CloudSnapshot
 from eclm.config import PlatformConfig
 from eclm.modules import CostTable
+from eclm.pipelines.adaptation import effective_batch as effective_batch_of
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
 
 
 def run_job(config_json: str, label_skew: int, seed: int, threads: int = 1) -> dict:
-    """Run every configured method for one (label skew, seed) and return per-device records.
+    """Run every configured method at every epoch budget for one (label skew, seed).
 
     Args:
         config_json: :class:`AdaptationBenchConfig` as JSON (so the job can run in a worker process).
@@ -45,14 +50,16 @@ def run_job(config_json: str, label_skew: int, seed: int, threads: int = 1) -> d
         threads: torch threads of this process.
 
     Returns:
-        ``{"label_skew", "seed", "pretrain_seconds", "cloud_val_acc", "records": {method: [...]},
-        "server": {method: [...]}, "method_seconds": {method: s}, "arch", "layer_sizes",
-        "full_cost", "effective_batch", "num_devices", "sampled_per_cycle"}``.
+        ``{"label_skew", "seed", "pretrain_seconds", "cloud_val_acc", "runs": {epochs: {"records":
+        {method: [...]}, "server": {method: [...]}, "method_seconds": {method: s}}}, "arch",
+        "layer_sizes", "full_cost", "effective_batch", "num_devices", "sampled_per_cycle"}``
+        (``epochs`` as a string key).
     """
     cfg = AdaptationBenchConfig.model_validate_json(config_json)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="eclm-bench-") as tmp:
-        pcfg = cfg.platform_config(label_skew, seed, Path(cfg.workdir or tmp))
+        workdir = Path(cfg.workdir or tmp)
+        pcfg = cfg.platform_config(label_skew, seed, workdir)
         cloud = CloudService(pcfg, threads)
         t0 = time.perf_counter()
         cloud.pretrain()
@@ -60,19 +67,23 @@ def run_job(config_json: str, label_skew: int, seed: int, threads: int = 1) -> d
         pretrained, info = cloud.snapshot(), cloud.info()
         del cloud
         a = pcfg.adaptation
-        # Steady-state batch: fresh samples plus replayed ones (the replay buffer fills after cycle 1).
-        effective_batch = a.batch_size + int(round(a.replay_ratio * a.batch_size)) if a.replay_capacity else a.batch_size
+        effective_batch = effective_batch_of(a.batch_size, a.replay_ratio, a.replay_capacity > 0)
         rng = np.random.default_rng([seed, label_skew, 17])
         names = [d.name for d in pcfg.devices]
         schedule = [[names[i] for i in sorted(rng.choice(len(names), size=cfg.sampled, replace=False).tolist())]
                     for _ in range(cfg.cycles)]
-        records, server, seconds = {}, {}, {}
-        for name in cfg.methods:
-            records[name], server[name], seconds[name] = run_method(
-                METHODS[name], pcfg, pretrained, info, schedule, effective_batch, threads)
+        runs = {}
+        for epochs in cfg.epoch_budgets:
+            run: dict[str, dict] = {"records": {}, "server": {}, "method_seconds": {}}
+            for name in cfg.methods:
+                method = METHODS[name]
+                mcfg = cfg.platform_config(label_skew, seed, workdir, epochs, dict(method.adaptation))
+                run["records"][name], run["server"][name], run["method_seconds"][name] = run_method(
+                    method, mcfg, pretrained, info, schedule, effective_batch, threads)
+            runs[str(epochs)] = run
     return {
         "label_skew": label_skew, "seed": seed, "pretrain_seconds": pretrain_s,
-        "cloud_val_acc": pretrained.best_val_acc, "records": records, "server": server, "method_seconds": seconds,
+        "cloud_val_acc": pretrained.best_val_acc, "runs": runs,
         "arch": info.arch, "layer_sizes": list(info.layer_sizes), "full_cost": info.full_cost,
         "effective_batch": effective_batch, "num_devices": len(names), "sampled_per_cycle": cfg.sampled,
     }

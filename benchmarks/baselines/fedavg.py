@@ -60,14 +60,22 @@ class FedAvgCloud(CloudService):
         return widest_prefix_within(m.costs(), m.model_id, m.layer_sizes, self.budget(device, resources))
 
     def derive(self, summary: DeviceSummary) -> SubModelPackage:
-        """The device's width-prefix slice of the current global model, in full.
+        """The device's width-prefix slice of the current global model: in full (float32, as
+        published), or with the platform's shared codec (``adaptation.delta_dtype`` other than
+        float32) the change since the version the device holds, which it adds to that version
+        (``adaptation.keep_local: false``), so it holds the global slice again.
 
         Raises:
             ValueError: If no width-prefix slice fits a device's budget.
         """
         spec = self.width_spec(summary)
-        payload = pack_state(self.model.extract(spec).state_dict(), spec,
-                             {"version": self.version, "device": summary.device})
+        held = summary.held
+        if self.cfg.adaptation.delta_dtype != "float32":
+            same = held is not None and held.spec == spec
+            payload = self._package(summary.device, spec, held.version if same else None)
+        else:
+            payload = pack_state(self.model.extract(spec).state_dict(), spec,
+                                 {"version": self.version, "device": summary.device})
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
                                budget=self.budget(summary.device, summary.resources).limits(),
                                cost=self.model.costs().total(spec))

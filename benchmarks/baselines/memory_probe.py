@@ -2,13 +2,18 @@
 
 Method (Linux): one probe process (``python -m benchmarks.baselines.memory_probe``) imports torch
 and builds the modular model once, then forks one child per sub-model. The child extracts the
-sub-model, builds its local data and a filled replay buffer, resets the kernel's peak-RSS mark
+sub-model, builds its local data and a filled replay buffer, and establishes the process's torch
+baseline: torch's training machinery has run once on a tiny model (autograd engine, optimizer,
+the first use of the convolution, norm and loss kernels) and the sub-model has run inference on
+the local data in batches of the training batch size (what a device does before it adapts: it
+evaluates the model it holds). Then it resets the kernel's peak-RSS mark
 (``echo 5 > /proc/self/clear_refs``), runs ``eclm.pipelines.adaptation.finetune`` with the
-benchmark's adaptation settings, and reads the peak back (``VmHWM`` in ``/proc/self/status``).
-The reported figure is that peak minus the RSS right before training: the memory adaptation
-itself adds (weights' gradients, momentum, activations, autograd and allocator overhead), measured
-by the kernel rather than estimated. Forking keeps each measurement on a clean heap without paying
-the interpreter and torch start-up per sub-model.
+benchmark's adaptation settings (module-sparse when the request names a trainable spec), and
+reads the peak back (``VmHWM`` in ``/proc/self/status``). The reported figure is that peak minus
+the RSS right before training: the memory training itself adds (gradients and optimizer state of
+the trained parameters, kept activations, backward workspaces, allocator growth), measured by the
+kernel rather than estimated. Forking keeps each measurement on a clean heap without paying the
+interpreter and torch start-up per sub-model.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ def measure_adaptation_memory(request: dict, timeout: float = 600.0) -> list[dic
     Args:
         request: ``{"arch": {"name", "kwargs"}, "modules_per_layer", "input_size": [C, H, W],
             "num_classes", "classes": [...], "samples", "epochs", "lr", "momentum", "batch_size",
-            "replay_capacity", "replay_ratio", "specs": {key: groups}}``.
+            "replay_capacity", "replay_ratio", "specs": {key: groups or {"groups", "trainable"}}}``
+            (``trainable``: a :class:`~eclm.modules.spec.TrainableSpec` as JSON, or ``None`` for
+            dense training).
         timeout: Seconds before the probe is abandoned.
 
     Returns:
@@ -66,14 +73,17 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def _child(modular, request: dict, groups: list[list[int]]) -> dict:
+def _child(modular, request: dict, entry) -> dict:
     """Measure one sub-model (runs in the forked child)."""
     import torch
 
     from eclm.data import ReplayBuffer
     from eclm.modules import SubModelSpec
+    from eclm.modules.sparse_training import SparsePlan
+    from eclm.modules.spec import TrainableSpec
     from eclm.pipelines.adaptation import finetune
 
+    groups, trainable = (entry["groups"], entry.get("trainable")) if isinstance(entry, dict) else (entry, None)
     spec = SubModelSpec(model_id=modular.model_id, groups=groups)
     model = modular.extract(spec)
     gen = torch.Generator().manual_seed(0)
@@ -84,11 +94,13 @@ def _child(modular, request: dict, groups: list[list[int]]) -> dict:
     if request["replay_capacity"]:
         replay = ReplayBuffer(request["replay_capacity"], seed=0)
         replay.add(x, y)  # steady state: every batch carries its replayed share
+    _torch_baseline(model, x, request["batch_size"])
     method = "VmHWM reset" if _reset_peak() else "ru_maxrss (peak not resettable)"
     before = _status_kib("VmRSS")
+    sparse = SparsePlan(modular.layers, spec, TrainableSpec.model_validate(trainable)) if trainable else None
     stats = finetune(model, x, y, epochs=request["epochs"], lr=request["lr"], batch_size=request["batch_size"],
                      momentum=request["momentum"], replay=replay, replay_ratio=request["replay_ratio"],
-                     local_classes=classes)
+                     local_classes=classes, sparse=sparse)
     peak = _status_kib("VmHWM")
     if peak is None or before is None:
         import resource
@@ -97,7 +109,25 @@ def _child(modular, request: dict, groups: list[list[int]]) -> dict:
         before = before or 0
     return {"params": sum(p.numel() for p in model.parameters()), "baseline_rss": before * 1024,
             "peak_rss": peak * 1024, "adaptation_rss": max(0, peak - before) * 1024,
-            "seconds_per_batch": stats.seconds_per_batch, "method": method}
+            "seconds_per_batch": stats.seconds_per_batch, "method": method, "sparse": sparse is not None}
+
+
+def _torch_baseline(model, x, batch_size: int) -> None:
+    """The process's torch baseline (module docstring): training machinery started on a tiny model,
+    and the sub-model's inference on the local data."""
+    import torch
+    from torch import nn
+
+    tiny = nn.Sequential(nn.Conv2d(x.shape[1], 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3))
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        nn.functional.cross_entropy(tiny(torch.rand(2, *x.shape[1:])), torch.tensor([0, 1])).backward()
+        opt.step()
+    with torch.no_grad():
+        model.eval()
+        for i in range(0, len(x), batch_size):
+            model(x[i : i + batch_size])
 
 
 def _main() -> None:

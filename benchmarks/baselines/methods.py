@@ -14,11 +14,20 @@ FedAvg     :class:`FedAvgCloud`       ``ModularStrategy``: common width-prefix s
 HeteroFL   :class:`HeteroFLCloud`     ``ModularStrategy``: per-device prefix slice, overlap average
 eclm       ``CloudService``           ``ModularStrategy``: derived sub-model, validated merge
 =========  =========================  ==============================================================
+
+Each method also has its own adaptation settings (:attr:`BenchMethod.adaptation`): how its devices
+train and what its exchange sends; the training hyper-parameters (epochs, learning rate, batch)
+are the benchmark's, the same for all. eclm runs the platform's defaults (module-sparse training,
+int8 deltas). The baselines train every parameter (module sparsity is eclm's own) and hold exactly
+the model they receive; each federated baseline runs twice: *as published* (the full float32
+model both ways every cycle) and *with the platform's shared codec* (int8 deltas with error
+feedback up, int8 deltas against the version the device holds down, float16 first deliveries).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from benchmarks.baselines.fedavg import FedAvgCloud
 from benchmarks.baselines.heterofl import HeteroFLCloud
@@ -37,12 +46,14 @@ class BenchMethod:
         label: Name shown in tables and plots.
         strategy: The server strategy the coordinator runs.
         cloud: The cloud service class behind the cloud endpoint.
+        adaptation: The method's own ``adaptation`` settings (merged over the benchmark's).
     """
 
     name: str
     label: str
     strategy: type[ServerStrategy]
     cloud: type[CloudService] = CloudService
+    adaptation: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def adapts(self) -> bool:
@@ -55,10 +66,19 @@ class BenchMethod:
         return self.strategy.merges
 
 
+#: Dense training, and a device holds exactly the model it receives.
+DENSE = {"trainable": "all", "keep_local": False}
+#: The full float32 model both ways (FedAvg and HeteroFL as published).
+PUBLISHED = DENSE | {"delta_dtype": "float32", "first_delivery_dtype": "float32"}
+#: The platform's shared codec (the defaults: int8 deltas, float16 first deliveries).
+CODEC = DENSE | {"delta_dtype": "int8", "first_delivery_dtype": "float16"}
+
 METHODS: dict[str, BenchMethod] = {m.name: m for m in (
     BenchMethod("na", "NA (no adaptation)", NoAdaptation),
-    BenchMethod("la", "LA (local only)", LocalAdaptation),
-    BenchMethod("fedavg", "FedAvg", ModularStrategy, FedAvgCloud),
-    BenchMethod("heterofl", "HeteroFL", ModularStrategy, HeteroFLCloud),
+    BenchMethod("la", "LA (local only)", LocalAdaptation, adaptation=DENSE),
+    BenchMethod("fedavg", "FedAvg", ModularStrategy, FedAvgCloud, PUBLISHED),
+    BenchMethod("fedavg_codec", "FedAvg + codec", ModularStrategy, FedAvgCloud, CODEC),
+    BenchMethod("heterofl", "HeteroFL", ModularStrategy, HeteroFLCloud, PUBLISHED),
+    BenchMethod("heterofl_codec", "HeteroFL + codec", ModularStrategy, HeteroFLCloud, CODEC),
     BenchMethod("eclm", "eclm", ModularStrategy),
 )}

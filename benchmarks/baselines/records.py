@@ -41,9 +41,10 @@ def device_records(result: CycleResult, summaries: Mapping[str, DeviceSummary], 
         adapts: Whether the method trains on the device (NA does not: no training memory).
 
     Returns:
-        Records with ``round, device, tier, classes, environment, acc_before(_dev), acc_after(_dev),
-        forgetting(_dev), bytes_down, bytes_up, seconds_per_batch, batches, params, flops,
-        activation_bytes, train_memory, groups``; ``_dev`` = argmax over the device's own classes.
+        Records with ``round, device, tier, memory_mb, classes, environment, acc_before(_dev),
+        acc_after(_dev), forgetting(_dev), bytes_down, bytes_up, seconds_per_batch, batches,
+        train_seconds, params, trained_params, flops, activation_bytes, train_memory, trainable,
+        groups``; ``_dev`` = argmax over the device's own classes.
 
     Raises:
         RuntimeError: If a device or the cloud failed in the cycle (a benchmark must not silently
@@ -67,7 +68,12 @@ def device_records(result: CycleResult, summaries: Mapping[str, DeviceSummary], 
             "bytes_down": result.bytes_down[name], "bytes_up": result.bytes_up[name],
             "seconds_per_batch": m.seconds_per_batch, "batches": m.batches,
             "params": m.params, "flops": m.flops, "activation_bytes": activation,
-            "train_memory": training_memory_bytes(m.params, activation, effective_batch) if adapts else None,
+            # the platform's own estimate (eclm.modules.trainable.TrainingMemory, dense or module-sparse)
+            "train_memory": (m.train_memory_estimate if m.train_memory_estimate is not None
+                             else training_memory_bytes(m.params, activation, effective_batch)) if adapts else None,
+            "trained_params": m.trained_params if adapts else None, "train_seconds": m.train_seconds,
+            "memory_mb": s.resources.memory_mb,
+            "trainable": m.trainable.model_dump(mode="json") if m.trainable is not None else None,
             "groups": [list(g) for g in spec.groups],
         })
     return records

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 
 # Per-record metrics reduced to one value per seed (mean over devices and cycles).
 SCALARS = ("acc_before", "acc_before_dev", "acc_after", "acc_after_dev", "forgetting", "forgetting_dev",
-           "bytes_down", "bytes_up", "bytes_total", "seconds_per_batch", "train_memory", "params")
+           "bytes_down", "bytes_up", "bytes_total", "seconds_per_batch", "train_seconds", "train_memory", "params",
+           "trained_params")
 # Per-cycle curves (mean over the devices served in that cycle).
 CURVES = ("acc_before", "acc_after", "acc_before_dev", "acc_after_dev")
 
@@ -30,12 +31,13 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return mean_std(values)["mean"]
 
 
-def seed_summary(records: Sequence[dict], cycles: int) -> dict:
+def seed_summary(records: Sequence[dict], cycles: int, arrival_from: int = 1) -> dict:
     """Reduce one method's records of one seed.
 
     Returns:
         ``{metric: value}`` for :data:`SCALARS`, ``"first_<m>"`` (cycle 1) and ``"final_<m>"`` (last
-        cycle) for the accuracy curves, ``"train_memory_max"``, and ``"curves": {m: [per cycle]}``.
+        cycle) for the accuracy curves, ``"arrival"`` / ``"arrival_dev"`` (accuracy on arrival over the
+        cycles from ``arrival_from`` on), ``"train_memory_max"``, and ``"curves": {m: [per cycle]}``.
     """
     rows = [dict(r, bytes_total=r["bytes_down"] + r["bytes_up"]) for r in records]
     out: dict = {}
@@ -49,22 +51,26 @@ def seed_summary(records: Sequence[dict], cycles: int) -> dict:
     for key in CURVES:
         out[f"first_{key}"] = out["curves"][key][0]
         out[f"final_{key}"] = out["curves"][key][-1]
+    for key, curve in (("arrival", "acc_before"), ("arrival_dev", "acc_before_dev")):
+        out[key] = _mean(out["curves"][curve][arrival_from - 1:])
     return out
 
 
-def setting_summary(jobs: Sequence[dict], methods: Sequence[str], cycles: int) -> dict:
-    """Aggregate the jobs (seeds) of one label skew.
+def setting_summary(jobs: Sequence[dict], methods: Sequence[str], cycles: int, arrival_from: int = 1) -> dict:
+    """Aggregate the jobs (seeds) of one setting (label skew and epoch budget).
 
     Args:
-        jobs: :func:`~benchmarks.baselines.experiment.run_job` results of one setting.
+        jobs: Per seed ``{"records": {method: [...]}, "server": {method: [...]}}`` of one setting (one
+            epoch budget's run of :func:`~benchmarks.baselines.experiment.run_job`).
         methods: Method keys to aggregate.
         cycles: Cycles per job.
+        arrival_from: First cycle of the on-arrival window.
 
     Returns:
         ``{"methods": {method: {metric: mean_std, "curves": {m: [mean_std per cycle]}}},
         "ratios": {baseline: {ratio: mean_std}}, "server": {method: decision counts}, "seeds": n}``.
     """
-    per_seed = {m: [seed_summary(job["records"][m], cycles) for job in jobs] for m in methods}
+    per_seed = {m: [seed_summary(job["records"][m], cycles, arrival_from) for job in jobs] for m in methods}
     summary: dict = {"seeds": len(jobs), "methods": {}, "ratios": {}, "server": {}}
     for m in methods:
         seeds = per_seed[m]
@@ -84,8 +90,10 @@ def _ratios(ours: list[dict], theirs: list[dict]) -> dict:
     """Per-seed eclm-vs-baseline figures, then mean and spread over seeds."""
     out: dict[str, list[float | None]] = {k: [] for k in (
         "acc_gain", "acc_gain_dev", "acc_ratio", "acc_ratio_dev", "first_acc_gain", "first_acc_gain_dev",
-        "traffic_ratio", "memory_ratio", "latency_ratio")}
+        "traffic_ratio", "memory_ratio", "latency_ratio", "arrival_gain", "arrival_gain_dev")}
     for a, b in zip(ours, theirs, strict=True):
+        out["arrival_gain"].append(_sub(a["arrival"], b["arrival"]))
+        out["arrival_gain_dev"].append(_sub(a["arrival_dev"], b["arrival_dev"]))
         out["acc_gain"].append(_sub(a["acc_after"], b["acc_after"]))
         out["acc_gain_dev"].append(_sub(a["acc_after_dev"], b["acc_after_dev"]))
         out["acc_ratio"].append(_div(a["acc_after"], b["acc_after"]))

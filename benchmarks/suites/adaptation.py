@@ -1,14 +1,19 @@
-"""Suite ``adaptation``: eclm against the baselines users would pick instead (ALGORITHMS.md 1.6).
+"""Suite ``adaptation``: eclm against the baselines users would pick instead (issue #11's protocol).
 
-NA, LA, FedAvg, HeteroFL and eclm run on the same data, devices, drift schedule, seeds, backbone
-family and adaptation hyper-parameters, in one run, each through the platform's own cycle
-coordinator over in-process services (the code the actors run; see
-:mod:`benchmarks.baselines.experiment`). One job is one (label skew, seed); jobs run in parallel
-worker processes with one torch thread each.
+NA, LA, FedAvg and HeteroFL (each federated baseline as published and with the platform's shared
+codec) and eclm run on the same data, devices, drift schedule, seeds, backbone family and training
+hyper-parameters, at two adaptation budgets (1 and 3 local epochs), each through the platform's
+own cycle coordinator over in-process services (the code the actors run; see
+:mod:`benchmarks.baselines.experiment`). Per cycle: accuracy on arrival and after adaptation;
+per served device and cycle: traffic and training seconds; per tier: modelled and measured
+training memory (:mod:`benchmarks.baselines.memory_probe`). The targets are
+:mod:`benchmarks.baselines.target_figures`. One job is one (label skew, seed); jobs run in
+parallel worker processes with one torch thread each.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import tempfile
@@ -25,11 +30,14 @@ from benchmarks.baselines.summary import mean_std, setting_summary
 from benchmarks.baselines.tables import (
     accuracy_table,
     cost_table,
+    cycle_table,
     pm,
     ratio_table,
     reference_table,
     server_table,
+    tier_table,
 )
+from benchmarks.baselines.target_figures import best_baselines, target_records
 from benchmarks.registry import register_suite
 from eclm.pipelines.adaptation import training_memory_bytes
 
@@ -38,7 +46,8 @@ LABELS = {name: m.label for name, m in METHODS.items()}
 
 @register_suite("adaptation", num_threads=1)
 def adaptation_suite(mode: str, out_dir: Path) -> dict:
-    """Adaptation under drift: NA, LA, FedAvg, HeteroFL and eclm side by side (accuracy, forgetting, traffic, memory)."""
+    """Adaptation under drift: NA, LA, FedAvg, HeteroFL and eclm side by side (accuracy on arrival and after
+    adaptation, forgetting, traffic, memory, time) at 1 and 3 local epochs, with the issue's targets."""
     result = run_adaptation_benchmark(AdaptationBenchConfig.for_mode(mode), out_dir)
     for line in result["summary"]:  # the headline figures, also on the console
         print(f"[adaptation] {line}", flush=True)
@@ -55,45 +64,67 @@ def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None
         jobs: Already computed :func:`run_job` results to aggregate instead of running them.
 
     Returns:
-        ``{"tables", "plots", "summary", "config", "settings": {skew: aggregate}, "measured_memory",
-        "jobs": [per-job timings], "load_average"}``.
+        ``{"tables", "plots", "summary", "targets", "config", "settings": {setting: aggregate},
+        "measured_memory", "jobs": [per-job timings], "load_average"}``; a setting is one label
+        skew at one epoch budget (``"2 classes, 3 epochs"``).
     """
     load_before = _load_average()
     t0 = time.perf_counter()
     jobs = sorted(jobs, key=lambda j: (j["label_skew"], j["seed"])) if jobs is not None else _run_jobs(config)
     jobs_s = time.perf_counter() - t0
-    by_skew = {skew: setting_summary([j for j in jobs if j["label_skew"] == skew], config.methods, config.cycles)
-               for skew in config.label_skews}
-    measured, probe = None, None
-    if config.memory_probe:
-        probe = _probe_memory(config, jobs[0])
-        measured = _measured_by_method(probe)
-    plots = []
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for skew, summary in by_skew.items():
-            name = f"adaptation_accuracy_{skew}of10.png"
-            title = (f"{skew} of 10 classes per device, {config.sampled} of {config.num_devices} devices per cycle, "
-                     f"mean ± std over {config.seeds} seeds")
-            plot_accuracy_over_cycles(summary, LABELS, title, out_dir / name)
-            plots.append(name)
-    tables = [accuracy_table(skew, s, LABELS, config).to_dict() for skew, s in by_skew.items()]
-    tables += [cost_table(by_skew, LABELS, measured).to_dict(), ratio_table(by_skew, LABELS, measured).to_dict(),
-               server_table(by_skew).to_dict(),
-               reference_table(by_skew, LABELS, _full_training_memory(jobs[0]), probe).to_dict()]
+    settings = {setting_name(skew, e): setting_summary([_run_view(j, e) for j in jobs if j["label_skew"] == skew],
+                                                       config.methods, config.cycles, config.arrival_from)
+                for skew in config.label_skews for e in config.epoch_budgets}
+    probe, memory = _memory(config, jobs) if config.memory_probe else ([], None)
+    measured = _measured_by_method(probe)
+    plots = _plots(config, settings, out_dir) if out_dir is not None else []
+    best = best_baselines(jobs, config.cycles, config.arrival_from)
+    tables = [accuracy_table(name, s, LABELS, config).to_dict() for name, s in settings.items()]
+    tables += [cycle_table(name, s, LABELS, config).to_dict() for name, s in settings.items()]
+    tables += [cost_table(settings, LABELS, measured).to_dict(), ratio_table(settings, LABELS, measured).to_dict(),
+               tier_table(jobs, probe, LABELS, config).to_dict(), server_table(settings).to_dict(),
+               reference_table(settings.get(setting_name(2, 3)), LABELS, _full_training_memory(jobs[0]),
+                               probe).to_dict()]
+    targets = target_records(jobs, config.cycles, config.arrival_from, memory)
     return {
         "tables": tables,
         "plots": plots,
-        "summary": _headlines(by_skew, measured),
+        "summary": _headlines(settings, measured, targets, best),
+        "targets": targets,
         "config": config.model_dump(mode="json"),
-        "settings": {str(k): v for k, v in by_skew.items()},
-        "measured_memory": {"per_spec": probe, "per_method": measured},
+        "settings": settings,
+        "best_baselines": best,
+        "measured_memory": {"per_spec": probe, "per_method": measured, "weakest_vs_full": memory},
         "jobs": [{"label_skew": j["label_skew"], "seed": j["seed"], "pretrain_seconds": j["pretrain_seconds"],
-                  "cloud_val_acc": j["cloud_val_acc"], "method_seconds": j["method_seconds"]} for j in jobs],
+                  "cloud_val_acc": j["cloud_val_acc"],
+                  "method_seconds": {e: r["method_seconds"] for e, r in j["runs"].items()}} for j in jobs],
         "jobs_seconds": jobs_s,
         "load_average": {"before": load_before, "after": _load_average()},
     }
+
+
+def setting_name(skew: int, epochs: int) -> str:
+    return f"{skew} classes, {epochs} epoch{'s' if epochs != 1 else ''}"
+
+
+def _run_view(job: dict, epochs: int) -> dict:
+    """One epoch budget's run of a job, in the shape :func:`setting_summary` reads."""
+    run = job["runs"][str(epochs)]
+    return {"records": run["records"], "server": run["server"]}
+
+
+def _plots(config: AdaptationBenchConfig, settings: dict[str, dict], out_dir: Path) -> list[str]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for name, summary in settings.items():
+        file = "adaptation_accuracy_" + name.replace(" classes, ", "of10_").replace(" epochs", "ep").replace(
+            " epoch", "ep") + ".png"
+        title = (f"{name}: {config.sampled} of {config.num_devices} devices per cycle, "
+                 f"mean ± std over {config.seeds} seeds")
+        plot_accuracy_over_cycles(summary, LABELS, title, out_dir / file)
+        plots.append(file)
+    return plots
 
 
 def _run_jobs(config: AdaptationBenchConfig) -> list[dict]:
@@ -111,67 +142,99 @@ def _run_jobs(config: AdaptationBenchConfig) -> list[dict]:
     return sorted(results, key=lambda j: (j["label_skew"], j["seed"]))
 
 
-def _probe_memory(config: AdaptationBenchConfig, job: dict) -> list[dict]:
-    """Peak-RSS probe for one device per tier and method (last cycle of ``job``) and the full model."""
-    specs: dict[str, list[list[int]]] = {"full model": [list(range(n)) for n in job["layer_sizes"]]}
-    seen = {tuple(map(tuple, specs["full model"])): "full model"}
-    aliases: dict[str, str] = {}
-    for method, records in job["records"].items():
-        if not METHODS[method].adapts:
+def _memory(config: AdaptationBenchConfig, jobs: list[dict]) -> tuple[list[dict], dict[int, float]]:
+    """The memory probe: every adapting method's tier representatives (and the full model) on the
+    first job; eclm's weakest tier and the full model on the other seeds' jobs (one per seed).
+
+    Returns:
+        ``(probe records of the first job, {seed: eclm weakest tier / full model adaptation RSS})``.
+    """
+    ratios: dict[int, float] = {}
+    probe: list[dict] = []
+    first_skew = jobs[0]["label_skew"]
+    for job in (j for j in jobs if j["label_skew"] == first_skew):
+        records = _probe_memory(config, job, only_weakest_eclm=bool(probe))
+        probe = probe or records
+        full = next((r for r in records if r["key"] == "full model" and "error" not in r), None)
+        weakest = next((r for r in records if r["key"] == "eclm@weakest" and "error" not in r), None)
+        if full and weakest and full["adaptation_rss"]:
+            ratios[job["seed"]] = weakest["adaptation_rss"] / full["adaptation_rss"]
+    return probe, ratios
+
+
+def _probe_memory(config: AdaptationBenchConfig, job: dict, only_weakest_eclm: bool = False) -> list[dict]:
+    """Peak-RSS probe for one device per tier and method (last cycle of the largest epoch budget of
+    ``job``, with the trainable spec it trained), eclm's weakest tier, and the full model trained
+    densely. Identical sub-models with identical plans are measured once."""
+    epochs = max(config.epoch_budgets)
+    entries: dict[str, dict] = {"full model": {"groups": [list(range(n)) for n in job["layer_sizes"]],
+                                               "trainable": None}}
+    for method, records in job["runs"][str(epochs)]["records"].items():
+        if not METHODS[method].adapts or (only_weakest_eclm and method != "eclm"):
             continue
-        last = max(r["round"] for r in records)
-        for tier in sorted({r["tier"] for r in records}):
-            rec = next((r for r in records if r["round"] == last and r["tier"] == tier), None)
-            if rec is None:
-                continue
-            key, groups = f"{method}@{tier}", tuple(map(tuple, rec["groups"]))
-            if groups in seen:
-                aliases[key] = seen[groups]  # identical sub-model: measure once
-            else:
-                seen[groups] = key
-                specs[key] = rec["groups"]
+        last = [r for r in records if r["round"] == max(r["round"] for r in records)]
+        tiers = {} if only_weakest_eclm else {f"{method}@{_tier_name(r)}": r for r in last}
+        if method == "eclm":
+            tiers["eclm@weakest"] = min(last, key=_weakness)
+        entries |= {k: {"groups": r["groups"], "trainable": r["trainable"]} for k, r in tiers.items()}
+    first_of: dict[str, str] = {}
+    for key, entry in entries.items():
+        first_of.setdefault(json.dumps(entry, sort_keys=True), key)
     with tempfile.TemporaryDirectory() as tmp:
-        a = config.platform_config(job["label_skew"], job["seed"], Path(tmp)).adaptation
+        a = config.platform_config(job["label_skew"], job["seed"], Path(tmp), epochs).adaptation
     request = {"arch": job["arch"], "modules_per_layer": config.modules_per_layer, "input_size": [3, 32, 32],
                "classes": list(range(job["label_skew"])), "samples": config.samples_per_device[1],
                "epochs": a.epochs, "lr": a.lr, "momentum": a.momentum, "batch_size": a.batch_size,
-               "replay_capacity": a.replay_capacity, "replay_ratio": a.replay_ratio, "specs": specs}
+               "replay_capacity": a.replay_capacity, "replay_ratio": a.replay_ratio,
+               "specs": {key: entries[key] for key in first_of.values()}}
     results = {r["key"]: r for r in measure_adaptation_memory(request)}
-    for alias, target in aliases.items():
-        results[alias] = dict(results[target], key=alias, same_as=target)
-    return list(results.values())
+    out = []
+    for key, entry in entries.items():
+        target = first_of[json.dumps(entry, sort_keys=True)]
+        out.append(results[target] if target == key else dict(results[target], key=key, same_as=target))
+    return out
+
+
+def _tier_name(record: dict) -> str:
+    memory = record.get("memory_mb")
+    return f"{record['tier']:g}" + (f"/{memory:g}MB" if memory else "")
+
+
+def _weakness(record: dict) -> tuple[float, float]:
+    """Sort key: the least memory first, then the smallest parameter share."""
+    return (record.get("memory_mb") or float("inf"), record["tier"] or 1.0)
 
 
 def _measured_by_method(probe: list[dict]) -> dict[str, dict]:
     """Mean measured adaptation RSS per method over its tier representatives (and the full model)."""
-    out: dict[str, dict] = {}
+    out: dict[str, list] = {}
     for r in probe:
-        if "error" in r:
+        if "error" in r or r["key"].endswith("@weakest"):
             continue
-        method = r["key"].split("@")[0]
-        out.setdefault(method, []).append(r["adaptation_rss"])
+        out.setdefault(r["key"].split("@")[0], []).append(r["adaptation_rss"])
     return {m: mean_std(v) for m, v in out.items()}
 
 
-def _headlines(by_skew: dict[int, dict], measured: dict | None) -> list[str]:
+def _headlines(settings: dict[str, dict], measured: dict, targets: list[dict], best: dict) -> list[str]:
     lines = []
-    for skew, s in by_skew.items():
+    for name, s in settings.items():
         e = s["methods"].get("eclm")
         if e is None:
             continue
-        best = max((m for m in s["methods"] if m != "eclm"),
-                   key=lambda m: s["methods"][m]["acc_after"]["mean"] or 0.0, default=None)
-        lines.append(f"{skew} classes/device: eclm accuracy after adaptation {pm(e['acc_after'])} (10-way), "
-                     f"{pm(e['acc_after_dev'])} (own classes); best baseline {LABELS.get(best, best)} "
-                     f"{pm(s['methods'][best]['acc_after']) if best else '-'} (10-way).")
+        lines.append(f"{name}: eclm after adaptation {pm(e['acc_after'])}, on arrival (cycles from the window) "
+                     f"{pm(e['arrival'])} (10-way).")
         for base, r in s["ratios"].items():
-            memory = f"; analytic memory x{pm(r['memory_ratio'], 1, 2)}" if r["memory_ratio"]["mean"] else ""
-            lines.append(f"{skew} classes/device, eclm vs {LABELS[base]}: accuracy gain {pm(r['acc_gain'], 100, 1)} "
-                         f"points (10-way), {pm(r['acc_gain_dev'], 100, 1)} (own classes); traffic x"
-                         f"{pm(r['traffic_ratio'], 1, 2)}{memory}.")
-    if measured and measured.get("full model") and measured.get("eclm"):
-        lines.append(f"Measured adaptation RSS: eclm {measured['eclm']['mean'] / 2**20:.1f} MiB vs full model "
-                     f"{measured['full model']['mean'] / 2**20:.1f} MiB.")
+            lines.append(f"{name}, eclm vs {LABELS[base]}: after-adaptation gain {pm(r['acc_gain'], 100, 1)} points, "
+                         f"on-arrival gain {pm(r['arrival_gain'], 100, 1)} points, traffic x{pm(r['traffic_ratio'], 1, 3)}.")
+    lines.append(f"Best baseline after adaptation per epoch budget: {best}.")
+    for t in targets:
+        ok = t["value"] <= t["target"] if t["op"] == "<=" else t["value"] >= t["target"]
+        spread = f" ± {t['spread']:.3g}" if t["spread"] is not None else ""
+        lines.append(f"target {t['name']}: {t['value']:.3g}{spread} {t['op']} {t['target']:g} "
+                     f"({'met' if ok else 'missed'}).")
+    if measured.get("full model") and measured.get("eclm"):
+        lines.append(f"Measured adaptation RSS: eclm {measured['eclm']['mean'] / 2**20:.1f} MiB (mean over tiers) vs "
+                     f"full model {measured['full model']['mean'] / 2**20:.1f} MiB.")
     return lines
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from eclm.campaign.atomic import sha256_bytes, sha256_file, write_json_atomic, write_once
 from eclm.modules.exchange import pack_state, unpack_state
-from eclm.modules.spec import SubModelSpec
+from eclm.modules.spec import SubModelSpec, TrainableSpec
 
 _SNAP = re.compile(r"^snap_(\d{6})\.json$")
 
@@ -39,6 +39,7 @@ class DeviceSnapshot(BaseModel):
     rounds: int = Field(0, ge=0)
     version: int | None = None
     spec: SubModelSpec | None = None
+    trainable: TrainableSpec | None = None
     costs: dict | None = None
     resources: dict = Field(default_factory=dict)
     memory_overridden: bool = False

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from eclm.modules.spec import SubModelSpec
+from eclm.modules.spec import SubModelSpec, TrainableSpec
 
 #: How far an importance row may sum from 1 (rows are means of softmax outputs, so ~1 up to float error).
 IMPORTANCE_ROW_TOLERANCE = 1e-3
@@ -134,8 +134,11 @@ class SubModelPackage(Message):
             means the device keeps the weights it holds (same spec, same version).
         version: Cloud version the package reflects.
         budget: The resource limits the derivation respected (dimension -> limit).
-        cost: The sub-model's cost (params, flops, activation_bytes, payload_bytes).
+        cost: The sub-model's cost (params, flops, activation_bytes, payload_bytes; with
+            module-sparse adaptation also the modelled ``train_memory`` in bytes).
         solve_seconds: Time the derivation took.
+        trainable: What the device trains this cycle (module-sparse adaptation, within ``spec``);
+            ``None``: every parameter of the sub-model.
     """
 
     device: str
@@ -145,6 +148,13 @@ class SubModelPackage(Message):
     budget: dict[str, float] = Field(default_factory=dict)
     cost: dict[str, float] = Field(default_factory=dict)
     solve_seconds: float = Field(0.0, ge=0)
+    trainable: TrainableSpec | None = None
+
+    @model_validator(mode="after")
+    def _trainable_within_spec(self) -> SubModelPackage:
+        if self.trainable is not None and not self.trainable.within(self.spec):
+            raise ValueError("trainable names modules the sub-model does not hold")
+        return self
 
     @property
     def nbytes(self) -> int:
@@ -193,7 +203,10 @@ class DeviceMetrics(Message):
     batches: int | None = Field(None, ge=0)
     params: float | None = Field(None, ge=0)
     flops: float | None = Field(None, ge=0)
-    train_memory_estimate: float | None = Field(None, ge=0)
+    train_memory_estimate: float | None = Field(None, ge=0, description="modelled training memory, bytes "
+                                                 "(eclm.modules.trainable.TrainingMemory)")
+    trainable: TrainableSpec | None = Field(None, description="what the device trained (None: every parameter)")
+    trained_params: float | None = Field(None, ge=0, description="parameters the device trained")
     rss_delta: float | None = None
     environment: str | None = None
     severity: int | None = None
@@ -254,6 +267,9 @@ class MergeOutcome(Message):
     screen: dict[str, dict] = Field(default_factory=dict, description="per device the robust screen's statistics")
     paired: dict | None = Field(None, description="the paired acceptance test of the accepted candidate")
     details: dict[str, str] = Field(default_factory=dict, description="free-form facts of the strategy")
+    cloud_seen_acc: float | None = Field(None, description="cloud accuracy under the environments seen so far "
+                                                           "(after the merge; docs/method.md)")
+    environments: tuple[str, ...] = Field((), description="environments seen so far, as corruption@severity")
 
     @property
     def changed(self) -> bool:

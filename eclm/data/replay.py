@@ -87,14 +87,27 @@ class ReplayBuffer:
         Raises:
             ValueError: If ``n`` < 0 or the buffer is empty.
         """
+        rows = self.sample_rows(n)
+        return self._images[rows].clone(), self._labels[rows].clone()
+
+    def sample_rows(self, n: int) -> torch.Tensor:
+        """Rows of ``min(n, len(self))`` distinct stored samples, uniformly at random (the draw
+        :meth:`sample` and :meth:`mix` make).
+
+        Raises:
+            ValueError: If ``n`` < 0 or the buffer is empty.
+        """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         if self._images is None or self._labels is None or self._size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        rows = torch.as_tensor(
-            self._rng.choice(self._size, size=min(n, self._size), replace=False), dtype=torch.long
-        )
-        return self._images[rows].clone(), self._labels[rows].clone()
+        return torch.as_tensor(self._rng.choice(self._size, size=min(n, self._size), replace=False), dtype=torch.long)
+
+    def stored(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored samples ``(images, labels)`` in row order (views, not copies)."""
+        if self._images is None or self._labels is None:
+            raise ValueError("the replay buffer is empty")
+        return self._images[: self._size], self._labels[: self._size]
 
     def mix(
         self, batch_x: torch.Tensor, batch_y: torch.Tensor, ratio: float

@@ -18,16 +18,28 @@ downloads leave them out (the device recalibrates them on its own data).
 Differences may travel in a narrower floating-point type than the weights (``adaptation.delta_dtype``,
 float16 by default): a change is small, so rounding it to float16 costs about 5e-4 of the change
 itself, not of the weight, and halves the bytes both ways. The receiver adds it in the weights' own
-precision. A tensor whose change would overflow the narrow type travels at full precision.
+precision. A tensor whose change would overflow the narrow type travels at full precision. With
+``delta_dtype: int8`` differences travel quantised per output channel (:mod:`eclm.modules.codec`).
+
+Deltas may be *module-sparse* (:mod:`eclm.modules.sparse_delta`): an upload carries only what the
+device trained, a download only the modules, classifier rows and tensors that changed since the
+version the device holds. A delta without a ``groups`` header is dense and must carry every
+learned weight.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
+from eclm.modules.codec import decode, encode_one
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.modules.merge import is_norm_statistic
+from eclm.modules.layer import ModuleLayer
+from eclm.modules.merge import is_norm_statistic, tensor_owner
+from eclm.modules.sparse_delta import Parts, changed_parts, put, take
+from eclm.modules.spec import SubModelSpec, TrainableSpec
 
 WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -111,3 +123,99 @@ def _narrower_than(dtype: torch.dtype) -> set[torch.dtype]:
     """Wire types a difference for weights of ``dtype`` may arrive in."""
     bits = torch.finfo(dtype).bits
     return {t for t in WIRE_DTYPES.values() if torch.finfo(t).bits < bits}
+
+
+# ---------------------------------------------------------------------- module-sparse exchange
+def learned_keys(state: Mapping[str, Tensor]) -> set[str]:
+    """Keys of ``state`` that travel as differences."""
+    return {k for k, v in state.items() if is_delta_key(k, v)}
+
+
+def sparse_download(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
+                    spec: SubModelSpec, row_keys: Sequence[str]) -> tuple[dict[str, Tensor], Parts]:
+    """The cloud's change of a sub-model between two versions, carrying only what changed.
+
+    Only learned weights travel (statistics are the device's own); a module is carried when any of
+    its slices changed, a classifier row when it changed, a tensor outside modules when it changed.
+
+    Returns:
+        ``(differences of the carried parts, parts)``.
+    """
+    parts, whole = changed_parts(new, old, layers, spec, row_keys)
+    keys = [k for k in learned_keys(new)
+            if k in whole or k in parts.rows or (tensor_owner(layers, k) is not None and k not in row_keys)]
+    after, before = take(new, layers, spec, parts, keys), take(old, layers, spec, parts, keys)
+    return {k: after[k] - before[k] for k in after}, parts
+
+
+def upload_parts(plan: TrainableSpec, row_keys: Sequence[str], classes: Sequence[int]) -> Parts:
+    """What a device that trained ``plan`` uploads: its trained modules and the classifier rows of
+    its ``classes`` (the merge takes a device's rows only for its classes, whatever it trained)."""
+    rows = tuple(sorted(set(classes) if plan.head_rows is None else set(plan.head_rows) & set(classes)))
+    return Parts(groups=plan.groups, rows={k: rows for k in row_keys})
+
+
+def upload_keys(state: Mapping[str, Tensor], layers: Sequence[ModuleLayer], plan: TrainableSpec,
+                row_keys: Sequence[str], *, statistics: bool) -> list[str]:
+    """Tensors a device that trained ``plan`` uploads (norm statistics of those parts if asked)."""
+    def carried(key: str) -> bool:
+        if key in row_keys:
+            return plan.head_rows is None or bool(plan.head_rows)
+        owner = tensor_owner(layers, key)
+        return bool(plan.groups[owner[0]]) if owner is not None else plan.shared
+
+    return [k for k, v in state.items()
+            if v.is_floating_point() and (statistics or not is_norm_statistic(k)) and carried(k)]
+
+
+def _decoded(base: Mapping[str, Tensor], wire: dict[str, Tensor], meta: dict, spec: SubModelSpec,
+             row_keys: Sequence[str]) -> tuple[dict[str, Tensor], Parts | None]:
+    return decode(wire), Parts.from_meta(meta, spec, {k: base[k].shape[0] for k in row_keys if k in base})
+
+
+def apply_wire_delta(base: dict[str, Tensor], wire: dict[str, Tensor], meta: dict, layers: Sequence[ModuleLayer],
+                     spec: SubModelSpec, row_keys: Sequence[str]) -> dict[str, Tensor]:
+    """``base`` plus a delta as it arrives (decoded; dense or module-sparse per its header).
+
+    Raises:
+        MalformedPayloadError: If the delta does not decode or does not fit ``base`` (a dense
+            delta must carry every learned weight).
+    """
+    decoded, parts = _decoded(base, wire, meta, spec, row_keys)
+    if parts is None:
+        return apply_delta(base, decoded)
+    return put(base, decoded, layers, spec, parts, differences=learned_keys(base) & set(decoded))
+
+
+def rebase_upload(current: dict[str, Tensor], wire: dict[str, Tensor], meta: dict, layers: Sequence[ModuleLayer],
+                  spec: SubModelSpec, row_keys: Sequence[str]) -> tuple[dict[str, Tensor], Parts | None]:
+    """An uploaded delta as absolute weights on the cloud's ``current`` slices of ``spec``.
+
+    A module-sparse upload yields only the tensors it carries: module slices restricted to the
+    carried modules, the classifier whole (the rows it did not carry stay the cloud's), tensors
+    outside modules whole.
+
+    Returns:
+        ``(state, parts)``; ``parts`` is ``None`` for a dense upload (every tensor of ``spec``).
+
+    Raises:
+        MalformedPayloadError: If the delta does not decode or does not fit the sub-model.
+    """
+    decoded, parts = _decoded(current, wire, meta, spec, row_keys)
+    if parts is None:
+        return apply_delta(current, decoded), None
+    merged = put(current, decoded, layers, spec, parts, differences=learned_keys(current) & set(decoded))
+    return take(merged, layers, spec, Parts(groups=parts.groups), decoded), parts
+
+
+def first_delivery(state: Mapping[str, Tensor], dtype: str) -> dict[str, Tensor]:
+    """A full sub-model for the wire: learned weights in ``dtype`` (``"float16"`` halves them; a
+    tensor that would overflow stays float32), norm statistics and integer buffers exact."""
+    if dtype == "float32":
+        return dict(state)
+    return {k: encode_one(k, v, dtype)[k] if is_delta_key(k, v) else v for k, v in state.items()}
+
+
+def to_float32(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A received state with narrow float tensors widened to float32 (the device computes in float32)."""
+    return {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}

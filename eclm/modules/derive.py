@@ -76,13 +76,7 @@ def derive_submodel(
     avail = [list(held.groups[i]) if held is not None else list(range(n)) for i, n in enumerate(sizes)]
     empty_ok = [bool(a) and (held is None or not held.groups[i] or True) for i, a in enumerate(allows_empty)]
     limits = budget.limits()
-    minimum = minimal_cost(costs, empty_ok, avail)
-    for dim, limit in limits.items():
-        if limit < minimum[dim]:
-            raise BudgetTooSmallError(
-                f"device {budget.name!r}: budget {dim}={limit:.6g} is below the minimal sub-model's "
-                f"{dim}={minimum[dim]:.6g}"
-            )
+    _check_minimum(costs, budget, empty_ok, avail)
     groups = None
     if solver == "milp":
         groups = _solve_milp(costs, imp, limits, avail, empty_ok, time_limit)
@@ -112,6 +106,17 @@ def _checked_importance(importance: Sequence[Sequence[float]], sizes: list[int])
     if any(np.any(~np.isfinite(v)) or np.any(v < 0) for v in imp):
         raise ValueError("importance must be finite and non-negative")
     return imp
+
+
+def _check_minimum(costs: CostTable, budget: DeviceProfile, empty_ok, avail) -> None:
+    """Raise :class:`BudgetTooSmallError` naming the first budget below the minimal sub-model's cost."""
+    minimum = minimal_cost(costs, empty_ok, avail)
+    for dim, limit in budget.limits().items():
+        if limit < minimum[dim]:
+            raise BudgetTooSmallError(
+                f"device {budget.name!r}: budget {dim}={limit:.6g} is below the minimal sub-model's "
+                f"{dim}={minimum[dim]:.6g}"
+            )
 
 
 def shrink_submodel(

@@ -51,6 +51,9 @@ class ModuleUpdate:
         classes: Classes in the device's data (used to merge classifier rows by class), or
             ``None`` if unknown (then the device contributes to every row).
         metrics: What the device reports about its adaptation (checked for finite numbers only).
+        trained: For a module-sparse upload, the modules it carries (a subset of ``spec``; module
+            slices in ``state`` are restricted to them); ``None``: every module of ``spec``. A
+            module or tensor an upload does not carry is not contributed.
     """
 
     device_id: str
@@ -60,6 +63,12 @@ class ModuleUpdate:
     num_samples: int
     classes: Sequence[int] | None = None
     metrics: dict | None = None
+    trained: SubModelSpec | None = None
+
+    @property
+    def carried(self) -> SubModelSpec:
+        """The modules whose slices ``state`` holds."""
+        return self.trained if self.trained is not None else self.spec
 
 
 def tensor_owner(layers: Sequence[ModuleLayer], key: str) -> tuple[int, str] | None:
@@ -133,7 +142,7 @@ def merge_module_updates(
         out = cloud.clone()
         touched = False
         for g in range(layers[idx].n_modules):
-            group_holders = [u for u in holders if g in u.spec.groups[idx]]
+            group_holders = [u for u in holders if g in u.carried.groups[idx]]
             if not group_holders:
                 continue
             raw = [_module_weight(u, idx, g, weighting) for u in group_holders]
@@ -141,7 +150,7 @@ def merge_module_updates(
             cloud_pos = positions(full_owner, [g])
             parts = []
             for u in group_holders:
-                dev_owner = full_owner[positions(full_owner, u.spec.groups[idx])]
+                dev_owner = full_owner[positions(full_owner, u.carried.groups[idx])]
                 parts.append(u.state[key].to(cloud.dtype).index_select(dim, positions(dev_owner, [g])))
             out.index_copy_(dim, cloud_pos, reduce(parts, w))
             touched = True

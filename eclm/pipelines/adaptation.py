@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eclm.data.replay import ReplayBuffer
+from eclm.modules.merge import classifier_keys
+from eclm.modules.sparse_training import SparsePlan, module_sparse
+from eclm.modules.trainable import TrainingMemory
 
 
 @dataclass
@@ -106,6 +109,7 @@ def finetune(
     replay_ratio: float = 0.5,
     generator: torch.Generator | None = None,
     local_classes: list[int] | None = None,
+    sparse: SparsePlan | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on local data with optional replay.
 
@@ -116,25 +120,58 @@ def finetune(
     are masked out of the loss), so a label-skewed device does not push down the classifier rows
     of classes it never sees; those rows stay as the cloud sent them, which keeps module-wise
     merging of the shared head from erasing other devices' classes.
+
+    With ``sparse`` only what its trainable spec names is trained (module-sparse adaptation,
+    :mod:`eclm.modules.sparse_training`): the optimizer holds only those parameters, and the
+    stages before the earliest trainable one are frozen whole: their output for the local samples
+    and of the replay buffer's samples are computed once (eval mode, no autograd), and each batch
+    runs only the stages after them.
     """
+    use_replay = replay is not None and len(replay) > 0 and replay_ratio > 0
+    if sparse is None or sparse.trainable.is_dense(sparse.spec):
+        def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
+            return replay.mix(x[idx], y[idx], replay_ratio) if use_replay else (x[idx], y[idx])
+
+        return _train(model, list(model.parameters()), batch, model, len(x), epochs, lr, batch_size, momentum,
+                      generator, local_classes, replay, x, y)
+    with module_sparse(model, sparse) as st:
+        features = st.prefix(x, batch_size)
+        replayed = st.prefix(replay.stored()[0], batch_size) if use_replay else None
+
+        def sparse_batch(idx: Tensor) -> tuple[Tensor, Tensor]:
+            count = int(round(replay_ratio * len(idx))) if use_replay else 0
+            if count == 0:
+                return features[idx], y[idx]
+            rows = replay.sample_rows(count)  # the draw replay.mix would make, on stored features
+            labels = replay.stored()[1][rows].to(y.dtype)
+            return torch.cat([features[idx], replayed[rows]]), torch.cat([y[idx], labels])
+
+        return _train(model, st.params, sparse_batch, st.suffix, len(x), epochs, lr, batch_size, momentum,
+                      generator, local_classes, replay, x, y)
+
+
+def _train(model: nn.Module, params: list[nn.Parameter], batch, forward, n: int, epochs: int, lr: float,
+           batch_size: int, momentum: float, generator: torch.Generator | None, local_classes: list[int] | None,
+           replay: ReplayBuffer | None, x: Tensor, y: Tensor) -> TrainStats:
+    """The training loop of :func:`finetune`: ``batch(fresh sample indices)`` gives a batch's inputs
+    and labels (replayed samples appended), ``forward`` its logits; afterwards the fresh samples
+    join ``replay``."""
     gen = generator or torch.Generator().manual_seed(0)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
     mask: Tensor | None = None
     model.train()
     start = time.perf_counter()
     epoch_losses: list[float] = []
     batches = samples = 0
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
+    for _ in range(epochs if opt is not None else 0):
+        perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
-        for i in range(0, len(x), batch_size):
+        for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm cannot train on a single sample
-            xb, yb = x[idx], y[idx]
-            if replay is not None and len(replay) > 0 and replay_ratio > 0:
-                xb, yb = replay.mix(xb, yb, replay_ratio)
-            logits = model(xb)
+            xb, yb = batch(idx)
+            logits = forward(xb)
             if local_classes:
                 mask = _class_mask(mask, logits.shape[-1], local_classes, yb)
                 logits = logits + mask
@@ -162,6 +199,23 @@ def _class_mask(mask: Tensor | None, n_classes: int, local_classes: list[int], l
         mask[torch.as_tensor(sorted(set(local_classes) | set(labels.tolist())))] = 0.0
     mask[labels] = 0.0  # replayed samples of a class keep that class active
     return mask
+
+
+def effective_batch(batch_size: int, replay_ratio: float, replay: bool) -> int:
+    """Samples per training batch: fresh ones plus the replayed share."""
+    return batch_size + (int(round(replay_ratio * batch_size)) if replay else 0)
+
+
+def training_memory_model(model: nn.Module, batch: float) -> TrainingMemory:
+    """The training-memory model (:class:`~eclm.modules.trainable.TrainingMemory`) of a timm model
+    (its classifier's row size and class count) at ``batch`` samples per batch."""
+    head = dict(model.named_parameters())
+    keys = classifier_keys(model)
+    weight = next((head[k] for k in keys if head[k].ndim == 2), None)
+    if weight is None:
+        raise ValueError(f"{type(model).__name__} has no linear classifier")
+    return TrainingMemory(batch=batch, head_row_params=sum(head[k][0].numel() for k in keys),
+                          num_classes=weight.shape[0])
 
 
 def training_memory_bytes(params: float, activation_bytes: float, batch_size: int) -> float:

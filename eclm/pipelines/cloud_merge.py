@@ -10,103 +10,141 @@ leaves the model bit-identical; an exception raised by one upload rejects that u
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor
 
 from eclm.campaign.messages import AttributedUpdate, MergeOutcome
-from eclm.modules import ModuleUpdate, SubModelSpec, classifier_keys
-from eclm.modules.deltas import apply_delta
+from eclm.modules import ModuleUpdate, SubModelSpec
+from eclm.modules.deltas import rebase_upload
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.modules.merge import merge_module_updates
+from eclm.modules.merge import merge_module_updates, tensor_owner
+from eclm.modules.sparse_delta import Parts
+from eclm.modules.sparse_training import SparsePlan
+from eclm.modules.spec import TrainableSpec
 from eclm.pipelines.adaptation import finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.defences import ClaimBounds, RobustScreen, reference_update
-from eclm.pipelines.mcnemar import correct_mask
+from eclm.pipelines.environments import Environment, environment_name, environment_of, merged
 from eclm.pipelines.upload_admission import admit
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 
 
 class CloudMergeMixin:
     """Merge methods; expects ``cfg``, ``model``, ``version``, ``best_val_acc``, ``best_val_correct``,
-    ``known_classes``, ``_split_uploads``, the proxy tensors and ``_remember_version`` on the host."""
+    ``known_classes``, ``_split_uploads``, the proxy tensors, ``proxy`` (the environments replayed on
+    them), ``environments``, ``_repair``, ``_row_keys`` and ``_remember_version`` on the host."""
 
-    def _rebase(self, state: dict[str, Tensor], spec: SubModelSpec, meta: dict) -> dict[str, Tensor]:
-        """An upload as absolute weights: a delta upload is added to the cloud's current slices."""
+    def _rebase(self, state: dict[str, Tensor], spec: SubModelSpec, meta: dict
+                ) -> tuple[dict[str, Tensor], Parts | None]:
+        """An upload as absolute weights: a delta upload is added to the cloud's current slices
+        (a module-sparse one yields only the parts it carries, named by the returned parts)."""
         if meta.get("kind", "weights") == "weights":
-            return state
+            return state, None
         if meta.get("kind") != "delta":
             raise MalformedPayloadError(f"unknown update kind {meta.get('kind')!r}")
         try:
             current = self.model.extract(spec).state_dict()
         except (ValueError, IndexError) as err:
             raise MalformedPayloadError(f"spec does not fit the cloud model: {err}") from err
-        return apply_delta(current, state)
+        return rebase_upload(current, state, meta, self.model.layers, spec, self._row_keys)
 
     # ------------------------------------------------------------------ merge
-    def _evaluator(self, classes: dict[str, list[int]]):
-        # The cloud evaluates each device's re-derived sub-model on the proxy-validation samples
-        # of the classes it reported (device data never leaves the device).
+    def _evaluator(self, classes: dict[str, list[int]], envs: tuple[Environment, ...] = (),
+                   device_envs: dict[str, Environment | None] | None = None):
+        # The cloud evaluates its full model on the proxy-validation set, clean and under every
+        # environment in ``envs`` (samples concatenated), and each device's re-derived sub-model on
+        # the proxy-validation samples of the classes it reported, under its environment (device
+        # data never leaves the device; environments are replayed on proxy data, see
+        # eclm/pipelines/environments.py).
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
             probe = copy.deepcopy(self.model)
             probe.backbone.load_state_dict(state)
-            correct = correct_mask(probe.extract(probe.full_spec()), self.val_x, self.val_y)
+            correct = self._correct(probe.extract(probe.full_spec()), envs)
             per_device, per_correct = {}, {}
             for u in updates:
-                mask = torch.isin(self.val_y, torch.tensor(classes.get(u.device_id) or [], dtype=self.val_y.dtype))
-                if mask.sum() > 0:
-                    per_correct[u.device_id] = correct_mask(probe.extract(u.spec), self.val_x[mask], self.val_y[mask])
-                    per_device[u.device_id] = float(per_correct[u.device_id].float().mean())
+                mask = self.proxy.correct(probe.extract(u.spec), (device_envs or {}).get(u.device_id),
+                                          classes.get(u.device_id) or [])
+                if len(mask):
+                    per_correct[u.device_id], per_device[u.device_id] = mask, float(mask.float().mean())
             overall = float(correct.float().mean()) if len(correct) else float("nan")
             return Evaluation(overall, per_device, correct, per_correct)
 
         return run
 
-    def _pipeline(self, classes: dict[str, list[int]], same_upload: set[str]) -> ValidatedMerge:
+    def _correct(self, model, envs: tuple[Environment, ...]) -> Tensor:
+        """Per-sample correctness of ``model`` on the proxy validation set, clean and under ``envs``."""
+        return torch.cat([self.proxy.correct(model, None)] + [self.proxy.correct(model, e) for e in envs])
+
+    def seen_accuracy(self) -> float | None:
+        """Mean accuracy of the cloud model under the environments seen so far (``None`` before any),
+        norm statistics re-estimated per environment (:mod:`eclm.pipelines.environments`)."""
+        return self.proxy.mean_accuracy(self.model.extract(self.model.full_spec()), self.environments)
+
+    def _pipeline(self, classes: dict[str, list[int]], same_upload: set[str], envs: tuple[Environment, ...] = (),
+                  device_envs: dict[str, Environment | None] | None = None) -> ValidatedMerge:
         m = self.cfg.merge
+        # the best accepted version is a reference only on the environments it was measured on
+        same_envs = envs == self._validated_environments()
         return ValidatedMerge(
-            evaluate=self._evaluator(classes),
+            evaluate=self._evaluator(classes, envs, device_envs),
             aggregator=create_aggregator(m.aggregator, m.trim_fraction, m.krum_byzantine, m.krum_keep),
             weighting=m.weighting, max_relative_norm=m.max_relative_norm, tolerance=m.tolerance,
             device_tolerance=m.device_tolerance, min_updates=m.min_updates, server_lr=m.server_lr,
             step_backoff=m.step_backoff, merge_norm_statistics=m.merge_norm_statistics,
-            finalize=self._finalize_candidate, reference_accuracy=self.best_val_acc,
-            class_rows=tuple(classifier_keys(self.model.backbone)) if m.head_by_class else (),
-            max_samples=self.cfg.data.samples_per_device[1], same_upload=same_upload, **self._defences(),
+            finalize=self._finalize_candidate, reference_accuracy=self.best_val_acc if same_envs else None,
+            # a module-sparse upload carries only its classes' rows: the head is always merged by class
+            class_rows=self._row_keys if m.head_by_class or self.cfg.adaptation.trainable == "budgeted" else (),
+            max_samples=self.cfg.data.samples_per_device[1], same_upload=same_upload,
+            **self._defences(same_envs),
         )
+
+    def _validated_environments(self) -> tuple[Environment, ...]:
+        """The environments the current version was validated on (none without ``validate_environments``)."""
+        return self.environments if self.cfg.merge.validate_environments else ()
 
     def merge(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
         """Validate and merge device uploads; a rejected or failed merge leaves the model bit-identical.
 
         Every upload is admitted on its own first (:mod:`eclm.pipelines.upload_admission`): one
         that is malformed, claims another device or foreign classes, or raises anything while
-        being decoded or checked is rejected alone with its reason.
+        being decoded or checked is rejected alone with its reason. With
+        ``merge.validate_environments`` candidates are validated on the proxy data clean and
+        under every environment devices have reported so far (this round's included).
         """
         admission = admit(uploads, self.model.layer_sizes, self._rebase)
+        reported = {u.channel: environment_of(u.update.metrics.environment, u.update.metrics.severity)
+                    for u in uploads}
+        envs = merged(self.environments, reported.values())
         classes = {u.device_id: list(u.classes or []) for u in admission.updates}
+        self._repair = (envs, self._repair_plan(admission.updates))
         cloud_state = self.model.backbone.state_dict()
         updates, rejected = admission.updates, dict(admission.rejected)
         split_members, self._split_uploads = self._split_uploads, set()
-        pipeline = self._pipeline(classes, split_members)
+        if self.cfg.merge.validate_environments:
+            pipeline = self._pipeline(classes, split_members, envs, reported)
+        else:
+            pipeline = self._pipeline(classes, split_members)
         try:
             new_state, report = pipeline.run(cloud_state, self.model.layers, updates, admission.issued, self._names)
         except Exception as err:  # noqa: BLE001 - find the upload that breaks the merge, merge the rest
             broken = self._breaking_updates(cloud_state, updates)
             if not broken:
-                return MergeOutcome(decision="reject", reason=f"merge failed: {err!r}", rejected=rejected,
-                                    version=self.version)
+                return self._outcome(MergeOutcome(decision="reject", reason=f"merge failed: {err!r}",
+                                                  rejected=rejected, version=self.version))
             rejected |= {u.device_id: f"merge failed on this upload: {e}" for u, e in broken}
             kept = [u for u in updates if all(u is not b for b, _ in broken)]
-            return self._merge_rest(pipeline, cloud_state, kept, admission.issued, rejected)
-        return self._conclude(new_state, report, rejected)
+            return self._outcome(self._merge_rest(pipeline, cloud_state, kept, admission.issued, rejected, envs))
+        return self._outcome(self._conclude(new_state, report, rejected, envs))
 
-    def _merge_rest(self, pipeline, cloud_state, updates, issued, rejected) -> MergeOutcome:
+    def _merge_rest(self, pipeline, cloud_state, updates, issued, rejected, envs) -> MergeOutcome:
         try:
             new_state, report = pipeline.run(cloud_state, self.model.layers, updates, issued, self._names)
         except Exception as err:  # noqa: BLE001 - the model must stay untouched whatever happens
             return MergeOutcome(decision="reject", reason=f"merge failed: {err!r}", rejected=rejected,
                                 version=self.version)
-        return self._conclude(new_state, report, rejected)
+        return self._conclude(new_state, report, rejected, envs)
 
     def _breaking_updates(self, cloud_state, updates: list[ModuleUpdate]) -> list[tuple[ModuleUpdate, str]]:
         """The updates whose merge math raises on their own (only looked for when a merge raised)."""
@@ -118,12 +156,16 @@ class CloudMergeMixin:
                 broken.append((u, f"{type(err).__name__}: {err}"))
         return broken
 
-    def _conclude(self, new_state, report, rejected: dict[str, str]) -> MergeOutcome:
+    def _conclude(self, new_state, report, rejected: dict[str, str], envs: tuple[Environment, ...]) -> MergeOutcome:
         report.rejected.update(rejected)
         if new_state is not None:
+            validated = self._validated_environments()
             self.model.backbone.load_state_dict(new_state)
             self.version += 1
             self._remember_version()
+            self.environments = envs
+            if validated != self._validated_environments():  # references only on the same environments
+                self.best_val_acc, self.best_val_correct = None, None
             if report.cloud_acc_after is not None:
                 self.best_val_acc = max(self.best_val_acc or 0.0, report.cloud_acc_after)
             self._remember_best_predictions()
@@ -135,7 +177,14 @@ class CloudMergeMixin:
             paired=_json(report.paired),
         )
 
-    def _defences(self) -> dict:
+    def _outcome(self, outcome: MergeOutcome) -> MergeOutcome:
+        """``outcome`` with the cloud's accuracy on the environments seen so far."""
+        seen = self.seen_accuracy()
+        return outcome.model_copy(update={
+            "cloud_seen_acc": seen if seen is not None and math.isfinite(seen) else None,
+            "environments": tuple(environment_name(e) for e in self.environments)})
+
+    def _defences(self, same_envs: bool = True) -> dict:
         """The merge's defences from the ``merge`` config (docs/security.md): claim bounds, the
         robust screen with the cloud's reference updates, and the paired acceptance test."""
         m, s = self.cfg.merge, self.cfg.merge.screen
@@ -147,7 +196,8 @@ class CloudMergeMixin:
         return {"claims": claims, "known_classes": self.known_classes, "screen": screen,
                 "reference": self._reference_update if screen is not None and s.trust else None,
                 "acceptance": m.acceptance, "alpha": m.alpha, "max_drop": m.max_drop,
-                "device_max_drop": m.device_max_drop, "reference_correct": self.best_val_correct}
+                "device_max_drop": m.device_max_drop,
+                "reference_correct": self.best_val_correct if same_envs else None}
 
     def _reference_update(self, update: ModuleUpdate) -> dict[str, Tensor]:
         """The cloud's own short fine-tune of the update's sub-model on the proxy samples of the
@@ -161,27 +211,46 @@ class CloudMergeMixin:
                                 seed=self.cfg.seed + self.version, in_place=True)
 
     def _remember_best_predictions(self) -> None:
-        """Keep the per-sample correctness of the best accepted version (the paired test's reference)."""
-        correct = correct_mask(self.model.extract(self.model.full_spec()), self.val_x, self.val_y)
+        """Keep the per-sample correctness of the best accepted version (the paired test's reference),
+        on the proxy validation set clean and under the environments it was validated on."""
+        correct = self._correct(self.model.extract(self.model.full_spec()), self._validated_environments())
         if self.best_val_correct is None or correct.float().mean() >= self.best_val_correct.float().mean():
             self.best_val_correct = correct
 
     def _finalize_candidate(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Prepare a merged candidate on a copy: re-estimate BatchNorm statistics on the proxy
-        data (unless device statistics were merged) and, with ``merge.repair_epochs``, fine-tune
-        it briefly on the proxy data so device drift cannot pull the shared weights away from
-        the cloud's own task. The result is what the validation evaluates and what is accepted.
+        """Prepare a merged candidate on a copy: with ``merge.repair_epochs``, fine-tune it briefly
+        on the proxy data (each image under a random one of the environments being validated, with
+        ``merge.repair_environments``; only what this round's uploads carried, with
+        ``merge.repair_scope: merged``) so device drift cannot pull the shared weights away from
+        the cloud's own task; then re-estimate BatchNorm statistics on the clean proxy data (unless
+        device statistics were merged). The result is what the validation evaluates and what is
+        accepted.
         """
         m = self.cfg.merge
         probe = copy.deepcopy(self.model.backbone)
         probe.load_state_dict(state)
+        if m.repair_epochs:
+            envs, plan = self._repair
+            gen = torch.Generator().manual_seed(self.cfg.seed + self.version)
+            x, y = self.proxy.mixed(envs if m.repair_environments else (), gen)
+            sparse = SparsePlan(self.model.layers, self.model.full_spec(), plan) if plan is not None else None
+            finetune(probe, x, y, epochs=m.repair_epochs, lr=m.repair_lr, batch_size=self.cfg.adaptation.batch_size * 2,
+                     generator=gen, sparse=sparse)
         if not m.merge_norm_statistics:
             recalibrate_norms(probe, self.train_x)
-        if m.repair_epochs:
-            gen = torch.Generator().manual_seed(self.cfg.seed + self.version)
-            finetune(probe, self.train_x, self.train_y, epochs=m.repair_epochs, lr=m.repair_lr,
-                     batch_size=self.cfg.adaptation.batch_size * 2, generator=gen)
         return probe.state_dict()
+
+    def _repair_plan(self, updates: list[ModuleUpdate]) -> TrainableSpec | None:
+        """What the uploads of a round carried, as a trainable spec of the cloud model (``None``:
+        everything, with ``merge.repair_scope: all``)."""
+        full = self.model.full_spec()
+        if self.cfg.merge.repair_scope == "all" or any(u.trained is None for u in updates):
+            return None
+        groups = [sorted({g for u in updates for g in u.carried.groups[i]}) for i in range(len(full.groups))]
+        shared = any(tensor_owner(self.model.layers, k) is None and k not in self._row_keys
+                     for u in updates for k in u.state)
+        rows = sorted({int(c) for u in updates for c in (u.classes or [])})
+        return TrainableSpec(groups=groups, head_rows=rows, shared=shared)
 
     def _names(self, spec: SubModelSpec) -> set[str]:
         return set(self.model.extract(spec).state_dict())

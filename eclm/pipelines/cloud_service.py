@@ -35,11 +35,16 @@ from eclm.modules import (
     pack_state,
     unpack_state,
 )
-from eclm.modules.deltas import WIRE_DTYPES, state_delta
+from eclm.modules.codec import encode
+from eclm.modules.deltas import first_delivery, sparse_download
 from eclm.modules.exchange import MalformedPayloadError
+from eclm.modules.merge import classifier_keys
 from eclm.modules.offline import OfflineTraining
-from eclm.pipelines.adaptation import evaluate
+from eclm.modules.spec import TrainableSpec
+from eclm.modules.trainable import TrainingMemory, derive_trainable
+from eclm.pipelines.adaptation import effective_batch, evaluate, training_memory_model
 from eclm.pipelines.cloud_merge import CloudMergeMixin
+from eclm.pipelines.environments import Environment, ProxyEnvironments, environment_of, merged
 from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.split_service import SplitCloudMixin
 from eclm.preflight import cloud_model
@@ -71,6 +76,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.model: ModularModel = cloud_model(config, self.num_classes).eval()
         self.version = 0
         self.best_val_acc: float | None = None
+        self.proxy = ProxyEnvironments(self.train_x, self.train_y, self.val_x, self.val_y, config.seed)
+        self.environments: tuple[Environment, ...] = ()  # reported by devices whose uploads were merged
+        self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
         self._remember_version()
 
@@ -110,6 +118,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
             self._offline = None
             self._versions = {}
             self._remember_version()
+            self.environments = ()
             self.best_val_acc = self.validation_accuracy()
             self.best_val_correct = None
             self._remember_best_predictions()
@@ -131,8 +140,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         """The current version as a checkpoint (``backbone.*`` and ``selector.*`` tensors)."""
         state = {f"backbone.{k}": v for k, v in self.model.backbone.state_dict().items()}
         state |= {f"selector.{k}": v for k, v in self.model.selector.state_dict().items()}
-        weights = pack_state(state, meta={"model_id": self.model.model_id, "version": self.version})
-        return CloudSnapshot(version=self.version, weights=weights, best_val_acc=self.best_val_acc)
+        meta = {"model_id": self.model.model_id, "version": self.version,
+                "environments": [list(e) for e in self.environments]}
+        return CloudSnapshot(version=self.version, weights=pack_state(state, meta=meta), best_val_acc=self.best_val_acc)
 
     def restore(self, snapshot: CloudSnapshot) -> int:
         """Become the cloud of ``snapshot`` (weights, version, kept versions, best accuracy).
@@ -147,6 +157,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.model.backbone.load_state_dict(backbone)
         self.model.selector.load_state_dict(selector)
         self.version, self.best_val_acc = snapshot.version, snapshot.best_val_acc
+        envs = unpack_state(snapshot.weights)[2].get("environments") or []
+        self.environments = merged((), (environment_of(e[0], e[1]) for e in envs))
         self._versions = {v: _split_checkpoint(b)[0] for v, b in sorted(snapshot.kept_versions.items())}
         self._remember_version()
         self.best_val_correct = None  # the paired test's reference: the restored version's predictions
@@ -173,7 +185,14 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         return budget_from_resources(
             device, resources.as_dict(), full_params=full["params"], batch_size=a.batch_size,
             target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
+            sparse=a.trainable == "budgeted",
         )
+
+    def training_memory(self) -> TrainingMemory:
+        """The training-memory model of the devices' adaptation (:mod:`eclm.modules.trainable`)."""
+        a = self.cfg.adaptation
+        return training_memory_model(self.model.backbone,
+                                     effective_batch(a.batch_size, a.replay_ratio, a.replay_capacity > 0))
 
     def derive(self, summary: DeviceSummary) -> SubModelPackage:
         """Derive and package the sub-model for one device.
@@ -181,39 +200,65 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         If the device already holds exactly the derived spec from the current cloud version,
         nothing is shipped: it keeps its locally adapted weights. If it holds the spec from an
         older version and ``adaptation.exchange`` is ``delta``, it gets the cloud's change since
-        that version (it adds it to its adapted weights); otherwise the full sub-model.
+        that version, carrying only the modules and rows that changed (it adds it to its adapted
+        weights); otherwise the full sub-model. With ``adaptation.trainable: budgeted`` the
+        package also names the modules the device trains (:func:`~eclm.modules.trainable.derive_trainable`).
 
         Raises:
-            BudgetTooSmallError: If the device cannot hold even the minimal sub-model.
+            BudgetTooSmallError: If the device cannot hold even the minimal sub-model, or (budgeted)
+                not even train its classifier rows.
         """
         budget = self.budget(summary.device, summary.resources)
+        importance = [list(r) for r in summary.importance]
         start = time.perf_counter()
-        spec = derive_submodel(self.model, [list(r) for r in summary.importance], budget)
+        spec = derive_submodel(self.model, importance, budget)
+        trainable, cost = self._trainable(spec, importance, budget, summary.classes)
         solve = time.perf_counter() - start
         held = summary.held
         same_spec = held is not None and held.spec == spec
         payload = None
         if not (same_spec and held.version == self.version):
             payload = self._package(summary.device, spec, held.version if same_spec else None)
+        limits = budget.limits() | ({"train_memory": budget.max_train_memory} if budget.max_train_memory else {})
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
-                               budget=budget.limits(), cost=self.model.costs().total(spec), solve_seconds=solve)
+                               budget=limits, cost=cost, solve_seconds=solve, trainable=trainable)
+
+    def _trainable(self, spec: SubModelSpec, importance: list[list[float]], budget: DeviceProfile,
+                   classes) -> tuple[TrainableSpec | None, dict[str, float]]:
+        """What the device trains (``None``: everything) and the sub-model's cost."""
+        a = self.cfg.adaptation
+        costs = self.model.costs()
+        cost = costs.total(spec)
+        if a.trainable == "all":
+            return None, cost
+        memory = self.training_memory()
+        plan = derive_trainable(costs, spec, importance, memory, max_memory=budget.max_train_memory,
+                                share=a.trainable_share, head_rows=classes if a.train_head == "own" else None)
+        return plan, cost | {"train_memory": memory.total(costs, spec, plan)}
 
     def _package(self, device: str, spec: SubModelSpec, held_version: int | None) -> bytes:
         """The full sub-model, or the change since ``held_version`` when a delta can be made."""
+        a = self.cfg.adaptation
         meta = {"version": self.version, "device": device}
         current = self.model.extract(spec).state_dict()
         base = self._versions.get(held_version) if held_version is not None else None
-        if self.cfg.adaptation.exchange == "delta" and base is not None:
-            delta = state_delta(current, self.model.extract(spec, base).state_dict(), statistics=False,
-                                dtype=WIRE_DTYPES[self.cfg.adaptation.delta_dtype])
-            return pack_state(delta, spec, meta | {"kind": "delta", "base_version": held_version})
-        return pack_state(current, spec, meta)
+        if a.exchange == "delta" and base is not None:
+            old = self.model.extract(spec, base).state_dict()
+            diffs, parts = sparse_download(current, old, self.model.layers, spec, self._row_keys)
+            wire, _ = encode(diffs, a.delta_dtype)
+            return pack_state(wire, spec, meta | {"kind": "delta", "base_version": held_version} | parts.to_meta())
+        return pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta)
 
     def _remember_version(self) -> None:
         """Keep the current weights (the last ``merge.keep_versions`` versions) to diff against."""
         self._versions[self.version] = {k: v.detach().clone() for k, v in self.model.backbone.state_dict().items()}
         for old in sorted(self._versions)[: -self.cfg.merge.keep_versions]:
             del self._versions[old]
+
+    @property
+    def _row_keys(self) -> tuple[str, ...]:
+        """The classifier's tensors (rows = classes)."""
+        return tuple(classifier_keys(self.model.backbone))
 
     def ping(self) -> bool:
         return True

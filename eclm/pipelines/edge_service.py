@@ -27,10 +27,8 @@ from eclm.campaign.messages import (
     DriftReport,
     HeldModel,
     InstallReport,
-    Resources,
     StreamPosition,
     SubModelPackage,
-    SwapReport,
 )
 from eclm.config import PlatformConfig
 from eclm.data import ReplayBuffer, build_device_stream, load_dataset
@@ -39,25 +37,26 @@ from eclm.modules import (
     ModularModel,
     ModuleSelector,
     SubModelSpec,
-    narrow,
     pack_state,
     rebuild_submodel,
-    shrink_submodel,
     skeleton,
     unpack_state,
 )
-from eclm.modules.deltas import WIRE_DTYPES, apply_delta, state_delta
+from eclm.modules.deltas import apply_wire_delta, to_float32
 from eclm.modules.exchange import MalformedPayloadError
+from eclm.modules.merge import classifier_keys
+from eclm.modules.sparse_training import SparsePlan
+from eclm.modules.spec import TrainableSpec
 from eclm.pipelines.adaptation import (
     evaluate,
     evaluate_own,
     finetune,
     recalibrate_norms,
-    training_memory_bytes,
 )
 from eclm.pipelines.drift_detection import DriftDetector
+from eclm.pipelines.edge_exchange import DeviceExchange
+from eclm.pipelines.edge_resources import EdgeResourcesMixin
 from eclm.pipelines.edge_state import restore_service, snapshot_service
-from eclm.pipelines.profiler import budget_from_resources, measure_resources
 from eclm.pipelines.split_device import SplitDeviceMixin
 
 
@@ -73,7 +72,7 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-class EdgeService(SplitDeviceMixin):
+class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
     """A device: its drifting data, its sub-model and the selector copy it scores modules with.
 
     Args:
@@ -105,6 +104,9 @@ class EdgeService(SplitDeviceMixin):
                                                          b.selector_width, b.selector_dim)
         self.model: torch.nn.Module | None = None
         self.spec: SubModelSpec | None = None
+        self.trainable: TrainableSpec | None = None  # what the cloud asked this device to train (None: all)
+        self.exchange = DeviceExchange(self.skeleton.layers, config.adaptation.delta_dtype,
+                                       config.merge.merge_norm_statistics)
         self.costs: CostTable | None = None
         self.replay = ReplayBuffer(config.adaptation.replay_capacity or 1, seed=config.seed + device_index)
         self.detector = DriftDetector(config.drift.accuracy_drop, config.drift.shift_scale)
@@ -123,36 +125,6 @@ class EdgeService(SplitDeviceMixin):
     def _save(self) -> None:
         if self.store is not None:
             self.store.save(*snapshot_service(self))
-
-    # ------------------------------------------------------------------ resources
-    def _initial_resources(self) -> dict:
-        d = self.device
-        res = {"memory_mb": d.memory_mb, "gflops": d.gflops, "bandwidth_mbps": d.bandwidth_mbps,
-               "params_fraction": d.params_fraction,
-               "latency_s": d.latency_ms / 1000 if d.latency_ms is not None else None}
-        if d.measure:
-            measured = measure_resources()
-            res = {k: (v if v is not None else measured.get(k)) for k, v in res.items()}
-        return res
-
-    def profile(self) -> Resources:
-        """The device's current resources: configured values, or re-measured memory for a device
-        with ``measure: true`` and no configured memory (available memory changes over time)."""
-        if self.device.measure and self.device.memory_mb is None and not self.memory_overridden:
-            self.resources["memory_mb"] = measure_resources(compute=False)["memory_mb"]
-        return Resources(**self.resources)
-
-    def echo_size(self, data: bytes) -> int:
-        """Receive ``data`` and return its size (the driver times this to measure the link)."""
-        return len(data)
-
-    def set_resources(self, changes: Resources) -> Resources:
-        """Change resources (emulates a device losing memory, compute or bandwidth); unset fields stay."""
-        update = changes.as_dict()
-        self.memory_overridden = self.memory_overridden or "memory_mb" in update
-        self.resources.update(update)
-        self._save()
-        return self.profile()
 
     # ------------------------------------------------------------------ data and drift
     def advance(self, steps: int = 1) -> StreamPosition:
@@ -216,8 +188,10 @@ class EdgeService(SplitDeviceMixin):
     def install(self, package: SubModelPackage, costs: dict | None = None) -> InstallReport:
         """Install a package from the cloud (``payload=None``: keep the held sub-model).
 
-        A payload of kind ``delta`` carries the cloud's change since the version held here and is
-        added to the locally adapted weights (see :mod:`eclm.modules.deltas`).
+        A payload of kind ``delta`` carries the cloud's change since the version held here (all
+        learned weights, or only the modules and rows that changed) and is added to the locally
+        adapted weights (see :mod:`eclm.modules.deltas`). The package also says what the device
+        trains next (``trainable``; ``None``: everything).
 
         Raises:
             MalformedPayloadError: If the payload does not decode or does not match the spec.
@@ -228,7 +202,7 @@ class EdgeService(SplitDeviceMixin):
         if package.payload is None:
             if self.model is None or self.spec != spec:
                 raise ValueError(f"device {self.name}: no weights sent and the held sub-model is not {spec.to_json()}")
-            self.version = package.version
+            self.version, self.trainable = package.version, package.trainable
             self._save()
             return InstallReport(device=self.name, params=self._params(), modules=spec.num_modules(), kept=True)
         state, payload_spec, meta = unpack_state(package.payload)
@@ -238,10 +212,16 @@ class EdgeService(SplitDeviceMixin):
             if self.model is None or self.spec != spec or self.version != meta.get("base_version"):
                 raise ValueError(f"device {self.name}: got a delta against version {meta.get('base_version')} "
                                  f"but holds version {self.version} of {self.spec.to_json() if self.spec else None}")
-            self.model.load_state_dict(apply_delta(self.model.state_dict(), state))
+            # keep_local: the change lands on the adapted weights; else on the version received last
+            base = self.model.state_dict() if self.cfg.adaptation.keep_local else self.exchange.received
+            self.model.load_state_dict(apply_wire_delta(base, state, meta, self.skeleton.layers, spec,
+                                                        classifier_keys(self.model)))
         else:
-            self.model = rebuild_submodel(self.skeleton, spec, state)
-        self.spec, self.version = spec, package.version
+            self.model = rebuild_submodel(self.skeleton, spec, to_float32(state))
+            self.exchange.reset()
+        if not self.cfg.adaptation.keep_local:
+            self.exchange.received = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.spec, self.version, self.trainable = spec, package.version, package.trainable
         if costs is not None:
             self.costs = CostTable.from_dict(costs)
         if self.cfg.adaptation.recalibrate_norms:
@@ -252,44 +232,13 @@ class EdgeService(SplitDeviceMixin):
     def _params(self) -> int:
         return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
 
-    def shrink(self, changes: Resources | None = None) -> SwapReport | None:
-        """Local swap after a resource drop: keep the best subset of held modules that fits.
-
-        Returns:
-            What changed, or ``None`` if the device holds no sub-model yet.
-
-        Raises:
-            BudgetTooSmallError: If not even the smallest subset of the held modules fits.
-        """
-        if changes is not None:
-            self.set_resources(changes)
-        if self.model is None or self.spec is None or self.costs is None:
-            return None
-        a = self.cfg.adaptation
-        full = self.costs.total(SubModelSpec(model_id=self.spec.model_id,
-                                             groups=[tuple(range(len(m))) for m in self.costs.modules]))
-        budget = budget_from_resources(
-            self.name, self.resources, full_params=full["params"], batch_size=a.batch_size,
-            target_step_seconds=a.target_step_seconds, max_transfer_seconds=a.max_transfer_seconds,
-        )
-        allows_empty = [l.allows_empty for l in self.skeleton.layers]
-        new = shrink_submodel(self.costs, self.spec, self.importance(), budget, allows_empty)
-        before = self.costs.total(self.spec)
-        if new != self.spec:
-            self.model = narrow(self.model, self.skeleton.layers, self.spec.groups, new.groups)
-            self.spec = new
-            if a.recalibrate_norms:
-                recalibrate_norms(self.model, self.stream.train_set().images)
-            self._save()
-        return SwapReport(device=self.name, spec=new, params_before=before["params"],
-                          params_after=self.costs.total(new)["params"])
-
     # ------------------------------------------------------------------ adaptation
     def adapt(self) -> DeviceUpdate:
         """Fine-tune on local data; return the update (safetensors bytes) and the metrics.
 
-        With ``adaptation.exchange: delta`` the update is this cycle's change of the weights
-        (``after - before``); with ``weights`` it is the adapted sub-model itself.
+        With ``adaptation.exchange: delta`` the update is this cycle's change of what the device
+        trained (``after - before``; module-sparse after module-sparse training); with ``weights``
+        it is the adapted sub-model itself.
 
         Raises:
             RuntimeError: If no sub-model is installed.
@@ -298,45 +247,61 @@ class EdgeService(SplitDeviceMixin):
             raise RuntimeError(f"device {self.name} has no sub-model installed")
         a = self.cfg.adaptation
         train, test, prev = self.stream.train_set(), self.stream.test_set(), self.stream.previous_test_set()
-        acc_before, loss_before, own_before = evaluate_own(self.model, test.images, test.labels, self.classes)
+        before = evaluate_own(self.model, test.images, test.labels, self.classes)
         prev_before = evaluate(self.model, prev.images, prev.labels)[0] if prev is not None else None
         rss_before = psutil.Process().memory_info().rss
-        start_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        plan = self.trainable or TrainableSpec.dense(self.spec)
+        row_keys = classifier_keys(self.model)
+        state = self.model.state_dict()
+        start = {k: state[k].detach().clone() for k in self.exchange.keys(state, self.spec, plan, row_keys)}
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rounds)
         stats = finetune(self.model, train.images, train.labels, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                          momentum=a.momentum, replay=self.replay if a.replay_capacity else None,
                          replay_ratio=a.replay_ratio, generator=gen,
-                         local_classes=self.classes if a.restrict_to_local_classes else None)
+                         local_classes=self.classes if a.restrict_to_local_classes else None,
+                         sparse=SparsePlan(self.skeleton.layers, self.spec, plan))
+        rss_delta = psutil.Process().memory_info().rss - rss_before
         if a.recalibrate_norms:  # training-mode batches mixed replayed environments into the stats
             recalibrate_norms(self.model, train.images)
-        acc_after, loss_after, own_after = evaluate_own(self.model, test.images, test.labels, self.classes)
-        prev_after, _, prev_own_after = (evaluate_own(self.model, prev.images, prev.labels, self.classes)
-                                         if prev is not None else (None, None, None))
+        after = evaluate_own(self.model, test.images, test.labels, self.classes)
+        prev_after = (evaluate_own(self.model, prev.images, prev.labels, self.classes)
+                      if prev is not None else (None, None, None))
         importance = self.importance()
         self.detector.update_reference(evaluate(self.model, train.images, train.labels)[0], importance)
-        cost = self.costs.total(self.spec) if self.costs else {}
         self.rounds += 1
-        meta = {"device": self.name, "round": self.rounds, "base_version": self.version}
-        if a.exchange == "delta":  # this cycle's change only; the cloud re-bases it on its current slices
-            delta = state_delta(self.model.state_dict(), start_state, dtype=WIRE_DTYPES[a.delta_dtype])
-            payload = pack_state(delta, self.spec, meta | {"kind": "delta"})
-        else:
-            payload = pack_state(self.model.state_dict(), self.spec, meta)
-        forgetting = (prev_before - prev_after) if prev is not None else None
-        metrics = DeviceMetrics(
-            acc_before=_finite(acc_before), acc_after=_finite(acc_after), acc_before_own=_finite(own_before),
-            acc_after_own=_finite(own_after), loss_before=_finite(loss_before), loss_after=_finite(loss_after),
-            prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after),
-            prev_acc_after_own=_finite(prev_own_after),
-            forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
-            batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
-            train_memory_estimate=training_memory_bytes(cost.get("params", 0), cost.get("activation_bytes", 0),
-                                                        a.batch_size),
-            rss_delta=psutil.Process().memory_info().rss - rss_before,
-            environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
+        payload = self._payload(plan, start, row_keys)
+        metrics = self._metrics(before, after, prev_before, prev_after, stats, plan, rss_delta)
         self._save()
         return DeviceUpdate(device=self.name, payload=payload, importance=importance, num_samples=len(train.images),
                             classes=tuple(self.classes), metrics=metrics)
+
+    def _payload(self, plan: TrainableSpec, start: dict, row_keys: list[str]) -> bytes:
+        """The upload: this cycle's change (``exchange: delta``) or the adapted weights."""
+        meta = {"device": self.name, "round": self.rounds, "base_version": self.version}
+        if self.cfg.adaptation.exchange != "delta":
+            return pack_state(self.model.state_dict(), self.spec, meta)
+        # this cycle's change only; the cloud re-bases it on its current slices
+        wire, header = self.exchange.upload(self.model.state_dict(), start, self.spec, plan, row_keys, self.classes)
+        return pack_state(wire, self.spec, meta | header)
+
+    def _metrics(self, before, after, prev_before, prev_after, stats, plan: TrainableSpec,
+                 rss_delta: int) -> DeviceMetrics:
+        """The cycle's metrics; ``before``/``after``/``prev_after`` are ``(accuracy, loss, own-class
+        accuracy)`` (``None`` entries without a previous environment)."""
+        cost = self.costs.total(self.spec) if self.costs else {}
+        memory = trained = None
+        if self.costs is not None:  # the same memory model for dense and module-sparse training
+            model = self._memory()
+            memory, trained = model.total(self.costs, self.spec, plan), model.trainable_params(self.costs, self.spec, plan)
+        forgetting = (prev_before - prev_after[0]) if prev_before is not None else None
+        return DeviceMetrics(
+            acc_before=_finite(before[0]), acc_after=_finite(after[0]), acc_before_own=_finite(before[2]),
+            acc_after_own=_finite(after[2]), loss_before=_finite(before[1]), loss_after=_finite(after[1]),
+            prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after[0]),
+            prev_acc_after_own=_finite(prev_after[2]), forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
+            batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
+            train_memory_estimate=memory, trainable=self.trainable, trained_params=trained, rss_delta=rss_delta,
+            environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
 
     def evaluate(self) -> DeviceMetrics:
         """Accuracy of the held model on the current and the previous environment, no training

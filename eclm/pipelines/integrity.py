@@ -32,7 +32,8 @@ def check_update(
     Checks: the spec is the one the device was given (or a subset of it, after a local swap);
     what the device claims (importance, classes, sample count, metrics) is within ``claims``
     (:func:`~eclm.pipelines.defences.claims.check_claims`); tensor names are exactly those of
-    that sub-model; shapes and dtypes match what the spec implies; all values are finite; and
+    that sub-model (a subset for a module-sparse upload, whose carried modules must lie within
+    it); shapes and dtypes match what the spec implies; all values are finite; and
     the change of each tensor relative to the cloud's corresponding slices, over all trained
     tensors together, is bounded: ``||w - w_cloud|| <= max_relative_norm * (||w_cloud|| + 1e-3)``.
 
@@ -59,10 +60,7 @@ def check_update(
     if bounds.max_samples is None and max_samples is not None:
         bounds = replace(bounds, max_samples=max_samples)
     problems += check_claims(update, layers, bounds, known_classes)
-    names = set(update.state)
-    if names != expected_names:
-        missing, extra = sorted(expected_names - names), sorted(names - expected_names)
-        problems.append(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
+    problems += _name_problems(update, expected_names)
     tensor_problems, change, reference = _tensor_problems(update, cloud_state, layers)
     problems += tensor_problems
     # One bound over the whole update: single tensors (e.g. zero-initialised norm scales) can
@@ -71,6 +69,21 @@ def check_update(
     if not problems and change > bound:
         problems.append(f"update norm {change:.4g} exceeds bound {bound:.4g} ({max_relative_norm} x cloud norm)")
     return problems
+
+
+def _name_problems(update: ModuleUpdate, expected_names: set[str]) -> list[str]:
+    """The update's tensors must be the sub-model's; a module-sparse upload carries a subset of
+    them, of modules within its sub-model."""
+    names = set(update.state)
+    if update.trained is not None:
+        problems = [] if update.spec.contains(update.trained) else ["a sparse upload carries modules outside its sub-model"]
+        if not names <= expected_names:
+            problems.append(f"tensor names differ: unexpected {sorted(names - expected_names)[:3]}")
+        return problems
+    if names != expected_names:
+        missing, extra = sorted(expected_names - names), sorted(names - expected_names)
+        return [f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}"]
+    return []
 
 
 def _tensor_problems(update: ModuleUpdate, cloud_state: dict[str, Tensor],
@@ -82,7 +95,7 @@ def _tensor_problems(update: ModuleUpdate, cloud_state: dict[str, Tensor],
         if key not in cloud_state:
             continue
         cloud = cloud_state[key]
-        want = expected_shape(layers, cloud.shape, key, update.spec)
+        want = expected_shape(layers, cloud.shape, key, update.carried)
         if value.shape != want:
             problems.append(f"{key}: shape {tuple(value.shape)} != expected {tuple(want)}")
             continue
@@ -96,7 +109,7 @@ def _tensor_problems(update: ModuleUpdate, cloud_state: dict[str, Tensor],
             continue
         if "running_var" in key or "running_mean" in key:
             continue  # statistics legitimately move with the data distribution
-        ref = _cloud_slice(cloud, layers, key, update.spec).double()
+        ref = _cloud_slice(cloud, layers, key, update.carried).double()
         change_sq += float((value.double() - ref).pow(2).sum())
         ref_sq += float(ref.pow(2).sum())
     return problems, change_sq**0.5, ref_sq**0.5

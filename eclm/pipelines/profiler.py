@@ -2,9 +2,16 @@
 
 Budget model (documented, deliberately simple):
 
-* memory: half for parameters (fp32 weights + grads + momentum + a copy = 16 bytes/param),
-  half for activations of one training batch (stored activations and their gradients):
-  ``max_params = 0.5 * mem / 16`` and ``max_activation_bytes = 0.5 * mem / (2 * batch)``;
+* memory, dense training (``adaptation.trainable: all``): half for parameters (fp32 weights +
+  grads + momentum + a copy = 16 bytes/param), half for activations of one training batch (stored
+  activations and their gradients): ``max_params = 0.5 * mem / 16`` and
+  ``max_activation_bytes = 0.5 * mem / (2 * batch)``;
+* memory, module-sparse training (``adaptation.trainable: budgeted``): half for the held
+  sub-model's fp32 weights, ``max_params = 0.5 * mem / 4``, the same activation limit as dense
+  training (so backward may still reach the stem: input-level shifts such as image corruptions
+  are best met in the first layers), and the whole memory bounds one adaptation
+  (``max_train_memory = mem``), which the trainable subset is chosen within
+  (:mod:`eclm.modules.trainable`);
 * compute: one training batch (forward + backward = 3x forward FLOPs) should take
   ``target_step_seconds``: ``max_flops = gflops * 1e9 * target / (3 * batch)`` per sample;
 * bandwidth: shipping the sub-model should take ``max_transfer_seconds``:
@@ -56,15 +63,22 @@ def budget_from_resources(
     batch_size: int,
     target_step_seconds: float,
     max_transfer_seconds: float,
+    sparse: bool = False,
 ) -> DeviceProfile:
     """Turn resources (``memory_mb``, ``gflops``, ``bandwidth_mbps``, ``params_fraction``; any may
-    be missing) into a :class:`DeviceProfile` budget per the model in the module docstring."""
+    be missing) into a :class:`DeviceProfile` budget per the model in the module docstring
+    (``sparse``: the memory rule of module-sparse training)."""
     limits: dict[str, float] = {}
     mem = resources.get("memory_mb")
     if mem:
         mem_bytes = mem * 2**20
-        limits["max_params"] = 0.5 * mem_bytes / 16
-        limits["max_activation_bytes"] = 0.5 * mem_bytes / (2 * batch_size)
+        if sparse:
+            limits["max_params"] = 0.5 * mem_bytes / 4
+            limits["max_activation_bytes"] = 0.5 * mem_bytes / (2 * batch_size)
+            limits["max_train_memory"] = mem_bytes
+        else:
+            limits["max_params"] = 0.5 * mem_bytes / 16
+            limits["max_activation_bytes"] = 0.5 * mem_bytes / (2 * batch_size)
     gflops = resources.get("gflops")
     if gflops:
         limits["max_flops"] = gflops * 1e9 * target_step_seconds / (3 * batch_size)

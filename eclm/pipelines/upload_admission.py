@@ -18,6 +18,7 @@ from torch import Tensor
 from eclm.campaign.messages import AttributedUpdate, DeviceUpdate
 from eclm.modules import ModuleUpdate, SubModelSpec, unpack_state
 from eclm.modules.exchange import MalformedPayloadError
+from eclm.modules.sparse_delta import Parts
 
 
 @dataclass
@@ -29,7 +30,9 @@ class Admission:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
-Rebase = Callable[[dict[str, Tensor], SubModelSpec, dict], dict[str, Tensor]]
+#: ``rebase(state, spec, meta) -> (absolute state, parts)``: an upload as absolute weights on the
+#: cloud's slices; ``parts`` names what a module-sparse upload carries (``None``: everything).
+Rebase = Callable[[dict[str, Tensor], SubModelSpec, dict], tuple[dict[str, Tensor], Parts | None]]
 
 
 def admit_one(item: AttributedUpdate, layer_sizes: Sequence[int], rebase: Rebase) -> ModuleUpdate:
@@ -56,9 +59,15 @@ def admit_one(item: AttributedUpdate, layer_sizes: Sequence[int], rebase: Rebase
         raise MalformedPayloadError("payload carries no sub-model spec")
     if meta.get("device", channel) != channel:
         raise MalformedPayloadError(f"payload header names device {meta.get('device')!r}, upload came from {channel!r}")
-    state = rebase(state, spec, meta)
+    state, parts = rebase(state, spec, meta)
+    trained = None
+    if parts is not None:
+        foreign_rows = sorted({r for rows in parts.rows.values() for r in rows} - set(up.classes))
+        if foreign_rows:
+            raise MalformedPayloadError(f"carries classifier rows {foreign_rows} of classes it does not hold")
+        trained = parts.as_spec(spec)
     return ModuleUpdate(channel, spec, state, [list(r) for r in up.importance], up.num_samples, list(up.classes),
-                        up.metrics.model_dump())
+                        up.metrics.model_dump(), trained=trained)
 
 
 def admit(uploads: Sequence[AttributedUpdate], layer_sizes: Sequence[int], rebase: Rebase) -> Admission:

@@ -265,8 +265,8 @@ class ValidatedMerge:
             if u.device_id in group[1:]:
                 continue  # screened once, as group[0]
             try:
-                changes[u.device_id] = unit_changes(u.state, u.spec, layers, cloud_state, class_rows=self.class_rows,
-                                                    classes=u.classes)
+                changes[u.device_id] = unit_changes(u.state, u.carried, layers, cloud_state,
+                                                    class_rows=self.class_rows, classes=u.classes)
                 if self.reference is not None:
                     references[u.device_id] = unit_changes(self.reference(u), u.spec, layers, None,
                                                            class_rows=self.class_rows, classes=u.classes)

@@ -91,9 +91,17 @@ def test_scale_config_rejects_bad_values(overrides: dict, field: str) -> None:
 def test_presets_match_the_issue_settings(mode: str, devices: int, per_cycle: int) -> None:
     cfg = AdaptationBenchConfig.for_mode(mode)
     assert (cfg.num_devices, cfg.sampled) == (devices, per_cycle)
-    assert cfg.label_skews == [2, 5] and cfg.seeds >= 3 and set(cfg.methods) == set(METHODS)
-    platform = cfg.platform_config(5, 1, REPO)
-    assert platform.data.classes_per_device == 5 and platform.seed == 1 and platform.data.num_devices == devices
+    assert cfg.cycles >= 10 and cfg.arrival_from == 6 and cfg.epoch_budgets == [1, 3]
+    assert set(cfg.methods) == set(METHODS) and any(m is not None for m in cfg.memory_mb)
+    if mode == "full":  # issue #11's protocol
+        assert cfg.label_skews == [2, 5] and cfg.seeds >= 3
+    skew = cfg.label_skews[-1]
+    platform = cfg.platform_config(skew, 1, REPO, 3, dict(METHODS["fedavg"].adaptation))
+    assert platform.data.classes_per_device == skew and platform.seed == 1 and platform.data.num_devices == devices
+    assert platform.adaptation.epochs == 3 and platform.adaptation.trainable == "all"
+    assert platform.adaptation.delta_dtype == "float32"  # FedAvg as published
+    weakest = [d for d in platform.devices if d.memory_mb is not None]
+    assert weakest and all(d.memory_mb < 31 for d in weakest)  # cannot train the full model (about 31 MB)
 
 
 # ----------------------------------------------------------------------------- width prefix
@@ -132,6 +140,9 @@ def test_prefix_spec_rejects_out_of_range_width(small_modular) -> None:
 def test_every_configurable_method_is_registered() -> None:
     assert set(METHODS) == set(METHOD_NAMES)
     assert [m for m in METHODS if not METHODS[m].merges] == ["na", "la"] and not METHODS["na"].adapts
+    # module sparsity is eclm's own: every baseline that trains, trains every parameter
+    assert all(METHODS[m].adaptation.get("trainable") == "all" for m in METHODS if m not in ("eclm", "na"))
+    assert METHODS["fedavg"].adaptation["delta_dtype"] == "float32" != METHODS["fedavg_codec"].adaptation["delta_dtype"]
 
 
 def _summary(held: bool) -> DeviceSummary:
@@ -190,7 +201,7 @@ def test_width_slices_fit_the_budgets_the_cloud_computes(tiny_platform_config) -
 # ----------------------------------------------------------------------------- adaptation suite
 @pytest.fixture(scope="module")
 def job():
-    """One tiny (label skew, seed) job with all five methods; shared by the tests below."""
+    """One tiny (label skew, seed) job with every method; shared by the tests below."""
     from benchmarks.baselines import run_job
 
     return run_job(AdaptationBenchConfig.tiny().model_dump_json(), 2, 0)
@@ -206,7 +217,11 @@ def test_adaptation_result_is_a_valid_report(adaptation_result) -> None:
     result, out = adaptation_result
     check_result(result)
     json.dumps(result)
-    assert len(result["tables"]) == 5  # one accuracy table per skew, cost, ratios, server, paper
+    # per setting: accuracy and per-cycle tables; then cost, ratios, memory per tier, server, paper
+    assert len(result["tables"]) == 2 * len(result["settings"]) + 5
+    assert {t["name"] for t in result["targets"]} >= {"adaptation.traffic_vs_fedavg_published",
+                                                       "adaptation.arrival_gain_vs_heterofl_pts",
+                                                       "adaptation.after_gain_vs_best_1ep_pts"}
     for plot in result["plots"]:
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     assert result["summary"] and all(isinstance(line, str) for line in result["summary"])
@@ -214,10 +229,10 @@ def test_adaptation_result_is_a_valid_report(adaptation_result) -> None:
 
 def test_every_method_reports_sane_metrics(adaptation_result) -> None:
     result, _ = adaptation_result
-    setting = result["settings"]["2"]
+    setting = result["settings"]["2 classes, 1 epoch"]
     assert set(setting["methods"]) == set(METHODS) and setting["seeds"] == 1
     for entry in setting["methods"].values():
-        for key in ("acc_after", "acc_after_dev", "acc_before", "first_acc_after"):
+        for key in ("acc_after", "acc_after_dev", "acc_before", "first_acc_after", "arrival"):
             assert 0.0 <= entry[key]["mean"] <= 1.0
         assert len(entry["curves"]["acc_after"]) == 2
         # A restricted argmax over the device's classes can only be right more often.
@@ -226,7 +241,7 @@ def test_every_method_reports_sane_metrics(adaptation_result) -> None:
 
 
 def test_na_never_changes_and_never_uploads(job) -> None:
-    recs = job["records"]["na"]
+    recs = job["runs"]["1"]["records"]["na"]
     assert all(r["acc_after"] == r["acc_before"] and r["bytes_up"] == 0 for r in recs)
     assert all(r["forgetting"] in (None, 0.0) for r in recs)
     first = {r["device"]: r["bytes_down"] for r in recs if r["round"] == 1}
@@ -235,29 +250,32 @@ def test_na_never_changes_and_never_uploads(job) -> None:
     assert len(later) == 1 and all(next(iter(later)) < b for b in first.values())
 
 
-def test_la_and_eclm_agree_in_the_first_cycle(job) -> None:
-    # Same pretrained cloud, same importance, same derivation and the same seeded fine-tuning.
-    la = {r["device"]: r for r in job["records"]["la"] if r["round"] == 1}
-    ours = {r["device"]: r for r in job["records"]["eclm"] if r["round"] == 1}
-    assert la.keys() == ours.keys()
-    for device, r in la.items():
-        assert r["groups"] == ours[device]["groups"]
-        assert r["acc_after"] == pytest.approx(ours[device]["acc_after"])
-    assert all(r["bytes_up"] == 0 for r in job["records"]["la"])
+def test_eclm_trains_a_budgeted_subset_and_the_baselines_train_everything(job) -> None:
+    records = job["runs"]["1"]["records"]
+    for r in records["eclm"]:
+        assert r["trainable"] is not None and 0 < r["trained_params"] < r["params"]
+    for method in ("la", "fedavg", "fedavg_codec", "heterofl", "heterofl_codec"):
+        assert all(r["trainable"] is None and r["trained_params"] == pytest.approx(r["params"]) for r in records[method])
+    assert all(r["bytes_up"] == 0 for r in records["la"])
+    # the shared codec sends less than the published float32 model, for the same method
+    for base in ("fedavg", "heterofl"):
+        published = sum(r["bytes_up"] + r["bytes_down"] for r in records[base])
+        assert sum(r["bytes_up"] + r["bytes_down"] for r in records[f"{base}_codec"]) < published
 
 
 def test_sub_models_respect_budgets_and_width_rules(job) -> None:
     full = job["full_cost"]["params"]
+    records = job["runs"]["1"]["records"]
     for method in METHODS:
-        for r in job["records"][method]:
+        for r in records[method]:
             assert r["params"] <= r["tier"] * full * (1 + 1e-9)
-    fedavg = {r["params"] for r in job["records"]["fedavg"]}
+    fedavg = {r["params"] for r in records["fedavg"]}
     assert len(fedavg) == 1  # one model for everybody
-    assert all(r["params"] >= min(fedavg) for r in job["records"]["heterofl"])
-    for r in job["records"]["fedavg"] + job["records"]["heterofl"]:
+    assert all(r["params"] >= min(fedavg) for r in records["heterofl"])
+    for r in records["fedavg"] + records["heterofl"]:
         assert all(g == list(range(len(g))) for g in r["groups"])
-    eclm_down = [r["bytes_down"] for r in job["records"]["eclm"]]
-    la_first = [r["bytes_down"] for r in job["records"]["la"] if r["round"] == 1]
+    eclm_down = [r["bytes_down"] for r in records["eclm"]]
+    la_first = [r["bytes_down"] for r in records["la"] if r["round"] == 1]
     assert min(eclm_down) > 0 and max(la_first) > 0
 
 
@@ -265,15 +283,18 @@ def test_memory_probe_measures_each_sub_model(small_modular) -> None:
     m = small_modular
     request = {"arch": m.arch, "modules_per_layer": 4, "input_size": [3, 32, 32], "classes": [0, 1], "samples": 24,
                "epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 8, "replay_capacity": 16,
-               "replay_ratio": 0.5, "specs": {"full": [list(range(4))] * len(m.layers), "narrow": [[0]] * len(m.layers)}}
+               "replay_ratio": 0.5, "specs": {"full": [list(range(4))] * len(m.layers), "narrow": [[0]] * len(m.layers),
+                                              "sparse": {"groups": [list(range(4))] * len(m.layers),
+                                                         "trainable": {"groups": [[]] * (len(m.layers) - 1) + [[0]],
+                                                                       "head_rows": [0, 1], "shared": False}}}}
 
     results = measure_adaptation_memory(request)
 
-    assert [r["key"] for r in results] == ["full", "narrow"]
+    assert [r["key"] for r in results] == ["full", "narrow", "sparse"]
     for r in results:
         assert "error" not in r, r
         assert r["peak_rss"] >= r["baseline_rss"] > 0 and r["adaptation_rss"] >= 0
-    assert results[0]["params"] > results[1]["params"]
+    assert results[0]["params"] > results[1]["params"] and results[2]["sparse"] and not results[0]["sparse"]
 
 
 # ----------------------------------------------------------------------------- overhead suite
@@ -405,8 +426,9 @@ def test_federated_baselines_average_weights_not_the_uploaded_deltas(tiny_platfo
     from eclm.modules.deltas import is_delta_key
     from eclm.pipelines.edge_service import EdgeService
 
-    cfg = tiny_platform_config
-    cloud, service = METHODS[method_name].cloud(cfg), EdgeService(cfg, 0)
+    method = METHODS[method_name]
+    cfg = AdaptationBenchConfig.tiny().platform_config(2, 0, tiny_platform_config.workdir, 1, dict(method.adaptation))
+    cloud, service = method.cloud(cfg), EdgeService(cfg, 0)
     package = cloud.derive(service.summary(cloud.selector_payload()))
     service.install(package, cloud.info().costs)
     upload = service.adapt()
@@ -421,3 +443,36 @@ def test_federated_baselines_average_weights_not_the_uploaded_deltas(tiny_platfo
     for key, value in adapted.items():
         if is_delta_key(key, value):
             torch.testing.assert_close(global_slice[key], value, rtol=0, atol=1e-5)
+
+
+def test_a_codec_baseline_device_holds_the_global_slice_after_a_delta_download(tiny_platform_config) -> None:
+    # FedAvg with the shared codec: the download is an int8 delta against the version the device
+    # holds, added to that version (not to the device's own adaptation), as FedAvg replaces it.
+
+    from eclm.campaign.messages import AttributedUpdate
+    from eclm.modules import unpack_state
+    from eclm.modules.deltas import is_delta_key
+    from eclm.pipelines.edge_service import EdgeService
+
+    method = METHODS["fedavg_codec"]
+    cfg = AdaptationBenchConfig.tiny().platform_config(2, 0, tiny_platform_config.workdir, 1, dict(method.adaptation))
+    cloud, mine, other = method.cloud(cfg), EdgeService(cfg, 0), EdgeService(cfg, 1)
+    for device in (mine, other):
+        device.install(cloud.derive(device.summary(cloud.selector_payload())), cloud.info().costs)
+    upload = other.adapt()
+    cloud.merge([AttributedUpdate(channel=other.name, issued=other.spec, enrolled_classes=tuple(other.classes),
+                                  update=upload)])
+    mine.adapt()  # its own adaptation, which FedAvg does not keep across versions
+    adapted = unpack_state(mine.snapshot_model())[0]
+    package = cloud.derive(mine.summary(cloud.selector_payload()))
+    assert unpack_state(package.payload)[2]["kind"] == "delta"
+    mine.install(package, cloud.info().costs)
+    held, global_slice = unpack_state(mine.snapshot_model())[0], cloud.model.extract(package.spec).state_dict()
+    keys = [k for k, v in global_slice.items() if is_delta_key(k, v)]
+
+    def distance(state: dict) -> float:
+        return sum(float((state[k] - global_slice[k]).pow(2).sum()) for k in keys) ** 0.5
+
+    # what is left is the codec's rounding (float16 first delivery, int8 delta), not the adaptation
+    assert distance(held) < 0.1 * distance(adapted)
+    assert package.nbytes < 0.4 * sum(v.numel() * 4 for k, v in global_slice.items() if is_delta_key(k, v))

@@ -32,7 +32,9 @@ def round_(tmp_path_factory):
                  "samples_per_device": [30, 40]},
         "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
         "devices": [{"name": "d0"}, {"name": "d1"}, {"name": "d2", "params_fraction": 0.6}],
-        "adaptation": {"epochs": 1},
+        # The dense delta format (float16 differences of every weight); the module-sparse int8 format
+        # has its crafted cases in test_pipelines_sparse_exchange.py.
+        "adaptation": {"epochs": 1, "trainable": "all", "delta_dtype": "float16"},
         # Every honest candidate passes (the statistical screen is tested on its own elsewhere): a
         # rejection can only come from the crafted upload itself.
         "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "step_backoff": 0, "acceptance": "threshold",

@@ -141,6 +141,6 @@ def test_wire_types_match_the_config_choices():
     from typing import get_args
 
     from eclm.config import AdaptationConfig
-    from eclm.modules.deltas import WIRE_DTYPES
+    from eclm.modules.codec import CODECS
 
-    assert set(get_args(AdaptationConfig.model_fields["delta_dtype"].annotation)) == set(WIRE_DTYPES)
+    assert set(get_args(AdaptationConfig.model_fields["delta_dtype"].annotation)) == set(CODECS)

@@ -27,10 +27,14 @@ def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> P
                  "samples_per_device": [30, 40]},
         "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
         "devices": [{"name": "d0"}, {"name": "d1", "params_fraction": 0.6}],
-        # Differences travel exactly (float32) unless a test asks for the narrow wire type.
-        "adaptation": {"epochs": 1, "exchange": exchange, "delta_dtype": delta_dtype},
-        # Every candidate passes and the full step is taken, so merged weights are predictable.
-        "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0},
+        # The dense exchange (every weight trained and sent; module-sparse exchange:
+        # test_pipelines_sparse_exchange.py); differences travel exactly (float32) unless a test asks
+        # for a narrow wire type; first deliveries in float32.
+        "adaptation": {"epochs": 1, "exchange": exchange, "delta_dtype": delta_dtype, "trainable": "all",
+                       "first_delivery_dtype": "float32"},
+        # Every candidate passes and the full step is taken (no repair), so merged weights are predictable.
+        "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0,
+                  "repair_epochs": 0},
         "tracking": {"enabled": False},
     })
 

@@ -51,3 +51,13 @@ def test_measurements_are_positive_numbers():
     assert measure_gflops(size=64, repeats=2) > 0
     res = measure_resources()
     assert set(res) == {"memory_mb", "gflops"} and all(v > 0 for v in res.values())
+
+
+def test_module_sparse_memory_rule_holds_weights_in_half_and_bounds_one_adaptation_by_all_of_it():
+    dense = budget_from_resources("d", {"memory_mb": 16}, **KW)
+    sparse = budget_from_resources("d", {"memory_mb": 16}, **KW, sparse=True)
+    # 16 MB: half for float32 weights alone (4 B/param), four times the dense rule's 16 B/param
+    assert sparse.max_params == pytest.approx(0.5 * 16 * 2**20 / 4) == 4 * dense.max_params
+    assert sparse.max_activation_bytes == dense.max_activation_bytes  # backward may still reach the stem
+    assert sparse.max_train_memory == 16 * 2**20 and dense.max_train_memory is None
+    assert "train_memory" not in sparse.limits()  # not a cost-table dimension

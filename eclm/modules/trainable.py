@@ -1,0 +1,207 @@
+"""Which modules a device trains: the training-memory model and the trainable-subset choice.
+
+Module-sparse adaptation (docs/method.md) trains a budgeted subset of a device's modules plus the
+classifier rows of its classes; frozen modules carry no gradient or optimizer state and backward
+stops at the earliest trainable layer, so the layers before it run without autograd. Training
+memory is therefore not a sum of per-module costs: it has a term that depends on *where* the
+earliest trainable module sits. :class:`TrainingMemory` models it from the measured cost table:
+
+``memory = weight_bytes * params(sub-model)``
+``       + trainable_bytes * params(trainable)``
+``       + activation_factor * batch * activation_bytes(layers from the earliest trainable one on)``
+
+with ``trainable_bytes`` covering a parameter's gradient, momentum, the copy the upload is diffed
+against and the codec's error-feedback residual, and ``activation_factor`` the kept activations
+and their gradients. The classifier's own activations (a pooled vector and the logits, well under
+a kilobyte per sample) and blocks outside module layers that follow the earliest trainable layer
+are left out; the benchmarks measure the real peak.
+
+:func:`derive_trainable` maximises the importance of the trainable modules within a share of the
+sub-model's parameters and the memory limit, exactly: for every possible earliest trainable part
+(the stem, a module layer, or none) the rest is a 0/1 knapsack on parameters
+(``scipy.optimize.milp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from eclm.modules.costs import CostTable
+from eclm.modules.derive import BudgetTooSmallError
+from eclm.modules.spec import SubModelSpec, TrainableSpec
+
+_TIE_BREAK = 1e-6  # per module: among equally important choices, train more
+#: What training the parts outside modules is worth, in importance: one whole layer (a row of
+#: importance sums to 1), since every sample passes through them.
+SHARED_VALUE = 1.0
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """The analytic training-memory model of one device (see the module docstring).
+
+    Attributes:
+        batch: Samples per training batch (fresh plus replayed).
+        head_row_params: Parameters of one classifier row (its weights and bias).
+        num_classes: Classifier rows.
+        weight_bytes: Bytes per held parameter (float32 weights).
+        trainable_bytes: Bytes per trainable parameter besides its weight.
+        activation_factor: Kept activations and their gradients, per activation byte.
+    """
+
+    batch: float
+    head_row_params: int
+    num_classes: int
+    weight_bytes: float = 4.0
+    trainable_bytes: float = 16.0
+    activation_factor: float = 2.0
+
+    def trainable_params(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
+        """Parameters ``plan`` trains in the sub-model ``spec``."""
+        p = costs.dims.index("params")
+        modules = sum(float(costs.modules[l][list(g)][:, p].sum()) for l, g in enumerate(plan.groups) if g)
+        head = self.head_row_params * (self.num_classes if plan.head_rows is None else len(plan.head_rows))
+        if not plan.shared:
+            return modules + head
+        held_modules = sum(float(costs.modules[l][list(g)][:, p].sum()) for l, g in enumerate(spec.groups) if g)
+        outside = costs.total(spec)["params"] - held_modules - self.head_row_params * self.num_classes
+        return modules + head + outside
+
+    def kept_activations(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
+        """Activation bytes per sample kept for backward (from the earliest trainable layer on)."""
+        a = costs.dims.index("activation_bytes")
+        if plan.shared:
+            return costs.total(spec)["activation_bytes"]
+        first = next((l for l, g in enumerate(plan.groups) if g), None)
+        if first is None:
+            return 0.0
+        return float(sum(costs.layer_cost(l, spec.groups[l])[a] for l in range(first, len(spec.groups))))
+
+    def breakdown(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> dict[str, float]:
+        """``{"weights", "trainable", "activations", "total"}`` in bytes."""
+        weights = self.weight_bytes * costs.total(spec)["params"]
+        trainable = self.trainable_bytes * self.trainable_params(costs, spec, plan)
+        acts = self.activation_factor * self.batch * self.kept_activations(costs, spec, plan)
+        return {"weights": weights, "trainable": trainable, "activations": acts, "total": weights + trainable + acts}
+
+    def total(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
+        return self.breakdown(costs, spec, plan)["total"]
+
+
+def derive_trainable(
+    costs: CostTable,
+    spec: SubModelSpec,
+    importance: Sequence[Sequence[float]],
+    memory: TrainingMemory,
+    *,
+    max_memory: float | None,
+    share: float | None,
+    head_rows: Sequence[int] | None,
+) -> TrainableSpec:
+    """The trainable subset of ``spec``: most important modules within ``share`` and ``max_memory``.
+
+    The candidates are the sub-model's modules (worth their importance) and the parts outside
+    modules as one unit (stem, the norm and shortcut after each layer's module sum, undecomposed
+    blocks; worth one whole layer, ``SHARED_VALUE``, since every sample passes through them and
+    input-level shifts such as image corruptions are best met there). Training that unit means
+    backward reaches the stem, so it is chosen only when the memory allows keeping every
+    activation. The classifier rows of the device's classes are always trained.
+
+    Args:
+        costs: The cost table.
+        spec: The device's sub-model.
+        importance: Per layer, per module importance on the device's data.
+        memory: The training-memory model.
+        max_memory: Training-memory limit in bytes (``None``: unconstrained).
+        share: Cap on trainable parameters (modules and the parts outside them) as a share of the
+            sub-model's parameters (``None``: no cap; then dense training is chosen whenever it fits).
+        head_rows: Classifier rows the device trains (its classes; ``None``: every row).
+
+    Returns:
+        A :class:`TrainableSpec` within ``spec`` whose modelled memory is within ``max_memory``.
+
+    Raises:
+        BudgetTooSmallError: If not even the classifier rows alone fit ``max_memory``.
+    """
+    dense = TrainableSpec.dense(spec)
+    if share is None and (max_memory is None or memory.total(costs, spec, dense) <= max_memory):
+        return dense
+    rows = None if head_rows is None else tuple(head_rows)
+    cap_share = np.inf if share is None else share * costs.total(spec)["params"]
+    best: tuple[float, float, TrainableSpec] | None = None
+    for first in [None, -1, *[l for l, g in enumerate(spec.groups) if g]]:
+        plan = _best_from(costs, spec, importance, memory, first, rows, cap_share, max_memory)
+        if plan is None:
+            continue
+        value = sum(float(importance[l][g]) + _TIE_BREAK for l, gs in enumerate(plan.groups) for g in gs)
+        key = (value + (SHARED_VALUE if plan.shared else 0.0), -memory.total(costs, spec, plan))
+        if best is None or key > best[:2]:
+            best = (*key, plan)
+    if best is None:
+        need = memory.total(costs, spec, TrainableSpec(groups=((),) * len(spec.groups), head_rows=rows))
+        raise BudgetTooSmallError(f"training memory {max_memory:.6g} B is below the {need:.6g} B of training "
+                                  "the classifier rows alone")
+    return best[2]
+
+
+def _best_from(costs, spec, importance, memory: TrainingMemory, first: int | None, rows, cap_share: float,
+               max_memory: float | None) -> TrainableSpec | None:
+    """The best plan whose earliest trainable part is layer ``first`` (``-1``: the parts outside
+    modules, i.e. the stem; ``None``: classifier rows only)."""
+    empty = ((),) * len(spec.groups)
+    base = TrainableSpec(groups=empty, head_rows=rows, shared=first == -1)
+    fixed = memory.total(costs, spec, base)
+    cap = cap_share
+    if first == -1:
+        cap -= memory.trainable_params(costs, spec, base) - memory.trainable_params(costs, spec, base.model_copy(
+            update={"shared": False}))
+    elif first is not None:
+        a = costs.dims.index("activation_bytes")
+        fixed += memory.activation_factor * memory.batch * sum(
+            costs.layer_cost(l, spec.groups[l])[a] for l in range(first, len(spec.groups)))
+    if max_memory is not None:
+        cap = min(cap, (max_memory - fixed) / memory.trainable_bytes)
+    if cap < 0:
+        return None
+    if first is None:
+        return base
+    start = max(first, 0)
+    items = [(l, g) for l in range(start, len(spec.groups)) for g in spec.groups[l]]
+    p = costs.dims.index("params")
+    chosen = _knapsack(np.array([float(importance[l][g]) + _TIE_BREAK for l, g in items]),
+                       np.array([costs.modules[l][g][p] for l, g in items]), cap,
+                       np.array([l == first for l, _ in items]) if first >= 0 else None)
+    if chosen is None:
+        return None
+    groups = [[] for _ in spec.groups]
+    for i in chosen:
+        groups[items[i][0]].append(items[i][1])
+    return base.model_copy(update={"groups": tuple(tuple(g) for g in groups)})
+
+
+def _knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarray | None) -> list[int] | None:
+    """Indices maximising ``values`` with ``sizes`` summing to at most ``cap`` (and at least one
+    ``must`` when given)."""
+    n = len(values)
+    if n == 0:
+        return [] if must is None else None
+    if not np.isfinite(cap):
+        return list(range(n))
+    scale = max(cap, 1.0)
+    rows = [LinearConstraint(sizes[None, :] / scale, -np.inf, cap / scale)]
+    if must is not None:
+        rows.append(LinearConstraint(must[None, :].astype(float), 1.0, np.inf))
+    res = milp(-values, constraints=rows, integrality=np.ones(n), bounds=Bounds(np.zeros(n), np.ones(n)))
+    if res.x is None:
+        return None
+    chosen = [i for i in range(n) if res.x[i] > 0.5]
+    if sizes[chosen].sum() > cap * (1 + 1e-9) or (must is not None and not must[chosen].any()):
+        return None
+    return chosen
+
+
+__all__ = ["SHARED_VALUE", "TrainingMemory", "derive_trainable"]

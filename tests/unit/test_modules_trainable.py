@@ -1,0 +1,128 @@
+"""Module-sparse training: the memory model, the trainable subset, and training only that subset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eclm.modules import BudgetTooSmallError, SubModelSpec, modularize
+from eclm.modules.merge import tensor_owner
+from eclm.modules.sparse_training import SparsePlan, module_sparse, trainable_slices
+from eclm.modules.spec import TrainableSpec
+from eclm.modules.trainable import TrainingMemory, derive_trainable
+from eclm.pipelines.adaptation import finetune, training_memory_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = modularize("resnet18", modules_per_layer=4, num_classes=10, channels=(8, 16, 16, 32), input_size=(3, 16, 16))
+    for name, mod in m.backbone.named_modules():
+        if name.endswith("bn2"):  # timm zero-initialises the last norm of a block: no gradient would reach modules
+            torch.nn.init.ones_(mod.weight)
+    return m
+
+
+@pytest.fixture(scope="module")
+def memory(model):
+    return training_memory_model(model.backbone, batch=24)
+
+
+def uniform(model):
+    return [[1.0 / n] * n for n in model.layer_sizes]
+
+
+def test_memory_model_counts_weights_trainables_and_kept_activations(model, memory):
+    costs, spec = model.costs(), model.full_spec()
+    empty = TrainableSpec(groups=((),) * len(spec.groups), head_rows=(1, 2))
+    head_only = memory.breakdown(costs, spec, empty)
+    assert head_only["activations"] == 0 and head_only["trainable"] == 16 * 2 * memory.head_row_params
+    late = memory.breakdown(costs, spec, empty.model_copy(update={"groups": ((),) * 7 + ((0,),)}))
+    early = memory.breakdown(costs, spec, empty.model_copy(update={"groups": ((0,),) + ((),) * 7}))
+    assert 0 < late["activations"] < early["activations"]  # backward from layer 0 keeps every layer's activations
+    dense = memory.breakdown(costs, spec, TrainableSpec.dense(spec))
+    assert dense["trainable"] == 16 * costs.total(spec)["params"]
+    assert dense["total"] > early["total"] > late["total"] > head_only["total"]
+
+
+@pytest.mark.parametrize("share", [0.05, 0.25, 0.6])
+def test_trainable_subset_respects_the_share_and_the_memory(model, memory, share):
+    costs, spec = model.costs(), model.full_spec()
+    limit = 0.5 * memory.total(costs, spec, TrainableSpec.dense(spec))
+    plan = derive_trainable(costs, spec, uniform(model), memory, max_memory=limit, share=share, head_rows=(3, 5))
+    assert plan.within(spec) and plan.head_rows == (3, 5) and plan.num_modules() > 0
+    assert memory.total(costs, spec, plan) <= limit
+    outside = memory.trainable_params(costs, spec, plan) - memory.head_row_params * 2
+    assert outside <= share * costs.total(spec)["params"] + 1e-6
+
+
+def test_the_parts_outside_modules_are_trained_only_when_backward_through_everything_fits(model, memory):
+    costs, spec = model.costs(), model.full_spec()
+    roomy = derive_trainable(costs, spec, uniform(model), memory, max_memory=None, share=1.0, head_rows=(0,))
+    assert roomy.shared and roomy.groups == spec.groups
+    tight_limit = memory.total(costs, spec, TrainableSpec(groups=((),) * 7 + ((0,),), head_rows=(0,))) * 1.05
+    tight = derive_trainable(costs, spec, uniform(model), memory, max_memory=tight_limit, share=1.0, head_rows=(0,))
+    assert not tight.shared and not any(tight.groups[:4])  # only late layers fit
+
+
+def test_dense_training_when_it_fits_and_no_share_is_set(model, memory):
+    costs, spec = model.costs(), model.full_spec()
+    assert derive_trainable(costs, spec, uniform(model), memory, max_memory=None, share=None,
+                            head_rows=None).is_dense(spec)
+
+
+def test_memory_below_the_classifier_rows_alone_is_refused(model, memory):
+    costs, spec = model.costs(), model.full_spec()
+    with pytest.raises(BudgetTooSmallError, match="classifier rows"):
+        derive_trainable(costs, spec, uniform(model), memory, max_memory=1000.0, share=0.25, head_rows=(0,))
+
+
+def test_importance_decides_which_modules_train(model, memory):
+    costs, spec = model.costs(), model.full_spec()
+    importance = uniform(model)
+    importance[6] = [0.7, 0.1, 0.1, 0.1]
+    limit = memory.total(costs, spec, TrainableSpec(groups=((),) * 6 + ((0,), ()), head_rows=(0,))) + 1
+    plan = derive_trainable(costs, spec, importance, memory, max_memory=limit, share=1.0, head_rows=(0,))
+    assert plan.groups[6] == (0,)
+
+
+def test_only_the_trainable_slices_move_and_the_optimizer_holds_only_them(model):
+    spec = SubModelSpec(model_id=model.model_id, groups=[(0, 1, 2), (1, 3), (0, 1), (2,), (0, 3), (1, 2), (0, 2, 3), (3,)])
+    sub = model.extract(spec)
+    plan = TrainableSpec(groups=[(), (), (), (), (3,), (1,), (0, 2), ()], head_rows=(2, 5))
+    before = {k: v.clone() for k, v in sub.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 3, 16, 16, generator=gen), torch.tensor([2, 5] * 16)
+    slices = trainable_slices(sub, model.layers, spec, plan)
+    expected = sum(before[n].numel() if s is None else before[n].numel() // before[n].shape[s[0]] * len(s[1])
+                   for n, s in slices.items())
+    with module_sparse(sub, SparsePlan(model.layers, spec, plan)) as st:
+        assert st.numel == expected  # gradients and momentum exist for these entries only
+        assert not any(p.requires_grad for stage in st.frozen for p in stage.parameters())
+        assert len(st.frozen) == 5  # stem and layers 0-3 run without autograd
+    finetune(sub, x, y, epochs=2, lr=0.1, batch_size=8, sparse=SparsePlan(model.layers, spec, plan))
+    after = sub.state_dict()
+    assert list(after) == list(before) and all(p.requires_grad for p in sub.parameters())
+    moved = {k for k in after if after[k].is_floating_point() and "running" not in k
+             and not torch.equal(after[k], before[k])}
+    assert moved and all(k in slices for k in moved)
+    for key in moved:
+        dim, index = slices[key] if slices[key] is not None else (0, torch.arange(after[key].shape[0]))
+        frozen = torch.ones(after[key].shape[dim], dtype=torch.bool)
+        frozen[index] = False
+        assert torch.equal(after[key].index_select(dim, frozen.nonzero().flatten()),
+                           before[key].index_select(dim, frozen.nonzero().flatten()))
+    assert {tensor_owner(model.layers, k)[0] for k in moved if tensor_owner(model.layers, k)} <= {4, 5, 6}
+
+
+def test_a_plan_outside_the_sub_model_is_refused(model):
+    spec = SubModelSpec(model_id=model.model_id, groups=[(0,)] * 8)
+    with pytest.raises(ValueError, match="does not hold"):
+        trainable_slices(model.extract(spec), model.layers, spec, TrainableSpec(groups=[(1,)] + [()] * 7))
+
+
+def test_memory_model_is_built_from_the_classifier(model):
+    mem = training_memory_model(model.backbone, batch=10)
+    assert isinstance(mem, TrainingMemory) and mem.num_classes == 10
+    assert mem.head_row_params == model.backbone.fc.weight.shape[1] + 1

@@ -1,0 +1,67 @@
+"""Environments devices report, replayed on the cloud's proxy data; the cloud's metric on them."""
+
+from __future__ import annotations
+
+import torch
+
+from eclm.campaign.messages import AttributedUpdate, CloudSnapshot
+from eclm.config import PlatformConfig
+from eclm.pipelines.cloud_service import CloudService
+from eclm.pipelines.edge_service import EdgeService
+from eclm.pipelines.environments import ProxyEnvironments, environment_name, environment_of, merged
+
+torch.set_num_threads(1)
+
+
+def test_reported_environments_are_validated_and_kept_in_first_seen_order():
+    assert environment_of("gaussian_noise", 3) == ("gaussian_noise", 3)
+    assert environment_of("none", 1) is None and environment_of(None, None) is None
+    assert environment_of("lava", 3) is None and environment_of("contrast", 9) is None  # not trusted, ignored
+    reported = [("rotation", 1), None, ("contrast", 2), ("rotation", 1), environment_of("gaussian_blur", 9)]
+    got = merged([("contrast", 2)], reported)
+    assert got == (("contrast", 2), ("rotation", 1)) and environment_name(got[1]) == "rotation@1"
+
+
+def test_proxy_images_under_an_environment_are_the_same_every_time_and_differ_per_split():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 3, 8, 8, generator=gen), torch.arange(20) % 4
+    proxy = ProxyEnvironments(x, y, x.clone(), y.clone(), seed=3)
+    a, _ = proxy.images(("gaussian_noise", 3), "train")
+    b, _ = proxy.images(("gaussian_noise", 3), "train")
+    c, _ = proxy.images(("gaussian_noise", 3), "val")
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
+    sub, labels = proxy.images(("contrast", 2), "val", classes=[1, 2])
+    assert len(sub) == 10 and set(labels.tolist()) == {1, 2}
+    mixed, _ = proxy.mixed([("inversion", 5)], torch.Generator().manual_seed(0))
+    inverted = torch.isclose(mixed, 1 - x).flatten(1).all(1)
+    assert 0 < int(inverted.sum()) < 20  # each image clean or under the environment
+
+
+def _config(tmp_path) -> PlatformConfig:
+    return PlatformConfig.from_dict({
+        "name": "envs", "workdir": str(tmp_path),
+        "data": {"source": "digits", "image_size": 16, "num_devices": 1, "classes_per_device": 3,
+                 "samples_per_device": [30, 40], "drift": {"corruptions": ["gaussian_noise"], "severity": [3, 3]}},
+        "backbone": {"name": "resnet18", "kwargs": {"channels": [8, 8, 16, 16]}, "modules_per_layer": 2},
+        "offline": {"epochs": 1, "enhance_epochs": 0},
+        "adaptation": {"epochs": 1},
+        "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "repair_epochs": 1},
+        "tracking": {"enabled": False},
+    })
+
+
+def test_the_cloud_learns_which_environments_its_devices_met_and_keeps_them_across_a_restart(tmp_path):
+    cfg = _config(tmp_path)
+    cloud, edge = CloudService(cfg), EdgeService(cfg, 0)
+    assert cloud.seen_accuracy() is None
+    edge.install(cloud.derive(edge.summary(cloud.selector_payload())), cloud.info().costs)
+    outcome = cloud.merge([AttributedUpdate(channel="edge-0", issued=edge.spec, enrolled_classes=edge.classes,
+                                            update=edge.adapt())])
+    assert outcome.decision == "accept"
+    assert outcome.environments == ("gaussian_noise@3",) and 0 <= outcome.cloud_seen_acc <= 1
+    snapshot = cloud.snapshot()
+    again = CloudService(cfg)
+    again.restore(CloudSnapshot(version=snapshot.version, weights=snapshot.weights,
+                                best_val_acc=snapshot.best_val_acc))
+    assert again.environments == (("gaussian_noise", 3),)
+    assert again.seen_accuracy() == cloud.seen_accuracy() and again.state_digest() == cloud.state_digest()
