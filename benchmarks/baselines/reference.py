@@ -1,4 +1,4 @@
-"""The published ECLM/Nebula numbers (ALGORITHMS.md 1.6) our measurements are set beside.
+"""The published ECLM/Nebula numbers (ECLM, arXiv 2311.11083; docs/architecture.md) our measurements are set beside.
 
 Their setting is CIFAR-10 (and CIFAR-100) with a pretrained ResNet-18 / VGG16, 500 devices with 25
 per round; ours is sklearn digits upsampled to 32x32 with a narrow ResNet-18 trained from scratch on

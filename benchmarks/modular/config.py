@@ -63,7 +63,7 @@ class SelectionSettings(BaseModel):
     lr: float = Field(default=2e-3, gt=0, description="offline AdamW learning rate")
     seeds: int = Field(default=2, ge=1, description="repetitions with different data split and init")
     finetune_epochs: int = Field(default=0, ge=0, description="device fine-tune epochs (0 = skip)")
-    # The paper's local setting (ALGORITHMS.md 1.6). lr 0.01 was tried first: on the real-width
+    # The paper's local setting (ECLM, arXiv 2311.11083; docs/architecture.md). lr 0.01 was tried first: on the real-width
     # resnet18 it diverged to a constant prediction within 3 epochs, even on the training samples.
     finetune_lr: float = Field(default=0.001, gt=0, description="device SGD learning rate")
     finetune_momentum: float = Field(default=0.9, ge=0, lt=1, description="device SGD momentum")

@@ -1,7 +1,7 @@
 """The digits benchmark data: cloud proxy share, and one label-skewed device.
 
 sklearn's ``load_digits`` (1797 8x8 images, no download) upsampled bilinearly to 32x32, grey
-replicated to 3 channels, values in [0, 1]. As in the paper's setting (ALGORITHMS.md 1.6) 30% of
+replicated to 3 channels, values in [0, 1]. As in the paper's setting (ECLM, arXiv 2311.11083; docs/architecture.md) 30% of
 the data is the cloud's proxy set and 70% is spread over devices; the benchmark's device holds
 two classes of the device share.
 """
@@ -94,7 +94,7 @@ def split_digits(
 def pair_subtasks(device_classes: Sequence[int], num_classes: int) -> list[list[int]]:
     """Stage-2 sub-tasks: the device's classes, then the other classes in consecutive pairs.
 
-    Sub-tasks are groups of classes that co-occur on devices (ALGORITHMS.md 1.3); the cloud knows
+    Sub-tasks are groups of classes that co-occur on devices (ECLM, arXiv 2311.11083; docs/architecture.md); the cloud knows
     the label groups of its devices, so the device's pair is one of them.
     """
     rest = [c for c in range(num_classes) if c not in set(device_classes)]

@@ -99,7 +99,7 @@ def sched_table(rows: list[dict]) -> dict:
     return Table("Scheduler overhead per request (driver CPU, one thread)", cols, body, notes=(
         "Per request: stamp the ledger's in-flight counts and execution history onto the node states, choose, "
         "record start and finish. Median of 5 runs. AMP4EC reports 10 ms per decision; its public code returns a "
-        "hard-coded 10 ms fallback (ALGORITHMS.md 5).")).to_dict()
+        "hard-coded 10 ms fallback (Zhang et al., arXiv 2504.00407).")).to_dict()
 
 
 def adapt_table(rows: list[dict]) -> dict:

@@ -207,6 +207,6 @@ def _summary(d: dict) -> list[str]:
                      f"{d['orchestration_share']:+.1%} (negative = within measurement noise of free), MLflow logging "
                      f"{d['log_share']:.1%} of the cycle; merge + validate is "
                      f"{d['stages']['merge']['ray']['mean'] / d['cycle']:.0%} of it.")
-    lines.append("ALGORITHMS.md quotes no platform-overhead figures (the paper has no public system), so there is no "
+    lines.append("The ECLM paper (arXiv 2311.11083) quotes no platform-overhead figures and has no public system, so there is no "
                  "published reference for this suite.")
     return lines

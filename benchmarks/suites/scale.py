@@ -146,7 +146,7 @@ def _summary(growth: dict, raw: dict) -> list[str]:
         lines.append(f"{MODE_LABELS[mode]}: cycle time grows {c['per_device']:.3f} s/device "
                      f"(exponent {g['exponent']:.2f}), start-up {g['start_seconds']['per_device']:.2f} s/device, "
                      f"memory {m['per_device']:.0f} MiB/device (PSS).")
-    lines.append("ALGORITHMS.md quotes no scale figures for the platform, so there is no published reference here.")
+    lines.append("The ECLM paper (arXiv 2311.11083) quotes no scale figures for the platform, so there is no published reference here.")
     skipped = [f"{r['mode']} x {r['devices']}: {r['reason']}" for r in raw["runs"] if r.get("status") != "ok"]
     if skipped:
         lines.append("Not run: " + "; ".join(skipped) + ".")

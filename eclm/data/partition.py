@@ -1,6 +1,6 @@
 """Splitting one labelled set into the cloud's proxy data and the devices' label-skewed pools.
 
-The setting follows the ECLM/Nebula experiments (ALGORITHMS.md 1.6): a ``cloud_fraction`` (30%) of
+The setting follows the ECLM/Nebula experiments (ECLM, arXiv 2311.11083; docs/architecture.md): a ``cloud_fraction`` (30%) of
 the training set is the cloud's proxy data, the rest belongs to the devices, and each device sees a
 label-skewed slice of it (``m`` of ``n`` classes, or class proportions drawn from a Dirichlet) with
 50-150 local samples.

@@ -1,4 +1,4 @@
-"""Sub-model derivation: a multi-dimensional knapsack over modules (ALGORITHMS.md 1.4).
+"""Sub-model derivation: a multi-dimensional knapsack over modules (ECLM, arXiv 2311.11083; docs/architecture.md).
 
 Maximise the total importance of the selected modules subject to every resource budget the
 device sets, with at least one module per layer unless the layer may take its residual module.

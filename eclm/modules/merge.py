@@ -1,4 +1,4 @@
-"""Module-wise merge math (ALGORITHMS.md 1.5): fold device sub-models back into the cloud model.
+"""Module-wise merge math (ECLM, arXiv 2311.11083; docs/architecture.md): fold device sub-models back into the cloud model.
 
 For module (l, i) the new weights are ``sum_k a_k w_k`` over the devices k whose sub-model holds
 the module, with ``a_k`` the device's normalised importance for that module (optionally times

@@ -1,4 +1,4 @@
-"""Offline stage on the cloud (ALGORITHMS.md 1.3): train modules + selector on proxy data.
+"""Offline stage on the cloud (ECLM, arXiv 2311.11083; docs/architecture.md): train modules + selector on proxy data.
 
 Stage 1 trains modules and selector end to end with noisy top-k routing and
 ``CE + lambda * load-balance``. The number of active modules per layer is drawn afresh each step

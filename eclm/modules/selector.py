@@ -2,7 +2,7 @@
 
 One small embedding network looks at the raw input once and a linear head per module layer gives
 logits over that layer's modules, so a device can score modules on its own data without running
-the big model (ALGORITHMS.md 1.2).
+the big model (ECLM, arXiv 2311.11083; docs/architecture.md).
 """
 
 from __future__ import annotations

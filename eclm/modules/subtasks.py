@@ -1,4 +1,4 @@
-"""Sub-task x module assignment for module ability-enhancing training (ALGORITHMS.md 1.3).
+"""Sub-task x module assignment for module ability-enhancing training (ECLM, arXiv 2311.11083; docs/architecture.md).
 
 Given the load matrix H (T sub-tasks x N modules, mean gate per sub-task) of one layer, choose a
 binary mask M maximising ``sum(H * M)`` such that every module serves at most ``kappa1``

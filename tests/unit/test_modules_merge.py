@@ -1,4 +1,4 @@
-"""Module-wise merge of device updates into the cloud backbone (ALGORITHMS.md 1.5)."""
+"""Module-wise merge of device updates into the cloud backbone (ECLM, arXiv 2311.11083; docs/architecture.md)."""
 
 from __future__ import annotations
 

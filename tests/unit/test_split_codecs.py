@@ -85,7 +85,7 @@ def test_top_values_of_each_sample_are_kept_exactly(codec: SmashedCodec) -> None
 
 
 def reference_ms_decode(x: np.ndarray, ratio: float, bits: int) -> np.ndarray:
-    """ALGORITHMS.md section 4 written element by element, for one non-negative row."""
+    """The MS encoding (arXiv 2408.13787) written element by element, for one non-negative row."""
     d = x.size
     k = keep(ratio, d)
     order = np.argsort(-x, kind="stable")

@@ -1,4 +1,4 @@
-"""AMP4EC's node-scoring request scheduler (Zhang et al., arXiv 2504.00407, as in ALGORITHMS.md 5).
+"""AMP4EC's node-scoring request scheduler (Zhang et al., arXiv 2504.00407; docs/serving.md).
 
 Filter, then score. A node is skipped if its load exceeds ``max_load`` (0.8), its latency exceeds
 ``max_latency``, or it has less CPU or memory available than a request needs. Remaining nodes get

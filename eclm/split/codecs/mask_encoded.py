@@ -1,4 +1,4 @@
-"""Mask-Encoded Sparsification (Zhou et al., arXiv 2408.13787), ALGORITHMS.md section 4."""
+"""Mask-Encoded Sparsification (Zhou et al., arXiv 2408.13787); docs/split_learning.md."""
 
 from __future__ import annotations
 
