@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 import traceback
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,19 @@ def _fmt(v, pct: bool = True) -> str:
     if v is None:
         return "-"
     return f"{100 * v:5.1f}%" if pct else f"{v:,.0f}"
+
+
+def _pts(v) -> str:
+    """A difference of two accuracies as signed percentage points (``+5.2``)."""
+    return "-" if v is None else f"{100 * v:+.1f}"
+
+
+SUMMARY_GLOSSARY = (
+    "params: parameters of the device's last sub-model; acc before/after: accuracy on the cycle's "
+    "environment before and after the device's adaptation; gain pts: after - before, in percentage "
+    "points; forget pts: accuracy lost on the previous environment by adapting to the new one, in "
+    "points (negative: it improved); MB up/down: traffic over all cycles."
+)
 
 
 def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool = False) -> int:
@@ -179,8 +193,8 @@ def _summary(p, out) -> None:
     if not p.history:
         return
     print("\nSummary per device (means over its cycles, each on that cycle's environment)", file=out)
-    header = (f"{'device':<12}{'params':>10}{'cycles':>8}{'acc before':>12}{'acc after':>11}{'gain':>8}"
-              f"{'forgetting':>12}{'MB up':>8}{'MB down':>9}")
+    header = (f"{'device':<12}{'params':>10}{'cycles':>8}{'acc before':>12}{'acc after':>11}"
+              f"{'gain pts':>10}{'forget pts':>12}{'MB up':>8}{'MB down':>9}")
     print(header, file=out)
     print("-" * len(header), file=out)
     for r in device_summary(p.history, p.names):
@@ -188,8 +202,9 @@ def _summary(p, out) -> None:
             print(f"{r['device']:<12}{'(no successful cycle)':>40}", file=out)
             continue
         print(f"{r['device']:<12}{r['params']:>10,.0f}{r['cycles']:>8}{_fmt(r['acc_before']):>12}"
-              f"{_fmt(r['acc_after']):>11}{_fmt(r['gain']):>8}{_fmt(r['forgetting']):>12}"
+              f"{_fmt(r['acc_after']):>11}{_pts(r['gain']):>10}{_pts(r['forgetting']):>12}"
               f"{r['mb_up']:>8.2f}{r['mb_down']:>9.2f}", file=out)
+    print(textwrap.fill(SUMMARY_GLOSSARY, width=len(header)), file=out)
     decisions = [h.merge.decision for h in p.history]
     print(f"\nmerges: {decisions}; cloud val accuracy by cycle: "
           f"{[round(100 * h.cloud_val_acc, 1) if h.cloud_val_acc is not None else None for h in p.history]}; "

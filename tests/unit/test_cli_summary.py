@@ -45,6 +45,10 @@ def test_printed_table_has_a_row_per_device():
     _summary(SimpleNamespace(history=HISTORY, names=["a", "b", "c"]), out)
     lines = out.getvalue().splitlines()
     rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("a", "b", "c")}
-    assert "15.0%" in rows["a"] and "65.0%" in rows["a"]
+    assert "65.0%" in rows["a"]
+    assert "+15.0" in rows["a"] and "+5.0" in rows["a"]  # gain and forgetting as signed points, not %
+    assert "15.0%" not in rows["a"]
+    assert "gain pts" in out.getvalue() and "forget pts" in out.getvalue()
+    assert "percentage points" in out.getvalue()  # the glossary under the table
     assert "no successful cycle" in rows["c"]
     assert "merges: ['accept', 'accept']" in out.getvalue()
