@@ -102,18 +102,22 @@ class RobustnessBenchConfig(BaseModel):
 
 
 class TimedCloud(CloudService):
-    """The platform's cloud service; the seconds of each ``merge`` call are kept in ``merge_seconds``."""
+    """The platform's cloud service; each ``merge`` call's wall seconds are kept in ``merge_seconds``
+    and its CPU seconds (this process, one torch thread) in ``merge_cpu_seconds``: on a shared
+    machine the CPU time is the figure other processes do not inflate."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.merge_seconds: list[float] = []
+        self.merge_cpu_seconds: list[float] = []
 
     def merge(self, uploads):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return super().merge(uploads)
         finally:
             self.merge_seconds.append(time.perf_counter() - t0)
+            self.merge_cpu_seconds.append(time.process_time() - c0)
 
 
 def attackers_of(k: int, n: int) -> list[int]:
@@ -148,7 +152,8 @@ def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int
             print(f"[robustness] {k} of {n}, seed {seed}, {attack}, defences {'on' if defended else 'off'}: "
                   f"val {record['final_val_acc']:.3f}, attacker excluded {record['attacker_excluded']}/"
                   f"{record['attacker_rounds']}, honest excluded {record['honest_excluded']}/"
-                  f"{record['honest_rounds']}, merge {sum(record['merge_seconds']):.1f} s", flush=True)
+                  f"{record['honest_rounds']}, merge {sum(record['merge_seconds']):.1f} s "
+                  f"({sum(record['merge_cpu_seconds']):.1f} s CPU)", flush=True)
     return runs
 
 
@@ -158,7 +163,8 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
 
     Returns:
         ``{"attack", "val_acc": [per cycle], "final_val_acc", "attacker_rounds", "attacker_excluded",
-        "honest_rounds", "honest_excluded", "merge_seconds": [per cycle], "decisions", "cycle_seconds"}``.
+        "honest_rounds", "honest_excluded", "merge_seconds", "merge_cpu_seconds": [per cycle], "decisions",
+        "cycle_seconds"}``.
 
     Raises:
         RuntimeError: If a device or the cloud failed in a cycle (no figure over fewer devices).
@@ -179,11 +185,12 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
         for _ in range(cycles):
             coordinator.observe()
             coordinator.run_cycle(names, reason="benchmark")
-        merge_seconds = list(coordinator.fleet.cloud.service.merge_seconds)
+        cloud = coordinator.fleet.cloud.service
+        merge_seconds, merge_cpu = list(cloud.merge_seconds), list(cloud.merge_cpu_seconds)
     finally:
         coordinator.fleet.close()
     record = {"attack": attack, "val_acc": [], "attacker_rounds": 0, "attacker_excluded": 0, "honest_rounds": 0,
-              "honest_excluded": 0, "merge_seconds": merge_seconds, "decisions": [],
+              "honest_excluded": 0, "merge_seconds": merge_seconds, "merge_cpu_seconds": merge_cpu, "decisions": [],
               "cycle_seconds": time.perf_counter() - t0}
     for result, _ in log.cycles:
         if result.failures:
