@@ -179,6 +179,10 @@ class MergeConfig(_Strict):
     min_updates: int = Field(1, ge=1)
     server_lr: float = Field(0.5, gt=0, le=1, description="step towards the merged weights: new = old + server_lr * (merged - old)")
     step_backoff: int = Field(3, ge=0, description="halvings of server_lr tried on a failing candidate before devices are excluded")
+    search_budget: float = Field(
+        4.0, ge=1, le=16, description="when the merge of all k updates fails, the group testing that isolates the "
+        "harmful ones validates at most ceil(search_budget x log2 k) candidates; updates it has not cleared by then "
+        "are excluded (docs/security.md)")
     keep_versions: int = Field(4, ge=1, description="recent cloud versions kept in memory to ship deltas against")
     repair_epochs: int = Field(1, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
     repair_lr: float = Field(0.005, gt=0, description="learning rate of that repair fine-tuning")

@@ -190,9 +190,10 @@ def _merge_table(scaling: list[dict]) -> Table:
         notes=("One adaptation cycle of k devices merged into copies of the same pretrained cloud, in-process. A "
                "candidate is one merged state that is finalised (BatchNorm recalibration on the proxy data, plus "
                "merge.repair_epochs of fine-tuning if set) and validated. A failing candidate is retried with the "
-               "server step halved up to merge.step_backoff times; if the full set still fails, the updates are "
-               "ranked once by leave-one-out (k candidates) and dropped in that order, so a merge evaluates at most "
-               "about (step_backoff + 2) * k candidates, each against the remaining devices' classes."),
+               "server step halved up to merge.step_backoff times; if the full set still fails, the harmful updates "
+               "are isolated by group testing (halves validated at the shortest step, failing ones bisected) within "
+               "ceil(merge.search_budget * log2 k) candidates, so a merge evaluates at most 2 * (step_backoff + 1) - 1 "
+               "+ ceil(search_budget * log2 k) candidates, each against the merged devices' classes."),
     )
 
 

@@ -92,7 +92,7 @@ class CloudMergeMixin:
             aggregator=create_aggregator(m.aggregator, m.trim_fraction, m.krum_byzantine, m.krum_keep),
             weighting=m.weighting, max_relative_norm=m.max_relative_norm, tolerance=m.tolerance,
             device_tolerance=m.device_tolerance, min_updates=m.min_updates, server_lr=m.server_lr,
-            step_backoff=m.step_backoff, merge_norm_statistics=m.merge_norm_statistics,
+            step_backoff=m.step_backoff, search_budget=m.search_budget, merge_norm_statistics=m.merge_norm_statistics,
             finalize=self._finalize_candidate, reference_accuracy=self.best_val_acc if same_envs else None,
             # a module-sparse upload carries only its classes' rows: the head is always merged by class
             class_rows=self._row_keys if m.head_by_class or self.cfg.adaptation.trainable == "budgeted" else (),
@@ -174,7 +174,7 @@ class CloudMergeMixin:
             cloud_acc_before=report.cloud_acc_before, cloud_acc_after=report.cloud_acc_after,
             device_acc_before=report.device_acc_before, device_acc_after=report.device_acc_after,
             server_step=report.server_step, version=self.version, screen=_json(report.screen),
-            paired=_json(report.paired),
+            paired=_json(report.paired), candidates=report.candidates,
         )
 
     def _outcome(self, outcome: MergeOutcome) -> MergeOutcome:

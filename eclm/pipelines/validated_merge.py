@@ -16,8 +16,9 @@ The paper merges whatever devices send. eclm refuses to regress silently:
    :mod:`eclm.pipelines.mcnemar`; ``"threshold"``: it loses more than ``tolerance`` overall or
    ``device_tolerance`` on a device), shorter server steps are tried first (``server_lr`` halved
    up to ``step_backoff`` times: a backtracking line search towards the merged weights); if none
-   passes, devices are excluded greedily (the one whose exclusion helps most first) until it
-   passes: *partial accept*. If no subset passes: *reject*.
+   passes, the harmful updates are isolated by group testing within a candidate budget
+   (:mod:`eclm.pipelines.harm_search`: halves validated at the shortest step, the failing ones
+   bisected) and excluded: *partial accept*. If nothing is cleared: *reject*.
 
 Every decision lands in the :class:`MergeReport` with a reason per rejected device. An exception
 while checking or screening one device's update rejects that device alone. The input state is
@@ -36,11 +37,11 @@ from torch import Tensor
 from eclm.modules.layer import ModuleLayer
 from eclm.modules.merge import ModuleUpdate, Weighting, is_norm_statistic, merge_module_updates
 from eclm.modules.spec import SubModelSpec
+from eclm.pipelines._merge_admission import MergeAdmissionMixin
 from eclm.pipelines.aggregators import Aggregator, WeightedAverage
-from eclm.pipelines.defences.changes import unit_changes
 from eclm.pipelines.defences.claims import ClaimBounds
 from eclm.pipelines.defences.screen import RobustScreen
-from eclm.pipelines.integrity import check_update
+from eclm.pipelines.harm_search import isolate_harmful, search_budget
 from eclm.pipelines.mcnemar import compare_paired
 
 
@@ -80,13 +81,14 @@ class MergeReport:
     server_step: float | None = None
     screen: dict[str, dict] = field(default_factory=dict)
     paired: dict | None = None
+    candidates: int = 0  # merged candidates validated (the baseline not counted)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass
-class ValidatedMerge:
+class ValidatedMerge(MergeAdmissionMixin):
     """Configured merge pipeline (see module docstring).
 
     Attributes:
@@ -127,6 +129,10 @@ class ValidatedMerge:
         reference_correct: Per-sample correctness of the best accepted version on the proxy
             validation set; the paired test compares candidates with it (accumulated drops
             cannot pass), or with the current model when absent.
+        search_budget: When the merge of all ``k`` updates fails at every server step, the group
+            testing for the harmful ones validates at most ``ceil(search_budget x log2(k))``
+            candidates (:mod:`eclm.pipelines.harm_search`); in all, a merge validates at most
+            ``2 (step_backoff + 1) - 1`` plus that many candidates.
     """
 
     evaluate: Evaluator
@@ -153,6 +159,7 @@ class ValidatedMerge:
     device_max_drop: float | None = 0.2
     reference_correct: Tensor | None = None
     same_upload: Collection[str] = ()
+    search_budget: float = 4.0
 
     def run(
         self,
@@ -187,33 +194,60 @@ class ValidatedMerge:
         before = self.evaluate(baseline, valid)
         report.cloud_acc_before, report.device_acc_before = before.overall, before.per_device
         chosen = list(valid)
-        exclusion_order: list[tuple[ModuleUpdate, Evaluation]] | None = None
-        while chosen:
-            for step in self._steps():
-                candidate = self._merge(cloud_state, layers, chosen, step)
-                after = self.evaluate(candidate, chosen)
-                failure = self._failure(before, after, chosen, report)
-                if failure is None:
-                    self._accept(report, before, after, chosen, step)
-                    return candidate, report
-            if self.step_backoff:
-                failure += f" even at server step {step:g}"
-            if len(chosen) == 1:
-                report.rejected[chosen[0].device_id] = f"harmful: {failure}"
-                break
-            if exclusion_order is None:
-                # Rank devices once by how much leaving each out helps (N candidates), then drop
-                # them in that order: at most 2N candidates instead of O(N^2) greedy re-ranking.
-                exclusion_order = self._rank_by_harm(cloud_state, layers, chosen)
-            worst, worst_eval = exclusion_order.pop(0)
-            report.rejected[worst.device_id] = (
-                f"harmful: {failure}; leaving it out alone gave cloud accuracy {worst_eval.overall:.4f}"
-            )
-            chosen = [u for u in chosen if u is not worst]
+        passed, failure = self._first_passing(cloud_state, layers, chosen, before, report, self._steps())
+        if passed is not None:
+            return self._accept(report, before, chosen, *passed)
+        if self.step_backoff:
+            failure += f" even at server step {self._steps()[-1]:g}"
+        if len(chosen) > 1:
+            return self._search(cloud_state, layers, chosen, failure, before, report)
+        report.rejected[chosen[0].device_id] = f"harmful: {failure}"
         report.reason = "no subset of the updates keeps the cloud model within tolerance"
         return None, report
 
-    def _accept(self, report: MergeReport, before: Evaluation, after: Evaluation, chosen, step: float) -> None:
+    def _first_passing(self, cloud_state, layers, chosen, before: Evaluation, report: MergeReport, steps
+                       ) -> tuple[tuple[dict[str, Tensor], Evaluation, float] | None, str]:
+        """``((candidate, evaluation, step), "")`` for the first of ``steps`` whose candidate passes,
+        else ``(None, the last failure)``."""
+        failure = ""
+        for step in steps:
+            candidate = self._merge(cloud_state, layers, chosen, step)
+            after = self.evaluate(candidate, chosen)
+            report.candidates += 1
+            failure = self._failure(before, after, chosen, report)
+            if failure is None:
+                return (candidate, after, step), ""
+        return None, failure
+
+    def _search(self, cloud_state, layers, chosen: list[ModuleUpdate], failure: str, before: Evaluation,
+                report: MergeReport) -> tuple[dict[str, Tensor] | None, MergeReport]:
+        """Group testing for the harmful updates (:mod:`eclm.pipelines.harm_search`) at the shortest
+        server step within the candidate budget; the cleared set then tries the longer steps."""
+        shortest = self._steps()[-1]
+
+        def test(subset: list[ModuleUpdate]):
+            candidate = self._merge(cloud_state, layers, subset, shortest)
+            after = self.evaluate(candidate, subset)
+            return self._failure(before, after, subset, report), (candidate, after, shortest)
+
+        found = isolate_harmful(chosen, test, failure, search_budget(len(chosen), self.search_budget))
+        report.candidates += found.candidates
+        for i, why in found.harmful.items():
+            report.rejected[chosen[i].device_id] = f"harmful: {why}; isolated by group testing"
+        for i in found.unchecked:
+            report.rejected[chosen[i].device_id] = (f"not cleared within the candidate budget (merge.search_budget "
+                                                    f"{self.search_budget:g} x log2({len(chosen)}))")
+        if not found.kept:
+            report.reason = "no subset of the updates keeps the cloud model within tolerance"
+            return None, report
+        passed, _ = self._first_passing(cloud_state, layers, found.kept, before, report, self._steps()[:-1])
+        if passed is None:  # the cleared set's own candidate; its paired test goes into the report again
+            passed = found.payload
+            self._failure(before, passed[1], found.kept, report)
+        return self._accept(report, before, found.kept, *passed)
+
+    def _accept(self, report: MergeReport, before: Evaluation, chosen, candidate: dict[str, Tensor],
+                after: Evaluation, step: float) -> tuple[dict[str, Tensor], MergeReport]:
         report.cloud_acc_after, report.device_acc_after = after.overall, after.per_device
         report.accepted = [u.device_id for u in chosen]
         report.server_step = step
@@ -224,63 +258,7 @@ class ValidatedMerge:
             + (f" at server step {step:g}" if step != self.server_lr else "")
             + (f"; excluded {sorted(report.rejected)}" if partial else "")
         )
-
-    def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
-        """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
-        valid: list[ModuleUpdate] = []
-        seen: set[str] = set()
-        for u in updates:
-            if u.device_id in seen:
-                report.rejected[f"{u.device_id} (duplicate upload)"] = "duplicate update from the same device; the first was kept"
-                continue
-            seen.add(u.device_id)
-            given = given_specs.get(u.device_id)
-            if given is None:
-                report.rejected[u.device_id] = "unknown device (no sub-model was derived for it)"
-                continue
-            try:
-                names = expected_names(u.spec)
-            except ValueError as err:  # foreign model id, wrong layer count, module out of range
-                report.rejected[u.device_id] = f"integrity: spec does not fit the cloud model: {err}"
-                continue
-            known = self.known_classes.get(u.device_id) if self.known_classes is not None else None
-            try:
-                problems = check_update(u, cloud_state, layers, given, names, max_relative_norm=self.max_relative_norm,
-                                        max_samples=self.max_samples, claims=self.claims, known_classes=known)
-            except Exception as err:  # a malformed update must not sink the others
-                problems = [f"check failed: {err!r}"]
-            if problems:
-                report.rejected[u.device_id] = "integrity: " + "; ".join(problems[:3])
-            else:
-                valid.append(u)
-        return valid
-
-    def _screen(self, cloud_state, layers, valid: list[ModuleUpdate], report: MergeReport) -> list[ModuleUpdate]:
-        """Updates the robust screen lets through; every device's statistics go into the report."""
-        if self.screen is None or not valid:
-            return valid
-        changes, references = {}, {}
-        group = [u.device_id for u in valid if u.device_id in self.same_upload]
-        for u in valid:
-            if u.device_id in group[1:]:
-                continue  # screened once, as group[0]
-            try:
-                changes[u.device_id] = unit_changes(u.state, u.carried, layers, cloud_state,
-                                                    class_rows=self.class_rows, classes=u.classes)
-                if self.reference is not None:
-                    references[u.device_id] = unit_changes(self.reference(u), u.spec, layers, None,
-                                                           class_rows=self.class_rows, classes=u.classes)
-            except Exception as err:  # this device alone is rejected
-                changes.pop(u.device_id, None)
-                report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
-        verdicts = self.screen(changes, references or None)
-        if group and group[0] in verdicts:
-            verdicts |= {d: verdicts[group[0]] for d in group[1:]}
-        report.screen = {d: v.to_dict() for d, v in verdicts.items()}
-        for d, v in verdicts.items():
-            if not v.passed:
-                report.rejected[d] = "screen: " + "; ".join(v.reasons)
-        return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
+        return candidate, report
 
     def _steps(self) -> list[float]:
         """Server steps to try, longest first."""
@@ -336,11 +314,3 @@ class ValidatedMerge:
             if failure:
                 return f"device {d} accuracy {before.per_device.get(d, float('nan')):.4f} -> {after.per_device.get(d, float('nan')):.4f}: {failure}"
         return None
-
-    def _rank_by_harm(self, cloud_state, layers, chosen) -> list[tuple[ModuleUpdate, Evaluation]]:
-        """Devices ordered most harmful first: by the overall accuracy of the merge without them."""
-        ranked = []
-        for u in chosen:
-            rest = [v for v in chosen if v is not u]
-            ranked.append((u, self.evaluate(self._merge(cloud_state, layers, rest), rest)))
-        return sorted(ranked, key=lambda item: -item[1].overall)

@@ -40,7 +40,7 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_suite_module_imports_and_registers() -> None:
     assert IMPORT_FAILURES == {}, "\n".join(IMPORT_FAILURES.values())
-    assert {"adaptation", "modules", "platform_overhead", "scale", "serving", "split"} <= set(SUITES)
+    assert {"adaptation", "modules", "platform_overhead", "robustness", "scale", "serving", "split"} <= set(SUITES)
     assert set(CANNOT_RUN_TINY) <= set(SUITES) and RAY_SUITES <= set(SUITES)
 
 

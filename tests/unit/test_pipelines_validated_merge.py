@@ -14,6 +14,7 @@ import torch
 from eclm.modules import ModuleUpdate, SubModelSpec, modularize
 from eclm.modules.merge import tensor_owner
 from eclm.pipelines.aggregators import CoordinateMedian
+from eclm.pipelines.harm_search import search_budget
 from eclm.pipelines.validated_merge import Evaluation, MergeReport, ValidatedMerge
 
 
@@ -238,7 +239,7 @@ def test_report_is_a_plain_dict():
     assert report.to_dict() == {
         "decision": "reject", "reason": "x", "accepted": [], "rejected": {"d": "why"},
         "cloud_acc_before": None, "cloud_acc_after": None, "device_acc_before": {}, "device_acc_after": {},
-        "server_step": None, "screen": {}, "paired": None,
+        "server_step": None, "screen": {}, "paired": None, "candidates": 0,
     }
 
 
@@ -259,7 +260,7 @@ def test_class_rows_merge_the_head_only_over_devices_holding_each_class(modular)
 
 
 @pytest.mark.parametrize("devices", [2, 4, 7])
-def test_finding_the_harmful_devices_costs_a_linear_number_of_candidates(modular, devices):
+def test_a_merge_where_every_candidate_fails_costs_a_logarithmic_number_of_candidates(modular, devices):
     calls = []
     updates = [_update(modular, f"d{i}", i % 2, 1e-4) for i in range(devices)]
     baseline = {"seen": False}
@@ -274,8 +275,8 @@ def test_finding_the_harmful_devices_costs_a_linear_number_of_candidates(modular
     cloud, (state, report) = _run(modular, ValidatedMerge(evaluate=scripted), updates)
     assert state is None and report.decision == "reject"
     assert sorted(report.rejected) == sorted(u.device_id for u in updates)
-    # full merge + N leave-one-out ranks + (N - 1) shrinking candidates
-    assert len(calls) <= 2 * devices
+    # the full merge + the group testing's budget (default search_budget 4 x log2 k)
+    assert len(calls) == report.candidates <= 1 + search_budget(devices, 4.0)
 
 
 def _step_scored(cloud_copy: dict, shift: float, slope: float, base: float = 0.9):

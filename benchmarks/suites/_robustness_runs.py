@@ -1,0 +1,206 @@
+"""Campaigns of the robustness suite: the platform's cycle with some devices poisoning their uploads.
+
+Every run is the platform's own cycle (:class:`~eclm.campaign.coordinator.CycleCoordinator` over a
+:class:`~eclm.campaign.local.LocalFleet`, :func:`benchmarks.local_campaign.local_coordinator`)
+starting from one pretrained cloud per (fleet size, seed); the attackers are real ``EdgeService``s
+wrapped by :class:`~benchmarks.suites._attacks.AttackedDevice`. The cloud is the platform's
+``CloudService``, its ``merge`` timed from outside (:class:`TimedCloud`). Defences off means the
+robust screen disabled and ``merge.acceptance: threshold`` (the merge before issue #12); the claim
+bounds and the integrity checks are part of admission and stay on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from benchmarks.baselines.config import AdaptationBenchConfig
+from benchmarks.baselines.records import CycleLog
+from benchmarks.local_campaign import local_coordinator
+from benchmarks.suites._attacks import ATTACKS, AttackedDevice, Collusion
+from eclm.campaign.messages import CloudSnapshot
+from eclm.config import PlatformConfig
+from eclm.pipelines.cloud_service import CloudService
+from eclm.pipelines.edge_service import EdgeService
+
+DEFENCES_OFF = {"screen": {"enabled": False}, "acceptance": "threshold"}
+
+
+class RobustnessBenchConfig(BaseModel):
+    """What the robustness suite runs (presets: :meth:`for_mode`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: int = Field(3, ge=1, le=10, description="repetitions (data split, streams, init, training, noise)")
+    cycles: int = Field(10, ge=1, le=100, description="adaptation cycles; every device takes part in every cycle")
+    attacks: list[str] = Field(default_factory=lambda: list(ATTACKS), min_length=1, description="attacks run")
+    shares: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(1, 5), (3, 20)], min_length=1,
+        description="(attackers, devices) settings; the attackers attack in every cycle")
+    undefended_attacks: bool = Field(
+        True, description="also run every attack with the defences off (the clean run always runs both ways)")
+    label_skew: int = Field(3, ge=1, le=10, description="classes per device")
+    epochs: int = Field(2, ge=1, description="local epochs per cycle")
+    channels: tuple[int, int, int, int] = Field((16, 32, 64, 128), description="resnet18 stage widths")
+    modules_per_layer: int = Field(4, ge=2, le=16)
+    samples_per_device: tuple[int, int] = Field((80, 120), description="local training set size range")
+    offline_epochs: int = Field(12, ge=0, description="offline stage-1 epochs of the pretrained cloud")
+    enhance_epochs: int = Field(2, ge=0, description="offline stage-2 epochs")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [a for a in v if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attacks {unknown}; known: {list(ATTACKS)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if any(not 1 <= k < n for k, n in v):
+            raise ValueError(f"every share needs 1 <= attackers < devices, got {v}")
+        return v
+
+    def platform_config(self, devices: int, seed: int, workdir: Path, defended: bool = True) -> PlatformConfig:
+        """The platform config of one run: the adaptation benchmark's setting (digits, drift,
+        device tiers; :class:`~benchmarks.baselines.config.AdaptationBenchConfig`) at this size."""
+        base = AdaptationBenchConfig(
+            label_skews=[self.label_skew], num_devices=devices, cycles=self.cycles, channels=self.channels,
+            modules_per_layer=self.modules_per_layer, samples_per_device=self.samples_per_device,
+            offline_epochs=self.offline_epochs, enhance_epochs=self.enhance_epochs, epoch_budgets=[self.epochs],
+        ).platform_config(self.label_skew, seed, workdir, self.epochs)
+        if defended:
+            return base
+        raw = base.model_dump(mode="json")
+        return PlatformConfig.from_dict(raw | {"merge": raw["merge"] | DEFENCES_OFF})
+
+    @classmethod
+    def for_mode(cls, mode: str) -> RobustnessBenchConfig:
+        """``full``: issue #12's protocol (every attack, 1 of 5 and 3 of 20, 10 cycles, 3 seeds, defended
+        and undefended); ``quick``: narrower model, 1 of 5, three attacks, 3 cycles, one seed (minutes);
+        ``smoke``: one attack, 2 cycles, a tiny model (seconds).
+
+        Raises:
+            ValueError: For an unknown mode.
+        """
+        if mode == "full":
+            return cls()
+        if mode == "quick":
+            return cls(seeds=1, cycles=3, attacks=["sign_flip", "scale_x10", "label_flip"],
+                       shares=[(1, 5)], undefended_attacks=False, epochs=1, channels=(8, 16, 32, 64),
+                       offline_epochs=6, enhance_epochs=1)
+        if mode == "smoke":
+            return cls(seeds=1, cycles=2, attacks=["sign_flip"], shares=[(1, 3)], undefended_attacks=False,
+                       label_skew=2, epochs=1, channels=(8, 8, 16, 16), modules_per_layer=2,
+                       samples_per_device=(20, 30), offline_epochs=1, enhance_epochs=0)
+        raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
+
+
+class TimedCloud(CloudService):
+    """The platform's cloud service; each ``merge`` call's wall seconds are kept in ``merge_seconds``
+    and its CPU seconds (this process, one torch thread) in ``merge_cpu_seconds``: on a shared
+    machine the CPU time is the figure other processes do not inflate."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.merge_seconds: list[float] = []
+        self.merge_cpu_seconds: list[float] = []
+
+    def merge(self, uploads):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return super().merge(uploads)
+        finally:
+            self.merge_seconds.append(time.perf_counter() - t0)
+            self.merge_cpu_seconds.append(time.process_time() - c0)
+
+
+def attackers_of(k: int, n: int) -> list[int]:
+    """Device indices of ``k`` attackers among ``n``, spread over the fleet (and its tiers)."""
+    return sorted({round(i * n / k) for i in range(k)})
+
+
+def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int) -> list[dict]:
+    """Every run of one (share, seed): clean with and without defences, then each attack.
+
+    Returns:
+        One record per run (:func:`run_campaign`), with ``pretrain_seconds`` of the shared cloud.
+    """
+    k, n = share
+    with tempfile.TemporaryDirectory(prefix="eclm-robust-") as tmp:
+        cloud = CloudService(config.platform_config(n, seed, Path(tmp)))
+        t0 = time.perf_counter()
+        cloud.pretrain()
+        pretrain_s, pretrained = time.perf_counter() - t0, cloud.snapshot()
+        del cloud
+        plan = [("clean", True), ("clean", False)] + [(a, True) for a in config.attacks]
+        plan += [(a, False) for a in config.attacks] if config.undefended_attacks else []
+        runs = []
+        for attack, defended in plan:
+            if attack == "collude" and k < 2:
+                continue  # collusion needs two devices
+            pcfg = config.platform_config(n, seed, Path(tmp), defended)
+            record = run_campaign(pcfg, pretrained, attack, attackers_of(k, n) if attack != "clean" else [],
+                                  config.cycles, seed)
+            runs.append(record | {"share": f"{k} of {n}", "seed": seed, "defended": defended,
+                                  "pretrain_seconds": pretrain_s})
+            print(f"[robustness] {k} of {n}, seed {seed}, {attack}, defences {'on' if defended else 'off'}: "
+                  f"val {record['final_val_acc']:.3f}, attacker excluded {record['attacker_excluded']}/"
+                  f"{record['attacker_rounds']}, honest excluded {record['honest_excluded']}/"
+                  f"{record['honest_rounds']}, merge {sum(record['merge_seconds']):.1f} s "
+                  f"({sum(record['merge_cpu_seconds']):.1f} s CPU)", flush=True)
+    return runs
+
+
+def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str, attackers: list[int],
+                 cycles: int, seed: int) -> dict:
+    """One campaign; every device takes part in every cycle, ``attackers`` poison every upload.
+
+    Returns:
+        ``{"attack", "val_acc": [per cycle], "final_val_acc", "attacker_rounds", "attacker_excluded",
+        "honest_rounds", "honest_excluded", "merge_seconds", "merge_cpu_seconds": [per cycle], "decisions",
+        "cycle_seconds"}``.
+
+    Raises:
+        RuntimeError: If a device or the cloud failed in a cycle (no figure over fewer devices).
+    """
+    names = [d.name for d in config.devices]
+    bad = {names[i] for i in attackers}
+    collusion = Collusion()
+
+    def device(i: int):
+        service = EdgeService(config, i, 1)
+        return AttackedDevice(service, attack, seed * 1000 + i, collusion) if names[i] in bad else service
+
+    log = CycleLog()
+    coordinator = local_coordinator(config, pretrained, {n: partial(device, i) for i, n in enumerate(names)},
+                                    cloud=TimedCloud, recorder=log)
+    t0 = time.perf_counter()
+    try:
+        for _ in range(cycles):
+            coordinator.observe()
+            coordinator.run_cycle(names, reason="benchmark")
+        cloud = coordinator.fleet.cloud.service
+        merge_seconds, merge_cpu = list(cloud.merge_seconds), list(cloud.merge_cpu_seconds)
+    finally:
+        coordinator.fleet.close()
+    record = {"attack": attack, "val_acc": [], "attacker_rounds": 0, "attacker_excluded": 0, "honest_rounds": 0,
+              "honest_excluded": 0, "merge_seconds": merge_seconds, "merge_cpu_seconds": merge_cpu, "decisions": [],
+              "cycle_seconds": time.perf_counter() - t0}
+    for result, _ in log.cycles:
+        if result.failures:
+            raise RuntimeError(f"cycle {result.round} failed for {sorted(result.failures)}: {result.failures}")
+        accepted = set(result.merge.accepted)
+        for name in result.devices:
+            kind = "attacker" if name in bad else "honest"
+            record[f"{kind}_rounds"] += 1
+            record[f"{kind}_excluded"] += name not in accepted
+        record["val_acc"].append(result.cloud_val_acc)
+        record["decisions"].append({"decision": result.merge.decision, "rejected": dict(result.merge.rejected)})
+    record["final_val_acc"] = record["val_acc"][-1]
+    return record

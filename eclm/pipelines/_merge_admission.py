@@ -1,0 +1,79 @@
+"""Admission of a round's updates to the validated merge: integrity and claim checks, then the
+robust screen (the host is :class:`~eclm.pipelines.validated_merge.ValidatedMerge`; docs/security.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from eclm.modules.merge import ModuleUpdate
+from eclm.pipelines.defences.changes import unit_changes
+from eclm.pipelines.integrity import check_update
+
+if TYPE_CHECKING:
+    from eclm.pipelines.validated_merge import MergeReport
+
+
+class MergeAdmissionMixin:
+    """``_admit`` and ``_screen``; expects the :class:`ValidatedMerge` fields ``max_relative_norm``,
+    ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``class_rows`` and
+    ``same_upload``."""
+
+    def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
+        """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
+        valid: list[ModuleUpdate] = []
+        seen: set[str] = set()
+        for u in updates:
+            if u.device_id in seen:
+                report.rejected[f"{u.device_id} (duplicate upload)"] = "duplicate update from the same device; the first was kept"
+                continue
+            seen.add(u.device_id)
+            given = given_specs.get(u.device_id)
+            if given is None:
+                report.rejected[u.device_id] = "unknown device (no sub-model was derived for it)"
+                continue
+            try:
+                names = expected_names(u.spec)
+            except ValueError as err:  # foreign model id, wrong layer count, module out of range
+                report.rejected[u.device_id] = f"integrity: spec does not fit the cloud model: {err}"
+                continue
+            known = self.known_classes.get(u.device_id) if self.known_classes is not None else None
+            try:
+                problems = check_update(u, cloud_state, layers, given, names, max_relative_norm=self.max_relative_norm,
+                                        max_samples=self.max_samples, claims=self.claims, known_classes=known)
+            except Exception as err:  # a malformed update must not sink the others
+                problems = [f"check failed: {err!r}"]
+            if problems:
+                report.rejected[u.device_id] = "integrity: " + "; ".join(problems[:3])
+            else:
+                valid.append(u)
+        return valid
+
+    def _screen(self, cloud_state, layers, valid: list[ModuleUpdate], report: MergeReport) -> list[ModuleUpdate]:
+        """Updates the robust screen lets through; every device's statistics go into the report."""
+        if self.screen is None or not valid:
+            return valid
+        changes, references = {}, {}
+        group = [u.device_id for u in valid if u.device_id in self.same_upload]
+        for u in valid:
+            if u.device_id in group[1:]:
+                continue  # screened once, as group[0]
+            try:
+                changes[u.device_id] = unit_changes(u.state, u.carried, layers, cloud_state,
+                                                    class_rows=self.class_rows, classes=u.classes)
+                if self.reference is not None:
+                    references[u.device_id] = unit_changes(self.reference(u), u.spec, layers, None,
+                                                           class_rows=self.class_rows, classes=u.classes)
+            except Exception as err:  # this device alone is rejected
+                changes.pop(u.device_id, None)
+                report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
+        verdicts = self.screen(changes, references or None)
+        if group and group[0] in verdicts:
+            verdicts |= {d: verdicts[group[0]] for d in group[1:]}
+        report.screen = {d: v.to_dict() for d, v in verdicts.items()}
+        for d, v in verdicts.items():
+            if not v.passed:
+                report.rejected[d] = "screen: " + "; ".join(v.reasons)
+        return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
+
+
+__all__ = ["MergeAdmissionMixin"]
