@@ -37,7 +37,7 @@ class CampaignShape(BaseModel):
     enhance_epochs: int = Field(2, ge=0, description="offline stage-2 epochs")
     adapt_epochs: int = Field(3, ge=1, description="local epochs per cycle")
     accepting_merge: bool = Field(
-        False, description="tolerances of 1.0: every merge passes validation on the first candidate "
+        False, description="threshold acceptance with tolerances of 1.0: every merge passes validation on the first candidate "
                            "(isolates orchestration cost from the greedy exclusion search)")
 
 
@@ -145,7 +145,8 @@ def campaign_config(shape: CampaignShape, num_devices: int, workdir: Path, *, na
         tracking_uri: MLflow store; ``None`` disables tracking.
         seed: Campaign seed.
     """
-    merge = {"tolerance": 1.0, "device_tolerance": 1.0} if shape.accepting_merge else {}
+    # Accepting: the threshold rule with tolerances of 1.0 never rejects (the paired rule's max_drop would).
+    merge = {"acceptance": "threshold", "tolerance": 1.0, "device_tolerance": 1.0} if shape.accepting_merge else {}
     return PlatformConfig.from_dict({
         "name": name, "seed": seed, "workdir": str(workdir), "steps_per_cycle": 1,
         "data": {"source": "digits", "num_devices": num_devices, "classes_per_device": shape.classes_per_device,

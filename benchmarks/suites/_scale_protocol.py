@@ -35,7 +35,7 @@ def protocol_run(config: ScaleBenchConfig, workdir: Path, tracking_uri: str | No
 
     Returns:
         ``{"registered", "served", "pool_size", "start_seconds", "cycles": [{"seconds", "observe_seconds",
-        "durations", "failures", "decision"}], "peak_pss", "peak_rss", "compute": {...}}``.
+        "durations", "failures", "decision", "bytes_up", "bytes_down"}], "peak_pss", "peak_rss", "compute": {...}}``.
     """
     from eclm.platform import Platform
 
@@ -71,7 +71,8 @@ def _served_cycle(platform, devices: list[str]) -> dict:
     wall = time.perf_counter() - t0
     durations = dict(r.durations, log=max(0.0, wall - sum(r.durations.values())))
     return {"devices": devices, "seconds": wall, "observe_seconds": observe_s, "durations": durations,
-            "failures": dict(r.failures), "decision": r.merge.decision}
+            "failures": dict(r.failures), "decision": r.merge.decision, "bytes_up": sum(r.bytes_up.values()),
+            "bytes_down": sum(r.bytes_down.values())}
 
 
 def _adapted(platform, name: str) -> dict:

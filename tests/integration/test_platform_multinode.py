@@ -41,7 +41,7 @@ def cluster():
         "num_cpus": 1, "resources": {CLOUD_RESOURCE: 2}, "object_store_memory": NODE_MEMORY,
         "dashboard_port": dashboard_port})
     for node in ("n1", "n2", "n3"):
-        c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 2}, labels={NODE_LABEL: node},
+        c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 3}, labels={NODE_LABEL: node},
                    object_store_memory=NODE_MEMORY)
     c.wait_for_nodes()
     yield c
@@ -88,7 +88,7 @@ def test_the_platform_joined_the_cluster(platform, cluster):
     assert platform._owns_ray  # it connected by address itself
     alive = [n for n in ray.nodes() if n["Alive"]]
     assert len(alive) == 4
-    assert sum(n["Resources"].get(EDGE_RESOURCE, 0) for n in alive) == 6
+    assert sum(n["Resources"].get(EDGE_RESOURCE, 0) for n in alive) == 9
 
 
 def test_every_actor_lands_on_a_node_of_its_kind(platform, cluster):
@@ -115,8 +115,9 @@ def test_a_cycle_runs_across_the_nodes(platform):
 
 
 def test_pools_spread_over_the_labelled_nodes_and_a_campaign_runs(cluster, tmp_path):
-    # A second campaign on the same cluster (the head has two cloud slots): 4 devices in 2 pools,
-    # pool 0 (p0, p2) on n1 and pool 1 (p1, p3) on n3; one offline epoch, then two steps with a cycle each.
+    # A second campaign next to the first (two cloud slots on the head; three edge slots per node, so a
+    # pool fits beside whichever of d0-d2 a node hosts): 4 devices in 2 pools, pool 0 (p0, p2) on n1 and
+    # pool 1 (p1, p3) on n3; one offline epoch, then two steps with a cycle each.
     devices = [{"name": f"p{i}"} for i in range(4)]
     cfg = tiny_config(tmp_path, name="itest-pooled", devices=devices, adaptation={"epochs": 1, "batch_size": 16},
                       offline={"epochs": 1, "enhance_epochs": 0, "batch_size": 32, "classes_per_subtask": 3},
