@@ -33,6 +33,7 @@ def idle_run(shape: CampaignShape, idle: int, workdir: Path, *, settle_s: float 
     cfg = campaign_config(shape, idle + 1, workdir, name=f"idle-{idle}", pool_size=1, tracking_uri=None)
     platform = Platform(cfg, progress=False).start()
     try:
+        platform.pretrain()  # with 0 offline epochs it only commits version 0, which cycles refer to
         t0 = time.perf_counter()
         platform.observe()
         observe_s = time.perf_counter() - t0

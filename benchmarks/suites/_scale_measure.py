@@ -126,11 +126,9 @@ def platform_run(config: ScaleBenchConfig, mode: str, devices: int, workdir: Pat
         platform.start()
         start_s = time.perf_counter() - t0
         try:
-            pretrain_s = None
-            if config.campaign.offline_epochs:
-                t0 = time.perf_counter()
-                platform.pretrain()
-                pretrain_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            platform.pretrain()  # with 0 offline epochs it only commits version 0, which cycles refer to
+            pretrain_s = time.perf_counter() - t0
             cycles, seconds, failures, decisions = [], [], 0, []
             for _ in range(config.cycles):
                 platform.observe()  # the drift step Platform.step takes before each cycle (not timed)

@@ -48,8 +48,7 @@ def protocol_run(config: ScaleBenchConfig, workdir: Path, tracking_uri: str | No
         platform.start()
         start_s = time.perf_counter() - t0
         try:
-            if config.campaign.offline_epochs:
-                platform.pretrain()
+            platform.pretrain()  # with 0 offline epochs it only commits version 0, which cycles refer to
             for c in range(config.protocol_cycles):
                 cycles.append(_served_cycle(platform, served_slice(platform.names, config.served, c)))
             mem.sample(pss=True)
