@@ -126,8 +126,8 @@ class ScaleBenchConfig(BaseModel):
                        served=250, protocol_cycles=3, compute_devices=4, idle_counts=[0, 50, 200, 1000])
         if mode == "smoke":
             return cls(campaign=smoke_campaign(accepting_merge=True), device_counts=[1], modes=["actor"], cycles=1,
-                       time_budget_s=120.0, registered=4, served=2, protocol_cycles=2, compute_devices=1,
-                       idle_counts=[0, 4])
+                       time_budget_s=120.0, registered=4, served=2, protocol_cycles=1, compute_devices=1,
+                       idle_counts=[2])  # one idle run: the code path, no fit
         raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
 
