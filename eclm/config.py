@@ -7,10 +7,10 @@ validate it again, so a wrong key or value fails at load time with a message nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from eclm.data.config import DataConfig
 from eclm.modules.offline_settings import OfflineSettings
@@ -215,6 +215,10 @@ class RayConfig(_Strict):
     pool_resident_devices: int | None = Field(
         64, ge=1, description="pooled mode: virtual devices a pool keeps in memory; the others rest in their "
         "device stores until called (None = keep every device in memory)")
+    pool_nodes: list[Annotated[str, StringConstraints(pattern=NODE_LABEL_VALUE_PATTERN)]] | None = Field(
+        None, min_length=1,
+        description=f"pooled mode: spread the pools over the cluster nodes labelled {NODE_LABEL}=<node>, pool p on "
+        "pool_nodes[p % len] (docs/scaling.md); None = wherever an edge slot is free")
 
 
 class PlatformConfig(_Strict):
@@ -246,6 +250,8 @@ class PlatformConfig(_Strict):
             raise ValueError(f"devices lists {len(self.devices)} devices but data.num_devices is {self.data.num_devices}")
         if self.ray.edge_pool_size is not None and any(d.node for d in self.devices):
             raise ValueError("ray.edge_pool_size (pooled mode) cannot be combined with devices pinned to nodes")
+        if self.ray.pool_nodes is not None and self.ray.edge_pool_size is None:
+            raise ValueError("ray.pool_nodes needs pooled mode (ray.edge_pool_size)")
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ValueError(f"device names must be unique, got {names}")

@@ -37,7 +37,7 @@ class CampaignShape(BaseModel):
     enhance_epochs: int = Field(2, ge=0, description="offline stage-2 epochs")
     adapt_epochs: int = Field(3, ge=1, description="local epochs per cycle")
     accepting_merge: bool = Field(
-        False, description="tolerances of 1.0: every merge passes validation on the first candidate "
+        False, description="threshold acceptance with tolerances of 1.0: every merge passes validation on the first candidate "
                            "(isolates orchestration cost from the greedy exclusion search)")
 
 
@@ -92,6 +92,12 @@ class ScaleBenchConfig(BaseModel):
     cycles: int = Field(2, ge=1, description="timed cycles per run")
     memory_limit_gib: float = Field(16.0, gt=0, description="skip a run whose predicted tree PSS exceeds this")
     time_budget_s: float = Field(300.0, gt=0, description="skip runs predicted to end after this many suite seconds")
+    registered: int = Field(200, ge=0, description="protocol run: virtual devices registered (pooled; 0 = no run)")
+    served: int = Field(50, ge=1, description="protocol run: devices served per cycle (a new slice each cycle)")
+    protocol_cycles: int = Field(2, ge=1, description="protocol run: cycles")
+    compute_devices: int = Field(3, ge=0, description="served devices whose adaptation is repeated in a plain process")
+    idle_counts: list[int] = Field(default_factory=lambda: [0, 50, 200],
+                                   description="idle-memory runs: resting devices in one pool (ascending; [] = none)")
 
     @model_validator(mode="after")
     def _valid(self) -> ScaleBenchConfig:
@@ -100,6 +106,10 @@ class ScaleBenchConfig(BaseModel):
             raise ValueError(f"modes must be 'actor' or 'pooled', got {bad}")
         if self.device_counts != sorted(set(self.device_counts)) or self.device_counts[0] < 1:
             raise ValueError(f"device_counts must be ascending, distinct and >= 1, got {self.device_counts}")
+        if self.idle_counts != sorted(set(self.idle_counts)) or any(n < 0 for n in self.idle_counts):
+            raise ValueError(f"idle_counts must be ascending, distinct and >= 0, got {self.idle_counts}")
+        if self.registered and self.served > self.registered:
+            raise ValueError(f"served ({self.served}) must not exceed registered ({self.registered})")
         return self
 
     @classmethod
@@ -109,13 +119,15 @@ class ScaleBenchConfig(BaseModel):
         Raises:
             ValueError: For an unknown mode.
         """
-        if mode == "quick":
-            return cls()
-        if mode == "full":
-            return cls(device_counts=[4, 16, 64, 128, 256], cycles=3, time_budget_s=900.0)
+        if mode == "quick":  # under 10 minutes on the shared 2-core machine
+            return cls(device_counts=[4, 8])
+        if mode == "full":  # issue #13's protocol: 1000 registered, 250 served per cycle
+            return cls(device_counts=[4, 16, 64, 128, 256], cycles=3, time_budget_s=900.0, registered=1000,
+                       served=250, protocol_cycles=3, compute_devices=4, idle_counts=[0, 50, 200, 1000])
         if mode == "smoke":
             return cls(campaign=smoke_campaign(accepting_merge=True), device_counts=[1], modes=["actor"], cycles=1,
-                       time_budget_s=120.0)
+                       time_budget_s=120.0, registered=4, served=2, protocol_cycles=1, compute_devices=1,
+                       idle_counts=[2])  # one idle run: the code path, no fit
         raise ValueError(f"mode must be 'quick', 'full' or 'smoke', got {mode!r}")
 
 
@@ -133,7 +145,8 @@ def campaign_config(shape: CampaignShape, num_devices: int, workdir: Path, *, na
         tracking_uri: MLflow store; ``None`` disables tracking.
         seed: Campaign seed.
     """
-    merge = {"tolerance": 1.0, "device_tolerance": 1.0} if shape.accepting_merge else {}
+    # Accepting: the threshold rule with tolerances of 1.0 never rejects (the paired rule's max_drop would).
+    merge = {"acceptance": "threshold", "tolerance": 1.0, "device_tolerance": 1.0} if shape.accepting_merge else {}
     return PlatformConfig.from_dict({
         "name": name, "seed": seed, "workdir": str(workdir), "steps_per_cycle": 1,
         "data": {"source": "digits", "num_devices": num_devices, "classes_per_device": shape.classes_per_device,

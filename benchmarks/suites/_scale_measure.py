@@ -75,6 +75,38 @@ def run_scale(config: ScaleBenchConfig, workdir: Path, run: RunFn | None = None,
             runtime.shutdown_ray()
 
 
+def measure_all(config: ScaleBenchConfig, workdir: Path) -> dict:
+    """:func:`run_scale`, then the idle-memory runs and the protocol run, on one local Ray.
+
+    Returns:
+        :func:`run_scale`'s dict plus ``"idle"`` and ``"protocol"`` (``None`` when not configured,
+        ``{"status": "failed", "reason"}`` when they raised).
+    """
+    from benchmarks.suites._idle_memory import measure_idle
+    from benchmarks.suites._scale_protocol import protocol_run
+    from eclm import runtime
+
+    owns = runtime.start_ray(None, num_cpus=None, num_devices=max(*config.device_counts, config.pool_size))
+    try:
+        raw = run_scale(config, workdir)  # uses the Ray started here
+        raw["idle"] = _attempt(lambda: measure_idle(config.campaign, config.idle_counts, workdir / "idle")
+                               ) if config.idle_counts else None
+        wait_quiet(2.0)
+        raw["protocol"] = _attempt(lambda: protocol_run(config, workdir / "protocol",
+                                                        f"sqlite:///{workdir}/mlruns.db")) if config.registered else None
+        return raw
+    finally:
+        if owns:
+            runtime.shutdown_ray()
+
+
+def _attempt(measure: Callable[[], dict]) -> dict:
+    try:
+        return measure()
+    except Exception as err:  # noqa: BLE001 - a failed part is a result, the others stand
+        return {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+
+
 def platform_run(config: ScaleBenchConfig, mode: str, devices: int, workdir: Path, tracking_uri: str) -> dict:
     """One campaign on the running local Ray: start, (pretrain,) timed cycles, shutdown.
 
@@ -94,11 +126,9 @@ def platform_run(config: ScaleBenchConfig, mode: str, devices: int, workdir: Pat
         platform.start()
         start_s = time.perf_counter() - t0
         try:
-            pretrain_s = None
-            if config.campaign.offline_epochs:
-                t0 = time.perf_counter()
-                platform.pretrain()
-                pretrain_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            platform.pretrain()  # with 0 offline epochs it only commits version 0, which cycles refer to
+            pretrain_s = time.perf_counter() - t0
             cycles, seconds, failures, decisions = [], [], 0, []
             for _ in range(config.cycles):
                 platform.observe()  # the drift step Platform.step takes before each cycle (not timed)

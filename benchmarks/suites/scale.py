@@ -4,7 +4,9 @@ Both placement modes run on one machine with real Ray: one ``EdgeActor`` process
 pooled mode (``ray.edge_pool_size`` worker actors hosting all devices, state kept between
 cycles). The merge is configured to accept its first candidate (tolerances 1.0) so the figures
 show how orchestration, adaptation and logging grow with devices; the validated merge's own
-growth when it rejects is measured by the ``platform_overhead`` suite.
+growth when it rejects is measured by the ``platform_overhead`` suite. Then issue #13's protocol:
+the memory of resting virtual devices, and a pooled campaign with many registered devices of
+which a slice is served per cycle, with the targets ``scale.*`` (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 from benchmarks.registry import register_suite
 from benchmarks.report import Table
 from benchmarks.suites._platform_bench import ScaleBenchConfig
-from benchmarks.suites._scale_measure import GiB, run_scale
+from benchmarks.suites._scale_measure import GiB, measure_all
+from benchmarks.suites._scale_targets import idle_table, protocol_table, scale_targets
 
 MODE_LABELS = {"actor": "one actor per device", "pooled": "pooled"}
 
@@ -34,11 +37,11 @@ def run_scale_benchmark(config: ScaleBenchConfig, out_dir: Path | None = None, r
     """Run (or take recorded ``raw`` :func:`run_scale` output) and build the suite result.
 
     Returns:
-        ``{"tables", "plots", "summary", "config", "raw", "growth"}``.
+        ``{"tables", "plots", "summary", "config", "raw", "growth", "targets"}``.
     """
     if raw is None:
         with tempfile.TemporaryDirectory(prefix="eclm-scale-") as tmp:
-            raw = run_scale(config, Path(tmp))
+            raw = measure_all(config, Path(tmp))
     growth = {m: growth_rates([r for r in raw["runs"] if r["mode"] == m and r.get("status") == "ok"])
               for m in config.modes}
     plots = []
@@ -46,8 +49,11 @@ def run_scale_benchmark(config: ScaleBenchConfig, out_dir: Path | None = None, r
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         _plot(raw["runs"], Path(out_dir) / "scale_cost_vs_devices.png")
         plots.append("scale_cost_vs_devices.png")
-    return {"tables": [_runs_table(raw, config).to_dict(), _growth_table(growth).to_dict()], "plots": plots,
-            "summary": _summary(growth, raw), "config": config.model_dump(mode="json"), "raw": raw, "growth": growth}
+    tables = [_runs_table(raw, config), _growth_table(growth), idle_table(raw.get("idle")),
+              protocol_table(raw.get("protocol"), config)]
+    targets = scale_targets(raw)
+    return {"tables": [t.to_dict() for t in tables], "plots": plots, "summary": _summary(growth, raw, targets),
+            "config": config.model_dump(mode="json"), "raw": raw, "growth": growth, "targets": targets}
 
 
 def growth_rates(runs: list[dict]) -> dict:
@@ -137,8 +143,9 @@ def _r(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
 
 
-def _summary(growth: dict, raw: dict) -> list[str]:
-    lines = []
+def _summary(growth: dict, raw: dict, targets: list[dict]) -> list[str]:
+    lines = [f"{t['name']} = {'n/a (' + t['reason'] + ')' if t['value'] is None else format(t['value'], '.3g')} "
+             f"(target {t['op']} {t['target']:g})" for t in targets]
     for mode, g in growth.items():
         c, m = g["cycle_seconds"], g["pss_mib"]
         if c["per_device"] is None:

@@ -31,10 +31,12 @@ def create_edge_actor(cfg: PlatformConfig, index: int, store_dir: Path | None = 
 
 
 def create_edge_pool(cfg: PlatformConfig, indices: list[int], store_root: Path | None = None,
-                     resume_at: Mapping[str, int] | None = None):
-    """Start a pooled edge worker hosting the devices ``indices`` (one ``edge`` slot)."""
+                     resume_at: Mapping[str, int] | None = None, node: str | None = None):
+    """Start a pooled edge worker hosting the devices ``indices`` (one ``edge`` slot), on the node
+    labelled ``eclm/node=<node>`` when ``node`` is given (``ray.pool_nodes``)."""
     return EdgePoolActor.options(
         num_cpus=cfg.ray.edge_cpus,
         resources={EDGE_RESOURCE: 1},
+        label_selector=node_selector(node) if node else None,
         max_restarts=0,
     ).remote(cfg, indices, cfg.ray.threads_per_actor, store_root, dict(resume_at or {}))

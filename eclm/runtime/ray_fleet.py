@@ -3,7 +3,7 @@
 A call on an endpoint is ``actor.method.remote(...)`` and its pending result the object ref, so a
 result can be passed straight into another actor's call without passing through the driver. In
 pooled mode (``ray.edge_pool_size``) a device endpoint calls its pool's forwarder with the
-device's name first. Only the protocol's methods can be called.
+device's name first; pools are spread over the nodes ``ray.pool_nodes`` names (by node label). Only the protocol's methods can be called.
 """
 
 from __future__ import annotations
@@ -111,9 +111,11 @@ class RayFleet:
                 self.devices[name] = RayEndpoint(self._actors[name], DEVICE_METHODS, name)
             return
         # Pool p hosts the devices i with i % pool_size == p; a restart recreates whole pools.
+        nodes = self.cfg.ray.pool_nodes
         for p in sorted({i % pool_size for i in indices}):
             members = [i for i in range(len(self.names)) if i % pool_size == p]
-            pool = create_edge_pool(self.cfg, members, self.store_root, self.resume_at)
+            pool = create_edge_pool(self.cfg, members, self.store_root, self.resume_at,
+                                    nodes[p % len(nodes)] if nodes else None)
             for i in members:
                 self._actors[self.names[i]] = pool
                 self.devices[self.names[i]] = RayEndpoint(pool, DEVICE_METHODS, self.names[i], pooled=True)

@@ -1,9 +1,10 @@
-"""Multi-node placement on one machine: a ``cloud`` head and three ``edge`` nodes.
+"""Multi-node placement on one machine: a ``cloud`` head and three labelled ``edge`` nodes.
 
 ``ray.cluster_utils.Cluster`` starts one raylet per node on loopback. The platform connects by
 address (as ``eclm run --address ...`` does on a real cluster), and every actor must land on a
 node that offers the custom resource it asked for; a device pinned with ``node: n2`` must land
-on the node labelled ``eclm/node=n2`` (``ray start --labels``).
+on the node labelled ``eclm/node=n2`` (``ray start --labels``), and in pooled mode the pools
+spread over the nodes ``ray.pool_nodes`` names.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ def cluster():
         sock.bind(("127.0.0.1", 0))
         dashboard_port = sock.getsockname()[1]
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {CLOUD_RESOURCE: 1}, "object_store_memory": NODE_MEMORY,
+        "num_cpus": 1, "resources": {CLOUD_RESOURCE: 2}, "object_store_memory": NODE_MEMORY,
         "dashboard_port": dashboard_port})
-    for labels in ({}, {NODE_LABEL: "n2"}, {}):
-        c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 2}, labels=labels, object_store_memory=NODE_MEMORY)
+    for node in ("n1", "n2", "n3"):
+        c.add_node(num_cpus=1, resources={EDGE_RESOURCE: 3}, labels={NODE_LABEL: node},
+                   object_store_memory=NODE_MEMORY)
     c.wait_for_nodes()
     yield c
     if ray.is_initialized():
@@ -86,7 +88,7 @@ def test_the_platform_joined_the_cluster(platform, cluster):
     assert platform._owns_ray  # it connected by address itself
     alive = [n for n in ray.nodes() if n["Alive"]]
     assert len(alive) == 4
-    assert sum(n["Resources"].get(EDGE_RESOURCE, 0) for n in alive) == 6
+    assert sum(n["Resources"].get(EDGE_RESOURCE, 0) for n in alive) == 9
 
 
 def test_every_actor_lands_on_a_node_of_its_kind(platform, cluster):
@@ -110,3 +112,22 @@ def test_a_cycle_runs_across_the_nodes(platform):
     assert not res.failures and set(res.device_metrics) == {"d0", "d1", "d2"}
     assert all(res.bytes_up[n] > 0 and res.bytes_down[n] > 0 for n in platform.names)
     assert res.merge.decision in ("accept", "partial", "reject") and res.merge.reason
+
+
+def test_pools_spread_over_the_labelled_nodes_and_a_campaign_runs(cluster, tmp_path):
+    # A second campaign next to the first (two cloud slots on the head; three edge slots per node, so a
+    # pool fits beside whichever of d0-d2 a node hosts): 4 devices in 2 pools, pool 0 (p0, p2) on n1 and
+    # pool 1 (p1, p3) on n3; one offline epoch, then two steps with a cycle each.
+    devices = [{"name": f"p{i}"} for i in range(4)]
+    cfg = tiny_config(tmp_path, name="itest-pooled", devices=devices, adaptation={"epochs": 1, "batch_size": 16},
+                      offline={"epochs": 1, "enhance_epochs": 0, "batch_size": 32, "classes_per_subtask": 3},
+                      **{"data.num_devices": 4, "ray.address": cluster.address, "ray.edge_pool_size": 2,
+                         "ray.pool_nodes": ["n1", "n3"], "tracking.enabled": False})
+    with Platform(cfg, progress=False) as pooled:
+        pooled.pretrain()
+        results = pooled.run(2)
+        nodes = _actor_nodes(cluster.address)
+        where = {n: nodes[pooled.fleet.actor(n)._actor_id.hex()].get(NODE_LABEL) for n in pooled.names}
+    assert where == {"p0": "n1", "p2": "n1", "p1": "n3", "p3": "n3"}
+    assert len(results) == 2 and all(not r.failures for r in results)
+    assert all(set(r.device_metrics) == set(where) for r in results)

@@ -34,6 +34,7 @@ def _base(**changes) -> dict:
         (_base(merge={"acceptance": "vote"}), "merge.acceptance", "paired"),
         (_base(merge={"alpha": 0.7}), "merge.alpha", "less than 0.5"),
         (_base(ray={"edge_pool_size": 0}), "ray.edge_pool_size", "greater than or equal to 1"),
+        (_base(ray={"edge_pool_size": 2, "pool_nodes": ["n1", "-n2"]}), "ray.pool_nodes.1", "pattern"),
         (_base(cycles=-1), "cycles", "greater than or equal to 0"),
         (_base(devices=[{"name": "a"}, {"name": "b", "memory_mb": 0}]), "devices.1.memory_mb", "greater than 0"),
         (_base(devices=[{"name": "a"}, {"name": "has space"}]), "devices.1.name", "pattern"),
@@ -61,8 +62,9 @@ def test_a_bad_field_raises_config_error_naming_it(raw, field, message):
         (_base(devices=[{"name": "a"}, {"name": "a"}]), "device names must be unique"),
         (_base(ray={"edge_pool_size": 1}, devices=[{"name": "a", "node": "n1"}, {"name": "b"}]),
          "ray.edge_pool_size (pooled mode) cannot be combined with devices pinned to nodes"),
+        (_base(ray={"pool_nodes": ["n1"]}), "ray.pool_nodes needs pooled mode (ray.edge_pool_size)"),
     ],
-    ids=["count-mismatch", "duplicate-names", "pooled-and-pinned"],
+    ids=["count-mismatch", "duplicate-names", "pooled-and-pinned", "pool-nodes-unpooled"],
 )
 def test_cross_field_errors_name_the_fields(raw, message):
     with pytest.raises(ConfigError, match="invalid configuration") as err:
