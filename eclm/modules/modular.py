@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from eclm.modules._surgery import install_gate_point, set_gate, set_submodule, strip_gate_points
 from eclm.modules.costs import CostTable, measure
+from eclm.modules.fast_ops import use_fast_ops
 from eclm.modules.layer import ModuleLayer, layer_kind
 from eclm.modules.registry import adapter_for
 from eclm.modules.selector import ModuleSelector, Routing, noisy_top_k
@@ -245,7 +246,7 @@ def create_backbone(name: str, *, weights_path: str | Path | None = None, **timm
     """
     if timm_kwargs.pop("pretrained", False):
         raise ValueError("pretrained=True would download weights; pass weights_path to a local file instead")
-    model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    model = use_fast_ops(timm.create_model(name, pretrained=False, **timm_kwargs))
     if weights_path is not None:
         load_local_weights(model, weights_path)
     return model

@@ -58,8 +58,11 @@ class CloudMergeMixin:
         # the proxy-validation samples of the classes it reported, under its environment (device
         # data never leaves the device; environments are replayed on proxy data, see
         # eclm/pipelines/environments.py).
+        probe = None  # one scratch copy of the model per merge; every candidate loads all its tensors
+
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
-            probe = copy.deepcopy(self.model)
+            nonlocal probe
+            probe = probe if probe is not None else copy.deepcopy(self.model)
             probe.backbone.load_state_dict(state)
             correct = self._correct(probe.extract(probe.full_spec()), envs)
             per_device, per_correct = {}, {}
@@ -77,10 +80,39 @@ class CloudMergeMixin:
         """Per-sample correctness of ``model`` on the proxy validation set, clean and under ``envs``."""
         return torch.cat([self.proxy.correct(model, None)] + [self.proxy.correct(model, e) for e in envs])
 
+    def _current_correct(self, envs: tuple[Environment | None, ...]) -> list[Tensor]:
+        """Per-sample correctness of the current version under each of ``envs`` (``None``: clean).
+
+        Kept per version (:meth:`_keep_evaluation` seeds it with the accepted candidate's own
+        evaluation), so the accepted model is not evaluated again for the paired test's reference
+        or the seen-environment accuracy.
+        """
+        cache = getattr(self, "_version_correct", None)
+        if cache is None or cache[0] != self.version:
+            cache = self._version_correct = (self.version, {})
+        missing = [e for e in envs if e not in cache[1]]
+        if missing:
+            model = self.model.extract(self.model.full_spec())
+            cache[1].update({e: self.proxy.correct(model, e) for e in missing})
+        return [cache[1][e] for e in envs]
+
+    def _keep_evaluation(self, correct: Tensor | None, envs: tuple[Environment, ...]) -> None:
+        """Seed :meth:`_current_correct` with the accepted candidate's correctness (clean, then ``envs``)."""
+        self._version_correct = (self.version, {})
+        n = len(self.val_y)
+        if correct is not None and n and correct.numel() == n * (len(envs) + 1):
+            self._version_correct[1].update(zip((None, *envs), correct.view(len(envs) + 1, n), strict=True))
+
+    def _forget_evaluations(self) -> None:
+        """Drop what is known about the current version's predictions (its weights were replaced)."""
+        self._version_correct = None
+
     def seen_accuracy(self) -> float | None:
         """Mean accuracy of the cloud model under the environments seen so far (``None`` before any),
         norm statistics re-estimated per environment (:mod:`eclm.pipelines.environments`)."""
-        return self.proxy.mean_accuracy(self.model.extract(self.model.full_spec()), self.environments)
+        if not self.environments:
+            return None
+        return sum(float(c.float().mean()) for c in self._current_correct(self.environments)) / len(self.environments)
 
     def _pipeline(self, classes: dict[str, list[int]], same_upload: set[str], envs: tuple[Environment, ...] = (),
                   device_envs: dict[str, Environment | None] | None = None) -> ValidatedMerge:
@@ -162,6 +194,8 @@ class CloudMergeMixin:
             validated = self._validated_environments()
             self.model.backbone.load_state_dict(new_state)
             self.version += 1
+            self._keep_evaluation(report.evaluation.correct if report.evaluation is not None else None,
+                                  envs if self.cfg.merge.validate_environments else ())
             self._remember_version()
             self.environments = envs
             if validated != self._validated_environments():  # references only on the same environments
@@ -213,7 +247,7 @@ class CloudMergeMixin:
     def _remember_best_predictions(self) -> None:
         """Keep the per-sample correctness of the best accepted version (the paired test's reference),
         on the proxy validation set clean and under the environments it was validated on."""
-        correct = self._correct(self.model.extract(self.model.full_spec()), self._validated_environments())
+        correct = torch.cat(self._current_correct((None, *self._validated_environments())))
         if self.best_val_correct is None or correct.float().mean() >= self.best_val_correct.float().mean():
             self.best_val_correct = correct
 

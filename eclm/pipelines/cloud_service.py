@@ -119,6 +119,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
             self._versions = {}
             self._remember_version()
             self.environments = ()
+            self._forget_evaluations()
             self.best_val_acc = self.validation_accuracy()
             self.best_val_correct = None
             self._remember_best_predictions()
@@ -156,6 +157,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         backbone, selector = _split_checkpoint(snapshot.weights)
         self.model.backbone.load_state_dict(backbone)
         self.model.selector.load_state_dict(selector)
+        self._forget_evaluations()
         self.version, self.best_val_acc = snapshot.version, snapshot.best_val_acc
         envs = unpack_state(snapshot.weights)[2].get("environments") or []
         self.environments = merged((), (environment_of(e[0], e[1]) for e in envs))

@@ -14,8 +14,9 @@ know about the environment from statistics any device re-estimates anyway.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -63,22 +64,35 @@ class ProxyEnvironments:
             an environment sees the same images).
     """
 
-    def __init__(self, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, seed: int) -> None:
+    def __init__(self, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, seed: int,
+                 cache_size: int = 64) -> None:
         self.train_x, self.train_y, self.val_x, self.val_y, self.seed = train_x, train_y, val_x, val_y, seed
+        self.cache_size = cache_size
+        # Corrupted images are a pure function of (environment, split, classes): every validation
+        # of a merge replays the same ones, so the most recent ``cache_size`` sets are kept.
+        self._cache: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
 
     def images(self, env: Environment | None, split: str, classes: Sequence[int] | None = None
                ) -> tuple[Tensor, Tensor]:
         """``(images, labels)`` of a proxy split under ``env`` (``None``: clean), optionally
-        restricted to ``classes``."""
+        restricted to ``classes`` (the same tensors on every call with the same arguments; do not
+        modify them)."""
+        key = (env, split, None if classes is None else tuple(sorted({int(c) for c in classes})))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         x, y = (self.train_x, self.train_y) if split == "train" else (self.val_x, self.val_y)
         if classes is not None:
             mask = torch.isin(y, torch.as_tensor(list(classes), dtype=y.dtype))
             x, y = x[mask], y[mask]
-        if env is None or len(x) == 0:
-            return x, y
-        key = CORRUPTION_NAMES.index(env[0]) * 10 + env[1] + (0 if split == "train" else 5)
-        gen = torch.Generator().manual_seed(self.seed * 1000 + key)
-        return apply_corruption(x, env[0], env[1], gen), y
+        if env is not None and len(x):
+            seed_key = CORRUPTION_NAMES.index(env[0]) * 10 + env[1] + (0 if split == "train" else 5)
+            gen = torch.Generator().manual_seed(self.seed * 1000 + seed_key)
+            x = apply_corruption(x, env[0], env[1], gen)
+        self._cache[key] = (x, y)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return x, y
 
     def mixed(self, envs: Sequence[Environment], generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The proxy training images, each under one environment drawn uniformly from clean and
@@ -100,9 +114,9 @@ class ProxyEnvironments:
         val_x, val_y = self.images(env, "val", classes)
         if len(val_x) == 0 or env is None:
             return correct_mask(model, val_x, val_y)
-        probe = copy.deepcopy(model)
-        recalibrate_norms(probe, self.images(env, "train", classes)[0])
-        return correct_mask(probe, val_x, val_y)
+        with norm_statistics_kept(model):
+            recalibrate_norms(model, self.images(env, "train", classes)[0])
+            return correct_mask(model, val_x, val_y)
 
     def accuracy(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> float:
         """Accuracy of :meth:`correct` (NaN without validation images)."""
@@ -115,4 +129,20 @@ class ProxyEnvironments:
         return sum(accs) / len(accs) if accs else None
 
 
-__all__ = ["Environment", "ProxyEnvironments", "environment_name", "environment_of", "merged"]
+@contextmanager
+def norm_statistics_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every BatchNorm's running statistics of ``model`` on exit (what a deep copy used to
+    protect, without copying the weights)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved, strict=True):
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
+
+
+__all__ = ["Environment", "ProxyEnvironments", "environment_name", "environment_of", "merged",
+           "norm_statistics_kept"]

@@ -28,8 +28,9 @@ bit-identical.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from torch import Tensor
@@ -82,9 +83,12 @@ class MergeReport:
     screen: dict[str, dict] = field(default_factory=dict)
     paired: dict | None = None
     candidates: int = 0  # merged candidates validated (the baseline not counted)
+    #: The accepted candidate's evaluation (its per-sample correctness lets the caller keep it as
+    #: the paired test's reference without evaluating the accepted model again); not serialised.
+    evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "evaluation"}
 
 
 @dataclass
@@ -249,6 +253,7 @@ class ValidatedMerge(MergeAdmissionMixin):
     def _accept(self, report: MergeReport, before: Evaluation, chosen, candidate: dict[str, Tensor],
                 after: Evaluation, step: float) -> tuple[dict[str, Tensor], MergeReport]:
         report.cloud_acc_after, report.device_acc_after = after.overall, after.per_device
+        report.evaluation = after
         report.accepted = [u.device_id for u in chosen]
         report.server_step = step
         partial = bool(report.rejected)

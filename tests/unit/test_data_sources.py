@@ -45,6 +45,14 @@ def test_digits_shape_range_and_classes(image_size: int, channels: int) -> None:
         assert torch.equal(data.images[:, 0], data.images[:, 2])
 
 
+def test_digits_read_directly_equal_scikit_learns_loader_without_importing_it() -> None:
+    code = ("import sys; from eclm.data.sources.digits import _digits_arrays; x, y = _digits_arrays(); "
+            "assert 'sklearn' not in sys.modules; import numpy as np; from sklearn.datasets import load_digits; "
+            "b = load_digits(); assert np.array_equal(x, b.data) and np.array_equal(y, b.target)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+
+
 def _write_npz(path: Path, layout: str, dtype: str, count: int = 12) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(count, 3, 16, 16), dtype=np.uint8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from eclm.campaign.messages import AttributedUpdate, CloudSnapshot
@@ -65,3 +67,31 @@ def test_the_cloud_learns_which_environments_its_devices_met_and_keeps_them_acro
                                 best_val_acc=snapshot.best_val_acc))
     assert again.environments == (("gaussian_noise", 3),)
     assert again.seen_accuracy() == cloud.seen_accuracy() and again.state_digest() == cloud.state_digest()
+    # the accepted candidate's own evaluation is kept as the paired reference: the same as evaluating anew
+    fresh = cloud._correct(cloud.model.extract(cloud.model.full_spec()), cloud._validated_environments())
+    assert torch.equal(cloud.best_val_correct, fresh) and torch.equal(again.best_val_correct, fresh)
+
+
+def test_correctness_under_an_environment_leaves_the_model_as_it_was_and_matches_a_copy():
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(24, 3, 16, 16, generator=gen), torch.arange(24) % 3
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    proxy = ProxyEnvironments(x, y, x[:12], y[:12], seed=0)
+    copy_result = proxy.correct(copy.deepcopy(model), ("contrast", 3))
+    got = proxy.correct(model, ("contrast", 3))
+    assert torch.equal(got, copy_result)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training and all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_cached_environment_images_are_the_ones_computed_fresh():
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(16, 3, 8, 8, generator=gen), torch.arange(16) % 4
+    cached, uncached = (ProxyEnvironments(x, y, x, y, seed=5, cache_size=n) for n in (2, 0))
+    for env, split, classes in [(("gaussian_noise", 2), "train", None), (("gaussian_blur", 3), "val", [0, 1]),
+                                (("rotation", 4), "train", [2]), (("gaussian_noise", 2), "train", None)]:
+        a, b = cached.images(env, split, classes), uncached.images(env, split, classes)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert cached.images(("rotation", 4), "train", [2])[0] is cached.images(("rotation", 4), "train", [2])[0]
