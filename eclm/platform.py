@@ -103,7 +103,8 @@ class Platform:
         latest = CampaignStore.latest(cfg.workdir, cfg.name) if self.resume_requested else None
         state, snapshot = latest.load_latest() if latest is not None else (None, None)
         self.store = latest or CampaignStore.create(cfg)
-        self.fleet = RayFleet(cfg, self.store.root / "devices", state.positions if state else None, snapshot)
+        self.fleet = RayFleet(cfg, self.store.root / "devices", state.positions if state else None, snapshot,
+                              defer_devices=True)
         tags = {"backbone": cfg.backbone.name, "eclm.store": str(self.store.root)}
         if state is not None:
             tags |= {"eclm.resumed_from": state.mlflow_run_id or "", "eclm.resumed_round": str(state.round)}
@@ -117,6 +118,7 @@ class Platform:
         self.coordinator = CycleCoordinator(self.fleet, cfg, recorder=TrackingRecorder(self.tracker, cfg), store=self.store,
                                             trigger=self._trigger, state=state, progress=self.progress)
         info = self.coordinator.connect()
+        self.fleet.start_devices()  # after the cloud is up: their start-up overlaps the offline stage
         self.tracker.log_json("model/info.json", {k: v for k, v in info.model_dump(mode="json").items() if k != "costs"})
         measure_links(self.fleet, cfg)
         if self.resumed_from is not None:

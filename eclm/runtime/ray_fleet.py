@@ -80,18 +80,31 @@ class RayFleet:
         store_root: Directory of the device stores (``<store_root>/<device>``), or ``None``.
         resume_at: Per device, the newest stream step its store may be resumed from.
         snapshot: Cloud state to restore the new cloud actor to (a resumed campaign).
+        defer_devices: Create only the cloud actor now and the device actors at
+            :meth:`start_devices`; on a small machine the cloud is then not slowed by every
+            device's process importing torch at the same time, and the devices' start-up can
+            overlap the cloud's offline stage.
     """
 
     def __init__(self, config: PlatformConfig, store_root: Path | None = None,
-                 resume_at: Mapping[str, int] | None = None, snapshot: CloudSnapshot | None = None) -> None:
+                 resume_at: Mapping[str, int] | None = None, snapshot: CloudSnapshot | None = None,
+                 defer_devices: bool = False) -> None:
         self.cfg, self.store_root, self.resume_at = config, store_root, dict(resume_at or {})
         self.names = [d.name for d in config.devices]
         self._actors: dict[str, Any] = {}  # device -> actor or pool handle
         self.cloud = RayEndpoint(create_cloud_actor(config), CLOUD_METHODS, "cloud")
         self.devices: dict[str, RayEndpoint] = {}
-        self._start_devices(range(len(self.names)))
+        if not defer_devices:
+            self.start_devices()
         if snapshot is not None:
             self._must(self.cloud.restore(snapshot), "restoring the cloud")
+
+    def start_devices(self) -> None:
+        """Create the device actors not created yet (all of them, unless the fleet was built
+        with ``defer_devices``, when this must be called before the first cycle)."""
+        missing = [i for i, name in enumerate(self.names) if name not in self.devices]
+        if missing:
+            self._start_devices(missing)
 
     def _must(self, pending: RayPending, what: str) -> Any:
         results, failures = self.gather({"x": pending}, self.cfg.ray.call_timeout_s)

@@ -15,7 +15,14 @@ from eclm.pipelines.edge_service import EdgeService
 def fleet_of(cfg: PlatformConfig):
     from eclm.runtime.ray_fleet import RayFleet
 
-    return RayFleet(cfg)
+    # built the way the platform builds it: the cloud first, the devices once it is asked to
+    fleet = RayFleet(cfg, defer_devices=True)
+    assert fleet.devices == {}
+    fleet.start_devices()
+    handles = {n: fleet.actor(n) for n in fleet.names}
+    fleet.start_devices()  # idempotent: no second actor per device
+    assert sorted(fleet.devices) == sorted(fleet.names) and all(fleet.actor(n) is h for n, h in handles.items())
+    return fleet
 
 
 def summaries(fleet, names: list[str]) -> dict:
