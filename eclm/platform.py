@@ -1,10 +1,10 @@
 """The user-facing Python API: ``eclm.Platform``, a thin facade over the cycle coordinator.
 
-The platform starts (or connects to) Ray, creates the cloud and edge actors
-(:class:`~eclm.runtime.ray_fleet.RayFleet`), opens the MLflow run and the campaign store, and
-hands every cycle to :class:`~eclm.campaign.coordinator.CycleCoordinator`, which is written
-against endpoint protocols and knows nothing about Ray. A campaign whose driver died continues
-with :meth:`Platform.resume` (or ``eclm run --resume``) from its last commit.
+The platform starts (or connects to) Ray, creates the cloud actor and, once it answers, the edge
+actors (:class:`~eclm.runtime.ray_fleet.RayFleet`), opens the MLflow run and the campaign store,
+and hands every cycle to :class:`~eclm.campaign.coordinator.CycleCoordinator` (written against
+endpoint protocols, it knows nothing about Ray). A campaign whose driver died continues with
+:meth:`Platform.resume` (``eclm run --resume``) from its last commit.
 """
 
 from __future__ import annotations
@@ -96,15 +96,13 @@ class Platform:
         from eclm.runtime.links import measure_links
         from eclm.runtime.ray_fleet import RayFleet
 
-        cfg = self.cfg
-        where = cfg.ray.address or "a local Ray on 127.0.0.1"
+        cfg, where = self.cfg, self.cfg.ray.address or "a local Ray on 127.0.0.1"
         self.progress.message(f"starting {where}, the cloud actor and {len(self.names)} device(s) ...")
         self._owns_ray = runtime.start_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_devices=len(self.names))
         latest = CampaignStore.latest(cfg.workdir, cfg.name) if self.resume_requested else None
         state, snapshot = latest.load_latest() if latest is not None else (None, None)
         self.store = latest or CampaignStore.create(cfg)
-        self.fleet = RayFleet(cfg, self.store.root / "devices", state.positions if state else None, snapshot,
-                              defer_devices=True)
+        self.fleet = RayFleet(cfg, self.store.root / "devices", state and state.positions, snapshot, defer_devices=True)
         tags = {"backbone": cfg.backbone.name, "eclm.store": str(self.store.root)}
         if state is not None:
             tags |= {"eclm.resumed_from": state.mlflow_run_id or "", "eclm.resumed_round": str(state.round)}
