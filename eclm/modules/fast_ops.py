@@ -32,9 +32,8 @@ def use_fast_ops(model: nn.Module) -> nn.Module:
     for module in model.modules():
         for name, child in module.named_children():
             if type(child) is nn.MaxPool2d:
-                fast = ChannelsLastMaxPool2d.__new__(ChannelsLastMaxPool2d)
-                fast.__dict__.update(child.__dict__)
-                setattr(module, name, fast)
+                setattr(module, name, ChannelsLastMaxPool2d(child.kernel_size, child.stride, child.padding,
+                                                            child.dilation, child.return_indices, child.ceil_mode))
     return model
 
 

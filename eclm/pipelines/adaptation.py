@@ -8,7 +8,8 @@ extracted or shrunk sub-model inherits statistics measured with other modules ac
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,25 @@ def evaluate_own(model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] 
     return correct / len(x), loss / len(x), (correct_own if own is not None else correct) / len(x)
 
 
+def _norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def norm_statistics_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every BatchNorm's running statistics of ``model`` on exit (what a deep copy would
+    protect, e.g. around :func:`recalibrate_norms`, without copying the weights)."""
+    norms = _norm_layers(model)
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved, strict=True):
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
+
+
 @torch.no_grad()
 def recalibrate_norms(model: nn.Module, x: Tensor, batch_size: int = 64) -> int:
     """Re-estimate every BatchNorm's running statistics on ``x`` (cumulative average).
@@ -76,7 +96,7 @@ def recalibrate_norms(model: nn.Module, x: Tensor, batch_size: int = 64) -> int:
     Returns:
         The number of BatchNorm layers recalibrated.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _norm_layers(model)
     if not norms or len(x) < 2:
         return 0
     saved = [(m.momentum, m.training) for m in norms]

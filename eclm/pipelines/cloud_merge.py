@@ -34,7 +34,8 @@ from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 class CloudMergeMixin:
     """Merge methods; expects ``cfg``, ``model``, ``version``, ``best_val_acc``, ``best_val_correct``,
     ``known_classes``, ``_split_uploads``, the proxy tensors, ``proxy`` (the environments replayed on
-    them), ``environments``, ``_repair``, ``_row_keys`` and ``_remember_version`` on the host."""
+    them), ``environments``, ``_repair``, ``_version_correct`` (None at first), ``_row_keys`` and
+    ``_remember_version`` on the host."""
 
     def _rebase(self, state: dict[str, Tensor], spec: SubModelSpec, meta: dict
                 ) -> tuple[dict[str, Tensor], Parts | None]:
@@ -87,7 +88,7 @@ class CloudMergeMixin:
         evaluation), so the accepted model is not evaluated again for the paired test's reference
         or the seen-environment accuracy.
         """
-        cache = getattr(self, "_version_correct", None)
+        cache = self._version_correct
         if cache is None or cache[0] != self.version:
             cache = self._version_correct = (self.version, {})
         missing = [e for e in envs if e not in cache[1]]

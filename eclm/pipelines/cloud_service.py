@@ -68,6 +68,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         # an update claiming other classes is rejected (docs/security.md).
         self.known_classes = {d.name: set(p.classes) for d, p in zip(config.devices, split.devices, strict=True)}
         self.best_val_correct: Tensor | None = None  # per-sample correctness of the best accepted version
+        self._version_correct: tuple[int, dict] | None = None  # the current version's, per environment
         self._split_uploads: set[str] = set()  # devices of the last split round: their uploads are one
         self.train_x, self.train_y = cloud.train.images, cloud.train.labels
         self.val_x, self.val_y = cloud.val.images, cloud.val.labels

@@ -15,15 +15,14 @@ know about the environment from statistics any device re-estimates anyway.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from eclm.data.catalog import CORRUPTION_NAMES
 from eclm.data.corruptions import apply_corruption, check_corruption
-from eclm.pipelines.adaptation import recalibrate_norms
+from eclm.pipelines.adaptation import norm_statistics_kept, recalibrate_norms
 from eclm.pipelines.mcnemar import correct_mask
 
 #: An environment: ``(corruption, severity)``.
@@ -129,20 +128,4 @@ class ProxyEnvironments:
         return sum(accs) / len(accs) if accs else None
 
 
-@contextmanager
-def norm_statistics_kept(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every BatchNorm's running statistics of ``model`` on exit (what a deep copy used to
-    protect, without copying the weights)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms]
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for m, buffers in zip(norms, saved, strict=True):
-                for k, b in buffers.items():
-                    getattr(m, k).copy_(b)
-
-
-__all__ = ["Environment", "ProxyEnvironments", "environment_name", "environment_of", "merged",
-           "norm_statistics_kept"]
+__all__ = ["Environment", "ProxyEnvironments", "environment_name", "environment_of", "merged"]

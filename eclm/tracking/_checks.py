@@ -165,18 +165,3 @@ def check_safetensors(weights: Any) -> bytes:
         raise ValueError("weights is not a safetensors blob: header is not a JSON object")
     return weights
 
-
-def check_json_text(field: str, text: Any) -> str:
-    """Check that ``text`` is a JSON document.
-
-    Raises:
-        TypeError: If it is not a ``str``.
-        ValueError: If it does not parse, naming ``field``.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"{field} must be a JSON string, got {type(text).__name__}")
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{field} is not valid JSON: {error}") from error
-    return text

@@ -8,13 +8,11 @@ the same digest already; the staged files are dropped once MLflow holds them.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from eclm.tracking._checks import (
     check_alias,
-    check_json_text,
     check_safetensors,
     check_step,
     check_tags,
@@ -76,12 +74,9 @@ class ModelLog:
             TypeError, ValueError: If an argument is malformed, the weights do not match the
                 architecture, or ``version_tag`` was already used.
         """
-        if isinstance(architecture, str):  # transitional: the old (weights, spec_json, ...) call
-            warnings.warn("log_model_version(weights, spec_json, ...) is deprecated: pass the architecture "
-                          "mapping (ModelSource.architecture()); without it the version is registered as "
-                          "plain files that mlflow.pyfunc / mlflow.pytorch cannot load",
-                          DeprecationWarning, stacklevel=2)
-            return self._legacy_version(weights, architecture, metrics, version_tag, step)
+        if not isinstance(architecture, Mapping):
+            raise TypeError(f"architecture must be the mapping of ModelSource.architecture(), not "
+                            f"{type(architecture).__name__} (the spec-JSON form of this call was removed)")
         folder = f"models/cloud/{check_version_tag(version_tag)}"
         labels = {"version_tag": version_tag}
         return self._log_model(
@@ -181,30 +176,4 @@ class ModelLog:
             return None
         version, reused = published
         self._stored(record, files, uri=f"models:/{model_name}/{version}", registered_version=version, reused=reused)
-        return version
-
-    def _legacy_version(
-        self, weights: bytes, spec_json: str, metrics: Mapping[str, Any], version_tag: str, step: int | None
-    ) -> str | None:
-        """The pre-MLmodel behaviour for the deprecated ``spec_json`` call: safetensors + spec.json."""
-        journal = self._require_open("log_model_version")
-        blob = check_safetensors(weights)
-        check_json_text("spec_json", spec_json)
-        folder = f"models/cloud/{check_version_tag(version_tag)}"
-        values = self._checked_values(metrics)
-        if folder in self._model_folders:
-            raise ValueError(f"{folder!r} was already logged in this run (version tags must be unique)")
-        self._model_folders.add(folder)
-        weights_file = journal.write_artifact(f"{folder}/{WEIGHTS_FILE}", blob)
-        spec_file = journal.write_artifact(f"{folder}/spec.json", spec_json.encode("utf-8"))
-        tags = {"eclm.version_tag": version_tag, **{f"metric.{k}": repr(v) for k, v in values.items()}}
-        version = self._call(
-            f"registration of {folder}",
-            lambda: self._run().register_model(
-                self.config.registered_model_name, folder, weights_file.parent, tags, None
-            ),
-        )
-        files = {"weights": journal.relative(weights_file), "spec": journal.relative(spec_file)}
-        journal.append("model_version", {"version_tag": version_tag, "registered_model": self.config.registered_model_name,
-                                         "registered_version": version, "metrics": values, "files": files}, step)
         return version

@@ -194,6 +194,7 @@ ARCH = {"arch": {"name": "resnet18", "kwargs": {}}, "modules_per_layer": 2, "inp
         (lambda t: t.log_model_version(b"junk", ARCH, {}, "v1"), ValueError, "safetensors"),
         (lambda t: t.log_model_version("str", ARCH, {}, "v1"), TypeError, "weights"),
         (lambda t: t.log_model_version(ST_BLOB, {"arch": {}}, {}, "v1"), ValueError, "architecture lacks"),
+        (lambda t: t.log_model_version(ST_BLOB, '{"full": true}', {}, "v1"), TypeError, "architecture must be"),
         (lambda t: t.log_model_version(ST_BLOB, ARCH, {}, "v1"), ValueError, "spec"),
         (lambda t: t.log_model_version(ST_BLOB, ARCH, {}, "../v1"), ValueError, "version_tag"),
         (lambda t: t.log_model_version(ST_BLOB, ARCH, {}, "v1", alias="latest"), ValueError, "alias"),
