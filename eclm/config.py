@@ -198,6 +198,10 @@ class MergeConfig(_Strict):
         True, description="validate merge candidates on the proxy data clean and under every environment devices "
         "have reported (corruptions replayed on proxy images, norm statistics re-estimated per environment), and "
         "each device's sub-model under its own environment; false: clean proxy data only")
+    calibration_samples: int | None = Field(
+        128, ge=2, description="norm statistics under a replayed environment are re-estimated on a fixed random "
+        "sample of at most this many proxy training images (of the classes evaluated), about what a device holds "
+        "when it meets a new model; None: on all of them")
 
 
 class RayConfig(_Strict):

@@ -77,7 +77,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.model: ModularModel = cloud_model(config, self.num_classes).eval()
         self.version = 0
         self.best_val_acc: float | None = None
-        self.proxy = ProxyEnvironments(self.train_x, self.train_y, self.val_x, self.val_y, config.seed)
+        self.proxy = ProxyEnvironments(self.train_x, self.train_y, self.val_x, self.val_y, config.seed,
+                                       calibration_samples=config.merge.calibration_samples)
         self.environments: tuple[Environment, ...] = ()  # reported by devices whose uploads were merged
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against

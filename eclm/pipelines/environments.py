@@ -9,7 +9,10 @@ Accuracy under an environment is measured the way a device meets a new model: Ba
 statistics are re-estimated on (corrupted) proxy training images of that environment first
 (``recalibrate_norms``, what a device does on arrival with its unlabelled local data), then the
 model is evaluated on the corrupted proxy validation images. That isolates what the *weights*
-know about the environment from statistics any device re-estimates anyway.
+know about the environment from statistics any device re-estimates anyway. The statistics come
+from a fixed random sample of at most ``calibration_samples`` images (``merge.calibration_samples``,
+128 by default: about the unlabelled data a device holds), the same sample for every model
+evaluated, so a paired comparison of two models sees the same calibration.
 """
 
 from __future__ import annotations
@@ -60,13 +63,16 @@ class ProxyEnvironments:
         val_x: Proxy validation images.
         val_y: Their labels.
         seed: Seed of the corruptions' randomness (fixed per environment, so every evaluation of
-            an environment sees the same images).
+            an environment sees the same images) and of the calibration sample.
+        cache_size: Corrupted image sets kept in memory.
+        calibration_samples: Re-estimate norm statistics on at most this many training images
+            (a fixed random sample); ``None``: on all.
     """
 
     def __init__(self, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, seed: int,
-                 cache_size: int = 64) -> None:
+                 cache_size: int = 64, calibration_samples: int | None = None) -> None:
         self.train_x, self.train_y, self.val_x, self.val_y, self.seed = train_x, train_y, val_x, val_y, seed
-        self.cache_size = cache_size
+        self.cache_size, self.calibration_samples = cache_size, calibration_samples
         # Corrupted images are a pure function of (environment, split, classes): every validation
         # of a merge replays the same ones, so the most recent ``cache_size`` sets are kept.
         self._cache: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
@@ -114,8 +120,18 @@ class ProxyEnvironments:
         if len(val_x) == 0 or env is None:
             return correct_mask(model, val_x, val_y)
         with norm_statistics_kept(model):
-            recalibrate_norms(model, self.images(env, "train", classes)[0])
+            recalibrate_norms(model, self.calibration_images(env, classes))
             return correct_mask(model, val_x, val_y)
+
+    def calibration_images(self, env: Environment | None, classes: Sequence[int] | None = None) -> Tensor:
+        """The training images (under ``env``, of ``classes``) that norm statistics are re-estimated
+        on: all of them, or a fixed random sample of ``calibration_samples`` in their order."""
+        x = self.images(env, "train", classes)[0]
+        cap = self.calibration_samples
+        if cap is None or len(x) <= cap:
+            return x
+        gen = torch.Generator().manual_seed(self.seed * 1000 + 999)
+        return x[torch.randperm(len(x), generator=gen)[:cap].sort().values]
 
     def accuracy(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> float:
         """Accuracy of :meth:`correct` (NaN without validation images)."""

@@ -67,7 +67,8 @@ class ModelLog:
 
         Returns:
             The registry version number (``"1"``, ``"2"``, ...), or ``None`` when MLflow is
-            unavailable (the files then stay in the journal folder for a replay).
+            unavailable (the files then stay in the journal folder for a replay) or the tracker
+            publishes in the background (the number is journalled once it is known).
 
         Raises:
             RuntimeError: If the run is not open.
@@ -106,7 +107,8 @@ class ModelLog:
             step: Round the snapshot was taken in, or ``None``.
 
         Returns:
-            The registry version number, or ``None`` when MLflow is unavailable.
+            The registry version number, or ``None`` when MLflow is unavailable or the tracker
+            publishes in the background.
 
         Raises:
             RuntimeError: If the run is not open.
@@ -171,9 +173,7 @@ class ModelLog:
             f"registration of {folder}",
             lambda: self._run().publish_model(model_name, folder, blob, architecture, tags, alias,
                                               pytorch_flavor=self.config.pytorch_flavor, module=module),
+            then=lambda done: self._stored(record, files, uri=f"models:/{model_name}/{done[0]}",
+                                           registered_version=done[0], reused=done[1]),
         )
-        if published is None:
-            return None
-        version, reused = published
-        self._stored(record, files, uri=f"models:/{model_name}/{version}", registered_version=version, reused=reused)
-        return version
+        return None if published is None else published[0]

@@ -57,6 +57,12 @@ class TrackingConfig(BaseModel):
         "works (pickle-free; repeats the weights and costs ~2 s of export per version). mlflow.pyfunc and "
         "eclm.tracking.load_model work either way.",
     )
+    background: bool = Field(
+        True,
+        description="Publish to MLflow from a background thread, in order, so a campaign's next cycle does not "
+        "wait for MLflow (the JSONL journal is still written at once; the run's end waits for the queue). "
+        "False: every record reaches MLflow before the call returns.",
+    )
     per_device_metrics_max: int = Field(
         32, ge=0,
         description="Campaigns with at most this many devices log device/<name>/* metrics per round; larger "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from pathlib import Path, PurePosixPath
@@ -122,6 +123,7 @@ class RunJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Artifacts live in a folder named like the journal, mirroring their artifact paths.
         self.artifact_root = self.path.with_suffix("")
+        self._lock = threading.Lock()  # a background publisher appends "stored" records too
 
     def append(self, kind: str, data: Any, step: int | None = None) -> dict[str, Any]:
         """Append one record.
@@ -142,7 +144,7 @@ class RunJournal:
             raise ValueError(f"unknown journal record kind {kind!r}; valid kinds: {sorted(RECORD_KINDS)}")
         record = {"id": uuid.uuid4().hex, "kind": kind, "step": step, "data": data, "time": time.time()}
         line = json.dumps(record, default=json_default)
-        with self.path.open("a", encoding="utf-8") as journal:
+        with self._lock, self.path.open("a", encoding="utf-8") as journal:
             journal.write(line + "\n")
         return record
 

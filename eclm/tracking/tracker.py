@@ -17,6 +17,13 @@ No exception from MLflow ever reaches the coordinator. HTTP stores are made to f
 ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` environment variables are
 set from the config around each call) so an unreachable server costs seconds, not minutes.
 
+**Publishing in the background** (``background=True``, what the platform uses): the journal is
+written at once, in the caller's thread, and the MLflow side of every record is queued, in order,
+to one publisher thread, so a campaign's next cycle does not wait for MLflow (registering a model
+version takes 0.5-2 s). :meth:`CampaignTracker.flush` waits for the queue and :meth:`CampaignTracker.end`
+drains it before closing the run. A driver that dies with records still queued loses nothing: the
+journal holds them and :func:`~eclm.tracking.replay_journal` publishes what MLflow lacks.
+
 **Bytes once.** Artifact and model bytes are staged beside the journal and deleted once MLflow
 holds them; the journal then keeps a ``stored`` reference. A journal written during an outage keeps
 its files until :func:`~eclm.tracking.replay_journal` pushes them.
@@ -37,6 +44,7 @@ import posixpath
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -74,6 +82,9 @@ class CampaignTracker(ModelLog):
         http_max_retries: Retries per HTTP request.
         pytorch_flavor: Also store each model version as a ``torch.export`` archive so that
             ``mlflow.pytorch.load_model`` works (repeats the weights; ~2 s of export per version).
+        background: Publish to MLflow from a background thread once the run is open (the journal
+            is still written at once); :meth:`log_model_version` then returns ``None`` and
+            :meth:`flush` waits for what is queued.
 
     Raises:
         ValueError: If a setting is invalid (see :class:`TrackingConfig`).
@@ -92,6 +103,7 @@ class CampaignTracker(ModelLog):
         http_timeout_s: int = 3,
         http_max_retries: int = 0,
         pytorch_flavor: bool = True,
+        background: bool = False,
     ) -> None:
         self.config = TrackingConfig(
             enabled=enabled,
@@ -103,6 +115,7 @@ class CampaignTracker(ModelLog):
             http_timeout_s=http_timeout_s,
             http_max_retries=http_max_retries,
             pytorch_flavor=pytorch_flavor,
+            background=background,
         )
         workdir = Path(workdir)
         self.tracking_uri = self.config.tracking_uri or default_tracking_uri(workdir)
@@ -114,12 +127,19 @@ class CampaignTracker(ModelLog):
         self._ended = False
         self._model_folders: set[str] = set()
         self._epoch_stages: set[str] = set()
+        self._publisher: ThreadPoolExecutor | None = None  # background publishing, from start() to end()
+        self._queued: list[Future] = []
 
     @classmethod
     def from_config(cls, config: TrackingConfig, workdir: Path | str = ".") -> CampaignTracker:
         """Build a tracker from the platform's :class:`TrackingConfig` section."""
         # per_device_metrics_max is the recorder's business (what to log), not the tracker's.
         return cls(**config.model_dump(exclude={"per_device_metrics_max"}), workdir=workdir)
+
+    @property
+    def background(self) -> bool:
+        """Whether MLflow calls are queued to the publisher thread (see the module docstring)."""
+        return self._publisher is not None
 
     @property
     def degraded(self) -> bool:
@@ -187,6 +207,8 @@ class CampaignTracker(ModelLog):
         if self.degraded:  # MLflow failed before the journal existed; record that now
             self._journal.append("degraded", {"reason": self._degraded_reason})
         self._journal.append("params", params)
+        if self.config.background and self.run_id is not None:
+            self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eclm-mlflow")
         run_tags = {"eclm.journal": str(self._journal.path.resolve()), RUN_KEY_TAG: run_key}
         self._call("logging of params", lambda: self._run().log_params(params, run_tags))
         return run_key
@@ -205,7 +227,7 @@ class CampaignTracker(ModelLog):
             Whether the run was running and is now ended (``False`` when MLflow is unreachable).
         """
         return bool(self._call(f"closing the earlier run {run_id}",
-                               lambda: MlflowRun.close_if_running(self.tracking_uri, run_id, status)))
+                               lambda: MlflowRun.close_if_running(self.tracking_uri, run_id, status), wait=True))
 
     def log_round(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log one campaign round's metrics with ``step=round``.
@@ -327,9 +349,20 @@ class CampaignTracker(ModelLog):
             raise RuntimeError("end() called before start()")
         if self._ended:
             return
+        self.flush()  # what is queued is published (and journalled as stored) before the end
         self._ended = True
         self._journal.append("end", {"status": status})
-        self._call("end of the run", lambda: self._run().terminate(status))
+        self._call("end of the run", lambda: self._run().terminate(status), wait=True)
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+            self._publisher = None
+
+    def flush(self) -> None:
+        """Wait until everything queued for MLflow was published (or failed soft); a no-op for a
+        synchronous tracker."""
+        queued, self._queued = self._queued, []
+        for future in queued:
+            future.result()  # _send never raises: failures degrade to the journal
 
     def __enter__(self) -> CampaignTracker:
         return self
@@ -340,13 +373,29 @@ class CampaignTracker(ModelLog):
 
     # -- machinery -------------------------------------------------------------------------------
 
-    def _call(self, action: str, send: Callable[[], _T]) -> _T | None:
-        """Run one MLflow interaction; on any failure degrade to the journal instead of raising."""
+    def _call(self, action: str, send: Callable[[], _T], then: Callable[[_T], Any] | None = None,
+              wait: bool = False) -> _T | None:
+        """Run one MLflow interaction, then ``then(result)`` if it succeeded; on any failure degrade
+        to the journal instead of raising. A background tracker queues it (and returns ``None``)
+        unless ``wait``: then what is queued goes first and the result is returned."""
         if not self.config.enabled or self.degraded:
+            return None
+        if self._publisher is None or wait:
+            self.flush()
+            return self._send(action, send, then)
+        self._queued = [f for f in self._queued if not f.done()]
+        self._queued.append(self._publisher.submit(self._send, action, send, then))
+        return None
+
+    def _send(self, action: str, send: Callable[[], _T], then: Callable[[_T], Any] | None) -> _T | None:
+        if self.degraded:  # an earlier (queued) interaction failed
             return None
         try:
             with http_fail_fast(self.config.http_timeout_s, self.config.http_max_retries):
-                return send()
+                result = send()
+            if then is not None and result:
+                then(result)
+            return result
         except Exception as error:  # noqa: BLE001 - fail soft: the journal already holds the record
             self._degrade(action, error)
             return None
@@ -391,9 +440,8 @@ class CampaignTracker(ModelLog):
             step,
         )
         folder = posixpath.dirname(artifact_path) or None
-        sent = self._call(f"upload of {artifact_path}", lambda: self._run().log_artifact(local_file, folder) or True)
-        if sent:
-            self._stored(record, [local_file], uri=f"{self._run().artifact_uri}/{artifact_path}")
+        self._call(f"upload of {artifact_path}", lambda: self._run().log_artifact(local_file, folder) or True,
+                   then=lambda _: self._stored(record, [local_file], uri=f"{self._run().artifact_uri}/{artifact_path}"))
         return artifact_path
 
     def _stored(self, record: Mapping[str, Any], files: list[Path], uri: str, **extra: Any) -> None:

@@ -112,3 +112,18 @@ def test_a_device_that_fails_every_cycle_it_is_in_fails_the_campaign():
     failing = devices_failing_every_cycle(history)
     assert failing == {"phone": (2, "BudgetTooSmallError: budget params=700 is below 24042")}
     assert devices_failing_every_cycle([]) == {}
+
+
+def test_the_executable_exits_with_mains_code_and_flushes_what_it_printed(tmp_path):
+    """``eclm`` (``console``) ends with ``os._exit`` after main returns: nothing printed may be lost."""
+    import json
+    import subprocess
+
+    good, bad = write(tmp_path, "good.yaml"), write(tmp_path, "bad.yaml", cycles=-2)
+    ok = subprocess.run([sys.executable, "-m", "eclm.cli", "check-config", good], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["name"] == "t"  # the whole JSON document reached the pipe
+    refused = subprocess.run([sys.executable, "-m", "eclm.cli", "run", "--config", bad], capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == EXIT_USAGE and "cycles" in errors(refused.stderr)

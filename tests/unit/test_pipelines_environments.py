@@ -95,3 +95,29 @@ def test_cached_environment_images_are_the_ones_computed_fresh():
         a, b = cached.images(env, split, classes), uncached.images(env, split, classes)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert cached.images(("rotation", 4), "train", [2])[0] is cached.images(("rotation", 4), "train", [2])[0]
+
+
+def test_norm_statistics_come_from_a_fixed_sample_of_at_most_calibration_samples_images():
+    from eclm.pipelines.adaptation import recalibrate_norms
+    from eclm.pipelines.mcnemar import correct_mask
+
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.rand(40, 3, 16, 16, generator=gen), torch.arange(40) % 4
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 4)).eval()
+    env = ("brightness", 3)
+    sampled, full = ProxyEnvironments(x, y, x[:20], y[:20], seed=1, calibration_samples=8), ProxyEnvironments(
+        x, y, x[:20], y[:20], seed=1)
+    sample = sampled.calibration_images(env)
+    assert len(sample) == 8 and torch.equal(sample, sampled.calibration_images(env))  # fixed across calls
+    everything = full.calibration_images(env)
+    assert len(everything) == 40
+    rows = [next(i for i in range(40) if torch.equal(everything[i], s)) for s in sample]
+    assert rows == sorted(rows) and len(set(rows)) == 8  # distinct training images, in their order
+    assert len(sampled.calibration_images(env, classes=[1])) == 8 and len(sampled.calibration_images(env, [1, 2])) == 8
+    # what correct() measures is the model recalibrated on exactly that sample
+    reference = copy.deepcopy(model)
+    recalibrate_norms(reference, sample)
+    assert torch.equal(sampled.correct(model, env), correct_mask(reference, *sampled.images(env, "val")))
+    few = ProxyEnvironments(x[:6], y[:6], x, y, seed=1, calibration_samples=8)
+    assert torch.equal(few.calibration_images(env), few.images(env, "train")[0])  # fewer than the cap: all
