@@ -79,7 +79,9 @@ class TrackingRecorder:
         if result.split is not None:
             self.tracker.log_round(result.round, result.split.round_metrics)
             self.tracker.log_json(f"rounds/round_{result.round:03d}/split_report.json", result.split.report)
-        self._plots(result.round, summaries, info, history)
+        # drawn from metrics the journal holds already: on the publisher thread, off the campaign's path
+        history = list(history)
+        self.tracker.defer(lambda: self._plots(result.round, summaries, info, history))
 
     def _plots(self, round_index: int, summaries: Mapping[str, DeviceSummary], info: CloudInfo,
                history: Sequence[RoundRecord]) -> None:

@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import posixpath
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -129,6 +130,8 @@ class CampaignTracker(ModelLog):
         self._epoch_stages: set[str] = set()
         self._publisher: ThreadPoolExecutor | None = None  # background publishing, from start() to end()
         self._queued: list[Future] = []
+        self._queue_lock = threading.Lock()  # the publisher queues too (work run by defer())
+        self._on_publisher = threading.local()
 
     @classmethod
     def from_config(cls, config: TrackingConfig, workdir: Path | str = ".") -> CampaignTracker:
@@ -359,10 +362,35 @@ class CampaignTracker(ModelLog):
 
     def flush(self) -> None:
         """Wait until everything queued for MLflow was published (or failed soft); a no-op for a
-        synchronous tracker."""
-        queued, self._queued = self._queued, []
-        for future in queued:
-            future.result()  # _send never raises: failures degrade to the journal
+        synchronous tracker (and on the publisher thread itself, which runs the queue in order)."""
+        if getattr(self._on_publisher, "active", False):
+            return
+        while True:
+            with self._queue_lock:
+                queued, self._queued = self._queued, []
+            if not queued:
+                return
+            for future in queued:
+                future.result()  # queued work never raises: failures degrade to the journal
+
+    def defer(self, work: Callable[[], Any]) -> None:
+        """Run ``work``, which records through this tracker, on the publisher thread after what is
+        queued (at once on a synchronous tracker).
+
+        For records derived from others, e.g. plots drawn from metrics the journal already holds:
+        they cost the campaign no time, and a driver that dies first loses only them. An error in
+        ``work`` is logged, not raised.
+        """
+        if self._publisher is None:
+            work()
+            return
+        self._submit(self._deferred, work)
+
+    def _deferred(self, work: Callable[[], Any]) -> None:
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - derived records must not break the publisher
+            logger.exception("deferred tracking work failed")
 
     def __enter__(self) -> CampaignTracker:
         return self
@@ -380,12 +408,20 @@ class CampaignTracker(ModelLog):
         unless ``wait``: then what is queued goes first and the result is returned."""
         if not self.config.enabled or self.degraded:
             return None
-        if self._publisher is None or wait:
+        if self._publisher is None or wait or getattr(self._on_publisher, "active", False):
             self.flush()
             return self._send(action, send, then)
-        self._queued = [f for f in self._queued if not f.done()]
-        self._queued.append(self._publisher.submit(self._send, action, send, then))
+        self._submit(self._send, action, send, then)
         return None
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        def on_publisher() -> Any:
+            self._on_publisher.active = True
+            return fn(*args)
+
+        with self._queue_lock:
+            self._queued = [f for f in self._queued if not f.done()]
+            self._queued.append(self._publisher.submit(on_publisher))
 
     def _send(self, action: str, send: Callable[[], _T], then: Callable[[_T], Any] | None) -> _T | None:
         if self.degraded:  # an earlier (queued) interaction failed

@@ -118,3 +118,37 @@ def test_close_stale_run_waits_for_its_answer(uri, tmp_path):
     assert second.close_stale_run(stale_id) is True  # a result, not a queued None
     second.end()
     first._ended = True  # the first driver "died": its run was closed by the second
+
+
+def test_deferred_work_runs_on_the_publisher_after_what_is_queued_and_end_waits_for_it(uri, tmp_path):
+    from eclm.tracking import accuracy_over_rounds, close_figure
+
+    tracker = background_tracker(uri, tmp_path, "defer")
+    run_id = tracker.start(CONFIG)
+    caller, order = threading.current_thread(), []
+
+    def plot() -> None:
+        order.append(("plot", threading.current_thread() is caller))
+        fig = accuracy_over_rounds({"d0": [(0, 0.4, 0.6), (1, 0.5, 0.7)]})
+        tracker.log_figure(fig, "accuracy.png", step=1)  # recorded from the publisher thread, inline
+        close_figure(fig)
+
+    tracker.log_round(1, {"acc": 0.7})
+    tracker.defer(plot)
+    tracker.defer(lambda: 1 / 0)  # a failing derived record is logged, never raised
+    tracker.end()
+
+    assert order == [("plot", False)]
+    client = MlflowClient(uri, registry_uri=uri)
+    assert [a.path for a in client.list_artifacts(run_id, "rounds/round_001")] == ["rounds/round_001/accuracy.png"]
+    records = read_journal(tracker.journal_path)
+    assert kinds(records)[-1] == "end" and kinds(records).count("stored") == 1 and not tracker.degraded
+
+
+def test_a_synchronous_tracker_runs_deferred_work_at_once(tmp_path):
+    tracker = CampaignTracker(fallback_dir=tmp_path / "runs", enabled=False)
+    tracker.start(CONFIG)
+    ran = []
+    tracker.defer(lambda: ran.append(threading.current_thread()))
+    assert ran == [threading.current_thread()]
+    tracker.end()
