@@ -77,11 +77,24 @@ def campaign(local_ray, pooled_run, tmp_path_factory):
         p.shutdown()
 
 
+class _Published:
+    """An ``MlflowClient`` whose every query first waits for the platform's background publisher
+    (``tracking.background``, on by default): what a test did is in MLflow before it looks."""
+
+    def __init__(self, client, tracker) -> None:
+        self._client, self._tracker = client, tracker
+
+    def __getattr__(self, name: str):
+        self._tracker.flush()
+        return getattr(self._client, name)
+
+
 @pytest.fixture(scope="module")
 def mlflow_client(campaign):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(campaign.uri)
+    assert campaign.platform.tracker.background  # the platform's default
+    return _Published(MlflowClient(campaign.uri), campaign.platform.tracker)
 
 
 def _history(client, run_id: str, key: str) -> dict[int, float]:
