@@ -139,3 +139,29 @@ def test_a_zero_update_is_rejected_as_too_small():
 def test_bad_thresholds_are_refused(kwargs):
     with pytest.raises(ValueError):
         RobustScreen(**kwargs)
+
+
+@pytest.mark.parametrize("holders", [3, 4, 5])
+def test_a_boosted_update_among_few_holders_does_not_make_the_honest_ones_look_shrunken(holders):
+    """With two others, the median of the others is the mean of an honest and a boosted change:
+    the honest devices are compared again without the boosted one."""
+    changes = _round(devices=holders - 1, noise=0.3)
+    changes["x10"] = _attacked(changes["h0"], "scaled x10")
+    verdicts = RobustScreen()(changes)
+    assert not verdicts["x10"].passed and "norm" in verdicts["x10"].reasons[0]
+    honest = [d for d in changes if d != "x10"]
+    if holders - 1 >= 3:  # enough honest holders left for the round-relative checks
+        assert all(verdicts[d].passed and 0.5 < verdicts[d].norm_ratio < 2 for d in honest), {
+            d: verdicts[d].reasons for d in honest}
+    else:  # two honest holders: nothing left to compare with, left to the trust check and validation
+        assert all(verdicts[d].passed and verdicts[d].compared_units == 0 for d in honest)
+    assert all(verdicts[d].compared_without == ["x10"] for d in honest) and verdicts["x10"].compared_without == []
+
+
+def test_without_a_boosted_update_nobody_is_compared_again_and_a_shrunken_one_is_still_caught():
+    changes = _round(devices=3, noise=0.3)
+    changes["x0.1"] = _attacked(changes["h0"], "scaled x0.1")
+    verdicts = RobustScreen()(changes)
+    assert not verdicts["x0.1"].passed and "norm" in verdicts["x0.1"].reasons[0]
+    assert all(v.compared_without == [] for v in verdicts.values())
+    assert all(verdicts[d].passed for d in ("h0", "h1", "h2"))

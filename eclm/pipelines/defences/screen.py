@@ -9,6 +9,10 @@ measured error rates and what the checks do not catch.
   is the round's typical size; over the device's units, ``ratio = ||own|| / ||typical||``.
   ``ratio > norm_multiplier`` (boosted, e.g. scaled x10) or ``< 1 / norm_multiplier``
   (a shrunken update that dilutes the average, e.g. scaled x0.1, or a free rider) is rejected.
+  A boosted update inflates the typical size of every other holder of its units (with two others,
+  the median of the others is the mean of the honest one and the boosted one), so honest devices
+  would look shrunken beside it: the devices found boosted are left out, and the others are
+  compared again without them (norm and direction), before any verdict.
 * **Direction against the robust centre.** Per unit, the coordinate-wise median of the *other*
   holders' changes; the cosine between the device's change and those centres over its units must
   exceed ``min_centre_cosine`` (sign flips, random noise).
@@ -53,6 +57,7 @@ class DeviceScreen:
             classifier rows).
         head_trust_cosine: The same over the classifier rows of the device's classes.
         compared_units: Units with enough holders for the round-relative checks.
+        compared_without: Boosted devices left out of the others this device was compared with.
         identical_to: Devices whose update equals this one's.
         reasons: Why the device is rejected (empty: it passes).
     """
@@ -62,6 +67,7 @@ class DeviceScreen:
     trust_cosine: float | None = None
     head_trust_cosine: float | None = None
     compared_units: int = 0
+    compared_without: list[str] = field(default_factory=list)
     identical_to: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
@@ -126,6 +132,7 @@ class RobustScreen:
         dots = torch.zeros(len(devices), len(devices), dtype=torch.float64)
         common_sq = torch.zeros_like(dots)  # [a, b]: ||change of a||^2 over units b holds too
         index = {d: i for i, d in enumerate(devices)}
+        cohorts: list[tuple[list[str], Tensor]] = []
         for unit, who in holders.items():
             x = torch.stack([changes[d][unit] for d in who]).double()
             idx = torch.tensor([index[d] for d in who])
@@ -133,7 +140,23 @@ class RobustScreen:
             dots[idx[:, None], idx[None, :]] += gram
             common_sq[idx[:, None], idx[None, :]] += gram.diagonal()[:, None]
             if len(who) >= self.min_cohort:
+                cohorts.append((who, x))
                 self._compare_with_others(x, [sums[d] for d in who])
+        boosted = [d for d in devices if sums[d].typical_sq > 0
+                   and sums[d].own_sq > self.norm_multiplier**2 * sums[d].typical_sq]
+        if boosted:  # the others again, without the boosted updates that inflated their "typical" size
+            sums |= {d: _Sums() for d in devices if d not in boosted}
+            for who, x in cohorts:
+                keep = [i for i, d in enumerate(who) if d not in boosted]
+                if len(keep) >= self.min_cohort:
+                    self._compare_with_others(x[keep], [sums[who[i]] for i in keep])
+            co_holders: dict[str, set[str]] = defaultdict(set)
+            for who, _ in cohorts:
+                for d in who:
+                    co_holders[d].update(who)
+            for d in devices:
+                if d not in boosted:
+                    out[d].compared_without = sorted(co_holders[d].intersection(boosted))
         for d in devices:
             s = sums[d]
             out[d].compared_units = s.units
