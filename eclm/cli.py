@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         logging.getLogger("eclm").setLevel(logging.DEBUG)
+    else:  # MLflow's INFO lines (creating tables, validating an input example) are not the user's news
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         if args.command in ("ui", "replay-journal"):
             from eclm.tracking import commands

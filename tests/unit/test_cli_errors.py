@@ -127,3 +127,16 @@ def test_the_executable_exits_with_mains_code_and_flushes_what_it_printed(tmp_pa
     refused = subprocess.run([sys.executable, "-m", "eclm.cli", "run", "--config", bad], capture_output=True,
                              text=True, timeout=300)
     assert refused.returncode == EXIT_USAGE and "cycles" in errors(refused.stderr)
+
+
+def test_mlflow_info_lines_are_silenced_unless_debugging_or_chosen_by_the_user(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path, "ok.yaml")
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    assert main(["check-config", path]) == 0
+    assert __import__("os").environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "DEBUG")  # the user's choice wins
+    assert main(["check-config", path]) == 0
+    assert __import__("os").environ["MLFLOW_LOGGING_LEVEL"] == "DEBUG"
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL")
+    assert main(["check-config", path, "--debug"]) == 0
+    assert "MLFLOW_LOGGING_LEVEL" not in __import__("os").environ
