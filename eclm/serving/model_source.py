@@ -11,8 +11,10 @@ composition equals the model's forward.
 
 from __future__ import annotations
 
-import functools
+import copy
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -95,14 +97,42 @@ class ModelSource:
                    {"params": sum(p.numel() for p in sub.parameters()), "modules": spec.num_modules()})
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_skeleton(architecture_json: str) -> ModularModel:
-    # Building a skeleton costs ~0.2 s (timm model on the meta device plus layer discovery); a
-    # stage actor rebuilds its stage on every re-partition, so keep the last few around.
+_SKELETONS_KEPT = 4
+_skeletons: OrderedDict[tuple, ModularModel] = OrderedDict()
+_skeletons_lock = threading.Lock()
+
+
+def _skeleton_of(architecture: Mapping[str, Any]) -> ModularModel:
+    """The weightless skeleton of ``architecture``, one of the last few kept.
+
+    Building one costs ~0.2 s (timm model on the meta device plus layer discovery); a stage actor
+    rebuilds its stage on every re-partition.
+    """
     from eclm.modules import skeleton
 
-    a = json.loads(architecture_json)
-    return skeleton(a["arch"], a["modules_per_layer"], tuple(a["input_size"]), a["selector_width"], a["selector_dim"])
+    key = _frozen(architecture)
+    with _skeletons_lock:
+        skel = _skeletons.get(key)
+        if skel is not None:
+            _skeletons.move_to_end(key)
+            return skel
+    a = architecture
+    skel = skeleton(copy.deepcopy(dict(a["arch"])), a["modules_per_layer"], tuple(a["input_size"]), a["selector_width"],
+                    a["selector_dim"])
+    with _skeletons_lock:
+        _skeletons[key] = skel
+        while len(_skeletons) > _SKELETONS_KEPT:
+            _skeletons.popitem(last=False)
+    return skel
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable form of a JSON-like value: mappings by sorted keys, lists and tuples alike."""
+    if isinstance(value, Mapping):
+        return ("map", tuple(sorted((str(k), _frozen(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("seq", tuple(_frozen(v) for v in value))
+    return value
 
 
 def build_model(architecture: Mapping[str, Any], payload: bytes) -> nn.Module:
@@ -151,7 +181,7 @@ def _rebuild(architecture: Mapping[str, Any], payload: bytes) -> tuple[ModularMo
     state, spec, _ = unpack_state(bytes(payload))
     if spec is None:
         raise ValueError("payload carries no sub-model spec; pack it with pack_state(state, spec)")
-    skel = _cached_skeleton(json.dumps(dict(architecture), sort_keys=True))
+    skel = _skeleton_of(architecture)
     return skel, rebuild_submodel(skel, spec, state).eval()
 
 

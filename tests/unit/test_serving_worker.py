@@ -230,3 +230,16 @@ def test_overlapped_link_is_a_fifo_and_the_receiver_waits_for_arrival():
     assert first.arrive_at == pytest.approx(100.2) and second.arrive_at == pytest.approx(100.4)
     out = worker(1).relay(second, {"batch_id": 1, "hops_out": 0})
     assert out.timings[-1]["wait_s"] == pytest.approx(0.4) and clock[0] == pytest.approx(100.4)
+
+
+def test_a_skeleton_is_rebuilt_once_per_architecture_whatever_its_key_order(modular):
+    from eclm.serving import model_source
+
+    source = ModelSource.from_modular(modular("resnet"))
+    arch = source.architecture()
+    reordered = {k: arch[k] for k in reversed(list(arch))} | {"input_size": tuple(arch["input_size"])}
+    first = model_source._skeleton_of(arch)
+    assert model_source._skeleton_of(reordered) is first  # the same description, the same skeleton
+    other = dict(arch, selector_width=arch["selector_width"] + 8)
+    assert model_source._skeleton_of(other) is not first
+    assert arch == source.architecture()  # the caller's description is left as it was

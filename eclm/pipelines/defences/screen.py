@@ -142,21 +142,16 @@ class RobustScreen:
             if len(who) >= self.min_cohort:
                 cohorts.append((who, x))
                 self._compare_with_others(x, [sums[d] for d in who])
-        boosted = [d for d in devices if sums[d].typical_sq > 0
-                   and sums[d].own_sq > self.norm_multiplier**2 * sums[d].typical_sq]
+        boosted = {d for d in devices if sums[d].typical_sq > 0
+                   and sums[d].own_sq > self.norm_multiplier**2 * sums[d].typical_sq}
         if boosted:  # the others again, without the boosted updates that inflated their "typical" size
             sums |= {d: _Sums() for d in devices if d not in boosted}
             for who, x in cohorts:
                 keep = [i for i, d in enumerate(who) if d not in boosted]
+                for i in keep:
+                    out[who[i]].compared_without = sorted(set(out[who[i]].compared_without) | boosted.intersection(who))
                 if len(keep) >= self.min_cohort:
                     self._compare_with_others(x[keep], [sums[who[i]] for i in keep])
-            co_holders: dict[str, set[str]] = defaultdict(set)
-            for who, _ in cohorts:
-                for d in who:
-                    co_holders[d].update(who)
-            for d in devices:
-                if d not in boosted:
-                    out[d].compared_without = sorted(co_holders[d].intersection(boosted))
         for d in devices:
             s = sums[d]
             out[d].compared_units = s.units
