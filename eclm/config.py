@@ -143,6 +143,10 @@ class ScreenConfig(_Strict):
         -0.5, ge=-1, le=1, description="minimum cosine with the reference update over the classifier rows of the "
         "device's classes")
     reference_steps: int = Field(4, ge=1, description="batches of the reference fine-tune (devices' lr and batch size)")
+    max_own_drop: float | None = Field(
+        0.3, ge=0, le=1, description="reject an update that makes the device's sub-model lose more than this accuracy on "
+        "the cloud's proxy samples of the device's own classes (under its environment), significantly at merge.alpha "
+        "(McNemar); None: no behaviour check")
     min_cohort: int = Field(3, ge=3, description="devices that must hold a module before round-relative checks apply to it")
     duplicate_distance: float = Field(
         0.01, ge=0, lt=1, description="updates of different devices closer than this (relative distance) are identical: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from eclm.modules.merge import ModuleUpdate
+from eclm.modules.merge import ModuleUpdate, is_norm_statistic, merge_module_updates
 from eclm.pipelines.defences.changes import unit_changes
 from eclm.pipelines.integrity import check_update
 
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 class MergeAdmissionMixin:
     """``_admit`` and ``_screen``; expects the :class:`ValidatedMerge` fields ``max_relative_norm``,
-    ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``class_rows`` and
-    ``same_upload``."""
+    ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``own_correct``,
+    ``weighting``, ``merge_norm_statistics``, ``class_rows`` and ``same_upload``."""
 
     def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
         """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
@@ -52,7 +52,8 @@ class MergeAdmissionMixin:
         """Updates the robust screen lets through; every device's statistics go into the report."""
         if self.screen is None or not valid:
             return valid
-        changes, references = {}, {}
+        changes, references, own = {}, {}, {}
+        behaviour = self.own_correct is not None and self.screen.max_own_drop is not None
         group = [u.device_id for u in valid if u.device_id in self.same_upload]
         for u in valid:
             if u.device_id in group[1:]:
@@ -63,10 +64,13 @@ class MergeAdmissionMixin:
                 if self.reference is not None:
                     references[u.device_id] = unit_changes(self.reference(u), u.spec, layers, None,
                                                            class_rows=self.class_rows, classes=u.classes)
+                if behaviour:
+                    own[u.device_id] = (self.own_correct(cloud_state, u), self.own_correct(self._alone(cloud_state, layers, u), u))
             except Exception as err:  # this device alone is rejected
                 changes.pop(u.device_id, None)
+                own.pop(u.device_id, None)
                 report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
-        verdicts = self.screen(changes, references or None)
+        verdicts = self.screen(changes, references or None, own or None)
         if group and group[0] in verdicts:
             verdicts |= {d: verdicts[group[0]] for d in group[1:]}
         report.screen = {d: v.to_dict() for d, v in verdicts.items()}
@@ -74,6 +78,13 @@ class MergeAdmissionMixin:
             if not v.passed:
                 report.rejected[d] = "screen: " + "; ".join(v.reasons)
         return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
+
+    def _alone(self, cloud_state, layers, update: ModuleUpdate) -> dict:
+        """The cloud state with ``update`` merged alone (no server step, no finalize): the device's
+        sub-model as it uploaded it, in cloud coordinates."""
+        skip = None if self.merge_norm_statistics else is_norm_statistic
+        return merge_module_updates(cloud_state, layers, [update], weighting=self.weighting, skip=skip,
+                                    class_rows=self.class_rows)
 
 
 __all__ = ["MergeAdmissionMixin"]

@@ -54,12 +54,20 @@ class CloudMergeMixin:
     # ------------------------------------------------------------------ merge
     def _evaluator(self, classes: dict[str, list[int]], envs: tuple[Environment, ...] = (),
                    device_envs: dict[str, Environment | None] | None = None):
-        # The cloud evaluates its full model on the proxy-validation set, clean and under every
-        # environment in ``envs`` (samples concatenated), and each device's re-derived sub-model on
-        # the proxy-validation samples of the classes it reported, under its environment (device
-        # data never leaves the device; environments are replayed on proxy data, see
-        # eclm/pipelines/environments.py).
+        """``(evaluate, own_correct)`` for one merge.
+
+        ``evaluate`` scores a candidate: the full model on the proxy-validation set, clean and
+        under every environment in ``envs`` (samples concatenated), and each device's re-derived
+        sub-model on the proxy-validation samples of the classes it reported, under its
+        environment (device data never leaves the device; environments are replayed on proxy
+        data, see eclm/pipelines/environments.py). ``own_correct(state, update)`` is the second
+        part for one update, from any backbone state (the screen's behaviour check).
+        """
         probe = None  # one scratch copy of the model per merge; every candidate loads all its tensors
+
+        def own_correct(state: dict[str, Tensor], u: ModuleUpdate) -> Tensor:
+            return self.proxy.correct(self.model.extract(u.spec, state), (device_envs or {}).get(u.device_id),
+                                      classes.get(u.device_id) or [])
 
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
             nonlocal probe
@@ -75,7 +83,7 @@ class CloudMergeMixin:
             overall = float(correct.float().mean()) if len(correct) else float("nan")
             return Evaluation(overall, per_device, correct, per_correct)
 
-        return run
+        return run, own_correct
 
     def _correct(self, model, envs: tuple[Environment, ...]) -> Tensor:
         """Per-sample correctness of ``model`` on the proxy validation set, clean and under ``envs``."""
@@ -120,8 +128,9 @@ class CloudMergeMixin:
         m = self.cfg.merge
         # the best accepted version is a reference only on the environments it was measured on
         same_envs = envs == self._validated_environments()
+        evaluate, own_correct = self._evaluator(classes, envs, device_envs)
         return ValidatedMerge(
-            evaluate=self._evaluator(classes, envs, device_envs),
+            evaluate=evaluate, own_correct=own_correct,
             aggregator=create_aggregator(m.aggregator, m.trim_fraction, m.krum_byzantine, m.krum_keep),
             weighting=m.weighting, max_relative_norm=m.max_relative_norm, tolerance=m.tolerance,
             device_tolerance=m.device_tolerance, min_updates=m.min_updates, server_lr=m.server_lr,
@@ -225,7 +234,8 @@ class CloudMergeMixin:
         m, s = self.cfg.merge, self.cfg.merge.screen
         screen = RobustScreen(norm_multiplier=s.norm_multiplier, min_centre_cosine=s.min_centre_cosine,
                               min_trust_cosine=s.min_trust_cosine, min_head_trust_cosine=s.min_head_trust_cosine,
-                              min_cohort=s.min_cohort, duplicate_distance=s.duplicate_distance) if s.enabled else None
+                              min_cohort=s.min_cohort, duplicate_distance=s.duplicate_distance,
+                              max_own_drop=s.max_own_drop, own_alpha=m.alpha) if s.enabled else None
         claims = ClaimBounds(max_samples=self.cfg.data.samples_per_device[1], num_classes=self.num_classes,
                              importance_tolerance=m.importance_tolerance)
         return {"claims": claims, "known_classes": self.known_classes, "screen": screen,

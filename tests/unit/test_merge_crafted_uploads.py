@@ -73,6 +73,13 @@ def _first_float(state: dict) -> str:
     return next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
 
 
+def _largest_change(state: dict) -> str:
+    """The tensor with the largest entry: its change is not zero, whatever sub-model the device got
+    (a device's measured resources decide its spec, and a module it kept untouched sends zeros)."""
+    return max((k for k, v in state.items() if v.is_floating_point() and v.ndim > 1),
+               key=lambda k: float(state[k].float().abs().max()))
+
+
 def _set(key_fn, value_fn):
     def change(state, spec, meta):
         key = key_fn(state)
@@ -117,7 +124,7 @@ CASES = {
     "wrong shape": _set(_first_float, lambda v: torch.zeros(v.shape[0] + 1, *v.shape[1:])),
     "float64 tensor": _set(_first_float, lambda v: v.double()),
     "integer tensor": _set(_first_float, lambda v: v.to(torch.int32)),
-    "huge change": _set(_first_float, lambda v: v * 1e6),
+    "huge change": _set(_largest_change, lambda v: v * 1e6),
     "missing tensor": lambda i: _with_state(i, lambda s, *_: [s.pop(_first_float(s)), None][1]),
     "extra tensor": lambda i: _with_state(i, lambda s, *_: s.update({"backdoor.weight": torch.zeros(3)})),
     "claims to be another device": lambda i: i.model_copy(update={"update": i.update.model_copy(

@@ -165,3 +165,43 @@ def test_without_a_boosted_update_nobody_is_compared_again_and_a_shrunken_one_is
     assert not verdicts["x0.1"].passed and "norm" in verdicts["x0.1"].reasons[0]
     assert all(v.compared_without == [] for v in verdicts.values())
     assert all(verdicts[d].passed for d in ("h0", "h1", "h2"))
+
+
+def _own(before: list[int], after: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(before, dtype=torch.bool), torch.tensor(after, dtype=torch.bool)
+
+
+def test_an_update_that_ruins_its_own_classes_is_rejected_whatever_its_norm_and_direction():
+    """A device trained on wrong labels: a normal change, but its own classes go from 80 % to 10 %."""
+    changes = _round()
+    own = {d: _own([1] * 32 + [0] * 8, [1] * 34 + [0] * 6) for d in changes}  # honest: a little better
+    own["h0"] = _own([1] * 32 + [0] * 8, [1] * 4 + [0] * 36)
+    verdicts = RobustScreen()(changes, None, own)
+    assert verdicts["h0"].own_acc_before == pytest.approx(0.8) and verdicts["h0"].own_acc_after == pytest.approx(0.1)
+    assert verdicts["h0"].own_samples == 40 and len(verdicts["h0"].reasons) == 1
+    assert verdicts["h0"].reasons[0].startswith("behaviour: accuracy on its own classes 0.800 -> 0.100 on 40")
+    assert all(verdicts[d].passed for d in changes if d != "h0")
+
+
+@pytest.mark.parametrize(("before", "after", "why"), [
+    ([1] * 4 + [0] * 2, [0] * 6, "a large drop on 6 samples is not significant"),
+    ([1] * 30 + [0] * 10, [1] * 22 + [0] * 18, "a significant drop of 0.2 is within max_own_drop 0.3"),
+])
+def test_a_drop_must_be_both_large_and_significant(before, after, why):
+    changes = _round()
+    verdict = RobustScreen()(changes, None, {"h0": _own(before, after)})["h0"]
+    assert verdict.passed, why
+
+
+def test_the_behaviour_check_is_off_without_a_bound_and_without_samples():
+    changes = _round()
+    ruined = {"h0": _own([1] * 40, [0] * 40), "h1": _own([], [])}
+    assert RobustScreen(max_own_drop=None)(changes, None, ruined)["h0"].passed
+    verdict = RobustScreen()(changes, None, ruined)["h1"]
+    assert verdict.passed and verdict.own_acc_before is None and verdict.own_samples == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"max_own_drop": 1.5}, {"max_own_drop": -0.1}, {"own_alpha": 0.0}])
+def test_bad_behaviour_thresholds_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        RobustScreen(**kwargs)

@@ -216,3 +216,67 @@ def test_a_lone_honest_update_is_accepted(modular, device):
     assert report.decision == "accept" and report.accepted == [f"d{device}"]
     verdict = report.screen[f"d{device}"]
     assert verdict["compared_units"] == 0 and verdict["trust_cosine"] > 0 and verdict["head_trust_cosine"] > 0
+
+
+# ------------------------------------------------------------ behaviour on the device's own classes
+@pytest.fixture(scope="module")
+def trained():
+    """A cloud model that already knows the proxy classes (own-class accuracy has room to fall)."""
+    from eclm.pipelines.adaptation import finetune
+
+    torch.manual_seed(1)
+    model = modularize("resnet18", modules_per_layer=2, num_classes=10, channels=(8, 16, 32, 64))
+    finetune(model.backbone, *_data(list(range(10)), 24, seed=2), epochs=4, lr=0.05, batch_size=16,
+             generator=torch.Generator().manual_seed(0))
+    return model.eval()
+
+
+def _cyclic_flip_update(model, i: int) -> ModuleUpdate:
+    """Device ``i`` trained on its own classes relabelled cyclically (c_j -> c_{j+1})."""
+    spec, classes = _spec(model, SPECS[i % len(SPECS)]), _classes(i)
+    x, y = _data(classes, 16, seed=10 + i)
+    to = {c: classes[(j + 1) % len(classes)] for j, c in enumerate(classes)}
+    flipped = torch.tensor([to[int(c)] for c in y])
+    delta = reference_update(model.extract(spec), x, flipped, steps=12, lr=0.05, batch_size=16, seed=i)
+    cloud = model.extract(spec).state_dict()
+    state = {k: v + delta[k] if k in delta else v.clone() for k, v in cloud.items()}
+    return ModuleUpdate(f"d{i}", spec, state, [[0.5, 0.5] for _ in model.layers], 48, classes)
+
+
+def _own_correct(model):
+    from eclm.pipelines.mcnemar import correct_mask
+
+    def own(state, u: ModuleUpdate) -> torch.Tensor:
+        mask = torch.isin(PROXY[1], torch.tensor(u.classes))
+        return correct_mask(model.extract(u.spec, state), PROXY[0][mask], PROXY[1][mask])
+    return own
+
+
+def test_an_update_that_ruins_its_own_classes_is_rejected_by_the_behaviour_check(trained):
+    updates = [_trained_update(trained, i) for i in range(5)]
+    updates[0] = _cyclic_flip_update(trained, 0)
+    state, report = _merge(trained, updates, own_correct=_own_correct(trained),
+                           class_rows=tuple(classifier_keys(trained.backbone)))
+    verdict = report.screen["d0"]
+    assert verdict["own_acc_before"] - verdict["own_acc_after"] > 0.3 and verdict["own_samples"] == 48
+    assert "behaviour: accuracy on its own classes" in report.rejected["d0"], report.screen
+    assert sorted(report.accepted) == ["d1", "d2", "d3", "d4"], report.rejected
+    assert all(s["own_acc_before"] - s["own_acc_after"] < 0.3 for d, s in report.screen.items() if d != "d0")
+
+
+def test_the_behaviour_check_sees_the_upload_alone_and_leaves_the_cloud_state_untouched(trained):
+    seen = []
+
+    def own(state, u):
+        seen.append((u.device_id, state))
+        return _own_correct(trained)(state, u)
+
+    cloud = {k: v.clone() for k, v in trained.backbone.state_dict().items()}
+    updates = [_trained_update(trained, i) for i in range(3)]
+    _merge(trained, updates, own_correct=own, class_rows=tuple(classifier_keys(trained.backbone)))
+    assert [d for d, _ in seen] == ["d0", "d0", "d1", "d1", "d2", "d2"]
+    for (_, base), (_, alone), u in zip(seen[::2], seen[1::2], updates, strict=True):
+        assert all(torch.equal(base[k], cloud[k]) for k in cloud)  # the cloud's sub-model first
+        mine = trained.extract(u.spec, alone).state_dict()
+        assert all(torch.equal(mine[k], u.state[k]) for k in u.state if is_delta_key(k, u.state[k])
+                   and "fc" not in k)  # then the update, merged alone (head rows merged by class)

@@ -2,8 +2,9 @@
 
 Four checks on the change each update makes (``uploaded - cloud``, cut into merge units by
 :func:`~eclm.pipelines.defences.changes.unit_changes`), each comparing a device only with the
-devices that hold the same unit (devices hold different modules). See docs/security.md for the
-measured error rates and what the checks do not catch.
+devices that hold the same unit (devices hold different modules), and one on what the update does
+to the device's own classes. See docs/security.md for the measured error rates and what the
+checks do not catch.
 
 * **Norm bound relative to the round.** Per unit, the median change norm of the *other* holders
   is the round's typical size; over the device's units, ``ratio = ||own|| / ||typical||``.
@@ -22,6 +23,13 @@ measured error rates and what the checks do not catch.
   ``min_head_trust_cosine`` over the classifier rows of the device's classes (a device trained
   on wrong labels pushes its own classes' rows the other way). This is the one check that needs
   no other device, so it is what protects a round with one or two updates.
+* **Behaviour on its own classes** (error-rate based rejection, Fang et al., "Local Model
+  Poisoning Attacks to Byzantine-Robust Federated Learning", USENIX Security 2020): the device's
+  sub-model as uploaded against the cloud's sub-model, on the proxy validation samples of the
+  device's classes under the environment it reports. An update that makes the device worse on its
+  own classes by more than ``max_own_drop``, significantly (McNemar, ``own_alpha``), is rejected:
+  a device trained on wrong labels has a normal norm and direction, and its classes' rows can
+  still point near the cloud's reference, but it misclassifies its own classes.
 * **Identical updates.** Two devices whose changes agree within ``duplicate_distance`` (relative
   distance over the units both hold) did not train on their own data: colluding or replayed
   updates. All of them are rejected (the original cannot be told from the copy).
@@ -42,6 +50,7 @@ import torch
 from torch import Tensor
 
 from eclm.pipelines.defences.changes import Unit
+from eclm.pipelines.mcnemar import PairedComparison, compare_paired
 
 Changes = dict[str, dict[Unit, Tensor]]
 
@@ -56,6 +65,10 @@ class DeviceScreen:
         trust_cosine: Cosine with the cloud's reference update (the body: every unit but the
             classifier rows).
         head_trust_cosine: The same over the classifier rows of the device's classes.
+        own_acc_before: Accuracy of the cloud's sub-model on the proxy samples of the device's
+            classes (under its environment).
+        own_acc_after: The same with the device's update applied.
+        own_samples: Samples of that comparison.
         compared_units: Units with enough holders for the round-relative checks.
         compared_without: Boosted devices left out of the others this device was compared with.
         identical_to: Devices whose update equals this one's.
@@ -66,6 +79,9 @@ class DeviceScreen:
     centre_cosine: float | None = None
     trust_cosine: float | None = None
     head_trust_cosine: float | None = None
+    own_acc_before: float | None = None
+    own_acc_after: float | None = None
+    own_samples: int = 0
     compared_units: int = 0
     compared_without: list[str] = field(default_factory=list)
     identical_to: list[str] = field(default_factory=list)
@@ -99,6 +115,9 @@ class RobustScreen:
         min_head_trust_cosine: Minimum cosine with it over the classifier rows of the device's classes.
         min_cohort: Holders a unit needs before round-relative checks apply (>= 3).
         duplicate_distance: Relative distance below which two devices' changes count as identical.
+        max_own_drop: Largest accuracy drop on the device's own classes an update may cause
+            (``None``: no behaviour check).
+        own_alpha: Significance the drop must also reach (one-sided McNemar).
     """
 
     norm_multiplier: float = 4.0
@@ -107,17 +126,25 @@ class RobustScreen:
     min_head_trust_cosine: float = -0.5
     min_cohort: int = 3
     duplicate_distance: float = 1e-2
+    max_own_drop: float | None = 0.3
+    own_alpha: float = 0.05
 
     def __post_init__(self) -> None:
         if self.norm_multiplier <= 1 or self.min_cohort < 3:
             raise ValueError("norm_multiplier must be > 1 and min_cohort >= 3")
+        if self.max_own_drop is not None and not 0 <= self.max_own_drop <= 1 or not 0 < self.own_alpha < 1:
+            raise ValueError("max_own_drop must lie in [0, 1] (or be None) and own_alpha in (0, 1)")
 
-    def __call__(self, changes: Changes, references: Changes | None = None) -> dict[str, DeviceScreen]:
+    def __call__(self, changes: Changes, references: Changes | None = None,
+                 own: dict[str, tuple[Tensor, Tensor]] | None = None) -> dict[str, DeviceScreen]:
         """Screen one round.
 
         Args:
             changes: Per device, its change per unit.
             references: Per device, the cloud's reference change per unit (missing: no trust check).
+            own: Per device, per-sample correctness on the proxy samples of its classes of the
+                cloud's sub-model and of the same with the device's update (missing: no
+                behaviour check).
 
         Returns:
             A :class:`DeviceScreen` per device of ``changes``.
@@ -161,6 +188,11 @@ class RobustScreen:
             if references and d in references:
                 out[d].trust_cosine = _trust(changes[d], references[d], head=False)
                 out[d].head_trust_cosine = _trust(changes[d], references[d], head=True)
+            if own and d in own and own[d][0].numel():
+                before, after = own[d]
+                out[d].own_samples = int(before.numel())
+                out[d].own_acc_before, out[d].own_acc_after = (float(before.float().mean()), float(after.float().mean()))
+                self._check_behaviour(out[d], compare_paired(before, after))
         self._mark_identical(devices, dots, common_sq, out)
         for d in devices:
             self._verdict(out[d])
@@ -186,6 +218,12 @@ class RobustScreen:
         same.fill_diagonal_(False)
         for i, d in enumerate(devices):
             out[d].identical_to = [devices[j] for j in same[i].nonzero().flatten().tolist()]
+
+    def _check_behaviour(self, s: DeviceScreen, paired: PairedComparison) -> None:
+        if self.max_own_drop is not None and paired.drop > self.max_own_drop and paired.p_worse < self.own_alpha:
+            s.reasons.append(f"behaviour: accuracy on its own classes {s.own_acc_before:.3f} -> {s.own_acc_after:.3f} "
+                             f"on {paired.n} proxy samples (McNemar p={paired.p_worse:.3g}; allowed drop "
+                             f"{self.max_own_drop:g})")
 
     def _verdict(self, s: DeviceScreen) -> None:
         m = self.norm_multiplier
