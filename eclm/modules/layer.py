@@ -84,7 +84,8 @@ class LayerKind(ABC):
         """Fix attributes that the forward reads after tensors were sliced."""
         refresh_shape_attributes(block)
 
-    def slice(self, block: nn.Module, layer: ModuleLayer, held: list[int], keep: list[int]) -> nn.Module:
+    def slice(self, block: nn.Module, layer: ModuleLayer, held: list[int], keep: list[int], *,
+              in_place: bool = False) -> nn.Module:
         """Return ``block`` (currently holding groups ``held``) narrowed to groups ``keep``.
 
         Args:
@@ -92,9 +93,11 @@ class LayerKind(ABC):
             layer: The layer's metadata.
             held: Groups the block currently holds.
             keep: Groups to keep; must be a subset of ``held``. Empty selects the residual module.
+            in_place: Narrow ``block`` itself instead of a copy (for a block nobody else uses:
+                a deep copy of a block costs more than slicing it).
 
         Returns:
-            A new module (``block`` itself is left untouched).
+            A new module, or ``block`` narrowed with ``in_place`` (else ``block`` is left untouched).
 
         Raises:
             ValueError: If ``keep`` is not a subset of ``held`` or empty where not allowed.
@@ -108,7 +111,7 @@ class LayerKind(ABC):
             if not layer.allows_empty:
                 raise ValueError(f"layer {layer.name} has no shortcut; it needs at least one module")
             return self.residual(block)
-        new = copy.deepcopy(block)
+        new = block if in_place else copy.deepcopy(block)
         for key, (dim, full_owner) in layer.sliced.items():
             current_owner = full_owner[positions(full_owner, held)]
             slice_tensor_(new, key, dim, positions(current_owner, keep))

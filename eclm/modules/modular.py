@@ -169,7 +169,8 @@ class ModularModel(nn.Module):
         if state is not None:
             model.load_state_dict(state)
         model = strip_gate_points(model)
-        return narrow(model, self.layers, [tuple(range(l.n_modules)) for l in self.layers], spec.groups)
+        return narrow(model, self.layers, [tuple(range(l.n_modules)) for l in self.layers], spec.groups,
+                      reuse_blocks=True)  # ``model`` is this call's own copy
 
     def chain(self, model: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
         """Named chain stages (stem, blocks..., head) of ``model`` (default: the backbone)."""
@@ -220,17 +221,28 @@ def narrow(
     layers: list[ModuleLayer],
     held: tuple[tuple[int, ...], ...] | list,
     keep: tuple[tuple[int, ...], ...] | list,
+    *,
+    reuse_blocks: bool = False,
 ) -> nn.Module:
     """Narrow every module layer of ``model`` (in place) from ``held`` groups to ``keep`` groups.
 
     Works on the cloud backbone (``held`` = all groups) and on a device's sub-model (``held`` =
     its spec), which is how a device shrinks locally without the cloud.
+
+    Args:
+        model: The model; its narrowed blocks are replaced.
+        layers: The module layers.
+        held: Groups each layer of ``model`` holds now.
+        keep: Groups each layer keeps.
+        reuse_blocks: Slice ``model``'s own block objects instead of copies of them (when nothing
+            else refers to them, e.g. ``model`` is a fresh copy; about 2x faster extraction).
     """
     for layer, h, k in zip(layers, held, keep, strict=True):
         if tuple(h) == tuple(k):
             continue
         block = model.get_submodule(layer.name)
-        set_submodule(model, layer.name, layer_kind(layer.kind).slice(block, layer, list(h), list(k)))
+        set_submodule(model, layer.name, layer_kind(layer.kind).slice(block, layer, list(h), list(k),
+                                                                      in_place=reuse_blocks))
     return model
 
 
