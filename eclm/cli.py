@@ -260,6 +260,31 @@ def serve_model(cfg: PlatformConfig, serving, model: str = "cloud", requests: in
     return 0
 
 
+def serve_device(cfg: PlatformConfig, device: str, host: str = "127.0.0.1", port: int = 8470, out=None) -> int:
+    """Run device ``device`` of ``cfg`` in this process behind a device gateway until interrupted.
+
+    The device keeps its store under ``<workdir>/gateway-devices/<device>`` and resumes from it.
+
+    Raises:
+        ConfigError: If the config has no device of that name.
+    """
+    from eclm.gateway import DeviceGateway
+    from eclm.pipelines.edge_service import EdgeService
+
+    names = [d.name for d in cfg.devices]
+    if device not in names:
+        raise ConfigError(f"--device {device!r} is not a device of this campaign (devices: {names})")
+    service = EdgeService(cfg, names.index(device), 1, Path(cfg.workdir) / "gateway-devices" / device)
+    gateway = DeviceGateway(service, host, port)
+    print(f"eclm: device {device} serving the device protocol at {gateway.url} (Ctrl-C stops it)", file=out or sys.stderr,
+          flush=True)
+    try:
+        gateway.serve_forever()
+    finally:
+        gateway.close()
+    return 0
+
+
 def check_serve_model(cfg: PlatformConfig, model: str) -> None:
     """Raise :class:`ConfigError` unless ``model`` is ``"cloud"`` or one of the campaign's devices."""
     names = [d.name for d in cfg.devices]
@@ -310,6 +335,12 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--workdir", type=Path, default=None, help="the campaign's workdir (default: .)")
     where.add_argument("--config", type=Path, default=None, help="the campaign's YAML (its tracking store)")
     u.add_argument("--port", type=_count(1), default=5000)
+    g = sub.add_parser("device-gateway", parents=[common],
+                       help="run one device of a campaign outside the Ray cluster, serving it over HTTP to its edge actor")
+    g.add_argument("--config", type=Path, required=True, help="the campaign's YAML (the device's data, model and settings)")
+    g.add_argument("--device", required=True, help="the device's name in the config")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (put TLS in front for a real network)")
+    g.add_argument("--port", type=_count(0), default=8470)
     j = sub.add_parser("replay-journal", parents=[common], help="push a journal written during an MLflow outage into MLflow")
     j.add_argument("journal", type=Path)
     j.add_argument("--tracking-uri", default=None, help="default: the store the journal was written against")
@@ -348,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "ui":
                 return commands.serve_ui(args.workdir, args.config, args.port)
             return commands.replay(args.journal, args.tracking_uri)
+        if args.command == "device-gateway":
+            return serve_device(PlatformConfig.from_yaml(args.config).resolve_paths(), args.device, args.host, args.port)
         if args.command in ("run", "demo", "serve"):  # a first line at once: the checks import torch
             print(f"eclm: checking {'the demo config' if args.command == 'demo' else args.config} ...",
                   file=sys.stderr, flush=True)

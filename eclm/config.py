@@ -63,6 +63,17 @@ class DeviceConfig(_Strict):
         None, pattern=NODE_LABEL_VALUE_PATTERN,
         description=f"pin to the cluster node labelled {NODE_LABEL}=<node> (docs/cluster.md); needs ray.address")
     mode: Literal["local", "split", "auto"] = Field("local", description="adaptation mode; auto = split if local training does not fit")
+    gateway: str | None = Field(
+        None, pattern=r"^https?://[A-Za-z0-9_.\[\]:-]+(:[0-9]+)?/?$",
+        description="the device runs outside the Ray cluster and serves the device protocol at this URL "
+        "(`eclm device-gateway`); its edge actor is a proxy that exchanges only JSON and safetensors bytes with it "
+        "(docs/security.md); local adaptation only")
+
+    @model_validator(mode="after")
+    def _gateway_adapts_locally(self) -> DeviceConfig:
+        if self.gateway is not None and self.mode != "local":
+            raise ValueError(f"device {self.name}: a device behind a gateway adapts locally (mode: local), not {self.mode}")
+        return self
 
 
 class AdaptationConfig(_Strict):

@@ -69,6 +69,7 @@ def preflight(cfg: PlatformConfig, *, source: str = "config", address: str | Non
     submodels = _check_budgets(cfg, model, problems, notes) if model is not None else {}
     problems += _unknown_trigger_devices(cfg)
     problems += _pinned_without_cluster(cfg, address)
+    notes += _silent_gateways(cfg)
     if "runtime_resources" in cfg.workdir.parts:
         notes.append(f"workdir {cfg.workdir} lies in the Ray job's temporary working_dir and is deleted with it: "
                      "name a lasting location (absolute or ~/...) for checkpoints and runs (docs/cluster.md)")
@@ -222,6 +223,23 @@ def _unknown_trigger_devices(cfg: PlatformConfig) -> list[str]:
             problems.append(f"{where}.params.devices: {unknown} are not devices of this campaign "
                             f"(devices: {sorted(names)})")
     return problems
+
+
+def _silent_gateways(cfg: PlatformConfig, timeout_s: float = 2.0) -> list[str]:
+    """Notes for devices behind a gateway that does not answer now (they may come online later;
+    until then their calls fail and the campaign goes on without them)."""
+    from eclm.gateway import RemoteDevice
+
+    notes = []
+    for i, device in enumerate(cfg.devices):
+        if device.gateway is None:
+            continue
+        try:
+            RemoteDevice(device.name, device.gateway, timeout_s=timeout_s).ping()
+        except Exception as err:  # noqa: BLE001 - any failure: the device is not reachable now
+            notes.append(f"devices[{i}] ({device.name}): its gateway {device.gateway} does not answer now ({err}); "
+                         "its calls fail, and the campaign goes on without it, until it does")
+    return notes
 
 
 def _pinned_without_cluster(cfg: PlatformConfig, address: str | None) -> list[str]:

@@ -24,6 +24,7 @@ from benchmarks.local_campaign import local_coordinator
 from benchmarks.suites._attacks import ATTACKS, AttackedDevice, Collusion
 from eclm.campaign.messages import CloudSnapshot
 from eclm.config import PlatformConfig
+from eclm.gateway import DeviceGateway, RemoteDevice
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
 
@@ -50,6 +51,9 @@ class RobustnessBenchConfig(BaseModel):
     samples_per_device: tuple[int, int] = Field((80, 120), description="local training set size range")
     offline_epochs: int = Field(12, ge=0, description="offline stage-1 epochs of the pretrained cloud")
     enhance_epochs: int = Field(2, ge=0, description="offline stage-2 epochs")
+    gateway_run: bool = Field(
+        True, description="run the clean defended campaign once more with every device behind a device gateway "
+        "(HTTP on 127.0.0.1, eclm.gateway) to measure the channel's overhead")
 
     @field_validator("attacks")
     @classmethod
@@ -138,18 +142,20 @@ def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int
         cloud.pretrain()
         pretrain_s, pretrained = time.perf_counter() - t0, cloud.snapshot()
         del cloud
-        plan = [("clean", True), ("clean", False)] + [(a, True) for a in config.attacks]
-        plan += [(a, False) for a in config.attacks] if config.undefended_attacks else []
+        plan = [("clean", True, False), ("clean", False, False)] + [(a, True, False) for a in config.attacks]
+        plan += [(a, False, False) for a in config.attacks] if config.undefended_attacks else []
+        plan += [("clean", True, True)] if config.gateway_run else []
         runs = []
-        for attack, defended in plan:
+        for attack, defended, gateway in plan:
             if attack == "collude" and k < 2:
                 continue  # collusion needs two devices
             pcfg = config.platform_config(n, seed, Path(tmp), defended)
             record = run_campaign(pcfg, pretrained, attack, attackers_of(k, n) if attack != "clean" else [],
-                                  config.cycles, seed)
+                                  config.cycles, seed, gateway=gateway)
             runs.append(record | {"share": f"{k} of {n}", "seed": seed, "defended": defended,
                                   "pretrain_seconds": pretrain_s})
-            print(f"[robustness] {k} of {n}, seed {seed}, {attack}, defences {'on' if defended else 'off'}: "
+            print(f"[robustness] {k} of {n}, seed {seed}, {attack}{' over the gateway' if gateway else ''}, "
+                  f"defences {'on' if defended else 'off'}: "
                   f"val {record['final_val_acc']:.3f}, attacker excluded {record['attacker_excluded']}/"
                   f"{record['attacker_rounds']}, honest excluded {record['honest_excluded']}/"
                   f"{record['honest_rounds']}, merge {sum(record['merge_seconds']):.1f} s "
@@ -158,13 +164,18 @@ def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int
 
 
 def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str, attackers: list[int],
-                 cycles: int, seed: int) -> dict:
+                 cycles: int, seed: int, gateway: bool = False) -> dict:
     """One campaign; every device takes part in every cycle, ``attackers`` poison every upload.
 
+    With ``gateway`` every device's service runs behind a :class:`~eclm.gateway.DeviceGateway` on
+    127.0.0.1 (a thread of this process) and the fleet reaches it through a
+    :class:`~eclm.gateway.RemoteDevice`: the same campaign over the bytes-only channel.
+
     Returns:
-        ``{"attack", "val_acc": [per cycle], "final_val_acc", "attacker_rounds", "attacker_excluded",
-        "honest_rounds", "honest_excluded", "merge_seconds", "merge_cpu_seconds": [per cycle], "decisions",
-        "cycle_seconds"}``.
+        ``{"attack", "gateway", "val_acc": [per cycle], "final_val_acc", "attacker_rounds",
+        "attacker_excluded", "honest_rounds", "honest_excluded", "merge_seconds",
+        "merge_cpu_seconds": [per cycle], "decisions", "cycle_seconds", "payload_bytes",
+        "channel_bytes"}`` (the last: bytes through the gateways, frames included; 0 without).
 
     Raises:
         RuntimeError: If a device or the cloud failed in a cycle (no figure over fewer devices).
@@ -173,9 +184,16 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
     bad = {names[i] for i in attackers}
     collusion = Collusion()
 
+    gateways, remotes = [], []
+
     def device(i: int):
         service = EdgeService(config, i, 1)
-        return AttackedDevice(service, attack, seed * 1000 + i, collusion) if names[i] in bad else service
+        service = AttackedDevice(service, attack, seed * 1000 + i, collusion) if names[i] in bad else service
+        if not gateway:
+            return service
+        gateways.append(DeviceGateway(service).start())
+        remotes.append(RemoteDevice(names[i], gateways[-1].url))
+        return remotes[-1]
 
     log = CycleLog()
     coordinator = local_coordinator(config, pretrained, {n: partial(device, i) for i, n in enumerate(names)},
@@ -189,9 +207,12 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
         merge_seconds, merge_cpu = list(cloud.merge_seconds), list(cloud.merge_cpu_seconds)
     finally:
         coordinator.fleet.close()
-    record = {"attack": attack, "val_acc": [], "attacker_rounds": 0, "attacker_excluded": 0, "honest_rounds": 0,
+        for g in gateways:
+            g.close()
+    record = {"attack": attack, "gateway": gateway, "val_acc": [], "attacker_rounds": 0, "attacker_excluded": 0, "honest_rounds": 0,
               "honest_excluded": 0, "merge_seconds": merge_seconds, "merge_cpu_seconds": merge_cpu, "decisions": [],
-              "cycle_seconds": time.perf_counter() - t0}
+              "cycle_seconds": time.perf_counter() - t0, "payload_bytes": 0,
+              "channel_bytes": sum(r.bytes_sent + r.bytes_received for r in remotes)}
     for result, _ in log.cycles:
         if result.failures:
             raise RuntimeError(f"cycle {result.round} failed for {sorted(result.failures)}: {result.failures}")
@@ -201,6 +222,7 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
             record[f"{kind}_rounds"] += 1
             record[f"{kind}_excluded"] += name not in accepted
         record["val_acc"].append(result.cloud_val_acc)
+        record["payload_bytes"] += sum(result.bytes_up.values()) + sum(result.bytes_down.values())
         record["decisions"].append({"decision": result.merge.decision, "rejected": dict(result.merge.rejected)})
     record["final_val_acc"] = record["val_acc"][-1]
     return record

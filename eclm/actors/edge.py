@@ -9,19 +9,29 @@ from pathlib import Path
 import ray
 
 from eclm.config import PlatformConfig
+from eclm.gateway.remote_device import RemoteDevice
 from eclm.pipelines.edge_pool import EdgePool
 from eclm.pipelines.edge_service import EdgeService
 from eclm.resources import EDGE_RESOURCE, node_selector
 
 EdgeActor = ray.remote(EdgeService)
 EdgePoolActor = ray.remote(EdgePool)
+GatewayProxyActor = ray.remote(RemoteDevice)
 
 
 def create_edge_actor(cfg: PlatformConfig, index: int, store_dir: Path | None = None, resume_at: int | None = None):
     """Start the actor of device ``index``; it needs one ``edge`` slot, and the node labelled
     ``eclm/node=<node>`` when the config pins it to a node (``eclm.resources.node_selector``).
-    It resumes from its store ``store_dir``."""
+    It resumes from its store ``store_dir``.
+
+    A device with a ``gateway`` runs outside the cluster: its actor is a
+    :class:`~eclm.gateway.remote_device.RemoteDevice` proxy (I/O only: no CPU or ``edge`` slot is
+    reserved for it) and the device keeps its own store."""
     device = cfg.devices[index]
+    if device.gateway is not None:
+        return GatewayProxyActor.options(
+            num_cpus=0, label_selector=node_selector(device.node) if device.node else None, max_restarts=0,
+        ).remote(device.name, device.gateway, cfg.ray.call_timeout_s)
     return EdgeActor.options(
         num_cpus=cfg.ray.edge_cpus,
         resources={EDGE_RESOURCE: 1},

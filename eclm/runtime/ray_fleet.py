@@ -117,16 +117,18 @@ class RayFleet:
 
     def _start_devices(self, indices) -> None:
         indices, pool_size = sorted(indices), self.cfg.ray.edge_pool_size
-        if pool_size is None:
-            for i in indices:
+        remote = {i for i, d in enumerate(self.cfg.devices) if d.gateway is not None}  # never pooled
+        for i in indices:
+            if pool_size is None or i in remote:
                 name = self.names[i]
                 self._actors[name] = create_edge_actor(self.cfg, i, self._store(name), self.resume_at.get(name))
                 self.devices[name] = RayEndpoint(self._actors[name], DEVICE_METHODS, name)
+        if pool_size is None:
             return
         # Pool p hosts the devices i with i % pool_size == p; a restart recreates whole pools.
         nodes = self.cfg.ray.pool_nodes
-        for p in sorted({i % pool_size for i in indices}):
-            members = [i for i in range(len(self.names)) if i % pool_size == p]
+        for p in sorted({i % pool_size for i in indices if i not in remote}):
+            members = [i for i in range(len(self.names)) if i % pool_size == p and i not in remote]
             pool = create_edge_pool(self.cfg, members, self.store_root, self.resume_at,
                                     nodes[p % len(nodes)] if nodes else None)
             for i in members:
