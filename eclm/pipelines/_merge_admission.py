@@ -65,7 +65,7 @@ class MergeAdmissionMixin:
                     references[u.device_id] = unit_changes(self.reference(u), u.spec, layers, None,
                                                            class_rows=self.class_rows, classes=u.classes)
                 if behaviour:
-                    own[u.device_id] = (self.own_correct(cloud_state, u), self.own_correct(self._alone(cloud_state, layers, u), u))
+                    own[u.device_id] = self._own_classes(cloud_state, layers, u)
             except Exception as err:  # this device alone is rejected
                 changes.pop(u.device_id, None)
                 own.pop(u.device_id, None)
@@ -78,6 +78,15 @@ class MergeAdmissionMixin:
             if not v.passed:
                 report.rejected[d] = "screen: " + "; ".join(v.reasons)
         return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
+
+    def _own_classes(self, cloud_state, layers, update: ModuleUpdate):
+        """``(before, after)`` per-sample correctness on the device's classes for the behaviour check;
+        ``before`` (the cloud's sub-model) is ``None`` when ``after`` is too accurate for any drop
+        beyond ``max_own_drop`` (the check cannot fire: one evaluation saved, the verdict unchanged)."""
+        after = self.own_correct(self._alone(cloud_state, layers, update), update)
+        if not after.numel() or float(after.float().mean()) >= 1 - self.screen.max_own_drop:
+            return None, after
+        return self.own_correct(cloud_state, update), after
 
     def _alone(self, cloud_state, layers, update: ModuleUpdate) -> dict:
         """The cloud state with ``update`` merged alone (no server step, no finalize): the device's

@@ -193,6 +193,12 @@ def test_a_drop_must_be_both_large_and_significant(before, after, why):
     assert verdict.passed, why
 
 
+def test_a_device_whose_baseline_was_not_needed_passes_with_its_accuracy_after_recorded():
+    verdict = RobustScreen()(_round(), None, {"h0": (None, torch.ones(40, dtype=torch.bool))})["h0"]
+    assert verdict.passed and verdict.own_acc_before is None and verdict.own_acc_after == 1.0
+    assert verdict.own_samples == 40
+
+
 def test_the_behaviour_check_is_off_without_a_bound_and_without_samples():
     changes = _round()
     ruined = {"h0": _own([1] * 40, [0] * 40), "h1": _own([], [])}

@@ -66,7 +66,8 @@ class DeviceScreen:
             classifier rows).
         head_trust_cosine: The same over the classifier rows of the device's classes.
         own_acc_before: Accuracy of the cloud's sub-model on the proxy samples of the device's
-            classes (under its environment).
+            classes (under its environment); ``None`` when not needed (the accuracy after the
+            update leaves no room for a drop beyond ``max_own_drop``).
         own_acc_after: The same with the device's update applied.
         own_samples: Samples of that comparison.
         compared_units: Units with enough holders for the round-relative checks.
@@ -136,15 +137,15 @@ class RobustScreen:
             raise ValueError("max_own_drop must lie in [0, 1] (or be None) and own_alpha in (0, 1)")
 
     def __call__(self, changes: Changes, references: Changes | None = None,
-                 own: dict[str, tuple[Tensor, Tensor]] | None = None) -> dict[str, DeviceScreen]:
+                 own: dict[str, tuple[Tensor | None, Tensor]] | None = None) -> dict[str, DeviceScreen]:
         """Screen one round.
 
         Args:
             changes: Per device, its change per unit.
             references: Per device, the cloud's reference change per unit (missing: no trust check).
             own: Per device, per-sample correctness on the proxy samples of its classes of the
-                cloud's sub-model and of the same with the device's update (missing: no
-                behaviour check).
+                cloud's sub-model (``None`` where the caller knew the check cannot fire) and of the
+                same with the device's update (missing: no behaviour check).
 
         Returns:
             A :class:`DeviceScreen` per device of ``changes``.
@@ -188,11 +189,12 @@ class RobustScreen:
             if references and d in references:
                 out[d].trust_cosine = _trust(changes[d], references[d], head=False)
                 out[d].head_trust_cosine = _trust(changes[d], references[d], head=True)
-            if own and d in own and own[d][0].numel():
+            if own and d in own and own[d][1].numel():
                 before, after = own[d]
-                out[d].own_samples = int(before.numel())
-                out[d].own_acc_before, out[d].own_acc_after = (float(before.float().mean()), float(after.float().mean()))
-                self._check_behaviour(out[d], compare_paired(before, after))
+                out[d].own_samples, out[d].own_acc_after = int(after.numel()), float(after.float().mean())
+                if before is not None:  # None: too accurate after the update for the check to fire
+                    out[d].own_acc_before = float(before.float().mean())
+                    self._check_behaviour(out[d], compare_paired(before, after))
         self._mark_identical(devices, dots, common_sq, out)
         for d in devices:
             self._verdict(out[d])
