@@ -158,6 +158,9 @@ class ScreenConfig(_Strict):
         0.3, ge=0, le=1, description="reject an update that makes the device's sub-model lose more than this accuracy on "
         "the cloud's proxy samples of the device's own classes (under its environment), significantly at merge.alpha "
         "(McNemar); None: no behaviour check")
+    quarantine_uploads: int = Field(
+        2, ge=0, description="after the behaviour check rejects a device's update, refuse its next this many uploads "
+        "too (its local weights were trained on wrong labels; 0: off)")
     min_cohort: int = Field(3, ge=3, description="devices that must hold a module before round-relative checks apply to it")
     duplicate_distance: float = Field(
         0.01, ge=0, lt=1, description="updates of different devices closer than this (relative distance) are identical: "

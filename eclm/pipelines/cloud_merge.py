@@ -33,7 +33,7 @@ from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 
 class CloudMergeMixin:
     """Merge methods; expects ``cfg``, ``model``, ``version``, ``best_val_acc``, ``best_val_correct``,
-    ``known_classes``, ``_split_uploads``, the proxy tensors, ``proxy`` (the environments replayed on
+    ``known_classes``, ``quarantine``, ``_split_uploads``, the proxy tensors, ``proxy`` (the environments replayed on
     them), ``environments``, ``_repair``, ``_version_correct`` (None at first), ``_row_keys`` and
     ``_remember_version`` on the host."""
 
@@ -162,7 +162,8 @@ class CloudMergeMixin:
         classes = {u.device_id: list(u.classes or []) for u in admission.updates}
         self._repair = (envs, self._repair_plan(admission.updates))
         cloud_state = self.model.backbone.state_dict()
-        updates, rejected = admission.updates, dict(admission.rejected)
+        updates, refused = self.quarantine.admit(admission.updates)
+        rejected = dict(admission.rejected) | refused
         split_members, self._split_uploads = self._split_uploads, set()
         if self.cfg.merge.validate_environments:
             pipeline = self._pipeline(classes, split_members, envs, reported)
@@ -200,6 +201,7 @@ class CloudMergeMixin:
 
     def _conclude(self, new_state, report, rejected: dict[str, str], envs: tuple[Environment, ...]) -> MergeOutcome:
         report.rejected.update(rejected)
+        self.quarantine.record(report.rejected)
         if new_state is not None:
             validated = self._validated_environments()
             self.model.backbone.load_state_dict(new_state)

@@ -44,6 +44,7 @@ from eclm.modules.spec import TrainableSpec
 from eclm.modules.trainable import TrainingMemory, derive_trainable
 from eclm.pipelines.adaptation import effective_batch, evaluate, training_memory_model
 from eclm.pipelines.cloud_merge import CloudMergeMixin
+from eclm.pipelines.defences.quarantine import Quarantine
 from eclm.pipelines.environments import Environment, ProxyEnvironments, environment_of, merged
 from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.split_service import SplitCloudMixin
@@ -80,6 +81,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.proxy = ProxyEnvironments(self.train_x, self.train_y, self.val_x, self.val_y, config.seed,
                                        calibration_samples=config.merge.calibration_samples)
         self.environments: tuple[Environment, ...] = ()  # reported by devices whose uploads were merged
+        self.quarantine = Quarantine(config.merge.screen.quarantine_uploads)  # devices caught on wrong labels
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
         self._remember_version()
@@ -144,11 +146,12 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         state = {f"backbone.{k}": v for k, v in self.model.backbone.state_dict().items()}
         state |= {f"selector.{k}": v for k, v in self.model.selector.state_dict().items()}
         meta = {"model_id": self.model.model_id, "version": self.version,
-                "environments": [list(e) for e in self.environments]}
+                "environments": [list(e) for e in self.environments], "quarantine": self.quarantine.to_meta()}
         return CloudSnapshot(version=self.version, weights=pack_state(state, meta=meta), best_val_acc=self.best_val_acc)
 
     def restore(self, snapshot: CloudSnapshot) -> int:
-        """Become the cloud of ``snapshot`` (weights, version, kept versions, best accuracy).
+        """Become the cloud of ``snapshot`` (weights, version, kept versions, best accuracy, the
+        environments seen and the quarantine).
 
         Returns:
             The restored version.
@@ -161,8 +164,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.model.selector.load_state_dict(selector)
         self._forget_evaluations()
         self.version, self.best_val_acc = snapshot.version, snapshot.best_val_acc
-        envs = unpack_state(snapshot.weights)[2].get("environments") or []
-        self.environments = merged((), (environment_of(e[0], e[1]) for e in envs))
+        meta = unpack_state(snapshot.weights)[2]
+        self.environments = merged((), (environment_of(e[0], e[1]) for e in meta.get("environments") or []))
+        self.quarantine.load(meta.get("quarantine"))
         self._versions = {v: _split_checkpoint(b)[0] for v, b in sorted(snapshot.kept_versions.items())}
         self._remember_version()
         self.best_val_correct = None  # the paired test's reference: the restored version's predictions
