@@ -97,9 +97,10 @@ class AdaptationConfig(_Strict):
         "their bytes at ~5e-4 relative error of the change; int8 quantises them per output channel (a quarter of "
         "the bytes; 1-D tensors as float16); float32 sends them exactly. A device feeds its rounding error into "
         "its next upload")
-    first_delivery_dtype: Literal["float32", "float16"] = Field(
+    first_delivery_dtype: Literal["float32", "float16", "int8"] = Field(
         "float16", description="wire type of a full sub-model (a first delivery or a changed spec); float16 halves "
-        "it and the device computes in float32 again (norm statistics and integer buffers travel exactly)")
+        "it, int8 (per output channel, the delta codec) quarters its weight matrices; the device computes in float32 "
+        "again (norm statistics and integer buffers travel exactly)")
     trainable: Literal["all", "budgeted"] = Field(
         "budgeted", description="all: a device trains every parameter of its sub-model, which is derived to fit dense "
         "training in its memory; budgeted: module-sparse adaptation (docs/method.md): the sub-model is derived to "

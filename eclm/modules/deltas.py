@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from eclm.modules.codec import decode, encode_one
+from eclm.modules.codec import SCALE_SUFFIX, decode, encode_one
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.modules.layer import ModuleLayer
 from eclm.modules.merge import is_norm_statistic, tensor_owner
@@ -209,13 +209,25 @@ def rebase_upload(current: dict[str, Tensor], wire: dict[str, Tensor], meta: dic
 
 
 def first_delivery(state: Mapping[str, Tensor], dtype: str) -> dict[str, Tensor]:
-    """A full sub-model for the wire: learned weights in ``dtype`` (``"float16"`` halves them; a
-    tensor that would overflow stays float32), norm statistics and integer buffers exact."""
+    """A full sub-model for the wire: learned weights under the codec ``dtype`` (``"float16"``
+    halves them, a tensor that would overflow stays float32; ``"int8"`` quantises each output
+    channel of a weight matrix or kernel with its own scale, :mod:`eclm.modules.codec`, about a
+    quarter of the float32 bytes), norm statistics and integer buffers exact."""
     if dtype == "float32":
         return dict(state)
-    return {k: encode_one(k, v, dtype)[k] if is_delta_key(k, v) else v for k, v in state.items()}
+    wire: dict[str, Tensor] = {}
+    for k, v in state.items():
+        wire |= encode_one(k, v, dtype) if is_delta_key(k, v) else {k: v}
+    return wire
 
 
 def to_float32(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A received state with narrow float tensors widened to float32 (the device computes in float32)."""
+    """A received state in float32 (the device computes in float32): int8 weights dequantised with
+    their scales, narrow float tensors widened.
+
+    Raises:
+        MalformedPayloadError: If int8 tensors and their scales do not match (:func:`~eclm.modules.codec.decode`).
+    """
+    state = decode(dict(state)) if any(k.endswith(SCALE_SUFFIX) or v.dtype == torch.int8 for k, v in state.items()) \
+        else state
     return {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}

@@ -169,3 +169,21 @@ def test_a_local_swap_rederives_the_trainable_subset_within_the_new_memory(tmp_p
     upload = edge.adapt()  # still adapts, and uploads only what it now trains
     meta = unpack_state(upload.payload)[2]
     assert [tuple(g) for g in meta.get("groups", edge.spec.groups)] == list(edge.trainable.groups)
+
+
+def test_an_int8_first_delivery_is_a_quarter_of_float32_and_close_to_the_cloud_weights(tmp_path):
+    cfg = config(tmp_path, first_delivery_dtype="int8")
+    cloud, edge = CloudService(cfg), EdgeService(cfg, 0)
+    package = ship(cloud, edge)
+    wire = unpack_state(package.payload)[0]
+    exact = cloud.model.extract(edge.spec).state_dict()
+    matrices = {k for k, v in exact.items() if is_delta_key(k, v) and v.ndim >= 2}
+    assert matrices and all(wire[k].dtype == torch.int8 and k + SCALE_SUFFIX in wire for k in matrices)
+    learned = sum(v.numel() for k, v in exact.items() if is_delta_key(k, v))
+    assert len(package.payload) < 0.4 * 4 * learned  # int8 matrices, float16 vectors, scales, header
+    assert all(v.dtype == torch.float32 for v in edge.model.parameters())
+    for key, value in weights(edge).items():
+        if key in matrices:  # within half a quantisation step of each row's scale
+            step = exact[key].reshape(len(exact[key]), -1).abs().amax(1) / 127
+            err = (value - exact[key]).reshape(len(value), -1).abs().amax(1)
+            assert bool((err <= 0.5 * step + 1e-7).all()), key
