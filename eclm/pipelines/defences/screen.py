@@ -181,24 +181,28 @@ class RobustScreen:
                 if len(keep) >= self.min_cohort:
                     self._compare_with_others(x[keep], [sums[who[i]] for i in keep])
         for d in devices:
-            s = sums[d]
-            out[d].compared_units = s.units
-            if s.units:
-                out[d].norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
-                out[d].centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)
-            if references and d in references:
-                out[d].trust_cosine = _trust(changes[d], references[d], head=False)
-                out[d].head_trust_cosine = _trust(changes[d], references[d], head=True)
-            if own and d in own and own[d][1].numel():
-                before, after = own[d]
-                out[d].own_samples, out[d].own_acc_after = int(after.numel()), float(after.float().mean())
-                if before is not None:  # None: too accurate after the update for the check to fire
-                    out[d].own_acc_before = float(before.float().mean())
-                    self._check_behaviour(out[d], compare_paired(before, after))
+            self._statistics(out[d], sums[d], changes[d], (references or {}).get(d), (own or {}).get(d))
         self._mark_identical(devices, dots, common_sq, out)
         for d in devices:
             self._verdict(out[d])
         return out
+
+    def _statistics(self, out: DeviceScreen, s: _Sums, change: dict[Unit, Tensor], reference: dict[Unit, Tensor] | None,
+                    own: tuple[Tensor | None, Tensor] | None) -> None:
+        """One device's norm ratio, centre cosine, trust cosines and behaviour on its own classes."""
+        out.compared_units = s.units
+        if s.units:
+            out.norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
+            out.centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)
+        if reference is not None:
+            out.trust_cosine = _trust(change, reference, head=False)
+            out.head_trust_cosine = _trust(change, reference, head=True)
+        if own is not None and own[1].numel():
+            before, after = own
+            out.own_samples, out.own_acc_after = int(after.numel()), float(after.float().mean())
+            if before is not None:  # None: too accurate after the update for the check to fire
+                out.own_acc_before = float(before.float().mean())
+                self._check_behaviour(out, compare_paired(before, after))
 
     def _compare_with_others(self, x: Tensor, sums: list[_Sums]) -> None:
         """Add one unit's contribution to each holder's norm and centre statistics."""
