@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from eclm.modules.merge import ModuleUpdate, is_norm_statistic, merge_module_updates
+from eclm.modules.merge import ModuleUpdate
 from eclm.pipelines.defences.changes import unit_changes
 from eclm.pipelines.integrity import check_update
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class MergeAdmissionMixin:
     """``_admit`` and ``_screen``; expects the :class:`ValidatedMerge` fields ``max_relative_norm``,
     ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``own_correct``,
-    ``weighting``, ``merge_norm_statistics``, ``class_rows`` and ``same_upload``."""
+    ``class_rows`` and ``same_upload``, and its ``_combine``."""
 
     def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
         """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
@@ -83,17 +83,10 @@ class MergeAdmissionMixin:
         """``(before, after)`` per-sample correctness on the device's classes for the behaviour check;
         ``before`` (the cloud's sub-model) is ``None`` when ``after`` is too accurate for any drop
         beyond ``max_own_drop`` (the check cannot fire: one evaluation saved, the verdict unchanged)."""
-        after = self.own_correct(self._alone(cloud_state, layers, update), update)
+        after = self.own_correct(self._combine(cloud_state, layers, [update]), update)  # the upload alone
         if not after.numel() or float(after.float().mean()) >= 1 - self.screen.max_own_drop:
             return None, after
         return self.own_correct(cloud_state, update), after
-
-    def _alone(self, cloud_state, layers, update: ModuleUpdate) -> dict:
-        """The cloud state with ``update`` merged alone (no server step, no finalize): the device's
-        sub-model as it uploaded it, in cloud coordinates."""
-        skip = None if self.merge_norm_statistics else is_norm_statistic
-        return merge_module_updates(cloud_state, layers, [update], weighting=self.weighting, skip=skip,
-                                    class_rows=self.class_rows)
 
 
 __all__ = ["MergeAdmissionMixin"]

@@ -275,12 +275,14 @@ class ValidatedMerge(MergeAdmissionMixin):
         """Server steps to try, longest first."""
         return [self.server_lr / 2**i for i in range(self.step_backoff + 1)]
 
-    def _merge(self, cloud_state, layers, updates, step: float | None = None) -> dict[str, Tensor]:
+    def _combine(self, cloud_state, layers, updates) -> dict[str, Tensor]:
+        """``updates`` merged into ``cloud_state`` as the aggregator combines them (no step, no finalize)."""
         skip = None if self.merge_norm_statistics else is_norm_statistic
-        merged = merge_module_updates(
-            cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator, skip=skip,
-            class_rows=self.class_rows,
-        )
+        return merge_module_updates(cloud_state, layers, updates, weighting=self.weighting, reducer=self.aggregator,
+                                    skip=skip, class_rows=self.class_rows)
+
+    def _merge(self, cloud_state, layers, updates, step: float | None = None) -> dict[str, Tensor]:
+        merged = self._combine(cloud_state, layers, updates)
         step = self.server_lr if step is None else step
         if step != 1.0:
             merged = {
