@@ -76,9 +76,10 @@ def cost_table(settings: dict[str, dict], labels: dict[str, str], measured: dict
         rows,
         notes=("Traffic: safetensors payload bytes per served device per cycle, as the platform's cycle counts "
                "them (CycleResult.bytes_down/bytes_up; the selector counts once per device, when it is sent). "
-               "eclm (platform defaults): the derived sub-model in float16 the first time or when its spec "
-               "changes, else only the modules and classifier rows that changed since the version the device "
-               "holds, int8 per output channel; up: only what it trained (its modules, its classes' rows), int8 "
+               "eclm (platform defaults): the derived sub-model in float16 the first time, else only the modules "
+               "and classifier rows that changed since the version the device holds, int8 per output channel "
+               "(after a spec change, plus the modules new to it in float16); up: only what it trained (its "
+               "modules, its classes' rows), int8 "
                "with error feedback. FedAvg/HeteroFL as published: the full float32 slice both ways every cycle; "
                "'+ codec': int8 deltas against the version the device holds down (float16 when it holds none), "
                "int8 deltas of every weight up. NA/LA: the derived sub-model once, never an upload. Modelled "

@@ -21,6 +21,7 @@ from eclm.campaign.messages import (
     CloudSnapshot,
     DeviceSummary,
     EpochRecord,
+    HeldModel,
     Resources,
     SubModelPackage,
 )
@@ -40,6 +41,7 @@ from eclm.modules.deltas import first_delivery, sparse_download
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.modules.merge import classifier_keys
 from eclm.modules.offline import OfflineTraining
+from eclm.modules.respec import respec_download
 from eclm.modules.spec import TrainableSpec
 from eclm.modules.trainable import TrainingMemory, derive_trainable
 from eclm.pipelines.adaptation import effective_batch, evaluate, training_memory_model
@@ -209,8 +211,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         nothing is shipped: it keeps its locally adapted weights. If it holds the spec from an
         older version and ``adaptation.exchange`` is ``delta``, it gets the cloud's change since
         that version, carrying only the modules and rows that changed (it adds it to its adapted
-        weights); otherwise the full sub-model. With ``adaptation.trainable: budgeted`` the
-        package also names the modules the device trains (:func:`~eclm.modules.trainable.derive_trainable`).
+        weights); if it holds another spec, the change of the modules both keep plus the new
+        modules whole (:mod:`eclm.modules.respec`); otherwise the full sub-model. With
+        ``adaptation.trainable: budgeted`` the package also names the modules the device trains (:func:`~eclm.modules.trainable.derive_trainable`).
 
         Raises:
             BudgetTooSmallError: If the device cannot hold even the minimal sub-model, or (budgeted)
@@ -226,7 +229,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         same_spec = held is not None and held.spec == spec
         payload = None
         if not (same_spec and held.version == self.version):
-            payload = self._package(summary.device, spec, held.version if same_spec else None)
+            payload = self._package(summary.device, spec, held)
         limits = budget.limits() | ({"train_memory": budget.max_train_memory} if budget.max_train_memory else {})
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
                                budget=limits, cost=cost, solve_seconds=solve, trainable=trainable)
@@ -244,18 +247,35 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
                                 share=a.trainable_share, head_rows=classes if a.train_head == "own" else None)
         return plan, cost | {"train_memory": memory.total(costs, spec, plan)}
 
-    def _package(self, device: str, spec: SubModelSpec, held_version: int | None) -> bytes:
-        """The full sub-model, or the change since ``held_version`` when a delta can be made."""
+    def _package(self, device: str, spec: SubModelSpec, held: HeldModel | None) -> bytes:
+        """What a device holding ``held`` needs for ``spec`` (see :meth:`derive`).
+
+        With ``adaptation.exchange: delta`` and the held version still kept, a device that holds
+        ``spec`` gets the change since that version, and one that holds another spec of this
+        model a respec payload (:mod:`eclm.modules.respec`); otherwise the full sub-model.
+        """
         a = self.cfg.adaptation
         meta = {"version": self.version, "device": device}
         current = self.model.extract(spec).state_dict()
-        base = self._versions.get(held_version) if held_version is not None else None
-        if a.exchange == "delta" and base is not None:
-            old = self.model.extract(spec, base).state_dict()
+        base = self._versions.get(held.version) if held is not None and a.exchange == "delta" else None
+        if base is None or not self._same_model(held.spec):
+            return pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta)
+        meta |= {"base_version": held.version}
+        old = self.model.extract(held.spec, base).state_dict()
+        if held.spec == spec:
             diffs, parts = sparse_download(current, old, self.model.layers, spec, self._row_keys)
             wire, _ = encode(diffs, a.delta_dtype)
-            return pack_state(wire, spec, meta | {"kind": "delta", "base_version": held_version} | parts.to_meta())
-        return pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta)
+            return pack_state(wire, spec, meta | {"kind": "delta"} | parts.to_meta())
+        wire, parts_meta = respec_download(current, old, self.model.layers, spec, held.spec, self._row_keys,
+                                           delta_dtype=a.delta_dtype, first_dtype=a.first_delivery_dtype)
+        return pack_state(wire, spec, meta | parts_meta)
+
+    def _same_model(self, spec: SubModelSpec) -> bool:
+        try:
+            self.model.check_spec(spec)
+        except ValueError:
+            return False
+        return True
 
     def _remember_version(self) -> None:
         """Keep the current weights (the last ``merge.keep_versions`` versions) to diff against."""

@@ -45,6 +45,7 @@ from eclm.modules import (
 from eclm.modules.deltas import apply_wire_delta, to_float32
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.modules.merge import classifier_keys
+from eclm.modules.respec import apply_respec
 from eclm.modules.sparse_training import SparsePlan
 from eclm.modules.spec import TrainableSpec
 from eclm.pipelines.adaptation import (
@@ -190,7 +191,9 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
 
         A payload of kind ``delta`` carries the cloud's change since the version held here (all
         learned weights, or only the modules and rows that changed) and is added to the locally
-        adapted weights (see :mod:`eclm.modules.deltas`). The package also says what the device
+        adapted weights (see :mod:`eclm.modules.deltas`); one of kind ``respec`` does the same for
+        the modules the held and the new sub-model share and brings the new modules whole
+        (:mod:`eclm.modules.respec`). The package also says what the device
         trains next (``trainable``; ``None``: everything).
 
         Raises:
@@ -208,14 +211,21 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         state, payload_spec, meta = unpack_state(package.payload)
         if payload_spec != spec:
             raise MalformedPayloadError("payload spec differs from the announced spec")
-        if meta.get("kind") == "delta":  # the cloud's change since the version held here
-            if self.model is None or self.spec != spec or self.version != meta.get("base_version"):
-                raise ValueError(f"device {self.name}: got a delta against version {meta.get('base_version')} "
+        kind = meta.get("kind")
+        if kind in ("delta", "respec"):  # the cloud's change since the version held here
+            if self.model is None or (kind == "delta" and self.spec != spec) or self.version != meta.get("base_version"):
+                raise ValueError(f"device {self.name}: got a {kind} against version {meta.get('base_version')} "
                                  f"but holds version {self.version} of {self.spec.to_json() if self.spec else None}")
             # keep_local: the change lands on the adapted weights; else on the version received last
             base = self.model.state_dict() if self.cfg.adaptation.keep_local else self.exchange.received
-            self.model.load_state_dict(apply_wire_delta(base, state, meta, self.skeleton.layers, spec,
-                                                        classifier_keys(self.model)))
+            rows = classifier_keys(self.model)
+            if kind == "delta":
+                self.model.load_state_dict(apply_wire_delta(base, state, meta, self.skeleton.layers, spec, rows))
+            else:  # another sub-model: the modules kept here plus the change, the new ones whole
+                template = self.skeleton.extract(spec).state_dict()
+                self.model = rebuild_submodel(self.skeleton, spec, apply_respec(
+                    base, self.spec, spec, state, meta, self.skeleton.layers, rows, template))
+                self.exchange.reset()
         else:
             self.model = rebuild_submodel(self.skeleton, spec, to_float32(state))
             self.exchange.reset()

@@ -16,6 +16,8 @@ from eclm.modules import pack_state, unpack_state
 from eclm.modules.codec import SCALE_SUFFIX, decode
 from eclm.modules.deltas import is_delta_key
 from eclm.modules.merge import tensor_owner
+from eclm.modules.respec import split_spec
+from eclm.modules.sparse_delta import Parts, take
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
 from tests.unit.test_pipelines_exchange import merge, ship, weights
@@ -107,6 +109,38 @@ def test_downloads_carry_only_changed_modules_and_keep_the_local_adaptation(tmp_
             torch.testing.assert_close(rebased[key], local[key] + (new[key] - old[key]), rtol=0, atol=1e-6)
     full = len(pack_state({k: v for k, v in new.items() if is_delta_key(k, v)}))
     assert package.nbytes < full
+
+
+def test_a_device_given_another_sub_model_keeps_its_common_modules_and_gets_only_the_rest(tmp_path):
+    cfg = config(tmp_path, delta_dtype="float32", first_delivery_dtype="float32", recalibrate_norms=False)
+    cloud, mine, other = CloudService(cfg), EdgeService(cfg, 1), EdgeService(cfg, 0)
+    mine.set_resources(Resources(params_fraction=0.45))
+    ship(cloud, mine)
+    ship(cloud, other)
+    held, local = mine.spec, weights(mine)
+    old = cloud.model.extract(held).state_dict()
+    merge(cloud, (other, other.adapt()))
+    mine.set_resources(Resources(params_fraction=0.6))  # the device now gets a wider sub-model
+    package = ship(cloud, mine)
+    _, _, meta = unpack_state(package.payload)
+    common, fresh = split_spec(held, package.spec)
+    assert package.spec != held and meta["kind"] == "respec" and meta["base_version"] == 0
+    assert any(common.groups) and any(fresh.groups) and mine.version == cloud.version
+    new = cloud.model.extract(package.spec).state_dict()
+    now = weights(mine)
+    where = Parts(groups=common.groups)
+    keys = [k for k in new if is_delta_key(k, new[k]) and tensor_owner(cloud.model.layers, k) is not None]
+    mine_before = take(local, cloud.model.layers, held, where, keys)
+    change = {k: take(new, cloud.model.layers, package.spec, where, [k])[k] - take(old, cloud.model.layers, held,
+                                                                                   where, [k])[k] for k in mine_before}
+    for key, value in mine_before.items():  # the device's weights of its common modules plus the change
+        got = take(now, cloud.model.layers, package.spec, where, [key])[key]
+        torch.testing.assert_close(got, value + change[key], rtol=0, atol=1e-5)
+    for key, value in take(new, cloud.model.layers, package.spec, fresh, keys).items():
+        assert torch.equal(take(now, cloud.model.layers, package.spec, fresh, [key])[key], value)
+    full = len(pack_state({k: v for k, v in new.items() if is_delta_key(k, v)}))
+    assert package.nbytes < full
+    assert mine.adapt().num_samples > 0  # it adapts the new sub-model as usual
 
 
 def test_a_first_delivery_travels_as_float16_and_is_computed_in_float32(trio):
