@@ -22,16 +22,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/eclm demo
 
-# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+# Unit tests (torch and pure Python, no Ray) run on $(TEST_WORKERS) pytest workers, each test
+# module on one worker; integration tests (real Ray clusters, MLflow, subprocesses) run serially
+# after them. pytest exits 5 when it collected no tests: that is a failure, not a pass.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
+
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; exit $$rc
+	$(PYTEST) tests/unit -n $(TEST_WORKERS) --dist loadfile; u=$$?; \
+	$(PYTEST) tests/integration; i=$$?; \
+	if [ $$u -eq 5 ] || [ $$i -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; \
+	echo "make test: unit exit $$u, integration exit $$i"; [ $$u -eq 0 ] && [ $$i -eq 0 ]
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit -q
+	$(PYTEST) tests/unit -n $(TEST_WORKERS) --dist loadfile
 
 test-integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration -q
+	$(PYTEST) tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --mode full
