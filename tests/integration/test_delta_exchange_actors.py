@@ -38,5 +38,14 @@ def test_accepted_merges_reach_devices_as_deltas_through_the_actors(local_ray, t
         summaries, failures = p.fleet.gather({n: p.fleet.devices[n].summary(None) for n in DEVICES})
         assert not failures
         assert all(s.held.version == version - 1 for s in summaries.values())  # installed before the merge
+        # d1's resources grow: it is derived a wider sub-model and gets a respec payload (the change
+        # of the modules it keeps plus the new ones), smaller than a whole first delivery.
+        p.set_device_resources("d1", params_fraction=1.0)
+        third = p.run_cycle(devices=["d1"])
+        assert not third.failures and third.specs["d1"] != second.specs["d1"]
+        assert third.specs["d1"] == first.specs["d0"]  # the full model, as the unconstrained devices hold
+        assert 0 < third.bytes_down["d1"] < first.bytes_down["d0"] - selector
+        summaries, failures = p.fleet.gather({"d1": p.fleet.devices["d1"].summary(None)})
+        assert not failures and summaries["d1"].held.spec == third.specs["d1"]
     finally:
         p.shutdown()
