@@ -213,7 +213,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         that version, carrying only the modules and rows that changed (it adds it to its adapted
         weights); if it holds another spec, the change of the modules both keep plus the new
         modules whole (:mod:`eclm.modules.respec`); otherwise the full sub-model. With
-        ``adaptation.trainable: budgeted`` the package also names the modules the device trains (:func:`~eclm.modules.trainable.derive_trainable`).
+        ``adaptation.trainable: budgeted`` the package also names the modules the device trains
+        (:func:`~eclm.modules.trainable.derive_trainable`).
 
         Raises:
             BudgetTooSmallError: If the device cannot hold even the minimal sub-model, or (budgeted)
@@ -271,6 +272,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         return pack_state(wire, spec, meta | parts_meta)
 
     def _same_model(self, spec: SubModelSpec) -> bool:
+        """Whether ``spec`` is a sub-model of this cloud model (a device may hold one of another)."""
         try:
             self.model.check_spec(spec)
         except ValueError:
