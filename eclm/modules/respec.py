@@ -50,28 +50,13 @@ def split_spec(held: SubModelSpec, spec: SubModelSpec) -> tuple[SubModelSpec, Pa
     return SubModelSpec(model_id=spec.model_id, groups=common), Parts(groups=fresh)
 
 
-def _common_keys(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
-                 common: SubModelSpec) -> list[str]:
-    """Tensors with a common part: module slices of layers with common modules, and tensors
-    outside modules that both sub-models have."""
-    out = []
-    for key in new:
-        owner = tensor_owner(layers, key)
-        if (owner is not None and common.groups[owner[0]]) or (owner is None and key in old):
-            out.append(key)
-    return out
-
-
-def _fresh_keys(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
-                fresh: Parts) -> list[str]:
-    """Tensors with a fresh part: module slices of layers with fresh modules, and tensors outside
-    modules that the held sub-model does not have."""
-    out = []
-    for key in new:
-        owner = tensor_owner(layers, key)
-        if (owner is not None and fresh.groups[owner[0]]) or (owner is None and key not in old):
-            out.append(key)
-    return out
+def _keys_with_part(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
+                    groups: tuple[tuple[int, ...], ...], *, held: bool) -> list[str]:
+    """Tensors of ``new`` with a part among ``groups``: module slices of layers where ``groups``
+    keeps modules, and tensors outside modules that the held sub-model ``old`` has (``held``) or
+    lacks (``not held``)."""
+    return [key for key in new if ((owner := tensor_owner(layers, key)) is not None and groups[owner[0]])
+            or (owner is None and (key in old) == held)]
 
 
 def respec_download(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
@@ -94,12 +79,12 @@ def respec_download(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers
         the carried parts of the change (relative to the common modules, :func:`split_spec`).
     """
     common, fresh = split_spec(held, spec)
-    keys = _common_keys(new, old, layers, common)
+    keys = _keys_with_part(new, old, layers, common.groups, held=True)
     where = Parts(groups=common.groups)
     diffs, parts = sparse_download(take(new, layers, spec, where, keys), take(old, layers, held, where, keys),
                                    layers, common, row_keys)
     wire, _ = encode(diffs, delta_dtype)
-    fresh_state = take(new, layers, spec, fresh, _fresh_keys(new, old, layers, fresh))
+    fresh_state = take(new, layers, spec, fresh, _keys_with_part(new, old, layers, fresh.groups, held=False))
     wire |= {FRESH_PREFIX + k: v for k, v in first_delivery(fresh_state, first_dtype).items()}
     meta = {"kind": "respec", "held_groups": [list(g) for g in held.groups],
             "fresh": [list(g) for g in fresh.groups]} | parts.to_meta()
