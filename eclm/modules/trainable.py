@@ -18,8 +18,8 @@ are left out; the benchmarks measure the real peak.
 
 :func:`derive_trainable` maximises the importance of the trainable modules within a share of the
 sub-model's parameters and the memory limit, exactly: for every possible earliest trainable part
-(the stem, a module layer, or none) the rest is a 0/1 knapsack on parameters
-(``scipy.optimize.milp``).
+(the stem, a module layer, or none) the rest is a 0/1 knapsack on parameters, solved exactly over
+the Pareto frontier of choices (``scipy.optimize.milp`` beyond :data:`EXACT_SEARCH_ITEMS` modules).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ _TIE_BREAK = 1e-6  # per module: among equally important choices, train more
 #: What training the parts outside modules is worth, in importance: one whole layer (a row of
 #: importance sums to 1), since every sample passes through them.
 SHARED_VALUE = 1.0
+#: Knapsacks of up to this many modules are solved over the Pareto frontier in Python (a sub-model of
+#: the quick model has about 16; ``milp`` costs about 8 ms a call there, and a derivation makes
+#: about 9 calls); larger ones by ``scipy.optimize.milp``.
+EXACT_SEARCH_ITEMS = 24
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,8 @@ def _knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarra
         return [] if must is None else None
     if not np.isfinite(cap):
         return list(range(n))
+    if n <= EXACT_SEARCH_ITEMS and bool((values > 0).all()) and bool((sizes > 0).all()):
+        return _pareto_knapsack(values, sizes, cap, must)
     scale = max(cap, 1.0)
     rows = [LinearConstraint(sizes[None, :] / scale, -np.inf, cap / scale)]
     if must is not None:
@@ -204,4 +210,39 @@ def _knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarra
     return chosen
 
 
-__all__ = ["SHARED_VALUE", "TrainingMemory", "derive_trainable"]
+def _pareto_knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarray | None) -> list[int] | None:
+    """:func:`_knapsack` for positive values and sizes, exactly, by dynamic programming over the
+    Pareto frontier of (size, value) choices (Nemhauser and Ullmann): a partial choice is kept only
+    if no other is at most as large and worth as much (within ``1e-12``, relative), so equally good
+    choices collapse into one (the modules of one layer are the same size) instead of being
+    enumerated. With ``must``, choices with and without a ``must`` item are kept apart."""
+    slack = cap * (1 + 1e-9)
+    # a choice: (size, value, items); frontier[True] holds the choices that contain a must item
+    frontier: dict[bool, list[tuple[float, float, tuple[int, ...]]]] = {False: [(0.0, 0.0, ())], True: []}
+    for i in range(len(values)):
+        v, w = float(values[i]), float(sizes[i])
+        grows_into = must is not None and bool(must[i])
+        added = {has: [(s + w, val + v, items + (i,)) for s, val, items in frontier[has] if s + w <= slack]
+                 for has in (False, True)}
+        if grows_into:
+            frontier[True] = _pareto(frontier[True] + added[True] + added[False])
+        else:
+            frontier[True] = _pareto(frontier[True] + added[True])
+            frontier[False] = _pareto(frontier[False] + added[False])
+    found = frontier[True] if must is not None else frontier[False] + frontier[True]
+    if not found:
+        return None
+    return list(max(found, key=lambda c: (c[1], -c[0]))[2])
+
+
+def _pareto(choices: list[tuple[float, float, tuple[int, ...]]]) -> list[tuple[float, float, tuple[int, ...]]]:
+    """The choices no other dominates (smaller or equal size, at least the value), by size; among
+    equal ones the first in ``choices``' order."""
+    out: list[tuple[float, float, tuple[int, ...]]] = []
+    for c in sorted(choices, key=lambda c: (c[0], -c[1])):
+        if not out or c[1] > out[-1][1] + 1e-12 * abs(out[-1][1]):
+            out.append(c)
+    return out
+
+
+__all__ = ["EXACT_SEARCH_ITEMS", "SHARED_VALUE", "TrainingMemory", "derive_trainable"]

@@ -23,6 +23,7 @@ from eclm.modules.merge import merge_module_updates, tensor_owner
 from eclm.modules.sparse_delta import Parts
 from eclm.modules.sparse_training import SparsePlan
 from eclm.modules.spec import TrainableSpec
+from eclm.modules.submodel_cache import SubModelCache
 from eclm.pipelines.adaptation import finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.defences import ClaimBounds, RobustScreen, reference_update
@@ -35,7 +36,20 @@ class CloudMergeMixin:
     """Merge methods; expects ``cfg``, ``model``, ``version``, ``best_val_acc``, ``best_val_correct``,
     ``known_classes``, ``quarantine``, ``_split_uploads``, the proxy tensors, ``proxy`` (the environments replayed on
     them), ``environments``, ``_repair``, ``_version_correct`` (None at first), ``_row_keys`` and
-    ``_remember_version`` on the host."""
+    ``_remember_version`` on the host.
+
+    Within one merge the cloud's weights do not change, so every sub-model of them is extracted
+    once per spec (:class:`~eclm.modules.submodel_cache.SubModelCache`: re-basing uploads, the
+    expected tensor names, the reference updates, the behaviour check's "before"), and so is each
+    reference update per (spec, classes); every candidate's evaluation extracts once per spec too.
+    """
+
+    _merge_subs: SubModelCache | None = None  # the current weights' sub-models, during merge()
+    _merge_references: dict | None = None  # reference updates by (spec, classes), during merge()
+
+    def _subs(self) -> SubModelCache:
+        """Sub-models of the current weights: the merge's cache during a merge, else a fresh one."""
+        return self._merge_subs if self._merge_subs is not None else SubModelCache(self.model)
 
     def _rebase(self, state: dict[str, Tensor], spec: SubModelSpec, meta: dict
                 ) -> tuple[dict[str, Tensor], Parts | None]:
@@ -46,14 +60,15 @@ class CloudMergeMixin:
         if meta.get("kind") != "delta":
             raise MalformedPayloadError(f"unknown update kind {meta.get('kind')!r}")
         try:
-            current = self.model.extract(spec).state_dict()
+            current = self._subs().state_dict(spec)
         except (ValueError, IndexError) as err:
             raise MalformedPayloadError(f"spec does not fit the cloud model: {err}") from err
         return rebase_upload(current, state, meta, self.model.layers, spec, self._row_keys)
 
     # ------------------------------------------------------------------ merge
     def _evaluator(self, classes: dict[str, list[int]], envs: tuple[Environment, ...] = (),
-                   device_envs: dict[str, Environment | None] | None = None):
+                   device_envs: dict[str, Environment | None] | None = None,
+                   cloud_state: dict[str, Tensor] | None = None):
         """``(evaluate, own_correct)`` for one merge.
 
         ``evaluate`` scores a candidate: the full model on the proxy-validation set, clean and
@@ -61,22 +76,27 @@ class CloudMergeMixin:
         sub-model on the proxy-validation samples of the classes it reported, under its
         environment (device data never leaves the device; environments are replayed on proxy
         data, see eclm/pipelines/environments.py). ``own_correct(state, update)`` is the second
-        part for one update, from any backbone state (the screen's behaviour check).
+        part for one update, from any backbone state (the screen's behaviour check); ``cloud_state``
+        is the merge's state of the current weights (recognised by identity).
         """
         probe = None  # one scratch copy of the model per merge; every candidate loads all its tensors
+        # the cloud's own weights as the merge holds them: their sub-models come from the merge's cache
+        current = cloud_state if cloud_state is not None else self.model.backbone.state_dict()
 
         def own_correct(state: dict[str, Tensor], u: ModuleUpdate) -> Tensor:
-            return self.proxy.correct(self.model.extract(u.spec, state), (device_envs or {}).get(u.device_id),
-                                      classes.get(u.device_id) or [])
+            # ``proxy.correct`` leaves the model as it found it, so a cached sub-model can be shared
+            model = self._subs().module(u.spec) if state is current else self.model.extract(u.spec, state)
+            return self.proxy.correct(model, (device_envs or {}).get(u.device_id), classes.get(u.device_id) or [])
 
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
             nonlocal probe
             probe = probe if probe is not None else copy.deepcopy(self.model)
             probe.backbone.load_state_dict(state)
-            correct = self._correct(probe.extract(probe.full_spec()), envs)
+            subs = SubModelCache(probe, size=len(updates) + 1)  # this candidate's, once per spec
+            correct = self._correct(subs.module(probe.full_spec()), envs)
             per_device, per_correct = {}, {}
             for u in updates:
-                mask = self.proxy.correct(probe.extract(u.spec), (device_envs or {}).get(u.device_id),
+                mask = self.proxy.correct(subs.module(u.spec), (device_envs or {}).get(u.device_id),
                                           classes.get(u.device_id) or [])
                 if len(mask):
                     per_correct[u.device_id], per_device[u.device_id] = mask, float(mask.float().mean())
@@ -124,11 +144,12 @@ class CloudMergeMixin:
         return sum(float(c.float().mean()) for c in self._current_correct(self.environments)) / len(self.environments)
 
     def _pipeline(self, classes: dict[str, list[int]], same_upload: set[str], envs: tuple[Environment, ...] = (),
-                  device_envs: dict[str, Environment | None] | None = None) -> ValidatedMerge:
+                  device_envs: dict[str, Environment | None] | None = None,
+                  cloud_state: dict[str, Tensor] | None = None) -> ValidatedMerge:
         m = self.cfg.merge
         # the best accepted version is a reference only on the environments it was measured on
         same_envs = envs == self._validated_environments()
-        evaluate, own_correct = self._evaluator(classes, envs, device_envs)
+        evaluate, own_correct = self._evaluator(classes, envs, device_envs, cloud_state)
         return ValidatedMerge(
             evaluate=evaluate, own_correct=own_correct,
             aggregator=create_aggregator(m.aggregator, m.trim_fraction, m.krum_byzantine, m.krum_keep),
@@ -155,6 +176,13 @@ class CloudMergeMixin:
         ``merge.validate_environments`` candidates are validated on the proxy data clean and
         under every environment devices have reported so far (this round's included).
         """
+        self._merge_subs, self._merge_references = SubModelCache(self.model), {}
+        try:
+            return self._merge_uploads(uploads)
+        finally:
+            self._merge_subs, self._merge_references = None, None
+
+    def _merge_uploads(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
         admission = admit(uploads, self.model.layer_sizes, self._rebase)
         reported = {u.channel: environment_of(u.update.metrics.environment, u.update.metrics.severity)
                     for u in uploads}
@@ -166,9 +194,9 @@ class CloudMergeMixin:
         rejected = dict(admission.rejected) | refused
         split_members, self._split_uploads = self._split_uploads, set()
         if self.cfg.merge.validate_environments:
-            pipeline = self._pipeline(classes, split_members, envs, reported)
+            pipeline = self._pipeline(classes, split_members, envs, reported, cloud_state)
         else:
-            pipeline = self._pipeline(classes, split_members)
+            pipeline = self._pipeline(classes, split_members, cloud_state=cloud_state)
         try:
             new_state, report = pipeline.run(cloud_state, self.model.layers, updates, admission.issued, self._names)
         except Exception as err:  # noqa: BLE001 - find the upload that breaks the merge, merge the rest
@@ -248,14 +276,22 @@ class CloudMergeMixin:
 
     def _reference_update(self, update: ModuleUpdate) -> dict[str, Tensor]:
         """The cloud's own short fine-tune of the update's sub-model on the proxy samples of the
-        device's classes, with the devices' optimiser settings (the screen's trust reference)."""
+        device's classes, with the devices' optimiser settings (the screen's trust reference).
+
+        It depends on the spec and the classes alone (the seed is the version's), so within a merge
+        devices that share both share one reference (the same tensors: read them, do not modify them)."""
         a = self.cfg.adaptation
         cls = sorted(self.known_classes.get(update.device_id) or update.classes or [])
-        mask = torch.isin(self.train_y, torch.tensor(cls, dtype=self.train_y.dtype)) if cls else slice(None)
-        return reference_update(self.model.extract(update.spec), self.train_x[mask], self.train_y[mask],
-                                steps=self.cfg.merge.screen.reference_steps, lr=a.lr, batch_size=a.batch_size,
-                                momentum=a.momentum, local_classes=cls if a.restrict_to_local_classes else None,
-                                seed=self.cfg.seed + self.version, in_place=True)
+        known = self._merge_references if self._merge_references is not None else {}
+        key = (update.spec, tuple(cls))
+        if key not in known:
+            mask = torch.isin(self.train_y, torch.tensor(cls, dtype=self.train_y.dtype)) if cls else slice(None)
+            known[key] = reference_update(
+                self._subs().copy(update.spec), self.train_x[mask], self.train_y[mask],
+                steps=self.cfg.merge.screen.reference_steps, lr=a.lr, batch_size=a.batch_size, momentum=a.momentum,
+                local_classes=cls if a.restrict_to_local_classes else None, seed=self.cfg.seed + self.version,
+                in_place=True)
+        return known[key]
 
     def _remember_best_predictions(self) -> None:
         """Keep the per-sample correctness of the best accepted version (the paired test's reference),
@@ -300,7 +336,7 @@ class CloudMergeMixin:
         return TrainableSpec(groups=groups, head_rows=rows, shared=shared)
 
     def _names(self, spec: SubModelSpec) -> set[str]:
-        return set(self.model.extract(spec).state_dict())
+        return self._subs().names(spec)
 
 
 def _json(value):

@@ -43,6 +43,7 @@ from eclm.modules.merge import classifier_keys
 from eclm.modules.offline import OfflineTraining
 from eclm.modules.respec import respec_download
 from eclm.modules.spec import TrainableSpec
+from eclm.modules.submodel_cache import SubModelCache
 from eclm.modules.trainable import TrainingMemory, derive_trainable
 from eclm.pipelines.adaptation import effective_batch, evaluate, training_memory_model
 from eclm.pipelines.cloud_merge import CloudMergeMixin
@@ -86,6 +87,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.quarantine = Quarantine(config.merge.screen.quarantine_uploads)  # devices caught on wrong labels
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
+        self._version_subs: dict[int, SubModelCache] = {}  # their sub-models, extracted once per spec
         self._remember_version()
 
     # ------------------------------------------------------------------ info
@@ -257,12 +259,12 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         """
         a = self.cfg.adaptation
         meta = {"version": self.version, "device": device}
-        current = self.model.extract(spec).state_dict()
+        current = self._submodels(self.version).state_dict(spec)
         base = self._versions.get(held.version) if held is not None and a.exchange == "delta" else None
         if base is None or not self._same_model(held.spec):
             return pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta)
         meta |= {"base_version": held.version}
-        old = self.model.extract(held.spec, base).state_dict()
+        old = self._submodels(held.version).state_dict(held.spec)
         if held.spec == spec:
             diffs, parts = sparse_download(current, old, self.model.layers, spec, self._row_keys)
             wire, _ = encode(diffs, a.delta_dtype)
@@ -270,6 +272,20 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         wire, parts_meta = respec_download(current, old, self.model.layers, spec, held.spec, self._row_keys,
                                            delta_dtype=a.delta_dtype, first_dtype=a.first_delivery_dtype)
         return pack_state(wire, spec, meta | parts_meta)
+
+    def _submodels(self, version: int) -> SubModelCache:
+        """Sub-models of a kept version (the current one included, as remembered), extracted once per
+        spec: the devices of a derivation round that share a spec share its extraction (a current
+        version that was never remembered: the live weights, not cached)."""
+        state = self._versions.get(version)
+        if state is None:
+            return SubModelCache(self.model)
+        cache = self._version_subs.get(version)
+        if cache is None or cache.state is not state:  # versions are re-remembered after a restore
+            cache = self._version_subs[version] = SubModelCache(self.model, state, size=8, max_bytes=64 * 2**20)
+        for old in set(self._version_subs) - set(self._versions):
+            del self._version_subs[old]
+        return cache
 
     def _same_model(self, spec: SubModelSpec) -> bool:
         """Whether ``spec`` is a sub-model of this cloud model (a device may hold one of another)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +12,7 @@ from eclm.modules import BudgetTooSmallError, SubModelSpec, modularize
 from eclm.modules.merge import tensor_owner
 from eclm.modules.sparse_training import SparsePlan, module_sparse, trainable_slices
 from eclm.modules.spec import TrainableSpec
-from eclm.modules.trainable import TrainingMemory, derive_trainable
+from eclm.modules.trainable import EXACT_SEARCH_ITEMS, TrainingMemory, _knapsack, derive_trainable
 from eclm.pipelines.adaptation import finetune, training_memory_model
 
 torch.set_num_threads(1)
@@ -126,3 +129,38 @@ def test_memory_model_is_built_from_the_classifier(model):
     mem = training_memory_model(model.backbone, batch=10)
     assert isinstance(mem, TrainingMemory) and mem.num_classes == 10
     assert mem.head_row_params == model.backbone.fc.weight.shape[1] + 1
+
+
+def _brute_force(values, sizes, cap, must):
+    best = None
+    for r in range(len(values) + 1):
+        for chosen in itertools.combinations(range(len(values)), r):
+            c = list(chosen)
+            if sizes[c].sum() <= cap and (must is None or must[c].any()) and (
+                    best is None or values[c].sum() > values[best].sum() + 1e-12):
+                best = c
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_knapsack_is_exact_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        n = int(rng.integers(1, 11))
+        values = rng.random(n) + 1e-6
+        sizes = rng.integers(100, 5000, n).astype(float) if trial % 3 else np.full(n, 1000.0)
+        cap = float(rng.uniform(0, sizes.sum()))
+        must = rng.random(n) < 0.3 if trial % 2 else None
+        got, want = _knapsack(values, sizes, cap, must), _brute_force(values, sizes, cap, must)
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert sizes[got].sum() <= cap * (1 + 1e-9) and (must is None or must[got].any())
+            assert values[got].sum() == pytest.approx(values[want].sum(), rel=1e-12)
+
+
+def test_the_knapsack_of_many_equal_modules_takes_as_many_as_fit_including_a_required_one():
+    n = EXACT_SEARCH_ITEMS  # equal modules: a search that enumerated equally good choices would not end
+    must = np.zeros(n, dtype=bool)
+    must[-1] = True
+    chosen = _knapsack(np.full(n, 0.25), np.full(n, 1000.0), 10_500.0, must)
+    assert len(chosen) == 10 and n - 1 in chosen
