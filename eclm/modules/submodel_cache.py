@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Hashable
 
 from torch import Tensor, nn
 
@@ -34,21 +33,16 @@ class SubModelCache:
             it must not change while the cache is used.
         size: Sub-models kept at once.
         max_bytes: Bytes of tensors kept at once (the most recent sub-model is always kept).
-        key: Anything that identifies the weights (e.g. a version); :meth:`matches` compares it.
     """
 
     def __init__(self, model: ModularModel, state: dict[str, Tensor] | None = None, size: int = 64,
-                 max_bytes: int = 256 * 2**20, key: Hashable = None) -> None:
+                 max_bytes: int = 256 * 2**20) -> None:
         if size < 1 or max_bytes < 0:
             raise ValueError(f"size must be at least 1 and max_bytes non-negative, got {size} and {max_bytes}")
-        self.model, self.state, self.size, self.max_bytes, self.key = model, state, size, max_bytes, key
+        self.model, self.state, self.size, self.max_bytes = model, state, size, max_bytes
         self._modules: OrderedDict[SubModelSpec, tuple[nn.Module, int]] = OrderedDict()
         self._bytes = 0
         self.extractions = 0  # how many sub-models were actually materialised
-
-    def matches(self, key: Hashable) -> bool:
-        """Whether the cache was made for the weights identified by ``key``."""
-        return self.key == key
 
     def module(self, spec: SubModelSpec) -> nn.Module:
         """The sub-model ``spec`` (shared; do not modify).

@@ -80,12 +80,12 @@ class CloudMergeMixin:
         is the merge's state of the current weights (recognised by identity).
         """
         probe = None  # one scratch copy of the model per merge; every candidate loads all its tensors
-        # the cloud's own weights as the merge holds them: their sub-models come from the merge's cache
-        current = cloud_state if cloud_state is not None else self.model.backbone.state_dict()
 
         def own_correct(state: dict[str, Tensor], u: ModuleUpdate) -> Tensor:
-            # ``proxy.correct`` leaves the model as it found it, so a cached sub-model can be shared
-            model = self._subs().module(u.spec) if state is current else self.model.extract(u.spec, state)
+            # the current weights' sub-models come from the merge's cache; ``proxy.correct`` leaves
+            # a model as it found it, so one can be shared
+            current = cloud_state is not None and state is cloud_state
+            model = self._subs().module(u.spec) if current else self.model.extract(u.spec, state)
             return self.proxy.correct(model, (device_envs or {}).get(u.device_id), classes.get(u.device_id) or [])
 
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
