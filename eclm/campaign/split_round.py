@@ -154,10 +154,22 @@ def _traffic(order: list[str], epochs: list[dict], info: dict) -> tuple[dict[str
     return traffic, emulated, reports
 
 
+def _finite(value: float | None) -> float | None:
+    """``value`` if it is a finite number, else ``None``."""
+    return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: list[dict],
                evaluation: tuple[dict, dict], uploads: dict, timing: tuple[float, int],
                reasons: Mapping[str, str]) -> None:
-    """Traffic, emulated and real time, metrics and report from the round's records."""
+    """Traffic, emulated and real time, metrics and report from the round's records.
+
+    A round whose training diverged (a loss or accuracy that is not a finite number) is reported,
+    not raised: those values become ``None`` in the device metrics and are left out of the round
+    metrics, and ``report["diverged"]`` names the devices whose evaluation after the round is not
+    finite. Their uploads are checked like any other: the cloud's integrity check rejects non-finite
+    or outsized weights (docs/security.md), so the cloud model stays as it was.
+    """
     (before, after), (real_seconds, version) = evaluation, timing
     devs, spec = info["devices"], SubModelSpec.from_json(info["spec"])
     traffic, emulated, epoch_reports = _traffic(order, epochs, info)
@@ -168,6 +180,7 @@ def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: l
     if epoch_reports:
         m["split/train_loss"] = epoch_reports[-1]["loss"]
         m["split/train_accuracy"] = epoch_reports[-1]["accuracy"]
+    diverged = sorted(n for n in after if not all(_finite(after[n].get(k)) is not None for k in ("loss", "accuracy")))
     for n in order:
         t = traffic[n]
         # Evaluation sends the test activations (codec size) and int64 labels.
@@ -182,13 +195,14 @@ def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: l
               f"split/{n}/device_seconds_emulated": t["device_seconds"] * devs[n]["slowdown"]}
         b, a = before.get(n, {}), after.get(n, {})
         result.metrics[n] = DeviceMetrics(
-            mode="split", cut=devs[n]["cut"], acc_before=b.get("accuracy"), acc_after=a.get("accuracy"),
-            loss_before=b.get("loss"), loss_after=a.get("loss"), train_seconds=real_seconds,
+            mode="split", cut=devs[n]["cut"], acc_before=_finite(b.get("accuracy")), acc_after=_finite(a.get("accuracy")),
+            loss_before=_finite(b.get("loss")), loss_after=_finite(a.get("loss")), train_seconds=real_seconds,
             emulated_seconds=emulated, batches=t["steps"], seconds_per_batch=t["device_seconds"] / max(1, t["steps"]),
             params=info["cost"]["params"], flops=info["cost"]["flops"], train_memory_estimate=devs[n]["memory"])
         result.uploads[n] = uploads[n].model_copy(update={"metrics": result.metrics[n]})
-    result.round_metrics = m
-    result.report = {"reasons": dict(reasons), "spec": info["spec"], "stages": info["stages"], "plan": info["plan"],
+    result.round_metrics = {k: v for k, v in m.items() if _finite(v) is not None} | {"split/diverged_devices": len(diverged)}
+    result.report = {"reasons": dict(reasons), "diverged": diverged, "spec": info["spec"], "stages": info["stages"],
+                     "plan": info["plan"],
                      "costs": info["costs"], "client_sizes": info["client_sizes"], "excluded": info["excluded"],
                      "traffic": traffic, "epochs": epoch_reports, "real_seconds": real_seconds,
                      "emulated_seconds": emulated,

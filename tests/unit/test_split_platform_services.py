@@ -6,6 +6,8 @@ engine, bound to the services in this process.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -131,3 +133,26 @@ def test_edge_refuses_split_calls_without_a_session(services) -> None:
     _, edges = services
     with pytest.raises(RuntimeError, match="no split session"):
         edges["d2"].split_forward(0, 0)
+
+
+def test_a_diverged_split_round_is_reported_and_its_uploads_leave_the_cloud_untouched(tmp_path) -> None:
+    # training blows up (losses 1.3e3, 9e10, 1.5e32); a fixed cut and FLOP costs keep it independent of timing
+    cfg = config(tmp_path, lr=10.0, momentum=0.99, cut_policy="fixed", fixed_cut=1, cost_profile="flops")
+    cloud, edges = CloudService(cfg), {n: EdgeService(cfg, i) for i, n in enumerate(["d0", "d1", "d2"])}
+    fleet = LocalFleet(lambda: cloud, {n: (lambda e=e: e) for n, e in edges.items()})
+    selector = cloud.selector_payload()
+    summaries = {n: edges[n].summary(selector) for n in ("d0", "d1")}
+    before = cloud.state_digest()
+
+    result = run_split_round(fleet, summaries, epochs=3, version=cloud.version, timeout=60)
+
+    assert not result.failures and result.report["diverged"] == ["d0", "d1"]
+    assert all(m.loss_after is None for m in result.metrics.values())
+    assert result.round_metrics["split/diverged_devices"] == 2
+    assert all(math.isfinite(v) for v in result.round_metrics.values())
+    outcome = cloud.merge([AttributedUpdate(channel=n, issued=result.packages[n].spec,
+                                            enrolled_classes=edges[n].classes, update=u)
+                           for n, u in result.uploads.items()])
+    assert outcome.decision == "reject" and set(outcome.rejected) == {"d0", "d1"}
+    assert all(r.startswith("integrity") for r in outcome.rejected.values()), outcome.rejected
+    assert cloud.state_digest() == before
