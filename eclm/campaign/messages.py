@@ -179,6 +179,12 @@ class SwapReport(Message):
     params_after: float = Field(ge=0)
 
 
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` as a float if it is a finite number, else ``None`` (what :class:`DeviceMetrics`
+    accepts for a measurement that failed, e.g. a loss after training diverged)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
 class DeviceMetrics(Message):
     """Per-device measurements of one cycle (accuracies in [0, 1] on the device's test data).
 
@@ -343,5 +349,6 @@ __all__ = [
     "Resources",
     "StreamPosition",
     "SubModelPackage",
+    "finite_or_none",
     "SwapReport",
 ]

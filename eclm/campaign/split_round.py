@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from eclm.campaign.endpoints import CallFailure, Fleet
-from eclm.campaign.messages import DeviceMetrics, DeviceSummary, SubModelPackage
+from eclm.campaign.messages import DeviceMetrics, DeviceSummary, SubModelPackage, finite_or_none
 from eclm.campaign.results import SplitRoundResult
 from eclm.modules.spec import SubModelSpec
 from eclm.pipelines.split_local import emulated_epoch_seconds
@@ -154,11 +154,6 @@ def _traffic(order: list[str], epochs: list[dict], info: dict) -> tuple[dict[str
     return traffic, emulated, reports
 
 
-def _finite(value: float | None) -> float | None:
-    """``value`` if it is a finite number, else ``None``."""
-    return value if isinstance(value, int | float) and math.isfinite(value) else None
-
-
 def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: list[dict],
                evaluation: tuple[dict, dict], uploads: dict, timing: tuple[float, int],
                reasons: Mapping[str, str]) -> None:
@@ -180,7 +175,7 @@ def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: l
     if epoch_reports:
         m["split/train_loss"] = epoch_reports[-1]["loss"]
         m["split/train_accuracy"] = epoch_reports[-1]["accuracy"]
-    diverged = sorted(n for n in after if not all(_finite(after[n].get(k)) is not None for k in ("loss", "accuracy")))
+    diverged = sorted(n for n in after if any(finite_or_none(after[n].get(k)) is None for k in ("loss", "accuracy")))
     for n in order:
         t = traffic[n]
         # Evaluation sends the test activations (codec size) and int64 labels.
@@ -195,12 +190,14 @@ def _summarise(result: SplitRoundResult, info: dict, order: list[str], epochs: l
               f"split/{n}/device_seconds_emulated": t["device_seconds"] * devs[n]["slowdown"]}
         b, a = before.get(n, {}), after.get(n, {})
         result.metrics[n] = DeviceMetrics(
-            mode="split", cut=devs[n]["cut"], acc_before=_finite(b.get("accuracy")), acc_after=_finite(a.get("accuracy")),
-            loss_before=_finite(b.get("loss")), loss_after=_finite(a.get("loss")), train_seconds=real_seconds,
+            mode="split", cut=devs[n]["cut"], acc_before=finite_or_none(b.get("accuracy")),
+            acc_after=finite_or_none(a.get("accuracy")), loss_before=finite_or_none(b.get("loss")),
+            loss_after=finite_or_none(a.get("loss")), train_seconds=real_seconds,
             emulated_seconds=emulated, batches=t["steps"], seconds_per_batch=t["device_seconds"] / max(1, t["steps"]),
             params=info["cost"]["params"], flops=info["cost"]["flops"], train_memory_estimate=devs[n]["memory"])
         result.uploads[n] = uploads[n].model_copy(update={"metrics": result.metrics[n]})
-    result.round_metrics = {k: v for k, v in m.items() if _finite(v) is not None} | {"split/diverged_devices": len(diverged)}
+    result.round_metrics = ({k: v for k, v in m.items() if finite_or_none(v) is not None}
+                            | {"split/diverged_devices": len(diverged)})
     result.report = {"reasons": dict(reasons), "diverged": diverged, "spec": info["spec"], "stages": info["stages"],
                      "plan": info["plan"],
                      "costs": info["costs"], "client_sizes": info["client_sizes"], "excluded": info["excluded"],

@@ -11,7 +11,6 @@ comes back from it when restarted (:mod:`eclm.campaign.device_store`).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from eclm.campaign.messages import (
     InstallReport,
     StreamPosition,
     SubModelPackage,
+    finite_or_none,
 )
 from eclm.config import PlatformConfig
 from eclm.data import ReplayBuffer, build_device_stream, load_dataset
@@ -67,10 +67,6 @@ def device_skeleton(config: PlatformConfig, num_classes: int) -> ModularModel:
     kwargs = dict(b.kwargs, num_classes=num_classes, in_chans=config.data.channels)
     return skeleton({"name": b.name, "kwargs": kwargs}, b.modules_per_layer, config.input_size, b.selector_width,
                     b.selector_dim)
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
@@ -167,7 +163,7 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         acc = evaluate(self.model, train.images, train.labels)[0] if self.model is not None else None
         score = self.detector.score(acc, self.importance())
         return DriftReport(device=self.name, labelled=score.labelled, label_free=score.label_free,
-                           combined=score.combined, accuracy_on_new=_finite(acc))
+                           combined=score.combined, accuracy_on_new=finite_or_none(acc))
 
     def summary(self, selector_payload: bytes | None = None) -> DeviceSummary:
         """What the cloud needs to derive this device's sub-model; never raw data."""
@@ -177,9 +173,9 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         if self.model is not None and self.spec is not None and self.version is not None:
             held = HeldModel(spec=self.spec, version=self.version)
             test, prev = self.stream.test_set(), self.stream.previous_test_set()
-            acc = _finite(evaluate(self.model, test.images, test.labels)[0])
+            acc = finite_or_none(evaluate(self.model, test.images, test.labels)[0])
             if prev is not None:
-                prev_acc, _, prev_own = map(_finite, evaluate_own(self.model, prev.images, prev.labels, self.classes))
+                prev_acc, _, prev_own = map(finite_or_none, evaluate_own(self.model, prev.images, prev.labels, self.classes))
         return DeviceSummary(device=self.name, importance=self.importance(), resources=self.profile(),
                              num_samples=self.stream.local_size, classes=tuple(self.classes), held=held,
                              selector_digest=getattr(self.selector, "eclm_digest", None),
@@ -305,10 +301,10 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
             memory, trained = model.total(self.costs, self.spec, plan), model.trainable_params(self.costs, self.spec, plan)
         forgetting = (prev_before - prev_after[0]) if prev_before is not None else None
         return DeviceMetrics(
-            acc_before=_finite(before[0]), acc_after=_finite(after[0]), acc_before_own=_finite(before[2]),
-            acc_after_own=_finite(after[2]), loss_before=_finite(before[1]), loss_after=_finite(after[1]),
-            prev_acc_before=_finite(prev_before), prev_acc_after=_finite(prev_after[0]),
-            prev_acc_after_own=_finite(prev_after[2]), forgetting=_finite(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
+            acc_before=finite_or_none(before[0]), acc_after=finite_or_none(after[0]), acc_before_own=finite_or_none(before[2]),
+            acc_after_own=finite_or_none(after[2]), loss_before=finite_or_none(before[1]), loss_after=finite_or_none(after[1]),
+            prev_acc_before=finite_or_none(prev_before), prev_acc_after=finite_or_none(prev_after[0]),
+            prev_acc_after_own=finite_or_none(prev_after[2]), forgetting=finite_or_none(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
             batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
             train_memory_estimate=memory, trainable=self.trainable, trained_params=trained, rss_delta=rss_delta,
             environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
@@ -327,10 +323,10 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         prev_acc, _, prev_own = (evaluate_own(self.model, prev.images, prev.labels, self.classes)
                                  if prev is not None else (None, None, None))
         cost = self.costs.total(self.spec) if self.costs else {}
-        return DeviceMetrics(acc_before=_finite(acc), acc_after=_finite(acc), acc_before_own=_finite(own),
-                             acc_after_own=_finite(own), loss_before=_finite(loss), loss_after=_finite(loss),
-                             prev_acc_before=_finite(prev_acc), prev_acc_after=_finite(prev_acc),
-                             prev_acc_after_own=_finite(prev_own), forgetting=0.0 if prev is not None else None,
+        return DeviceMetrics(acc_before=finite_or_none(acc), acc_after=finite_or_none(acc), acc_before_own=finite_or_none(own),
+                             acc_after_own=finite_or_none(own), loss_before=finite_or_none(loss), loss_after=finite_or_none(loss),
+                             prev_acc_before=finite_or_none(prev_acc), prev_acc_after=finite_or_none(prev_acc),
+                             prev_acc_after_own=finite_or_none(prev_own), forgetting=0.0 if prev is not None else None,
                              params=cost.get("params"), flops=cost.get("flops"),
                              environment=self.stream.environment.corruption,
                              severity=self.stream.environment.severity)
