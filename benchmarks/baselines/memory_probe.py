@@ -33,14 +33,16 @@ def measure_adaptation_memory(request: dict, timeout: float = 600.0) -> list[dic
     Args:
         request: ``{"arch": {"name", "kwargs"}, "modules_per_layer", "input_size": [C, H, W],
             "num_classes", "classes": [...], "samples", "epochs", "lr", "momentum", "batch_size",
-            "replay_capacity", "replay_ratio", "specs": {key: groups or {"groups", "trainable"}}}``
-            (``trainable``: a :class:`~eclm.modules.spec.TrainableSpec` as JSON, or ``None`` for
-            dense training).
+            "replay_capacity", "replay_ratio", "specs": {key: groups or {"groups", "trainable",
+            "cache_limit"}}}`` (``trainable``: a :class:`~eclm.modules.spec.TrainableSpec` as JSON,
+            or ``None`` for dense training; ``cache_limit``: the memory the device's plan leaves
+            free, which bounds the frozen stages' cached outputs as on the device).
         timeout: Seconds before the probe is abandoned.
 
     Returns:
         Per spec key (in request order) ``{"key", "params", "baseline_rss", "peak_rss",
-        "adaptation_rss", "seconds_per_batch", "method"}``; ``{"key", "error"}`` where a child failed.
+        "adaptation_rss", "seconds_per_batch", "method", "sparse", "prefix_cached"}``;
+        ``{"key", "error"}`` where a child failed.
 
     Raises:
         RuntimeError: If the probe process fails as a whole.
@@ -83,7 +85,8 @@ def _child(modular, request: dict, entry) -> dict:
     from eclm.modules.spec import TrainableSpec
     from eclm.pipelines.adaptation import finetune
 
-    groups, trainable = (entry["groups"], entry.get("trainable")) if isinstance(entry, dict) else (entry, None)
+    groups, trainable, cache_limit = ((entry["groups"], entry.get("trainable"), entry.get("cache_limit"))
+                                      if isinstance(entry, dict) else (entry, None, None))
     spec = SubModelSpec(model_id=modular.model_id, groups=groups)
     model = modular.extract(spec)
     gen = torch.Generator().manual_seed(0)
@@ -100,7 +103,7 @@ def _child(modular, request: dict, entry) -> dict:
     sparse = SparsePlan(modular.layers, spec, TrainableSpec.model_validate(trainable)) if trainable else None
     stats = finetune(model, x, y, epochs=request["epochs"], lr=request["lr"], batch_size=request["batch_size"],
                      momentum=request["momentum"], replay=replay, replay_ratio=request["replay_ratio"],
-                     local_classes=classes, sparse=sparse)
+                     local_classes=classes, sparse=sparse, cache_limit=cache_limit)
     peak = _status_kib("VmHWM")
     if peak is None or before is None:
         import resource
@@ -109,7 +112,8 @@ def _child(modular, request: dict, entry) -> dict:
         before = before or 0
     return {"params": sum(p.numel() for p in model.parameters()), "baseline_rss": before * 1024,
             "peak_rss": peak * 1024, "adaptation_rss": max(0, peak - before) * 1024,
-            "seconds_per_batch": stats.seconds_per_batch, "method": method, "sparse": sparse is not None}
+            "seconds_per_batch": stats.seconds_per_batch, "method": method, "sparse": sparse is not None,
+            "prefix_cached": stats.prefix_cached}
 
 
 def _torch_baseline(model, x, batch_size: int) -> None:

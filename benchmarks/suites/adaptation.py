@@ -176,7 +176,8 @@ def _probe_memory(config: AdaptationBenchConfig, job: dict, only_weakest_eclm: b
         tiers = {} if only_weakest_eclm else {f"{method}@{_tier_name(r)}": r for r in last}
         if method == "eclm":
             tiers["eclm@weakest"] = min(last, key=_weakness)
-        entries |= {k: {"groups": r["groups"], "trainable": r["trainable"]} for k, r in tiers.items()}
+        entries |= {k: {"groups": r["groups"], "trainable": r["trainable"], "cache_limit": _headroom(r)}
+                    for k, r in tiers.items()}
     first_of: dict[str, str] = {}
     for key, entry in entries.items():
         first_of.setdefault(json.dumps(entry, sort_keys=True), key)
@@ -193,6 +194,14 @@ def _probe_memory(config: AdaptationBenchConfig, job: dict, only_weakest_eclm: b
         target = first_of[json.dumps(entry, sort_keys=True)]
         out.append(results[target] if target == key else dict(results[target], key=key, same_as=target))
     return out
+
+
+def _headroom(record: dict) -> float | None:
+    """The training memory a device's plan leaves free (what it may fill with cached frozen-stage
+    outputs, :meth:`~eclm.pipelines.edge_resources.EdgeResourcesMixin.cache_headroom`)."""
+    if not record.get("memory_mb") or record.get("trainable") is None or record.get("train_memory") is None:
+        return None
+    return max(0.0, record["memory_mb"] * 2**20 - record["train_memory"])
 
 
 def _tier_name(record: dict) -> str:

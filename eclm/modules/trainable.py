@@ -9,12 +9,19 @@ earliest trainable module sits. :class:`TrainingMemory` models it from the measu
 ``memory = weight_bytes * params(sub-model)``
 ``       + trainable_bytes * params(trainable)``
 ``       + activation_factor * batch * activation_bytes(layers from the earliest trainable one on)``
+``       + slice_copy_factor * weight_bytes * params(tensors trained only in part)``
 
 with ``trainable_bytes`` covering a parameter's gradient, momentum, the copy the upload is diffed
-against and the codec's error-feedback residual, and ``activation_factor`` the kept activations
-and their gradients. The classifier's own activations (a pooled vector and the logits, well under
-a kilobyte per sample) and blocks outside module layers that follow the earliest trainable layer
-are left out; the benchmarks measure the real peak.
+against and the codec's error-feedback residual, ``activation_factor`` the kept activations and
+their gradients, and the last term the whole-tensor copies that training part of a tensor costs:
+:mod:`eclm.modules.sparse_training` writes the trainable slice into a copy of the frozen tensor on
+every forward, autograd keeps that copy for backward, and backward computes the whole tensor's
+gradient before taking its slice (tests/unit/test_modules_trainable.py counts these with
+autograd's saved-tensor hooks). The classifier's own activations (a pooled vector and the logits,
+well under a kilobyte per sample) and blocks outside module layers that follow the earliest
+trainable layer are left out. The frozen stages' output, which training may keep for every sample,
+is not part of the model: a device keeps it only within the memory its plan leaves free
+(:func:`eclm.pipelines.adaptation.finetune`). The benchmarks measure the real peak.
 
 :func:`derive_trainable` maximises the importance of the trainable modules within a share of the
 sub-model's parameters and the memory limit, exactly: for every possible earliest trainable part
@@ -55,6 +62,8 @@ class TrainingMemory:
         weight_bytes: Bytes per held parameter (float32 weights).
         trainable_bytes: Bytes per trainable parameter besides its weight.
         activation_factor: Kept activations and their gradients, per activation byte.
+        slice_copy_factor: Whole-tensor copies per parameter of a tensor trained only in part
+            (the copy kept for backward and its whole-size gradient).
     """
 
     batch: float
@@ -63,6 +72,7 @@ class TrainingMemory:
     weight_bytes: float = 4.0
     trainable_bytes: float = 16.0
     activation_factor: float = 2.0
+    slice_copy_factor: float = 2.0
 
     def trainable_params(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
         """Parameters ``plan`` trains in the sub-model ``spec``."""
@@ -85,12 +95,26 @@ class TrainingMemory:
             return 0.0
         return float(sum(costs.layer_cost(l, spec.groups[l])[a] for l in range(first, len(spec.groups))))
 
+    def sliced_params(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
+        """Parameters of the tensors ``plan`` trains only in part: the module tensors of every layer
+        where it trains some but not all of the held modules, and the classifier when it trains
+        some of its rows."""
+        p = costs.dims.index("params")
+        layers = sum(float(costs.modules[l][list(held)][:, p].sum())
+                     for l, (held, trained) in enumerate(zip(spec.groups, plan.groups, strict=True))
+                     if trained and set(trained) != set(held))
+        rows = plan.head_rows
+        head = self.head_row_params * self.num_classes if rows is not None and 0 < len(rows) < self.num_classes else 0
+        return layers + head
+
     def breakdown(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> dict[str, float]:
-        """``{"weights", "trainable", "activations", "total"}`` in bytes."""
+        """``{"weights", "trainable", "activations", "slice_copies", "total"}`` in bytes."""
         weights = self.weight_bytes * costs.total(spec)["params"]
         trainable = self.trainable_bytes * self.trainable_params(costs, spec, plan)
         acts = self.activation_factor * self.batch * self.kept_activations(costs, spec, plan)
-        return {"weights": weights, "trainable": trainable, "activations": acts, "total": weights + trainable + acts}
+        copies = self.slice_copy_factor * self.weight_bytes * self.sliced_params(costs, spec, plan)
+        return {"weights": weights, "trainable": trainable, "activations": acts, "slice_copies": copies,
+                "total": weights + trainable + acts + copies}
 
     def total(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
         return self.breakdown(costs, spec, plan)["total"]
@@ -155,7 +179,14 @@ def derive_trainable(
 def _best_from(costs, spec, importance, memory: TrainingMemory, first: int | None, rows, cap_share: float,
                max_memory: float | None) -> TrainableSpec | None:
     """The best plan whose earliest trainable part is layer ``first`` (``-1``: the parts outside
-    modules, i.e. the stem; ``None``: classifier rows only)."""
+    modules, i.e. the stem; ``None``: classifier rows only).
+
+    Past the fixed costs of ``first`` the choice is a knapsack on parameters, except for the
+    whole-tensor copies of layers trained in part, which depend on the choice. The knapsack is
+    solved without them first; while its plan does not fit with its copies, the copies of the
+    layers it trains in part are reserved and the knapsack solved again within what is left. A plan
+    returned always fits; it is the best one when the first plan fits.
+    """
     empty = ((),) * len(spec.groups)
     base = TrainableSpec(groups=empty, head_rows=rows, shared=first == -1)
     fixed = memory.total(costs, spec, base)
@@ -167,12 +198,27 @@ def _best_from(costs, spec, importance, memory: TrainingMemory, first: int | Non
         a = costs.dims.index("activation_bytes")
         fixed += memory.activation_factor * memory.batch * sum(
             costs.layer_cost(l, spec.groups[l])[a] for l in range(first, len(spec.groups)))
-    if max_memory is not None:
-        cap = min(cap, (max_memory - fixed) / memory.trainable_bytes)
-    if cap < 0:
-        return None
     if first is None:
-        return base
+        return base if max_memory is None or fixed <= max_memory else None
+    reserved: set[int] = set()
+    while True:
+        copies = memory.slice_copy_factor * memory.weight_bytes * memory.sliced_params(
+            costs, spec, base.model_copy(update={"head_rows": None, "groups": tuple(
+                g[:1] if l in reserved else () for l, g in enumerate(spec.groups))}))
+        limit = cap if max_memory is None else min(cap, (max_memory - fixed - copies) / memory.trainable_bytes)
+        plan = _choose(costs, spec, importance, base, first, limit) if limit >= 0 else None
+        if plan is None or max_memory is None or memory.total(costs, spec, plan) <= max_memory:
+            return plan
+        partial = {l for l, (held, trained) in enumerate(zip(spec.groups, plan.groups, strict=True))
+                   if trained and set(trained) != set(held)}
+        if partial <= reserved:  # its copies were reserved, so it fits; guards against rounding
+            return None
+        reserved |= partial
+
+
+def _choose(costs, spec, importance, base: TrainableSpec, first: int, cap: float) -> TrainableSpec | None:
+    """``base`` plus the most important modules from layer ``first`` on (at least one of layer
+    ``first`` when it is a module layer) with at most ``cap`` parameters."""
     start = max(first, 0)
     items = [(l, g) for l in range(start, len(spec.groups)) for g in spec.groups[l]]
     p = costs.dims.index("params")

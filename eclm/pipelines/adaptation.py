@@ -18,19 +18,24 @@ from torch import Tensor, nn
 
 from eclm.data.replay import ReplayBuffer
 from eclm.modules.merge import classifier_keys
-from eclm.modules.sparse_training import SparsePlan, module_sparse
+from eclm.modules.sparse_training import SparsePlan, SparseTraining, module_sparse
 from eclm.modules.trainable import TrainingMemory
 
 
 @dataclass
 class TrainStats:
-    """Outcome of one local fine-tuning run."""
+    """Outcome of one local fine-tuning run.
+
+    ``prefix_cached`` says whether module-sparse training kept the frozen stages' output for every
+    sample (``None``: no stage was frozen).
+    """
 
     loss_first_epoch: float
     loss_last_epoch: float
     batches: int
     samples: int
     seconds: float
+    prefix_cached: bool | None = None
 
     @property
     def seconds_per_batch(self) -> float:
@@ -130,6 +135,7 @@ def finetune(
     generator: torch.Generator | None = None,
     local_classes: list[int] | None = None,
     sparse: SparsePlan | None = None,
+    cache_limit: float | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on local data with optional replay.
 
@@ -143,9 +149,12 @@ def finetune(
 
     With ``sparse`` only what its trainable spec names is trained (module-sparse adaptation,
     :mod:`eclm.modules.sparse_training`): the optimizer holds only those parameters, and the
-    stages before the earliest trainable one are frozen whole: their output for the local samples
-    and of the replay buffer's samples are computed once (eval mode, no autograd), and each batch
-    runs only the stages after them.
+    stages before the earliest trainable one are frozen whole (eval mode, no autograd). Their
+    output for the local samples and the replay buffer's samples is computed once and kept, and
+    each batch runs only the stages after them, unless keeping it would take more than
+    ``cache_limit`` bytes (a device passes the training memory its plan leaves free, see
+    :meth:`~eclm.pipelines.edge_resources.EdgeResourcesMixin.cache_headroom`): then each batch runs
+    the frozen stages on its own samples, which costs their compute once per epoch instead of once.
     """
     use_replay = replay is not None and len(replay) > 0 and replay_ratio > 0
     if sparse is None or sparse.trainable.is_dense(sparse.spec):
@@ -155,19 +164,37 @@ def finetune(
         return _train(model, list(model.parameters()), batch, model, len(x), epochs, lr, batch_size, momentum,
                       generator, local_classes, replay, x, y)
     with module_sparse(model, sparse) as st:
-        features = st.prefix(x, batch_size)
-        replayed = st.prefix(replay.stored()[0], batch_size) if use_replay else None
+        batch, cached = _sparse_batches(st, x, y, replay if use_replay else None, replay_ratio, batch_size,
+                                        cache_limit)
+        stats = _train(model, st.params, batch, st.suffix, len(x), epochs, lr, batch_size, momentum,
+                       generator, local_classes, replay, x, y)
+        stats.prefix_cached = cached if st.frozen else None
+        return stats
 
-        def sparse_batch(idx: Tensor) -> tuple[Tensor, Tensor]:
-            count = int(round(replay_ratio * len(idx))) if use_replay else 0
-            if count == 0:
-                return features[idx], y[idx]
-            rows = replay.sample_rows(count)  # the draw replay.mix would make, on stored features
-            labels = replay.stored()[1][rows].to(y.dtype)
-            return torch.cat([features[idx], replayed[rows]]), torch.cat([y[idx], labels])
 
-        return _train(model, st.params, sparse_batch, st.suffix, len(x), epochs, lr, batch_size, momentum,
-                      generator, local_classes, replay, x, y)
+def _sparse_batches(st: SparseTraining, x: Tensor, y: Tensor, replay: ReplayBuffer | None, replay_ratio: float,
+                    batch_size: int, cache_limit: float | None):
+    """``(batch(fresh sample indices) -> (frozen stages' output, labels), cached)`` for module-sparse
+    training: the frozen stages' output of every local and replayed sample is computed once when it
+    fits ``cache_limit`` (``cached``), else per batch; either way a batch draws the replayed rows
+    :meth:`~eclm.data.replay.ReplayBuffer.mix` would draw."""
+    stored = replay.stored() if replay is not None else None
+    rows_kept = len(x) + (len(stored[0]) if stored is not None else 0)
+    cache = cache_limit is None or not st.frozen or rows_kept * st.prefix(x[:1]).nbytes <= cache_limit
+    features = st.prefix(x, batch_size) if cache else x
+    replayed = None if stored is None else st.prefix(stored[0], batch_size) if cache else stored[0]
+
+    def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
+        count = int(round(replay_ratio * len(idx))) if stored is not None else 0
+        if count == 0:
+            inputs, labels = features[idx], y[idx]
+        else:
+            rows = replay.sample_rows(count)
+            inputs = torch.cat([features[idx], replayed[rows]])
+            labels = torch.cat([y[idx], stored[1][rows].to(y.dtype)])
+        return (inputs if cache else st.prefix(inputs, len(inputs))), labels
+
+    return batch, cache
 
 
 def _train(model: nn.Module, params: list[nn.Parameter], batch, forward, n: int, epochs: int, lr: float,

@@ -96,6 +96,17 @@ class EdgeResourcesMixin:
             sparse=a.trainable == "budgeted",
         )
 
+    def cache_headroom(self) -> float | None:
+        """Training memory (bytes) the device's plan leaves free under its limit, which module-sparse
+        training may fill with the frozen stages' outputs (:func:`~eclm.pipelines.adaptation.finetune`);
+        ``None`` when the device has no training-memory limit or trains densely."""
+        if self.trainable is None or self.costs is None or self.spec is None:
+            return None
+        limit = self._budget().max_train_memory
+        if limit is None:
+            return None
+        return max(0.0, limit - self._memory().total(self.costs, self.spec, self.trainable))
+
     def _memory(self) -> TrainingMemory:
         a = self.cfg.adaptation
         return training_memory_model(self.model, effective_batch(a.batch_size, a.replay_ratio, a.replay_capacity > 0))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from eclm.data import ReplayBuffer
 from eclm.modules import BudgetTooSmallError, SubModelSpec, modularize
 from eclm.modules.merge import tensor_owner
 from eclm.modules.sparse_training import SparsePlan, module_sparse, trainable_slices
@@ -83,7 +84,7 @@ def test_memory_below_the_classifier_rows_alone_is_refused(model, memory):
 
 def test_importance_decides_which_modules_train(model, memory):
     costs, spec = model.costs(), model.full_spec()
-    importance = uniform(model)
+    importance = [[0.01] * n for n in model.layer_sizes]  # rows need not sum to 1 here
     importance[6] = [0.7, 0.1, 0.1, 0.1]
     limit = memory.total(costs, spec, TrainableSpec(groups=((),) * 6 + ((0,), ()), head_rows=(0,))) + 1
     plan = derive_trainable(costs, spec, importance, memory, max_memory=limit, share=1.0, head_rows=(0,))
@@ -164,3 +165,83 @@ def test_the_knapsack_of_many_equal_modules_takes_as_many_as_fit_including_a_req
     must[-1] = True
     chosen = _knapsack(np.full(n, 0.25), np.full(n, 1000.0), 10_500.0, must)
     assert len(chosen) == 10 and n - 1 in chosen
+
+
+def _kept_bytes(model, spec, plan, layers, x, y) -> tuple[int, int]:
+    """Bytes one training step keeps beyond the weights: tensors autograd saves for backward (not the
+    parameters themselves), and the gradients and momentum of what the optimizer holds; and, of the
+    saved tensors, the whole-tensor copies of sliced parameters (same shape as one)."""
+    saved: dict[int, tuple[int, tuple]] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), tuple(t.shape))
+        return t
+
+    sliced = {tuple(p.shape) for n, p in model.named_parameters()
+              if trainable_slices(model, layers, spec, plan).get(n, None) is not None}
+    with module_sparse(model, SparsePlan(layers, spec, plan)) as st:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = torch.nn.functional.cross_entropy(st.suffix(st.prefix(x)), y)
+        opt = torch.optim.SGD(st.params, lr=0.01, momentum=0.9)
+        loss.backward()
+        opt.step()
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        grads = sum(p.grad.nbytes for p in st.params if p.grad is not None)
+        momentum = sum(opt.state[p]["momentum_buffer"].nbytes for p in st.params if p in opt.state)
+    kept = {ptr: v for ptr, v in saved.items() if ptr not in weights}
+    copies = sum(n for n, shape in kept.values() if shape in sliced)
+    return sum(n for n, _ in kept.values()) + grads + momentum, copies
+
+
+@pytest.mark.parametrize("name", ["dense", "late partial", "early partial", "shared partial", "head rows"])
+def test_memory_model_bounds_what_a_training_step_keeps(model, name):
+    """Saved-for-backward tensors (counted through autograd's hooks), gradients and momentum of one
+    step stay within the model's non-weight terms plus the classifier's own activations, which
+    the model leaves out (a pooled vector and the logits per sample); the whole-tensor copies of
+    sliced parameters are real and within the slice-copy term."""
+    spec = SubModelSpec(model_id=model.model_id, groups=[(0, 1, 2), (1, 3), (0, 1), (0, 1, 2, 3), (0, 3), (1, 2),
+                                                         (0, 2, 3), (0, 1, 2, 3)])
+    plans = {
+        "dense": TrainableSpec.dense(spec),
+        "late partial": TrainableSpec(groups=[()] * 6 + [(0, 2), (1,)], head_rows=(2, 5)),
+        "early partial": TrainableSpec(groups=[(0,), (3,), (), (1, 2), (), (), (), ()], head_rows=(2, 5)),
+        "shared partial": TrainableSpec(groups=[(0, 1), (), (0,), (), (3,), (), (), (0, 1, 2, 3)], head_rows=(2, 5),
+                                        shared=True),
+        "head rows": TrainableSpec(groups=[()] * 8, head_rows=(2, 5)),
+    }
+    plan = plans[name]
+    batch = 24
+    mem = training_memory_model(model.backbone, batch=batch)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(batch, 3, 16, 16, generator=gen), torch.tensor([2, 5] * 12)
+    sub = model.extract(spec)
+    sub.train()
+    kept, copies = _kept_bytes(sub, spec, plan, model.layers, x, y)
+    parts = mem.breakdown(model.costs(), spec, plan)
+    classifier_activations = batch * 4 * (mem.head_row_params - 1 + mem.num_classes)
+    assert kept <= parts["total"] - parts["weights"] + classifier_activations
+    assert copies <= parts["slice_copies"]
+    if name in ("early partial", "late partial", "shared partial"):
+        assert copies > 0
+
+
+def test_frozen_stage_outputs_are_kept_only_within_the_cache_limit(model):
+    spec = SubModelSpec(model_id=model.model_id, groups=[(0, 1)] * 8)
+    plan = TrainableSpec(groups=[()] * 5 + [(1,), (0, 1), ()], head_rows=(0, 3))
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(40, 3, 16, 16, generator=gen), torch.tensor([0, 3] * 20)
+    runs = {}
+    for limit in (None, 1e9, 0.0):
+        sub = model.extract(spec)
+        replay = ReplayBuffer(30, seed=0)
+        replay.add(torch.rand(30, 3, 16, 16, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 3] * 15))
+        stats = finetune(sub, x, y, epochs=2, lr=0.05, batch_size=8, replay=replay, replay_ratio=0.5,
+                         generator=torch.Generator().manual_seed(4), sparse=SparsePlan(model.layers, spec, plan),
+                         cache_limit=limit)
+        runs[limit] = (stats, sub.state_dict())
+    assert runs[None][0].prefix_cached and runs[1e9][0].prefix_cached and runs[0.0][0].prefix_cached is False
+    cached, recomputed = runs[None][1], runs[0.0][1]
+    assert cached.keys() == recomputed.keys()
+    for key in cached:  # the same batches and draws: only where the frozen stages run differs
+        torch.testing.assert_close(recomputed[key], cached[key], rtol=1e-4, atol=1e-5)
+    assert runs[None][0].batches == runs[0.0][0].batches
