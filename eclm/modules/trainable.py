@@ -12,8 +12,8 @@ earliest trainable module sits. :class:`TrainingMemory` models it from the measu
 ``       + slice_copy_factor * weight_bytes * params(tensors trained only in part)``
 
 with ``trainable_bytes`` covering a parameter's gradient, momentum, the copy the upload is diffed
-against and the codec's error-feedback residual, ``activation_factor`` the kept activations and
-their gradients, and the last term the whole-tensor copies that training part of a tensor costs:
+against and the codec's error-feedback residual, ``activation_factor`` the kept activations,
+their gradients and backward's temporaries, and the last term the whole-tensor copies that training part of a tensor costs:
 :mod:`eclm.modules.sparse_training` writes the trainable slice into a copy of the frozen tensor on
 every forward, autograd keeps that copy for backward, and backward computes the whole tensor's
 gradient before taking its slice (tests/unit/test_modules_trainable.py counts these with
@@ -61,7 +61,9 @@ class TrainingMemory:
         num_classes: Classifier rows.
         weight_bytes: Bytes per held parameter (float32 weights).
         trainable_bytes: Bytes per trainable parameter besides its weight.
-        activation_factor: Kept activations and their gradients, per activation byte.
+        activation_factor: Kept activations, their gradients and backward's temporaries, per
+            activation byte (measured 2.5-2.8 for plans whose backward reaches the stem, at a batch
+            of 24 on a CPU build of torch; docs/method.md).
         slice_copy_factor: Whole-tensor copies per parameter of a tensor trained only in part
             (the copy kept for backward and its whole-size gradient).
     """
@@ -71,7 +73,7 @@ class TrainingMemory:
     num_classes: int
     weight_bytes: float = 4.0
     trainable_bytes: float = 16.0
-    activation_factor: float = 2.0
+    activation_factor: float = 3.0
     slice_copy_factor: float = 2.0
 
     def trainable_params(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
