@@ -41,7 +41,7 @@ class AdaptationBenchConfig(BaseModel):
     memory_mb: list[float | None] = Field(
         default_factory=lambda: [20.0, None, None],
         description="per tier, memory for training in MB (None: unconstrained); 20 MB cannot train the full "
-                    "model (its dense training needs about 31 MB: eclm.modules.trainable.TrainingMemory) and is "
+                    "model (its dense training needs about 38 MiB: eclm.modules.trainable.TrainingMemory) and is "
                     "about the least in which the narrowest width-prefix slice (FedAvg, HeteroFL) still fits",
     )
     channels: tuple[int, int, int, int] = Field((16, 32, 64, 128), description="resnet18 stage widths of the cloud model")

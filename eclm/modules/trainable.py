@@ -45,6 +45,10 @@ _TIE_BREAK = 1e-6  # per module: among equally important choices, train more
 #: What training the parts outside modules is worth, in importance: one whole layer (a row of
 #: importance sums to 1), since every sample passes through them.
 SHARED_VALUE = 1.0
+#: Training memory per byte of kept activation: the activation itself, its gradient and backward's
+#: temporaries (measured 2.5-2.8 where backward reaches the stem; docs/method.md). Every training
+#: memory estimate of the platform uses it.
+ACTIVATION_FACTOR = 3.0
 #: Knapsacks of up to this many modules are solved over the Pareto frontier in Python (a sub-model of
 #: the quick model has about 16; ``milp`` costs about 8 ms a call there, and a derivation makes
 #: about 9 calls); larger ones by ``scipy.optimize.milp``.
@@ -73,7 +77,7 @@ class TrainingMemory:
     num_classes: int
     weight_bytes: float = 4.0
     trainable_bytes: float = 16.0
-    activation_factor: float = 3.0
+    activation_factor: float = ACTIVATION_FACTOR
     slice_copy_factor: float = 2.0
 
     def trainable_params(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> float:
@@ -293,4 +297,4 @@ def _pareto(choices: list[tuple[float, float, tuple[int, ...]]]) -> list[tuple[f
     return out
 
 
-__all__ = ["EXACT_SEARCH_ITEMS", "SHARED_VALUE", "TrainingMemory", "derive_trainable"]
+__all__ = ["ACTIVATION_FACTOR", "EXACT_SEARCH_ITEMS", "SHARED_VALUE", "TrainingMemory", "derive_trainable"]

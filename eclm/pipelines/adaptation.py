@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from eclm.data.replay import ReplayBuffer
 from eclm.modules.merge import classifier_keys
 from eclm.modules.sparse_training import SparsePlan, SparseTraining, module_sparse
-from eclm.modules.trainable import TrainingMemory
+from eclm.modules.trainable import ACTIVATION_FACTOR, TrainingMemory
 
 
 @dataclass
@@ -266,6 +266,7 @@ def training_memory_model(model: nn.Module, batch: float) -> TrainingMemory:
 
 
 def training_memory_bytes(params: float, activation_bytes: float, batch_size: int) -> float:
-    """Estimated peak training memory: fp32 weights + grads + momentum, and stored activations
-    plus their gradients for one batch."""
-    return 3 * 4 * params + 2 * activation_bytes * batch_size
+    """Estimated peak memory of dense training: fp32 weights + grads + momentum, and for one batch
+    the kept activations, their gradients and backward's temporaries
+    (:data:`~eclm.modules.trainable.ACTIVATION_FACTOR`)."""
+    return 3 * 4 * params + ACTIVATION_FACTOR * activation_bytes * batch_size

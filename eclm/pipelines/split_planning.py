@@ -25,6 +25,7 @@ from eclm.modules import (
     derive_submodel,
 )
 from eclm.modules.costs import measure
+from eclm.modules.trainable import ACTIVATION_FACTOR
 from eclm.pipelines.profiler import budget_from_resources
 from eclm.pipelines.split_cloud import SplitServerSession
 from eclm.pipelines.split_edge import (
@@ -45,10 +46,9 @@ __all__ = [
 
 #: Link assumed for a device whose config gives no ``bandwidth_mbps`` (Mbit/s).
 DEFAULT_BANDWIDTH_MBPS = 100.0
-# Training state per parameter (fp32 weights, gradients, momentum) and stored activation copies
-# (activations and their gradients): the model of ``adaptation.training_memory_bytes``.
+# Training state per parameter (fp32 weights, gradients, momentum); activations count
+# ``ACTIVATION_FACTOR`` times: the model of ``adaptation.training_memory_bytes``.
 _STATE_BYTES_PER_PARAM = 12.0
-_ACTIVATION_COPIES = 2.0
 _UNBOUNDED_MEMORY = 1e30
 
 
@@ -76,7 +76,7 @@ def measure_block_costs(stages: Stages, example: Tensor) -> BlockCosts:
         params, stage_flops, act_bytes, _ = measure(stage, x)
         flops.append(stage_flops)
         state.append(_STATE_BYTES_PER_PARAM * params)
-        acts.append(_ACTIVATION_COPIES * act_bytes)
+        acts.append(ACTIVATION_FACTOR * act_bytes)
         sent.append(float(sum(t.numel() * t.element_size() for t in stage.state_dict().values())))
         was = stage.training
         with torch.no_grad():
