@@ -286,15 +286,22 @@ def test_memory_probe_measures_each_sub_model(small_modular) -> None:
                "replay_ratio": 0.5, "specs": {"full": [list(range(4))] * len(m.layers), "narrow": [[0]] * len(m.layers),
                                               "sparse": {"groups": [list(range(4))] * len(m.layers),
                                                          "trainable": {"groups": [[]] * (len(m.layers) - 1) + [[0]],
-                                                                       "head_rows": [0, 1], "shared": False}}}}
+                                                                       "head_rows": [0, 1], "shared": False}},
+                                              "sparse, no cache": {"groups": [list(range(4))] * len(m.layers),
+                                                                   "trainable": {"groups": [[]] * (len(m.layers) - 1)
+                                                                                 + [[0]], "head_rows": [0, 1],
+                                                                                 "shared": False},
+                                                                   "cache_limit": 0}}}
 
     results = measure_adaptation_memory(request)
 
-    assert [r["key"] for r in results] == ["full", "narrow", "sparse"]
+    assert [r["key"] for r in results] == ["full", "narrow", "sparse", "sparse, no cache"]
     for r in results:
         assert "error" not in r, r
         assert r["peak_rss"] >= r["baseline_rss"] > 0 and r["adaptation_rss"] >= 0
     assert results[0]["params"] > results[1]["params"] and results[2]["sparse"] and not results[0]["sparse"]
+    assert results[0]["prefix_cached"] is None and results[2]["prefix_cached"] is True
+    assert results[3]["prefix_cached"] is False  # the device's plan leaves no room for the frozen stages' output
 
 
 # ----------------------------------------------------------------------------- overhead suite

@@ -221,3 +221,13 @@ def test_an_int8_first_delivery_is_a_quarter_of_float32_and_close_to_the_cloud_w
             step = exact[key].reshape(len(exact[key]), -1).abs().amax(1) / 127
             err = (value - exact[key]).reshape(len(value), -1).abs().amax(1)
             assert bool((err <= 0.5 * step + 1e-7).all()), key
+
+
+def test_the_cache_headroom_is_what_the_plan_leaves_under_the_memory_limit(trio):
+    cloud, limited, free = trio
+    assert limited.cache_headroom() is None  # nothing installed yet
+    ship(cloud, limited)
+    ship(cloud, free)
+    modelled = limited._memory().total(limited.costs, limited.spec, limited.trainable)
+    assert limited.cache_headroom() == pytest.approx(4 * 2**20 - modelled) and limited.cache_headroom() >= 0
+    assert free.cache_headroom() is None  # no memory limit: the frozen stages' output is always kept
