@@ -146,7 +146,7 @@ class ScreenConfig(_Strict):
         4.0, gt=1, description="reject an update whose change norm is more than this x, or less than 1/this x, the "
         "median norm of the other devices holding the same modules")
     min_centre_cosine: float = Field(
-        -0.1, ge=-1, le=1, description="reject an update whose cosine with the coordinate-wise median of the other "
+        -0.3, ge=-1, le=1, description="reject an update whose cosine with the coordinate-wise median of the other "
         "devices' changes (same modules) is not above this")
     trust: bool = Field(True, description="compute the cloud's reference update per device on its proxy data (FLTrust) "
                         "and check the update's cosine with it")

@@ -122,7 +122,7 @@ class RobustScreen:
     """
 
     norm_multiplier: float = 4.0
-    min_centre_cosine: float = -0.1
+    min_centre_cosine: float = -0.3
     min_trust_cosine: float = -0.3
     min_head_trust_cosine: float = -0.5
     min_cohort: int = 3
