@@ -13,14 +13,15 @@ earliest trainable module sits. :class:`TrainingMemory` models it from the measu
 
 with ``trainable_bytes`` covering a parameter's gradient, momentum, the copy the upload is diffed
 against and the codec's error-feedback residual, ``activation_factor`` the kept activations,
-their gradients and backward's temporaries, and the last term the whole-tensor copies that training part of a tensor costs:
-:mod:`eclm.modules.sparse_training` writes the trainable slice into a copy of the frozen tensor on
-every forward, autograd keeps that copy for backward, and backward computes the whole tensor's
-gradient before taking its slice (tests/unit/test_modules_trainable.py counts these with
-autograd's saved-tensor hooks). The classifier's own activations (a pooled vector and the logits,
-well under a kilobyte per sample) and blocks outside module layers that follow the earliest
-trainable layer are left out. The frozen stages' output, which training may keep for every sample,
-is not part of the model: a device keeps it only within the memory its plan leaves free
+their gradients and backward's temporaries, and the last term the whole-tensor copies that
+training part of a tensor costs: :mod:`eclm.modules.sparse_training` writes the trainable slice
+into a copy of the frozen tensor on every forward, autograd keeps that copy for backward, and
+backward computes the whole tensor's gradient before taking its slice
+(tests/unit/test_modules_trainable.py counts these with autograd's saved-tensor hooks). The
+classifier's own activations (a pooled vector and the logits, well under a kilobyte per sample)
+and blocks outside module layers that follow the earliest trainable layer are left out. The
+frozen stages' output, which training may keep for every sample, is not part of the model: a
+device keeps it only within the memory its plan leaves free
 (:func:`eclm.pipelines.adaptation.finetune`). The benchmarks measure the real peak.
 
 :func:`derive_trainable` maximises the importance of the trainable modules within a share of the

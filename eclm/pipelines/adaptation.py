@@ -8,7 +8,7 @@ extracted or shrunk sub-model inherits statistics measured with other modules ac
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -172,8 +172,10 @@ def finetune(
         return stats
 
 
-def _sparse_batches(st: SparseTraining, x: Tensor, y: Tensor, replay: ReplayBuffer | None, replay_ratio: float,
-                    batch_size: int, cache_limit: float | None):
+def _sparse_batches(
+    st: SparseTraining, x: Tensor, y: Tensor, replay: ReplayBuffer | None, replay_ratio: float, batch_size: int,
+    cache_limit: float | None,
+) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], bool]:
     """``(batch(fresh sample indices) -> (frozen stages' output, labels), cached)`` for module-sparse
     training: the frozen stages' output of every local and replayed sample is computed once when it
     fits ``cache_limit`` (``cached``), else per batch; either way a batch draws the replayed rows

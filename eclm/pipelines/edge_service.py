@@ -265,7 +265,8 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
                          momentum=a.momentum, replay=self.replay if a.replay_capacity else None,
                          replay_ratio=a.replay_ratio, generator=gen,
                          local_classes=self.classes if a.restrict_to_local_classes else None,
-                         sparse=SparsePlan(self.skeleton.layers, self.spec, plan), cache_limit=self.cache_headroom())
+                         sparse=SparsePlan(self.skeleton.layers, self.spec, plan),
+                         cache_limit=self.cache_headroom())
         rss_delta = psutil.Process().memory_info().rss - rss_before
         if a.recalibrate_norms:  # training-mode batches mixed replayed environments into the stats
             recalibrate_norms(self.model, train.images)
