@@ -16,7 +16,10 @@ checks do not catch.
   compared again without them (norm and direction), before any verdict.
 * **Direction against the robust centre.** Per unit, the coordinate-wise median of the *other*
   holders' changes; the cosine between the device's change and those centres over its units must
-  exceed ``min_centre_cosine`` (sign flips, random noise).
+  exceed ``min_centre_cosine``: updates aimed against the round (cosine near -1). Where honest
+  devices agree a sign flip is caught here too; where their changes are nearly orthogonal, as
+  with few samples per device, sign flips and noise sit near 0 and honest cosines reach -0.2 in
+  5-device rounds (docs/security.md).
 * **Trust against the cloud's reference update** (the FLTrust idea, Cao et al., NDSS 2021): the
   cosine with a change the cloud computed itself by briefly fine-tuning the same sub-model on
   proxy data of the device's classes must exceed ``min_trust_cosine`` over the body and
