@@ -106,13 +106,9 @@ class TrainingMemory:
         """Parameters of the tensors ``plan`` trains only in part: the module tensors of every layer
         where it trains some but not all of the held modules, and the classifier when it trains
         some of its rows."""
-        p = costs.dims.index("params")
-        layers = sum(float(costs.modules[l][list(held)][:, p].sum())
-                     for l, (held, trained) in enumerate(zip(spec.groups, plan.groups, strict=True))
-                     if trained and set(trained) != set(held))
         rows = plan.head_rows
         head = self.head_row_params * self.num_classes if rows is not None and 0 < len(rows) < self.num_classes else 0
-        return layers + head
+        return _held_params(costs, spec, _partly_trained(spec, plan)) + head
 
     def breakdown(self, costs: CostTable, spec: SubModelSpec, plan: TrainableSpec) -> dict[str, float]:
         """``{"weights", "trainable", "activations", "slice_copies", "total"}`` in bytes."""
@@ -209,18 +205,27 @@ def _best_from(costs, spec, importance, memory: TrainingMemory, first: int | Non
         return base if max_memory is None or fixed <= max_memory else None
     reserved: set[int] = set()
     while True:
-        copies = memory.slice_copy_factor * memory.weight_bytes * memory.sliced_params(
-            costs, spec, base.model_copy(update={"head_rows": None, "groups": tuple(
-                g[:1] if l in reserved else () for l, g in enumerate(spec.groups))}))
+        copies = memory.slice_copy_factor * memory.weight_bytes * _held_params(costs, spec, reserved)
         limit = cap if max_memory is None else min(cap, (max_memory - fixed - copies) / memory.trainable_bytes)
         plan = _choose(costs, spec, importance, base, first, limit) if limit >= 0 else None
         if plan is None or max_memory is None or memory.total(costs, spec, plan) <= max_memory:
             return plan
-        partial = {l for l, (held, trained) in enumerate(zip(spec.groups, plan.groups, strict=True))
-                   if trained and set(trained) != set(held)}
+        partial = _partly_trained(spec, plan)
         if partial <= reserved:  # its copies were reserved, so it fits; guards against rounding
             return None
         reserved |= partial
+
+
+def _partly_trained(spec: SubModelSpec, plan: TrainableSpec) -> set[int]:
+    """Module layers where ``plan`` trains some but not all of the modules ``spec`` holds."""
+    return {l for l, (held, trained) in enumerate(zip(spec.groups, plan.groups, strict=True))
+            if trained and set(trained) != set(held)}
+
+
+def _held_params(costs: CostTable, spec: SubModelSpec, layers: set[int]) -> float:
+    """Parameters of the modules ``spec`` holds in ``layers``."""
+    p = costs.dims.index("params")
+    return sum(float(costs.modules[l][list(spec.groups[l])][:, p].sum()) for l in layers)
 
 
 def _choose(costs, spec, importance, base: TrainableSpec, first: int, cap: float) -> TrainableSpec | None:
