@@ -158,7 +158,11 @@ class ScreenConfig(_Strict):
     max_own_drop: float | None = Field(
         0.3, ge=0, le=1, description="reject an update that makes the device's sub-model lose more than this accuracy on "
         "the cloud's proxy samples of the device's own classes (under its environment), significantly at merge.alpha "
-        "(McNemar); None: no behaviour check")
+        "(McNemar); None: no accuracy check")
+    max_own_loss_rise: float | None = Field(
+        0.05, ge=0, description="reject an update that raises the mean cross-entropy (nats) of the device's sub-model "
+        "among its own classes on the same samples by more than this, significantly at merge.alpha (sign test): it "
+        "tells its own classes apart worse; None: no loss check")
     quarantine_uploads: int = Field(
         2, ge=0, description="after the behaviour check rejects a device's update, refuse its next this many uploads "
         "too (its local weights were trained on wrong labels; 0: off)")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 class MergeAdmissionMixin:
     """``_admit`` and ``_screen``; expects the :class:`ValidatedMerge` fields ``max_relative_norm``,
-    ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``own_correct``,
+    ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``own_scores``,
     ``class_rows`` and ``same_upload``, and its ``_combine``."""
 
     def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
@@ -53,7 +53,7 @@ class MergeAdmissionMixin:
         if self.screen is None or not valid:
             return valid
         changes, references, own = {}, {}, {}
-        behaviour = self.own_correct is not None and self.screen.max_own_drop is not None
+        behaviour = self.own_scores is not None and self.screen.checks_behaviour
         group = [u.device_id for u in valid if u.device_id in self.same_upload]
         for u in valid:
             if u.device_id in group[1:]:
@@ -80,13 +80,15 @@ class MergeAdmissionMixin:
         return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
 
     def _own_classes(self, cloud_state, layers, update: ModuleUpdate):
-        """``(before, after)`` per-sample correctness on the device's classes for the behaviour check;
-        ``before`` (the cloud's sub-model) is ``None`` when ``after`` is too accurate for any drop
-        beyond ``max_own_drop`` (the check cannot fire: one evaluation saved, the verdict unchanged)."""
-        after = self.own_correct(self._combine(cloud_state, layers, [update]), update)  # the upload alone
-        if not after.numel() or float(after.float().mean()) >= 1 - self.screen.max_own_drop:
+        """``(before, after)`` per-sample scores on the device's classes for the behaviour checks;
+        ``before`` (the cloud's sub-model) is ``None`` when only the accuracy check is on and
+        ``after`` is too accurate for any drop beyond ``max_own_drop`` (the check cannot fire: one
+        evaluation saved, the verdict unchanged)."""
+        after = self.own_scores(self._combine(cloud_state, layers, [update]), update)  # the upload alone
+        accurate = float(after.correct.float().mean()) >= 1 - (self.screen.max_own_drop or 0.0)
+        if not after.correct.numel() or self.screen.max_own_loss_rise is None and accurate:
             return None, after
-        return self.own_correct(cloud_state, update), after
+        return self.own_scores(cloud_state, update), after
 
 
 __all__ = ["MergeAdmissionMixin"]

@@ -28,6 +28,7 @@ from eclm.pipelines.adaptation import finetune, recalibrate_norms
 from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.defences import ClaimBounds, RobustScreen, reference_update
 from eclm.pipelines.environments import Environment, environment_name, environment_of, merged
+from eclm.pipelines.mcnemar import SampleScores
 from eclm.pipelines.upload_admission import admit
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 
@@ -69,24 +70,25 @@ class CloudMergeMixin:
     def _evaluator(self, classes: dict[str, list[int]], envs: tuple[Environment, ...] = (),
                    device_envs: dict[str, Environment | None] | None = None,
                    cloud_state: dict[str, Tensor] | None = None):
-        """``(evaluate, own_correct)`` for one merge.
+        """``(evaluate, own_scores)`` for one merge.
 
         ``evaluate`` scores a candidate: the full model on the proxy-validation set, clean and
         under every environment in ``envs`` (samples concatenated), and each device's re-derived
         sub-model on the proxy-validation samples of the classes it reported, under its
         environment (device data never leaves the device; environments are replayed on proxy
-        data, see eclm/pipelines/environments.py). ``own_correct(state, update)`` is the second
-        part for one update, from any backbone state (the screen's behaviour check); ``cloud_state``
-        is the merge's state of the current weights (recognised by identity).
+        data, see eclm/pipelines/environments.py). ``own_scores(state, update)`` is the second
+        part for one update, with true-class log-probabilities, from any backbone state (the
+        screen's behaviour check); ``cloud_state`` is the merge's state of the current weights
+        (recognised by identity).
         """
         probe = None  # one scratch copy of the model per merge; every candidate loads all its tensors
 
-        def own_correct(state: dict[str, Tensor], u: ModuleUpdate) -> Tensor:
+        def own_scores(state: dict[str, Tensor], u: ModuleUpdate) -> SampleScores:
             # the current weights' sub-models come from the merge's cache; ``proxy.correct`` leaves
             # a model as it found it, so one can be shared
             current = cloud_state is not None and state is cloud_state
             model = self._subs().module(u.spec) if current else self.model.extract(u.spec, state)
-            return self.proxy.correct(model, (device_envs or {}).get(u.device_id), classes.get(u.device_id) or [])
+            return self.proxy.scores(model, (device_envs or {}).get(u.device_id), classes.get(u.device_id) or [])
 
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
             nonlocal probe
@@ -103,7 +105,7 @@ class CloudMergeMixin:
             overall = float(correct.float().mean()) if len(correct) else float("nan")
             return Evaluation(overall, per_device, correct, per_correct)
 
-        return run, own_correct
+        return run, own_scores
 
     def _correct(self, model, envs: tuple[Environment, ...]) -> Tensor:
         """Per-sample correctness of ``model`` on the proxy validation set, clean and under ``envs``."""
@@ -149,9 +151,9 @@ class CloudMergeMixin:
         m = self.cfg.merge
         # the best accepted version is a reference only on the environments it was measured on
         same_envs = envs == self._validated_environments()
-        evaluate, own_correct = self._evaluator(classes, envs, device_envs, cloud_state)
+        evaluate, own_scores = self._evaluator(classes, envs, device_envs, cloud_state)
         return ValidatedMerge(
-            evaluate=evaluate, own_correct=own_correct,
+            evaluate=evaluate, own_scores=own_scores,
             aggregator=create_aggregator(m.aggregator, m.trim_fraction, m.krum_byzantine, m.krum_keep),
             weighting=m.weighting, max_relative_norm=m.max_relative_norm, tolerance=m.tolerance,
             device_tolerance=m.device_tolerance, min_updates=m.min_updates, server_lr=m.server_lr,
@@ -265,7 +267,8 @@ class CloudMergeMixin:
         screen = RobustScreen(norm_multiplier=s.norm_multiplier, min_centre_cosine=s.min_centre_cosine,
                               min_trust_cosine=s.min_trust_cosine, min_head_trust_cosine=s.min_head_trust_cosine,
                               min_cohort=s.min_cohort, duplicate_distance=s.duplicate_distance,
-                              max_own_drop=s.max_own_drop, own_alpha=m.alpha) if s.enabled else None
+                              max_own_drop=s.max_own_drop, own_alpha=m.alpha,
+                              max_own_loss_rise=s.max_own_loss_rise) if s.enabled else None
         claims = ClaimBounds(max_samples=self.cfg.data.samples_per_device[1], num_classes=self.num_classes,
                              importance_tolerance=m.importance_tolerance)
         return {"claims": claims, "known_classes": self.known_classes, "screen": screen,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from eclm.data.catalog import CORRUPTION_NAMES
 from eclm.data.corruptions import apply_corruption, check_corruption
 from eclm.pipelines.adaptation import norm_statistics_kept, recalibrate_norms
-from eclm.pipelines.mcnemar import correct_mask
+from eclm.pipelines.mcnemar import SampleScores, score_samples
 
 #: An environment: ``(corruption, severity)``.
 Environment = tuple[str, int]
@@ -112,16 +112,21 @@ class ProxyEnvironments:
                 x[pick] = self.images(env, "train")[0][pick]
         return x, self.train_y
 
-    def correct(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> Tensor:
-        """Per-sample correctness ``(N,)`` of ``model`` on the proxy validation images under ``env``,
-        after re-estimating its norm statistics there (``model`` is not modified; clean: evaluated
-        as it is)."""
+    def scores(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> SampleScores:
+        """Per-sample correctness and true-class log-probability of ``model`` on the proxy validation
+        images (of ``classes``) under ``env``, after re-estimating its norm statistics there
+        (``model`` is not modified; clean: evaluated as it is). With ``classes``, the
+        log-probability is taken among them (:func:`~eclm.pipelines.mcnemar.score_samples`)."""
         val_x, val_y = self.images(env, "val", classes)
         if len(val_x) == 0 or env is None:
-            return correct_mask(model, val_x, val_y)
+            return score_samples(model, val_x, val_y, classes=classes)
         with norm_statistics_kept(model):
             recalibrate_norms(model, self.calibration_images(env, classes))
-            return correct_mask(model, val_x, val_y)
+            return score_samples(model, val_x, val_y, classes=classes)
+
+    def correct(self, model: nn.Module, env: Environment | None, classes: Sequence[int] | None = None) -> Tensor:
+        """Per-sample correctness ``(N,)`` of :meth:`scores`."""
+        return self.scores(model, env, classes).correct
 
     def calibration_images(self, env: Environment | None, classes: Sequence[int] | None = None) -> Tensor:
         """The training images (under ``env``, of ``classes``) that norm statistics are re-estimated

@@ -26,8 +26,10 @@ rules together for the digits proxy split.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -112,12 +114,87 @@ def compare_paired(reference_correct: Tensor, candidate_correct: Tensor) -> Pair
     return PairedComparison(n=int(ref.numel()), worse=int((ref & ~cand).sum()), better=int((~ref & cand).sum()))
 
 
+class SampleScores(NamedTuple):
+    """One model on labelled samples, per sample: whether it is right (argmax over every class), and
+    its log-probability of the true class (the negative of the cross-entropy loss; among a given
+    set of classes when :func:`score_samples` was given one)."""
+
+    correct: Tensor
+    true_logp: Tensor
+
+
+@dataclass(frozen=True)
+class LossComparison:
+    """A candidate against a reference model by their per-sample losses on the same samples.
+
+    Accuracy moves only where a prediction flips; the loss moves on every sample. The sign test
+    counts the samples whose loss rose against those whose loss fell: under "the candidate is no
+    worse" each is a fair coin, the same binomial as McNemar's test (the loss-based rejection of
+    Fang et al., USENIX Security 2020, made paired).
+
+    Attributes:
+        n: Paired samples.
+        rises: Samples whose loss is higher under the candidate.
+        falls: Samples whose loss is lower under it.
+        mean_rise: Mean of ``loss(candidate) - loss(reference)`` over the samples (nats).
+    """
+
+    n: int
+    rises: int
+    falls: int
+    mean_rise: float
+
+    @property
+    def p_worse(self) -> float:
+        """One-sided exact sign-test p-value of "the candidate's loss is higher"."""
+        return mcnemar_p_worse(self.rises, self.falls)
+
+
+def compare_losses(reference: Tensor, candidate: Tensor) -> LossComparison:
+    """Compare per-sample true-class log-probabilities of two models (same samples, same order).
+
+    Raises:
+        ValueError: If the vectors differ in length.
+    """
+    if reference.shape != candidate.shape:
+        raise ValueError(f"paired vectors differ: {tuple(reference.shape)} vs {tuple(candidate.shape)}")
+    rise = (reference - candidate).double()  # loss = -log p(true class)
+    return LossComparison(n=int(rise.numel()), rises=int((rise > 0).sum()), falls=int((rise < 0).sum()),
+                          mean_rise=float(rise.mean()) if rise.numel() else 0.0)
+
+
 @torch.no_grad()
-def correct_mask(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> Tensor:
-    """Per-sample correctness ``(N,)`` bool of ``model`` in eval mode."""
+def score_samples(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 256,
+                  classes: Sequence[int] | None = None) -> SampleScores:
+    """Per-sample correctness ``(N,)`` bool and true-class log-probability ``(N,)`` of ``model`` in eval mode.
+
+    Args:
+        model: The classifier.
+        x: Inputs.
+        y: Labels.
+        batch_size: Samples per forward pass.
+        classes: If given (every label must be one of them), the log-probability is taken over
+            these classes' logits only: how well the model tells them apart, whatever it thinks of
+            the others.
+    """
+    if not len(x):
+        return SampleScores(torch.zeros(0, dtype=torch.bool), torch.zeros(0))
+    among = torch.tensor(sorted(set(classes))) if classes else None
+    if among is not None and not bool(torch.isin(y, among).all()):
+        raise ValueError("every label must be one of the given classes")
     was = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]
-                     for i in range(0, len(x), batch_size)]) if len(x) else torch.zeros(0, dtype=torch.bool)
+    correct, logp = [], []
+    for i in range(0, len(x), batch_size):
+        out, target = model(x[i : i + batch_size]).float(), y[i : i + batch_size]
+        correct.append(out.argmax(-1) == target)
+        if among is not None:
+            out, target = out[:, among], torch.searchsorted(among, target)
+        logp.append(torch.log_softmax(out, -1).gather(1, target.unsqueeze(1)).squeeze(1))
     model.train(was)
-    return out
+    return SampleScores(torch.cat(correct), torch.cat(logp))
+
+
+def correct_mask(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> Tensor:
+    """Per-sample correctness ``(N,)`` bool of ``model`` in eval mode."""
+    return score_samples(model, x, y, batch_size).correct

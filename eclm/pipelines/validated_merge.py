@@ -43,7 +43,7 @@ from eclm.pipelines.aggregators import Aggregator, WeightedAverage
 from eclm.pipelines.defences.claims import ClaimBounds
 from eclm.pipelines.defences.screen import RobustScreen
 from eclm.pipelines.harm_search import isolate_harmful, search_budget
-from eclm.pipelines.mcnemar import compare_paired
+from eclm.pipelines.mcnemar import SampleScores, compare_paired
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Evaluation:
 
 Evaluator = Callable[[dict[str, Tensor], Sequence[ModuleUpdate]], Evaluation]
 ReferenceUpdate = Callable[[ModuleUpdate], dict[str, Tensor]]
-OwnCorrect = Callable[[dict[str, Tensor], ModuleUpdate], Tensor]
+OwnScores = Callable[[dict[str, Tensor], ModuleUpdate], SampleScores]
 
 
 @dataclass
@@ -121,10 +121,11 @@ class ValidatedMerge(MergeAdmissionMixin):
         screen: The robust screen run before aggregation (None: off).
         reference: ``reference(update) -> change`` computed by the cloud on its proxy data for
             the screen's trust check (None: no trust check).
-        own_correct: ``own_correct(state, update) -> correct``: per-sample correctness of the
-            update's sub-model taken from ``state`` on the proxy samples of the device's classes
-            under its environment, for the screen's behaviour check (the cloud state against the
-            cloud state with the update merged alone; None: no behaviour check).
+        own_scores: ``own_scores(state, update) -> SampleScores``: per-sample correctness and
+            true-class log-probability of the update's sub-model taken from ``state`` on the proxy
+            samples of the device's classes under its environment, for the screen's behaviour
+            checks (the cloud state against the cloud state with the update merged alone; None:
+            no behaviour check).
         acceptance: ``"paired"`` (McNemar on the same samples; falls back to ``"threshold"``
             when the evaluator gives no per-sample correctness) or ``"threshold"``.
         alpha: Significance of the paired test overall; the per-device tests share another
@@ -162,7 +163,7 @@ class ValidatedMerge(MergeAdmissionMixin):
     known_classes: Mapping[str, Collection[int]] | None = None
     screen: RobustScreen | None = None
     reference: ReferenceUpdate | None = None
-    own_correct: OwnCorrect | None = None
+    own_scores: OwnScores | None = None
     acceptance: Literal["paired", "threshold"] = "paired"
     alpha: float = 0.05
     max_drop: float | None = 0.03

@@ -19,7 +19,9 @@ BEHAVIOUR = "screen: behaviour: accuracy on its own classes 0.800 -> 0.100 on 40
 
 def test_a_behaviour_rejection_refuses_the_next_uploads_and_then_lets_the_device_back():
     q = Quarantine(uploads=2)
-    assert q.record({"d0": BEHAVIOUR, "d1": "screen: norm 10 x the round's typical update", "d2": "harmful: x"}) == ["d0"]
+    loss = "screen: own-class loss: among its own classes 0.400 -> 0.600 nats, higher on 30 of 33 proxy samples"
+    assert q.record({"d0": BEHAVIOUR, "d1": "screen: norm 10 x the round's typical update", "d2": "harmful: x",
+                     "d3": loss}) == ["d0"]  # the loss check sees later uploads itself: no quarantine
     for left in (1, 0):
         kept, refused = q.admit([_u("d0"), _u("d1")])
         assert [u.device_id for u in kept] == ["d1"] and f"{left} more upload(s) refused" in refused["d0"]

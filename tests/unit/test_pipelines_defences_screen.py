@@ -7,11 +7,14 @@ common); the attacks are derived from one honest device's change. Units stand fo
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from eclm.pipelines.defences.changes import Unit
 from eclm.pipelines.defences.screen import RobustScreen, leave_one_out_median
+from eclm.pipelines.mcnemar import SampleScores
 
 UNITS = [Unit("shared.weight", None, "shared"), Unit("layer.conv", 0, "layer/m0"), Unit("layer.conv", 1, "layer/m1")]
 
@@ -167,8 +170,15 @@ def test_without_a_boosted_update_nobody_is_compared_again_and_a_shrunken_one_is
     assert all(verdicts[d].passed for d in ("h0", "h1", "h2"))
 
 
-def _own(before: list[int], after: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor(before, dtype=torch.bool), torch.tensor(after, dtype=torch.bool)
+def _scores(correct: list[int], p_true: list[float] | None = None) -> SampleScores:
+    """Scores with the true class at probability 0.8 where right and 0.2 where wrong unless given."""
+    mask = torch.tensor(correct, dtype=torch.bool)
+    p = torch.tensor(p_true) if p_true is not None else torch.where(mask, 0.8, 0.2)
+    return SampleScores(mask, p.log())
+
+
+def _own(before: list[int], after: list[int]) -> tuple[SampleScores, SampleScores]:
+    return _scores(before), _scores(after)
 
 
 def test_an_update_that_ruins_its_own_classes_is_rejected_whatever_its_norm_and_direction():
@@ -176,7 +186,7 @@ def test_an_update_that_ruins_its_own_classes_is_rejected_whatever_its_norm_and_
     changes = _round()
     own = {d: _own([1] * 32 + [0] * 8, [1] * 34 + [0] * 6) for d in changes}  # honest: a little better
     own["h0"] = _own([1] * 32 + [0] * 8, [1] * 4 + [0] * 36)
-    verdicts = RobustScreen()(changes, None, own)
+    verdicts = RobustScreen(max_own_loss_rise=None)(changes, None, own)  # the accuracy check alone
     assert verdicts["h0"].own_acc_before == pytest.approx(0.8) and verdicts["h0"].own_acc_after == pytest.approx(0.1)
     assert verdicts["h0"].own_samples == 40 and len(verdicts["h0"].reasons) == 1
     assert verdicts["h0"].reasons[0].startswith("behaviour: accuracy on its own classes 0.800 -> 0.100 on 40")
@@ -189,12 +199,12 @@ def test_an_update_that_ruins_its_own_classes_is_rejected_whatever_its_norm_and_
 ])
 def test_a_drop_must_be_both_large_and_significant(before, after, why):
     changes = _round()
-    verdict = RobustScreen()(changes, None, {"h0": _own(before, after)})["h0"]
+    verdict = RobustScreen(max_own_loss_rise=None)(changes, None, {"h0": _own(before, after)})["h0"]
     assert verdict.passed, why
 
 
 def test_a_device_whose_baseline_was_not_needed_passes_with_its_accuracy_after_recorded():
-    verdict = RobustScreen()(_round(), None, {"h0": (None, torch.ones(40, dtype=torch.bool))})["h0"]
+    verdict = RobustScreen()(_round(), None, {"h0": (None, _scores([1] * 40))})["h0"]
     assert verdict.passed and verdict.own_acc_before is None and verdict.own_acc_after == 1.0
     assert verdict.own_samples == 40
 
@@ -202,12 +212,43 @@ def test_a_device_whose_baseline_was_not_needed_passes_with_its_accuracy_after_r
 def test_the_behaviour_check_is_off_without_a_bound_and_without_samples():
     changes = _round()
     ruined = {"h0": _own([1] * 40, [0] * 40), "h1": _own([], [])}
-    assert RobustScreen(max_own_drop=None)(changes, None, ruined)["h0"].passed
+    assert RobustScreen(max_own_drop=None, max_own_loss_rise=None)(changes, None, ruined)["h0"].passed
+    assert not RobustScreen(max_own_drop=None)(changes, None, ruined)["h0"].passed  # the loss check alone
     verdict = RobustScreen()(changes, None, ruined)["h1"]
     assert verdict.passed and verdict.own_acc_before is None and verdict.own_samples == 0
 
 
-@pytest.mark.parametrize("kwargs", [{"max_own_drop": 1.5}, {"max_own_drop": -0.1}, {"own_alpha": 0.0}])
+def test_an_update_that_raises_the_loss_on_its_own_classes_is_rejected_though_no_prediction_flips():
+    """A device trained on wrong labels whose change is too small to flip a prediction yet: every
+    sample of its classes loses confidence in its true class (0.8 -> 0.6 where right, 0.4 -> 0.3 where not)."""
+    changes = _round()
+    right = [1] * 30 + [0] * 10
+    own = {d: (_scores(right), _scores(right, [0.85] * 30 + [0.35] * 10)) for d in changes}  # honest: surer
+    own["h0"] = (_scores(right, [0.8] * 30 + [0.4] * 10), _scores(right, [0.6] * 30 + [0.3] * 10))
+    verdicts = RobustScreen(max_own_loss_rise=0.1)(changes, None, own)
+    h0 = verdicts["h0"]
+    assert h0.own_acc_before == h0.own_acc_after == 0.75
+    assert h0.own_loss_after - h0.own_loss_before == pytest.approx(0.75 * math.log(0.8 / 0.6) + 0.25 * math.log(4 / 3))
+    assert h0.own_loss_p == pytest.approx(0.5**40) and len(h0.reasons) == 1
+    assert h0.reasons[0].startswith("own-class loss: among its own classes"), h0.reasons
+    assert all(verdicts[d].passed and verdicts[d].own_loss_after < verdicts[d].own_loss_before
+               for d in changes if d != "h0")
+    assert RobustScreen(max_own_loss_rise=None)(changes, None, own)["h0"].passed  # the loss check off
+
+
+@pytest.mark.parametrize(("before", "after", "why"), [
+    ([0.8] * 4, [0.1] * 4, "a large rise on 4 samples is not significant (sign test p = 1/16)"),
+    ([0.8] * 40, [0.75] * 40, "a significant rise of 0.065 nats is within 0.1"),
+    ([0.8] * 30 + [0.5] * 10, [0.9] * 30 + [0.01] * 10, "a large mean rise from a quarter of the samples is not significant"),
+])
+def test_a_loss_rise_must_be_both_large_and_significant(before, after, why):
+    right = [1] * len(before)
+    own = {"h0": (_scores(right, before), _scores(right, after))}
+    assert RobustScreen(max_own_loss_rise=0.1)(_round(), None, own)["h0"].passed, why
+
+
+@pytest.mark.parametrize("kwargs", [{"max_own_drop": 1.5}, {"max_own_drop": -0.1}, {"own_alpha": 0.0},
+                                    {"max_own_loss_rise": -0.01}])
 def test_bad_behaviour_thresholds_are_refused(kwargs):
     with pytest.raises(ValueError):
         RobustScreen(**kwargs)

@@ -13,7 +13,14 @@ import torch
 from scipy.stats import binom, binomtest
 
 from eclm.modules import ModuleUpdate, SubModelSpec, modularize
-from eclm.pipelines.mcnemar import PairedComparison, compare_paired, correct_mask, mcnemar_p_worse
+from eclm.pipelines.mcnemar import (
+    PairedComparison,
+    compare_losses,
+    compare_paired,
+    correct_mask,
+    mcnemar_p_worse,
+    score_samples,
+)
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 
 
@@ -94,6 +101,45 @@ def test_correct_mask_is_per_sample_argmax_agreement():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
     assert correct_mask(model, x, torch.tensor([0, 0, 0])).tolist() == [True, False, True]
 
+
+
+def test_score_samples_gives_the_negative_cross_entropy_of_the_true_class_and_argmax_correctness():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(7, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    scores = score_samples(model, x, y, batch_size=3)
+    expected = -torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+    assert torch.allclose(scores.true_logp, expected.detach(), atol=1e-6)
+    assert torch.equal(scores.correct, correct_mask(model, x, y))
+    assert score_samples(model, x[:0], y[:0]).true_logp.numel() == 0
+
+
+
+def test_among_given_classes_the_log_probability_ignores_every_other_class():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 5)
+    x, y = torch.randn(6, 4), torch.tensor([3, 1, 3, 1, 1, 3])
+    among = score_samples(model, x, y, classes=[3, 1])
+    logits = model(x).detach()[:, [1, 3]]
+    assert torch.allclose(among.true_logp, torch.log_softmax(logits, -1)[torch.arange(6), (y == 3).long()])
+    assert torch.equal(among.correct, correct_mask(model, x, y))  # correctness stays the 5-way argmax
+    with torch.no_grad():  # raising another class's logit changes the 5-way loss, not the one among {1, 3}
+        model.bias[0] += 5.0
+    assert torch.allclose(score_samples(model, x, y, classes=[1, 3]).true_logp, among.true_logp, atol=1e-6)
+    assert score_samples(model, x, y).true_logp.max() < among.true_logp.min()
+    with pytest.raises(ValueError):
+        score_samples(model, x, y, classes=[3])
+
+def test_the_loss_comparison_counts_rises_and_falls_and_is_a_sign_test():
+    before = torch.log(torch.tensor([0.9, 0.8, 0.5, 0.5, 0.3]))
+    after = torch.log(torch.tensor([0.1, 0.4, 0.5, 0.6, 0.2]))
+    losses = compare_losses(before, after)
+    assert (losses.n, losses.rises, losses.falls) == (5, 3, 1)  # one tie counts neither way
+    assert losses.mean_rise == pytest.approx(float((before - after).mean()))
+    assert losses.p_worse == mcnemar_p_worse(3, 1)
+    assert compare_losses(after, before).mean_rise == pytest.approx(-losses.mean_rise)
+    with pytest.raises(ValueError):
+        compare_losses(before, after[:4])
 
 # ------------------------------------------------------------ inside the validated merge
 @pytest.fixture(scope="module")

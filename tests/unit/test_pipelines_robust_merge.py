@@ -73,8 +73,8 @@ def _accept_all(state, updates) -> Evaluation:
 
 
 def _merge(model, updates, **kwargs):
-    pipeline = ValidatedMerge(evaluate=_accept_all, screen=RobustScreen(), max_relative_norm=2.0,
-                              known_classes={f"d{i}": set(_classes(i)) for i in range(20)}, **kwargs)
+    pipeline = ValidatedMerge(evaluate=_accept_all, max_relative_norm=2.0,
+                              known_classes={f"d{i}": set(_classes(i)) for i in range(20)}, **{"screen": RobustScreen()} | kwargs)
     given = {u.device_id: u.spec for u in updates}
     cloud = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     state, report = pipeline.run(cloud, model.layers, updates, given, lambda s: set(model.extract(s).state_dict()))
@@ -243,19 +243,19 @@ def _cyclic_flip_update(model, i: int) -> ModuleUpdate:
     return ModuleUpdate(f"d{i}", spec, state, [[0.5, 0.5] for _ in model.layers], 48, classes)
 
 
-def _own_correct(model):
-    from eclm.pipelines.mcnemar import correct_mask
+def _own_scores(model):
+    from eclm.pipelines.mcnemar import score_samples
 
-    def own(state, u: ModuleUpdate) -> torch.Tensor:
+    def own(state, u: ModuleUpdate):
         mask = torch.isin(PROXY[1], torch.tensor(u.classes))
-        return correct_mask(model.extract(u.spec, state), PROXY[0][mask], PROXY[1][mask])
+        return score_samples(model.extract(u.spec, state), PROXY[0][mask], PROXY[1][mask])
     return own
 
 
 def test_an_update_that_ruins_its_own_classes_is_rejected_by_the_behaviour_check(trained):
     updates = [_trained_update(trained, i) for i in range(5)]
     updates[0] = _cyclic_flip_update(trained, 0)
-    state, report = _merge(trained, updates, own_correct=_own_correct(trained),
+    state, report = _merge(trained, updates, own_scores=_own_scores(trained),
                            class_rows=tuple(classifier_keys(trained.backbone)))
     verdict = report.screen["d0"]
     assert verdict["own_acc_before"] - verdict["own_acc_after"] > 0.3 and verdict["own_samples"] == 48
@@ -265,17 +265,31 @@ def test_an_update_that_ruins_its_own_classes_is_rejected_by_the_behaviour_check
                for d, s in report.screen.items() if d != "d0")
 
 
-def test_the_behaviour_check_sees_the_upload_alone_then_the_cloud_only_when_a_drop_is_possible(trained):
+def test_the_loss_check_compares_every_upload_with_the_cloud(trained):
+    seen = []
+
+    def own(state, u):
+        seen.append(u.device_id)
+        return _own_scores(trained)(state, u)
+
+    updates = [_trained_update(trained, i) for i in range(3)]
+    _, report = _merge(trained, updates, own_scores=own, class_rows=tuple(classifier_keys(trained.backbone)))
+    assert seen == ["d0", "d0", "d1", "d1", "d2", "d2"]
+    assert all(s["own_loss_before"] is not None and s["own_loss_p"] is not None for s in report.screen.values())
+
+
+def test_the_accuracy_check_alone_sees_the_upload_alone_then_the_cloud_only_when_a_drop_is_possible(trained):
     seen = []
 
     def own(state, u):
         seen.append((u.device_id, state))
-        return _own_correct(trained)(state, u)
+        return _own_scores(trained)(state, u)
 
     cloud = {k: v.clone() for k, v in trained.backbone.state_dict().items()}
     updates = [_trained_update(trained, i) for i in range(3)]
     updates[1] = _cyclic_flip_update(trained, 1)  # the only one whose own-class accuracy can fall by > 0.3
-    _, report = _merge(trained, updates, own_correct=own, class_rows=tuple(classifier_keys(trained.backbone)))
+    _, report = _merge(trained, updates, own_scores=own, class_rows=tuple(classifier_keys(trained.backbone)),
+                       screen=RobustScreen(max_own_loss_rise=None))
     assert [d for d, _ in seen] == ["d0", "d1", "d1", "d2"]
     for d, alone in (seen[0], seen[1], seen[3]):  # first the update merged alone (head rows merged by class)
         u = updates[int(d[1])]

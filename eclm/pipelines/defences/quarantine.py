@@ -7,7 +7,9 @@ device trained on labels that are not its classes'. Its local weights keep that 
 small, normal in norm and direction, and no longer harmful enough to be caught (measured in
 docs/security.md). So its next ``uploads`` uploads are refused outright, with the reason.
 Quarantine is counted in uploads, not rounds (a device that is away keeps its count), and is part
-of the cloud's checkpoint, so a restarted cloud keeps it.
+of the cloud's checkpoint, so a restarted cloud keeps it. The screen's own-class loss check does
+not start one: it sees a flipped device's later uploads too, and an honest device it rejects now
+and then would lose two more rounds (measured in docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 from eclm.modules.merge import ModuleUpdate
 
-#: The reason prefix of the screen's behaviour check (what starts a quarantine).
+#: The reason prefix of the screen's behaviour (accuracy) check, what starts a quarantine.
 BEHAVIOUR = "behaviour: "
 
 

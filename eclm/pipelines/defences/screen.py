@@ -33,6 +33,13 @@ checks do not catch.
   own classes by more than ``max_own_drop``, significantly (McNemar, ``own_alpha``), is rejected:
   a device trained on wrong labels has a normal norm and direction, and its classes' rows can
   still point near the cloud's reference, but it misclassifies its own classes.
+* **Loss among its own classes** (loss-based rejection, same paper, made paired): on the same
+  samples, the cross-entropy among the device's classes only (how well the sub-model tells them
+  apart). An update that raises its mean by more than ``max_own_loss_rise`` nats, on
+  significantly more samples than it lowers it (sign test, ``own_alpha``), is rejected. A device
+  trained in a corrupted environment on permuted labels still teaches the model that environment,
+  which lowers the loss over all classes and can leave every prediction where it was; it does
+  not teach it to tell its classes apart, which is what permuted labels undo.
 * **Identical updates.** Two devices whose changes agree within ``duplicate_distance`` (relative
   distance over the units both hold) did not train on their own data: colluding or replayed
   updates. All of them are rejected (the original cannot be told from the copy).
@@ -53,7 +60,13 @@ import torch
 from torch import Tensor
 
 from eclm.pipelines.defences.changes import Unit
-from eclm.pipelines.mcnemar import PairedComparison, compare_paired
+from eclm.pipelines.mcnemar import (
+    LossComparison,
+    PairedComparison,
+    SampleScores,
+    compare_losses,
+    compare_paired,
+)
 
 Changes = dict[str, dict[Unit, Tensor]]
 
@@ -73,6 +86,10 @@ class DeviceScreen:
             update leaves no room for a drop beyond ``max_own_drop``).
         own_acc_after: The same with the device's update applied.
         own_samples: Samples of that comparison.
+        own_loss_before: Mean cross-entropy (nats) of the cloud's sub-model on those samples, among
+            the device's classes (``None`` when not measured).
+        own_loss_after: The same with the device's update applied.
+        own_loss_p: One-sided sign-test p-value of "the update raises the loss on them".
         compared_units: Units with enough holders for the round-relative checks.
         compared_without: Boosted devices left out of the others this device was compared with.
         identical_to: Devices whose update equals this one's.
@@ -86,6 +103,9 @@ class DeviceScreen:
     own_acc_before: float | None = None
     own_acc_after: float | None = None
     own_samples: int = 0
+    own_loss_before: float | None = None
+    own_loss_after: float | None = None
+    own_loss_p: float | None = None
     compared_units: int = 0
     compared_without: list[str] = field(default_factory=list)
     identical_to: list[str] = field(default_factory=list)
@@ -121,7 +141,10 @@ class RobustScreen:
         duplicate_distance: Relative distance below which two devices' changes count as identical.
         max_own_drop: Largest accuracy drop on the device's own classes an update may cause
             (``None``: no behaviour check).
-        own_alpha: Significance the drop must also reach (one-sided McNemar).
+        own_alpha: Significance the drop must also reach (one-sided McNemar), and the loss rise
+            (one-sided sign test).
+        max_own_loss_rise: Largest rise of the mean cross-entropy (nats) among the device's own
+            classes an update may cause (``None``: no loss check).
     """
 
     norm_multiplier: float = 4.0
@@ -132,23 +155,31 @@ class RobustScreen:
     duplicate_distance: float = 1e-2
     max_own_drop: float | None = 0.3
     own_alpha: float = 0.05
+    max_own_loss_rise: float | None = 0.05
 
     def __post_init__(self) -> None:
         if self.norm_multiplier <= 1 or self.min_cohort < 3:
             raise ValueError("norm_multiplier must be > 1 and min_cohort >= 3")
         if self.max_own_drop is not None and not 0 <= self.max_own_drop <= 1 or not 0 < self.own_alpha < 1:
             raise ValueError("max_own_drop must lie in [0, 1] (or be None) and own_alpha in (0, 1)")
+        if self.max_own_loss_rise is not None and not self.max_own_loss_rise >= 0:
+            raise ValueError("max_own_loss_rise must be >= 0 (or None)")
+
+    @property
+    def checks_behaviour(self) -> bool:
+        """Whether either behaviour check (accuracy or loss on the device's own classes) is on."""
+        return self.max_own_drop is not None or self.max_own_loss_rise is not None
 
     def __call__(self, changes: Changes, references: Changes | None = None,
-                 own: dict[str, tuple[Tensor | None, Tensor]] | None = None) -> dict[str, DeviceScreen]:
+                 own: dict[str, tuple[SampleScores | None, SampleScores]] | None = None) -> dict[str, DeviceScreen]:
         """Screen one round.
 
         Args:
             changes: Per device, its change per unit.
             references: Per device, the cloud's reference change per unit (missing: no trust check).
-            own: Per device, per-sample correctness on the proxy samples of its classes of the
-                cloud's sub-model (``None`` where the caller knew the check cannot fire) and of the
-                same with the device's update (missing: no behaviour check).
+            own: Per device, per-sample scores on the proxy samples of its classes of the cloud's
+                sub-model (``None`` where the caller knew no check can fire) and of the same with
+                the device's update (missing: no behaviour check).
 
         Returns:
             A :class:`DeviceScreen` per device of ``changes``.
@@ -191,7 +222,7 @@ class RobustScreen:
         return out
 
     def _statistics(self, out: DeviceScreen, s: _Sums, change: dict[Unit, Tensor], reference: dict[Unit, Tensor] | None,
-                    own: tuple[Tensor | None, Tensor] | None) -> None:
+                    own: tuple[SampleScores | None, SampleScores] | None) -> None:
         """One device's norm ratio, centre cosine, trust cosines and behaviour on its own classes."""
         out.compared_units = s.units
         if s.units:
@@ -200,12 +231,15 @@ class RobustScreen:
         if reference is not None:
             out.trust_cosine = _trust(change, reference, head=False)
             out.head_trust_cosine = _trust(change, reference, head=True)
-        if own is not None and own[1].numel():
+        if own is not None and own[1].correct.numel():
             before, after = own
-            out.own_samples, out.own_acc_after = int(after.numel()), float(after.float().mean())
+            out.own_samples, out.own_acc_after = int(after.correct.numel()), float(after.correct.float().mean())
             if before is not None:  # None: too accurate after the update for the check to fire
-                out.own_acc_before = float(before.float().mean())
-                self._check_behaviour(out, compare_paired(before, after))
+                out.own_acc_before = float(before.correct.float().mean())
+                out.own_loss_before, out.own_loss_after = -float(before.true_logp.mean()), -float(after.true_logp.mean())
+                losses = compare_losses(before.true_logp, after.true_logp)
+                out.own_loss_p = losses.p_worse
+                self._check_behaviour(out, compare_paired(before.correct, after.correct), losses)
 
     def _compare_with_others(self, x: Tensor, sums: list[_Sums]) -> None:
         """Add one unit's contribution to each holder's norm and centre statistics."""
@@ -228,11 +262,16 @@ class RobustScreen:
         for i, d in enumerate(devices):
             out[d].identical_to = [devices[j] for j in same[i].nonzero().flatten().tolist()]
 
-    def _check_behaviour(self, s: DeviceScreen, paired: PairedComparison) -> None:
+    def _check_behaviour(self, s: DeviceScreen, paired: PairedComparison, losses: LossComparison) -> None:
         if self.max_own_drop is not None and paired.drop > self.max_own_drop and paired.p_worse < self.own_alpha:
             s.reasons.append(f"behaviour: accuracy on its own classes {s.own_acc_before:.3f} -> {s.own_acc_after:.3f} "
                              f"on {paired.n} proxy samples (McNemar p={paired.p_worse:.3g}; allowed drop "
                              f"{self.max_own_drop:g})")
+        rise = self.max_own_loss_rise
+        if rise is not None and losses.mean_rise > rise and losses.p_worse < self.own_alpha:
+            s.reasons.append(f"own-class loss: among its own classes {s.own_loss_before:.3f} -> {s.own_loss_after:.3f} "
+                             f"nats, higher on {losses.rises} of {losses.n} proxy samples (sign test "
+                             f"p={losses.p_worse:.3g}; allowed rise {rise:g})")
 
     def _verdict(self, s: DeviceScreen) -> None:
         m = self.norm_multiplier
