@@ -161,8 +161,8 @@ class ScreenConfig(_Strict):
         "(McNemar); None: no accuracy check")
     max_own_loss_rise: float | None = Field(
         0.05, ge=0, description="reject an update that raises the mean cross-entropy (nats) of the device's sub-model "
-        "among its own classes on the same samples by more than this, significantly at merge.alpha (sign test): it "
-        "tells its own classes apart worse; None: no loss check")
+        "among its own classes on the same samples by more than this, significantly at merge.alpha (sign test), and on "
+        "every one of its classes: it tells its own classes apart worse; None: no loss check")
     quarantine_uploads: int = Field(
         2, ge=0, description="after the behaviour check rejects a device's update, refuse its next this many uploads "
         "too (its local weights were trained on wrong labels; 0: off)")

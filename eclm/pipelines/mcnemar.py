@@ -115,12 +115,13 @@ def compare_paired(reference_correct: Tensor, candidate_correct: Tensor) -> Pair
 
 
 class SampleScores(NamedTuple):
-    """One model on labelled samples, per sample: whether it is right (argmax over every class), and
-    its log-probability of the true class (the negative of the cross-entropy loss; among a given
-    set of classes when :func:`score_samples` was given one)."""
+    """One model on labelled samples, per sample: whether it is right (argmax over every class), its
+    log-probability of the true class (the negative of the cross-entropy loss; among a given set of
+    classes when :func:`score_samples` was given one), and the label."""
 
     correct: Tensor
     true_logp: Tensor
+    labels: Tensor
 
 
 @dataclass(frozen=True)
@@ -130,19 +131,28 @@ class LossComparison:
     Accuracy moves only where a prediction flips; the loss moves on every sample. The sign test
     counts the samples whose loss rose against those whose loss fell: under "the candidate is no
     worse" each is a fair coin, the same binomial as McNemar's test (the loss-based rejection of
-    Fang et al., USENIX Security 2020, made paired).
+    Fang et al., USENIX Security 2020, made paired). The mean rise is also kept per class: a shift
+    of the class priors (a device whose data holds more of one class) lowers the loss of some
+    classes and raises it for others, where labels permuted among the classes raise it for every one.
 
     Attributes:
         n: Paired samples.
         rises: Samples whose loss is higher under the candidate.
         falls: Samples whose loss is lower under it.
         mean_rise: Mean of ``loss(candidate) - loss(reference)`` over the samples (nats).
+        class_rises: The same mean per class (``None`` when no labels were given).
     """
 
     n: int
     rises: int
     falls: int
     mean_rise: float
+    class_rises: dict[int, float] | None = None
+
+    @property
+    def least_class_rise(self) -> float:
+        """The smallest per-class mean rise (:attr:`mean_rise` without labels; 0 without samples)."""
+        return min(self.class_rises.values()) if self.class_rises else self.mean_rise
 
     @property
     def p_worse(self) -> float:
@@ -150,17 +160,24 @@ class LossComparison:
         return mcnemar_p_worse(self.rises, self.falls)
 
 
-def compare_losses(reference: Tensor, candidate: Tensor) -> LossComparison:
+def compare_losses(reference: Tensor, candidate: Tensor, labels: Tensor | None = None) -> LossComparison:
     """Compare per-sample true-class log-probabilities of two models (same samples, same order).
+
+    Args:
+        reference: The reference model's log-probabilities.
+        candidate: The candidate's.
+        labels: The samples' labels, for the per-class means.
 
     Raises:
         ValueError: If the vectors differ in length.
     """
-    if reference.shape != candidate.shape:
-        raise ValueError(f"paired vectors differ: {tuple(reference.shape)} vs {tuple(candidate.shape)}")
+    if reference.shape != candidate.shape or labels is not None and labels.shape != reference.shape:
+        raise ValueError(f"paired vectors differ: {tuple(reference.shape)} vs {tuple(candidate.shape)}"
+                         + ("" if labels is None else f" (labels {tuple(labels.shape)})"))
     rise = (reference - candidate).double()  # loss = -log p(true class)
+    per_class = None if labels is None else {int(c): float(rise[labels == c].mean()) for c in labels.unique()}
     return LossComparison(n=int(rise.numel()), rises=int((rise > 0).sum()), falls=int((rise < 0).sum()),
-                          mean_rise=float(rise.mean()) if rise.numel() else 0.0)
+                          mean_rise=float(rise.mean()) if rise.numel() else 0.0, class_rises=per_class)
 
 
 @torch.no_grad()
@@ -178,7 +195,7 @@ def score_samples(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int 
             the others.
     """
     if not len(x):
-        return SampleScores(torch.zeros(0, dtype=torch.bool), torch.zeros(0))
+        return SampleScores(torch.zeros(0, dtype=torch.bool), torch.zeros(0), y[:0])
     among = torch.tensor(sorted(set(classes))) if classes else None
     if among is not None and not bool(torch.isin(y, among).all()):
         raise ValueError("every label must be one of the given classes")
@@ -192,7 +209,7 @@ def score_samples(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int 
             out, target = out[:, among], torch.searchsorted(among, target)
         logp.append(torch.log_softmax(out, -1).gather(1, target.unsqueeze(1)).squeeze(1))
     model.train(was)
-    return SampleScores(torch.cat(correct), torch.cat(logp))
+    return SampleScores(torch.cat(correct), torch.cat(logp), y)
 
 
 def correct_mask(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> Tensor:

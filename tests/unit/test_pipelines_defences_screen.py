@@ -171,10 +171,11 @@ def test_without_a_boosted_update_nobody_is_compared_again_and_a_shrunken_one_is
 
 
 def _scores(correct: list[int], p_true: list[float] | None = None) -> SampleScores:
-    """Scores with the true class at probability 0.8 where right and 0.2 where wrong unless given."""
+    """Scores with the true class at probability 0.8 where right and 0.2 where wrong unless given;
+    the samples alternate between classes 3 and 5."""
     mask = torch.tensor(correct, dtype=torch.bool)
     p = torch.tensor(p_true) if p_true is not None else torch.where(mask, 0.8, 0.2)
-    return SampleScores(mask, p.log())
+    return SampleScores(mask, p.log(), torch.tensor([3, 5] * (len(correct) // 2) + [3] * (len(correct) % 2)))
 
 
 def _own(before: list[int], after: list[int]) -> tuple[SampleScores, SampleScores]:
@@ -234,6 +235,25 @@ def test_an_update_that_raises_the_loss_on_its_own_classes_is_rejected_though_no
     assert all(verdicts[d].passed and verdicts[d].own_loss_after < verdicts[d].own_loss_before
                for d in changes if d != "h0")
     assert RobustScreen(max_own_loss_rise=None)(changes, None, own)["h0"].passed  # the loss check off
+
+
+def test_a_shift_between_its_classes_is_not_a_loss_rise_but_every_class_worse_is():
+    """Three classes of 20 samples: a device whose data holds more of classes 3 and 5 makes class 7
+    likelier and the others a little less (40 of 60 samples worse, sign test p = 0.007); permuted
+    labels make every class worse."""
+    labels = torch.tensor([3, 5, 7] * 20)
+    right = torch.ones(60, dtype=torch.bool)
+
+    def scores(p3: float, p5: float, p7: float) -> SampleScores:
+        return SampleScores(right, torch.tensor([p3, p5, p7] * 20).log(), labels)
+
+    shifted = {"h0": (scores(0.7, 0.7, 0.7), scores(0.5, 0.5, 0.95))}
+    verdict = RobustScreen(max_own_loss_rise=0.05)(_round(), None, shifted)["h0"]
+    assert verdict.own_loss_after > verdict.own_loss_before + 0.05 and verdict.own_loss_p < 0.01
+    assert verdict.own_loss_least_class_rise < 0 and verdict.passed
+    permuted = {"h0": (scores(0.7, 0.7, 0.7), scores(0.5, 0.5, 0.6))}
+    verdict = RobustScreen(max_own_loss_rise=0.05)(_round(), None, permuted)["h0"]
+    assert verdict.own_loss_least_class_rise == pytest.approx(math.log(0.7 / 0.6)) and not verdict.passed
 
 
 @pytest.mark.parametrize(("before", "after", "why"), [

@@ -138,8 +138,15 @@ def test_the_loss_comparison_counts_rises_and_falls_and_is_a_sign_test():
     assert losses.mean_rise == pytest.approx(float((before - after).mean()))
     assert losses.p_worse == mcnemar_p_worse(3, 1)
     assert compare_losses(after, before).mean_rise == pytest.approx(-losses.mean_rise)
+    assert losses.class_rises is None and losses.least_class_rise == losses.mean_rise
+    by_class = compare_losses(before, after, torch.tensor([1, 1, 2, 2, 2]))
+    assert by_class.class_rises == pytest.approx({1: math.log(9) / 2 + math.log(2) / 2,
+                                                  2: (math.log(0.5 / 0.6) + math.log(1.5)) / 3})
+    assert by_class.least_class_rise == pytest.approx(by_class.class_rises[2])
     with pytest.raises(ValueError):
         compare_losses(before, after[:4])
+    with pytest.raises(ValueError):
+        compare_losses(before, after, torch.tensor([1, 2]))
 
 # ------------------------------------------------------------ inside the validated merge
 @pytest.fixture(scope="module")

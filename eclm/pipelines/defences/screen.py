@@ -36,10 +36,12 @@ checks do not catch.
 * **Loss among its own classes** (loss-based rejection, same paper, made paired): on the same
   samples, the cross-entropy among the device's classes only (how well the sub-model tells them
   apart). An update that raises its mean by more than ``max_own_loss_rise`` nats, on
-  significantly more samples than it lowers it (sign test, ``own_alpha``), is rejected. A device
-  trained in a corrupted environment on permuted labels still teaches the model that environment,
-  which lowers the loss over all classes and can leave every prediction where it was; it does
-  not teach it to tell its classes apart, which is what permuted labels undo.
+  significantly more samples than it lowers it (sign test, ``own_alpha``), and on every one of
+  the device's classes, is rejected. A device trained in a corrupted environment on permuted
+  labels still teaches the model that environment, which lowers the loss over all classes and can
+  leave every prediction where it was; it does not teach it to tell its classes apart, which is
+  what permuted labels undo. "Every class" spares an honest device whose data holds more of one
+  class: its update makes that class likelier and the others less likely.
 * **Identical updates.** Two devices whose changes agree within ``duplicate_distance`` (relative
   distance over the units both hold) did not train on their own data: colluding or replayed
   updates. All of them are rejected (the original cannot be told from the copy).
@@ -90,6 +92,8 @@ class DeviceScreen:
             the device's classes (``None`` when not measured).
         own_loss_after: The same with the device's update applied.
         own_loss_p: One-sided sign-test p-value of "the update raises the loss on them".
+        own_loss_least_class_rise: The smallest over the device's classes of the mean rise of
+            that loss on the class's samples (nats).
         compared_units: Units with enough holders for the round-relative checks.
         compared_without: Boosted devices left out of the others this device was compared with.
         identical_to: Devices whose update equals this one's.
@@ -106,6 +110,7 @@ class DeviceScreen:
     own_loss_before: float | None = None
     own_loss_after: float | None = None
     own_loss_p: float | None = None
+    own_loss_least_class_rise: float | None = None
     compared_units: int = 0
     compared_without: list[str] = field(default_factory=list)
     identical_to: list[str] = field(default_factory=list)
@@ -144,7 +149,8 @@ class RobustScreen:
         own_alpha: Significance the drop must also reach (one-sided McNemar), and the loss rise
             (one-sided sign test).
         max_own_loss_rise: Largest rise of the mean cross-entropy (nats) among the device's own
-            classes an update may cause (``None``: no loss check).
+            classes an update may cause; a larger rise is rejected when it is significant and the
+            mean rises on every one of those classes (``None``: no loss check).
     """
 
     norm_multiplier: float = 4.0
@@ -237,8 +243,8 @@ class RobustScreen:
             if before is not None:  # None: too accurate after the update for the check to fire
                 out.own_acc_before = float(before.correct.float().mean())
                 out.own_loss_before, out.own_loss_after = -float(before.true_logp.mean()), -float(after.true_logp.mean())
-                losses = compare_losses(before.true_logp, after.true_logp)
-                out.own_loss_p = losses.p_worse
+                losses = compare_losses(before.true_logp, after.true_logp, after.labels)
+                out.own_loss_p, out.own_loss_least_class_rise = losses.p_worse, losses.least_class_rise
                 self._check_behaviour(out, compare_paired(before.correct, after.correct), losses)
 
     def _compare_with_others(self, x: Tensor, sums: list[_Sums]) -> None:
@@ -268,10 +274,12 @@ class RobustScreen:
                              f"on {paired.n} proxy samples (McNemar p={paired.p_worse:.3g}; allowed drop "
                              f"{self.max_own_drop:g})")
         rise = self.max_own_loss_rise
-        if rise is not None and losses.mean_rise > rise and losses.p_worse < self.own_alpha:
+        if (rise is not None and losses.mean_rise > rise and losses.least_class_rise > 0
+                and losses.p_worse < self.own_alpha):
             s.reasons.append(f"own-class loss: among its own classes {s.own_loss_before:.3f} -> {s.own_loss_after:.3f} "
-                             f"nats, higher on {losses.rises} of {losses.n} proxy samples (sign test "
-                             f"p={losses.p_worse:.3g}; allowed rise {rise:g})")
+                             f"nats (allowed rise {rise:g}), higher on {losses.rises} of {losses.n} proxy samples "
+                             f"(sign test p={losses.p_worse:.3g}) and on every one of its classes (by "
+                             f"{losses.least_class_rise:.3f} or more)")
 
     def _verdict(self, s: DeviceScreen) -> None:
         m = self.norm_multiplier
