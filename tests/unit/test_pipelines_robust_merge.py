@@ -231,13 +231,13 @@ def trained():
     return model.eval()
 
 
-def _cyclic_flip_update(model, i: int) -> ModuleUpdate:
+def _cyclic_flip_update(model, i: int, steps: int = 12, lr: float = 0.05) -> ModuleUpdate:
     """Device ``i`` trained on its own classes relabelled cyclically (c_j -> c_{j+1})."""
     spec, classes = _spec(model, SPECS[i % len(SPECS)]), _classes(i)
     x, y = _data(classes, 16, seed=10 + i)
     to = {c: classes[(j + 1) % len(classes)] for j, c in enumerate(classes)}
     flipped = torch.tensor([to[int(c)] for c in y])
-    delta = reference_update(model.extract(spec), x, flipped, steps=12, lr=0.05, batch_size=16, seed=i)
+    delta = reference_update(model.extract(spec), x, flipped, steps=steps, lr=lr, batch_size=16, seed=i)
     cloud = model.extract(spec).state_dict()
     state = {k: v + delta[k] if k in delta else v.clone() for k, v in cloud.items()}
     return ModuleUpdate(f"d{i}", spec, state, [[0.5, 0.5] for _ in model.layers], 48, classes)
@@ -263,6 +263,21 @@ def test_an_update_that_ruins_its_own_classes_is_rejected_by_the_behaviour_check
     assert sorted(report.accepted) == ["d1", "d2", "d3", "d4"], report.rejected
     assert all(s["own_acc_before"] is None or s["own_acc_before"] - s["own_acc_after"] < 0.3
                for d, s in report.screen.items() if d != "d0")
+
+
+def test_a_brief_label_flip_that_moves_few_predictions_is_rejected_by_the_loss_among_its_classes(trained):
+    updates = [_trained_update(trained, i) for i in range(5)]
+    updates[0] = _cyclic_flip_update(trained, 0, steps=2, lr=0.04)  # too brief to flip many predictions
+    rows = tuple(classifier_keys(trained.backbone))
+    _, report = _merge(trained, updates, own_scores=_own_scores(trained), class_rows=rows)
+    verdict = report.screen["d0"]
+    assert verdict["own_acc_before"] - verdict["own_acc_after"] < 0.1  # the accuracy check cannot fire
+    assert verdict["own_loss_least_class_rise"] > 0.05 and verdict["own_loss_p"] < 1e-6
+    assert report.rejected["d0"].startswith("screen: own-class loss: among its own classes"), report.rejected
+    assert sorted(report.accepted) == ["d1", "d2", "d3", "d4"], report.rejected
+    _, without = _merge(trained, updates, own_scores=_own_scores(trained), class_rows=rows,
+                        screen=RobustScreen(max_own_loss_rise=None))
+    assert "d0" in without.accepted, without.rejected
 
 
 def test_the_loss_check_compares_every_upload_with_the_cloud(trained):
