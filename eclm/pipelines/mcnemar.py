@@ -21,6 +21,9 @@ Rule 1 alone rejects a neutral candidate with probability at most ``alpha`` what
 size, and with a large validation set accepts a real but small drop within tolerance; its price
 on a small set is power. docs/security.md gives the false-accept / false-reject rates of both
 rules together for the digits proxy split.
+
+The same binomial is a sign test on per-sample losses (:class:`LossComparison`), which the robust
+screen uses to compare a device's update with the cloud on the device's own classes.
 """
 
 from __future__ import annotations
