@@ -84,8 +84,8 @@ class DeviceScreen:
             classifier rows).
         head_trust_cosine: The same over the classifier rows of the device's classes.
         own_acc_before: Accuracy of the cloud's sub-model on the proxy samples of the device's
-            classes (under its environment); ``None`` when not needed (the accuracy after the
-            update leaves no room for a drop beyond ``max_own_drop``).
+            classes (under its environment); ``None`` when not needed (the loss check is off and
+            the accuracy after the update leaves no room for a drop beyond ``max_own_drop``).
         own_acc_after: The same with the device's update applied.
         own_samples: Samples of that comparison.
         own_loss_before: Mean cross-entropy (nats) of the cloud's sub-model on those samples, among
