@@ -104,7 +104,7 @@ class AttackedDevice:
         before = {k: v.detach().clone() for k, v in svc.model.state_dict().items()}
         residual = dict(svc.exchange.residual)
         update = svc.adapt()
-        params = {k for k, _ in svc.model.named_parameters()}
+        params = [k for k, _ in svc.model.named_parameters()]  # in order: a set's order varies by process
         after = svc.model.state_dict()
         change = self._transform({k: after[k] - before[k] for k in params})
         svc.model.load_state_dict({k: before[k] + change[k] if k in change else after[k] for k in after})

@@ -167,7 +167,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.model.backbone.load_state_dict(backbone)
         self.model.selector.load_state_dict(selector)
         self._forget_evaluations()
-        self.version, self.best_val_acc = snapshot.version, snapshot.best_val_acc
+        self.version, self.best_val_acc, self._unchanged_merges = snapshot.version, snapshot.best_val_acc, 0
         meta = unpack_state(snapshot.weights)[2]
         self.environments = merged((), (environment_of(e[0], e[1]) for e in meta.get("environments") or []))
         self.quarantine.load(meta.get("quarantine"))

@@ -84,6 +84,8 @@ class MergeReport:
     screen: dict[str, dict] = field(default_factory=dict)
     paired: dict | None = None
     candidates: int = 0  # merged candidates validated (the baseline not counted)
+    #: Why the merge finalized with ``plain_finalize`` instead of ``finalize`` (``None``: it did not).
+    plain_finalize_reason: str | None = None
     #: The accepted candidate's evaluation (its per-sample correctness lets the caller keep it as
     #: the paired test's reference without evaluating the accepted model again); not serialised.
     evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
@@ -110,6 +112,11 @@ class ValidatedMerge(MergeAdmissionMixin):
         merge_norm_statistics: Average BatchNorm running statistics too (else keep the cloud's).
         finalize: Optional ``finalize(state) -> state`` applied to every candidate before it is
             evaluated (the cloud recalibrates norm statistics on its proxy data here).
+        plain_finalize: Optional ``finalize`` without the cloud's own training (its repair
+            fine-tune), used for the whole merge instead of ``finalize`` when the current model
+            finalized with ``finalize`` already fails the acceptance test against the best
+            accepted version: that draw of the cloud's own step would fail every candidate, and
+            the devices would be judged by it.
         max_samples: Upper bound on a device's claimed sample count (integrity).
         class_rows: Classifier tensors merged row by row over the devices holding each class.
         reference_accuracy: Best overall accuracy of any accepted version; the tolerance is
@@ -156,6 +163,7 @@ class ValidatedMerge(MergeAdmissionMixin):
     step_backoff: int = 0
     merge_norm_statistics: bool = False
     finalize: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
+    plain_finalize: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
     reference_accuracy: float | None = None
     class_rows: tuple[str, ...] = ()
     max_samples: int | None = None
@@ -171,6 +179,12 @@ class ValidatedMerge(MergeAdmissionMixin):
     reference_correct: Tensor | None = None
     same_upload: Collection[str] = ()
     search_budget: float = 4.0
+    #: What this run finalizes with: ``finalize``, or ``plain_finalize`` (see :meth:`_baseline`).
+    _finalize_now: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = field(
+        default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._finalize_now = self.finalize
 
     def run(
         self,
@@ -199,10 +213,7 @@ class ValidatedMerge(MergeAdmissionMixin):
             report.reason = f"{len(valid)} valid update(s), fewer than min_updates={self.min_updates}"
             return None, report
 
-        # The baseline goes through the same finalize step as every candidate, so the step's own
-        # effect (e.g. re-estimated norm statistics) is not counted against the devices.
-        baseline = self.finalize(cloud_state) if self.finalize is not None else cloud_state
-        before = self.evaluate(baseline, valid)
+        before = self._baseline(cloud_state, valid, report)
         report.cloud_acc_before, report.device_acc_before = before.overall, before.per_device
         chosen = list(valid)
         passed, failure = self._first_passing(cloud_state, layers, chosen, before, report, self._steps())
@@ -215,6 +226,38 @@ class ValidatedMerge(MergeAdmissionMixin):
         report.rejected[chosen[0].device_id] = f"harmful: {failure}"
         report.reason = "no subset of the updates keeps the cloud model within tolerance"
         return None, report
+
+    def _baseline(self, cloud_state: dict[str, Tensor], valid: list[ModuleUpdate], report: MergeReport) -> Evaluation:
+        """The current model's evaluation, finalized as every candidate will be.
+
+        The baseline goes through the same finalize step as every candidate, so the step's own
+        effect (e.g. re-estimated norm statistics) is not counted against the devices. When that
+        finalized baseline already fails against the best accepted version, the step would be
+        counted against them after all (every candidate carries it): the merge then finalizes
+        with ``plain_finalize``.
+        """
+        self._finalize_now = self.finalize
+        before = self.evaluate(self._finalized(cloud_state), valid)
+        failure = self._against_best(before) if self.plain_finalize is not None else None
+        if failure is None:
+            return before
+        report.plain_finalize_reason = f"the current model finalized fails against the best accepted version: {failure}"
+        self._finalize_now = self.plain_finalize
+        return self.evaluate(self._finalized(cloud_state), valid)
+
+    def _against_best(self, before: Evaluation) -> str | None:
+        """Why ``before`` fails against the best accepted version (``None``: it passes, or no reference)."""
+        ref = self.reference_correct
+        if self.acceptance == "paired" and ref is not None and before.correct is not None \
+                and ref.shape == before.correct.shape:
+            return compare_paired(ref, before.correct).failure(self.alpha, self.tolerance, self.max_drop)
+        if self.acceptance == "threshold" and self.reference_accuracy is not None \
+                and before.overall < self.reference_accuracy - self.tolerance:
+            return f"accuracy {before.overall:.4f} < best {self.reference_accuracy:.4f} - tolerance {self.tolerance}"
+        return None
+
+    def _finalized(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self._finalize_now(state) if self._finalize_now is not None else state
 
     def _first_passing(self, cloud_state, layers, chosen, before: Evaluation, report: MergeReport, steps
                        ) -> tuple[tuple[dict[str, Tensor], Evaluation, float] | None, str]:
@@ -291,7 +334,7 @@ class ValidatedMerge(MergeAdmissionMixin):
                 and v.is_floating_point() else v
                 for k, v in merged.items()
             }
-        return self.finalize(merged) if self.finalize is not None else merged
+        return self._finalized(merged)
 
     def _failure(self, before: Evaluation, after: Evaluation, chosen: Sequence[ModuleUpdate],
                  report: MergeReport) -> str | None:

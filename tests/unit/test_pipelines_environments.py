@@ -121,3 +121,53 @@ def test_norm_statistics_come_from_a_fixed_sample_of_at_most_calibration_samples
     assert torch.equal(sampled.correct(model, env), correct_mask(reference, *sampled.images(env, "val")))
     few = ProxyEnvironments(x[:6], y[:6], x, y, seed=1, calibration_samples=8)
     assert torch.equal(few.calibration_images(env), few.images(env, "train")[0])  # fewer than the cap: all
+
+
+def test_a_merge_that_keeps_the_version_draws_another_repair_and_a_new_version_starts_afresh(tmp_path):
+    cfg = _config(tmp_path)
+    cloud, edge = CloudService(cfg), EdgeService(cfg, 0)
+    state = cloud.model.backbone.state_dict()
+
+    def repaired() -> dict[str, torch.Tensor]:
+        cloud._repair = ((("gaussian_noise", 3),), None)  # what a merge sets first: its environments, every weight
+        return cloud._finalize_candidate(state)
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    first = repaired()
+    assert same(first, repaired())  # one draw for the baseline and every candidate of a merge
+    assert cloud.merge([]).decision == "reject" and cloud.version == 0
+    second = repaired()
+    assert not same(first, second)  # a harmful draw does not come back in every later round
+    assert cloud.merge([]).decision == "reject" and not same(second, repaired())
+    edge.install(cloud.derive(edge.summary(cloud.selector_payload())), cloud.info().costs)
+    outcome = cloud.merge([AttributedUpdate(channel="edge-0", issued=edge.spec, enrolled_classes=edge.classes,
+                                            update=edge.adapt())])
+    assert outcome.decision == "accept" and cloud.version == 1
+    assert cloud._repair_seed() == cfg.seed + 1  # the first draw of the new version, as after a restart
+    snapshot = cloud.snapshot()
+    cloud.merge([])
+    cloud.restore(snapshot)
+    assert cloud._repair_seed() == cfg.seed + 1
+
+
+def test_a_repair_that_would_ruin_the_current_model_is_skipped_and_the_update_judged_without_it(tmp_path):
+    raw = _config(tmp_path).model_dump(mode="json")
+    raw["offline"]["epochs"] = 4
+    cloud, edge = CloudService(PlatformConfig.from_dict(raw)), EdgeService(PlatformConfig.from_dict(raw), 0)
+    cloud.pretrain()
+
+    def merge(cloud: CloudService):
+        edge.install(cloud.derive(edge.summary(cloud.selector_payload())), cloud.info().costs)
+        return cloud.merge([AttributedUpdate(channel="edge-0", issued=edge.spec, enrolled_classes=edge.classes,
+                                             update=edge.adapt())])
+
+    assert "repair" not in merge(cloud).details  # the environment is seen now: the best version is the reference
+    raw["merge"] |= {"repair_lr": 50.0, "repair_scope": "all"}  # from here every repair draw wrecks the model
+    ruinous = CloudService(PlatformConfig.from_dict(raw))
+    ruinous.restore(cloud.snapshot())
+    best = float(ruinous.best_val_correct.float().mean())
+    outcome = merge(ruinous)
+    assert outcome.details["repair"].startswith("skipped: the current model finalized fails against the best")
+    assert abs(outcome.cloud_acc_before - best) < 0.02  # judged from the current model as it was accepted

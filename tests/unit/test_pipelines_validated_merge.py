@@ -239,7 +239,7 @@ def test_report_is_a_plain_dict():
     assert report.to_dict() == {
         "decision": "reject", "reason": "x", "accepted": [], "rejected": {"d": "why"},
         "cloud_acc_before": None, "cloud_acc_after": None, "device_acc_before": {}, "device_acc_after": {},
-        "server_step": None, "screen": {}, "paired": None, "candidates": 0,
+        "server_step": None, "screen": {}, "paired": None, "candidates": 0, "plain_finalize_reason": None,
     }
 
 
@@ -320,3 +320,57 @@ def test_backoff_is_tried_before_devices_are_excluded(modular):
     # Step 0.5 costs 0.1 > tolerance 0.06; step 0.25 costs 0.05: both devices stay in.
     assert report.decision == "accept" and sorted(report.accepted) == ["a", "b"] and report.server_step == 0.25
     assert state is not None
+
+
+@pytest.mark.parametrize("acceptance", ["paired", "threshold"])
+@pytest.mark.parametrize("plain", [True, False])
+def test_a_finalize_draw_that_fails_the_current_model_against_the_best_is_not_counted_against_the_devices(
+        modular, acceptance, plain):
+    """The cloud's own finalize step (its repair fine-tune) ruins whatever it finalizes this round:
+    every candidate carries it, so without ``plain_finalize`` a good update is rejected against the
+    best accepted version; with it the merge falls back and accepts the update, unruined."""
+    cloud = _snapshot(modular)
+    key = next(k for k, v in cloud.items() if v.is_floating_point())
+
+    def ruin(state):
+        return {**state, key: state[key] + 100.0}
+
+    def evaluate(state, updates) -> Evaluation:
+        ruined = bool((state[key] - cloud[key]).abs().max() > 50)
+        merged = any(not torch.equal(state[k], cloud[k]) for k in state if k != key)
+        right = 60 if ruined else 81 if merged else 80
+        correct = torch.arange(100) < right
+        return Evaluation(right / 100, {u.device_id: 0.8 for u in updates}, correct, {})
+
+    best = torch.arange(100) < 80
+    pipeline = ValidatedMerge(evaluate=evaluate, acceptance=acceptance, finalize=ruin,
+                              plain_finalize=(lambda s: dict(s)) if plain else None,
+                              reference_correct=best, reference_accuracy=0.80)
+    state, report = _run(modular, pipeline, [_update(modular, "good", 0, 0.01)])[1]
+    if not plain:
+        assert state is None and report.decision == "reject" and report.plain_finalize_reason is None
+        return
+    assert report.decision == "accept" and report.cloud_acc_before == 0.80 and report.cloud_acc_after == 0.81
+    assert report.plain_finalize_reason.startswith("the current model finalized fails against the best")
+    assert float((state[key] - cloud[key]).abs().max()) < 1  # the ruining step was not applied to what is accepted
+
+
+def test_a_finalize_step_that_keeps_the_current_model_level_with_the_best_is_used(modular):
+    cloud = _snapshot(modular)
+    key = next(k for k, v in cloud.items() if v.is_floating_point())
+    used = []
+
+    def mark(state):
+        used.append("finalize")
+        return {**state, key: state[key] + 1e-3}
+
+    table = {"before": (0.80, 0.8), frozenset({"good"}): (0.81, 0.8)}
+    evaluator = _scripted(cloud, table)
+
+    def evaluate(state, updates):
+        return evaluator({**state, key: state[key] - 1e-3}, updates)
+
+    pipeline = ValidatedMerge(evaluate=evaluate, acceptance="threshold", finalize=mark,
+                              plain_finalize=lambda s: used.append("plain") or dict(s), reference_accuracy=0.80)
+    state, report = _run(modular, pipeline, [_update(modular, "good", 0, 0.01)])[1]
+    assert report.decision == "accept" and report.plain_finalize_reason is None and "plain" not in used
