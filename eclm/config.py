@@ -165,7 +165,7 @@ class ScreenConfig(_Strict):
         "every one of its classes: it tells its own classes apart worse; None: no loss check")
     quarantine_uploads: int = Field(
         2, ge=0, description="after the behaviour check rejects a device's update, refuse its next this many uploads "
-        "too (its local weights were trained on wrong labels; 0: off)")
+        "too (its local weights keep what made that update harmful, e.g. wrong labels; 0: off)")
     min_cohort: int = Field(3, ge=3, description="devices that must hold a module before round-relative checks apply to it")
     duplicate_distance: float = Field(
         0.01, ge=0, lt=1, description="updates of different devices closer than this (relative distance) are identical: "

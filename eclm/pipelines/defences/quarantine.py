@@ -44,7 +44,7 @@ class Quarantine:
                 kept.append(u)
                 continue
             refused[u.device_id] = (f"quarantined: an earlier update failed the behaviour check on its own classes "
-                                    f"(its local weights were trained on wrong labels); {left - 1} more upload(s) "
+                                    f"(its local weights keep what made that update harmful, e.g. wrong labels); {left - 1} more upload(s) "
                                     "refused after this one")
             if left == 1:
                 del self.remaining[u.device_id]
