@@ -273,7 +273,8 @@ class MergeOutcome(Message):
     screen: dict[str, dict] = Field(default_factory=dict, description="per device the robust screen's statistics")
     paired: dict | None = Field(None, description="the paired acceptance test of the accepted candidate")
     candidates: int = Field(0, ge=0, description="merged candidates validated (server steps, group testing)")
-    details: dict[str, str] = Field(default_factory=dict, description="free-form facts of the strategy")
+    details: dict[str, str] = Field(default_factory=dict, description="free-form facts of the merge or the "
+                                    "strategy (e.g. 'repair': why the cloud's repair step was skipped)")
     cloud_seen_acc: float | None = Field(None, description="cloud accuracy under the environments seen so far "
                                                            "(after the merge; docs/method.md)")
     environments: tuple[str, ...] = Field((), description="environments seen so far, as corruption@severity")

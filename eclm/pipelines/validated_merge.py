@@ -11,7 +11,8 @@ The paper merges whatever devices send. eclm refuses to regress silently:
 3. The remaining updates are merged module-wise (``aggregator`` decides how contributions combine).
 4. The candidate is evaluated on the cloud's held-out proxy set and, for every reporting device,
    its re-derived sub-model on the proxy samples of that device's classes, against the current
-   model finalized the same way.
+   model finalized the same way (without the cloud's own training step, ``plain_finalize``, when
+   that step alone leaves the current model failing against the best accepted version).
 5. If the candidate is worse (``acceptance="paired"``: McNemar's test on the same samples,
    :mod:`eclm.pipelines.mcnemar`; ``"threshold"``: it loses more than ``tolerance`` overall or
    ``device_tolerance`` on a device), shorter server steps are tried first (``server_lr`` halved
