@@ -239,23 +239,15 @@ class ValidatedMerge(MergeAdmissionMixin):
         """
         self._finalize_now = self.finalize
         before = self.evaluate(self._finalized(cloud_state), valid)
-        failure = self._against_best(before) if self.plain_finalize is not None else None
+        # the acceptance rule itself, with the finalized baseline as the candidate: against the
+        # best accepted version where there is one, else against itself (never a failure)
+        failure = (self._failure(before, before, [], MergeReport(decision="reject", reason=""))
+                   if self.plain_finalize is not None else None)
         if failure is None:
             return before
         report.plain_finalize_reason = f"the current model finalized fails against the best accepted version: {failure}"
         self._finalize_now = self.plain_finalize
         return self.evaluate(self._finalized(cloud_state), valid)
-
-    def _against_best(self, before: Evaluation) -> str | None:
-        """Why ``before`` fails against the best accepted version (``None``: it passes, or no reference)."""
-        ref = self.reference_correct
-        if self.acceptance == "paired" and ref is not None and before.correct is not None \
-                and ref.shape == before.correct.shape:
-            return compare_paired(ref, before.correct).failure(self.alpha, self.tolerance, self.max_drop)
-        if self.acceptance == "threshold" and self.reference_accuracy is not None \
-                and before.overall < self.reference_accuracy - self.tolerance:
-            return f"accuracy {before.overall:.4f} < best {self.reference_accuracy:.4f} - tolerance {self.tolerance}"
-        return None
 
     def _finalized(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         return self._finalize_now(state) if self._finalize_now is not None else state
