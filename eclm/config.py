@@ -163,6 +163,10 @@ class ScreenConfig(_Strict):
         0.05, ge=0, description="reject an update that raises the mean cross-entropy (nats) of the device's sub-model "
         "among its own classes on the same samples by more than this, significantly at merge.alpha (sign test), and on "
         "every one of its classes: it tells its own classes apart worse; None: no loss check")
+    max_relative_stable_rank: float | None = Field(
+        0.85, gt=0, description="reject an update whose changes are as spread over directions as random noise: the "
+        "median over its modules of the change's stable rank over Gaussian noise's of the same shape (noise: about 1, "
+        "honest updates: 0.3-0.7); None: no noise check")
     quarantine_uploads: int = Field(
         2, ge=0, description="after the behaviour check rejects a device's update, refuse its next this many uploads "
         "too (its local weights keep what made that update harmful, e.g. wrong labels; 0: off)")

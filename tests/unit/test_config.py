@@ -31,6 +31,7 @@ def _base(**changes) -> dict:
         (_base(merge={"screen": {"norm_multiplier": 1.0}}), "merge.screen.norm_multiplier", "greater than 1"),
         (_base(merge={"screen": {"min_cohort": 2}}), "merge.screen.min_cohort", "greater than or equal to 3"),
         (_base(merge={"screen": {"max_own_loss_rise": -0.1}}), "merge.screen.max_own_loss_rise", "greater than or equal to 0"),
+        (_base(merge={"screen": {"max_relative_stable_rank": 0}}), "merge.screen.max_relative_stable_rank", "greater than 0"),
         (_base(merge={"screen": {"bogus": 1}}), "merge.screen.bogus", "Extra inputs"),
         (_base(merge={"acceptance": "vote"}), "merge.acceptance", "paired"),
         (_base(merge={"alpha": 0.7}), "merge.alpha", "less than 0.5"),

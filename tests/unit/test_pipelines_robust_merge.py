@@ -42,11 +42,21 @@ def _classes(i: int) -> list[int]:
     return [(3 * i + j) % 10 for j in range(3)]
 
 
+def _low_rank(shape, gen, rank: int = 2) -> torch.Tensor:
+    """A random direction of the given shape that, as a ``(shape[0], rest)`` matrix, has rank ``rank``
+    (a change learned from data is low-rank; i.i.d. noise is not and the screen rejects it)."""
+    if len(shape) < 2:
+        return torch.randn(shape, generator=gen)
+    rows, cols = shape[0], math.prod(shape[1:])
+    m = torch.randn(rows, rank, generator=gen) @ torch.randn(rank, cols, generator=gen) / rank**0.5
+    return m.reshape(shape)
+
+
 def _agreeing_round(model, devices: int = 5) -> list[ModuleUpdate]:
-    """Honest updates: cloud + 1 % of each tensor's scale x (common direction + half as much own noise)."""
+    """Honest updates: cloud + 1 % of each tensor's scale x (common low-rank direction + half as much own noise)."""
     gen = torch.Generator().manual_seed(0)
     backbone = model.backbone.state_dict()
-    signal = {k: torch.randn(v.shape, generator=gen) * v.float().std().clamp_min(1e-2) if v.is_floating_point()
+    signal = {k: _low_rank(v.shape, gen) * v.float().std().clamp_min(1e-2) if v.is_floating_point()
               else v for k, v in backbone.items()}
     updates = []
     for i in range(devices):
@@ -63,9 +73,15 @@ def _poisoned(model, u: ModuleUpdate, attack: str) -> ModuleUpdate:
     cloud = model.extract(u.spec).state_dict()
     gen = torch.Generator().manual_seed(9)
     change = {"sign flip": lambda d, c: -d, "scaled x10": lambda d, c: 10 * d, "scaled x0.1": lambda d, c: 0.1 * d,
-              "random noise": lambda d, c: 0.3 * c.float().std() * torch.randn(d.shape, generator=gen)}[attack]
+              "random noise": lambda d, c: 0.3 * c.float().std() * torch.randn(d.shape, generator=gen),
+              "noise of its own size": lambda d, c: _like(torch.randn(d.shape, generator=gen), d)}[attack]
     state = {k: cloud[k] + change(v - cloud[k], cloud[k]) if is_delta_key(k, v) else v for k, v in u.state.items()}
     return ModuleUpdate(u.device_id, u.spec, state, u.importance, u.num_samples, u.classes)
+
+
+def _like(noise: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+    """``noise`` rescaled to the norm of ``change`` (a faulty device that sends garbage of a normal size)."""
+    return noise * (change.float().norm() / noise.norm().clamp_min(1e-12))
 
 
 def _accept_all(state, updates) -> Evaluation:
@@ -92,6 +108,7 @@ def test_an_agreeing_honest_round_is_merged_whole(modular):
     ("scaled x10", "screen: norm"),
     ("scaled x0.1", "screen: norm"),
     ("random noise", "screen: norm"),
+    ("noise of its own size", "screen: noise-like"),
 ])
 def test_a_poisoned_update_is_rejected_and_the_honest_ones_merged(modular, attack, reason):
     updates = _agreeing_round(modular)
@@ -100,6 +117,17 @@ def test_a_poisoned_update_is_rejected_and_the_honest_ones_merged(modular, attac
     assert report.decision == "partial" and sorted(report.accepted) == ["d1", "d2", "d3", "d4"]
     assert report.rejected["d0"].startswith(reason), report.rejected
     assert state is not None and not report.screen["d0"]["passed"]
+
+
+def test_noise_of_a_normal_size_passes_every_check_but_the_noise_check(modular):
+    updates = _agreeing_round(modular)
+    updates[0] = _poisoned(modular, updates[0], "noise of its own size")
+    _, off = _merge(modular, updates, screen=RobustScreen(max_relative_stable_rank=None))
+    _, on = _merge(modular, updates)
+    assert off.screen["d0"]["passed"] and off.screen["d0"]["relative_stable_rank"] is None
+    assert on.rejected["d0"].startswith("screen: noise-like") and "norm" not in on.rejected["d0"]
+    assert on.screen["d0"]["relative_stable_rank"] > 0.9
+    assert max(on.screen[f"d{i}"]["relative_stable_rank"] for i in range(1, 5)) < 0.6  # low-rank honest changes
 
 
 def test_colluding_identical_updates_are_rejected(modular):

@@ -4,7 +4,7 @@ The merge (docs/architecture.md, *A cycle*) combines contributions per *unit*: o
 (module) of one split tensor, one classifier row (with ``merge.head_by_class``), or one whole
 shared tensor. Devices hold different modules, so any statistic that compares devices must
 compare them unit by unit, over the devices that hold that unit. This file turns an upload into
-``{unit: flattened change}`` with ``change = uploaded weights - cloud weights`` (for a delta
+``{unit: change}`` with ``change = uploaded weights - cloud weights`` (for a delta
 upload, re-based on the cloud's current slices, this is the device's own delta).
 
 Only learned floating-point tensors count; BatchNorm running statistics are data statistics and
@@ -44,7 +44,7 @@ def unit_changes(
     class_rows: Collection[str] = (),
     classes: Collection[int] | None = None,
 ) -> dict[Unit, Tensor]:
-    """Split a sub-model state (or a change of one) into per-unit flattened float32 changes.
+    """Split a sub-model state (or a change of one) into per-unit float32 changes.
 
     Args:
         state: Sub-model tensors (timm names, shapes sliced as ``spec`` implies).
@@ -56,7 +56,10 @@ def unit_changes(
         classes: The classes whose rows the device contributes (``None``: every row).
 
     Returns:
-        ``{Unit: 1-D float32 tensor}``; tensors that are not learned weights are left out.
+        ``{Unit: 2-D float32 tensor}``: the unit's part of its tensor as ``(shape[0], rest)``
+        (a classifier row or a vector as one row), so that statistics of the matrix (its rank,
+        :mod:`~eclm.pipelines.defences.spectrum`) and of the flattened change (norms, cosines)
+        can both be read; tensors that are not learned weights are left out.
     """
     out: dict[Unit, Tensor] = {}
     for key in sorted(state):
@@ -70,11 +73,11 @@ def unit_changes(
             rows = range(value.shape[0]) if classes is None else sorted(c for c in classes if 0 <= c < value.shape[0])
             for row in rows:
                 base = cloud[row] if cloud is not None else 0.0
-                out[Unit(key, row, f"head/class{row}")] = _flat(value[row] - base)
+                out[Unit(key, row, f"head/class{row}")] = _matrix(value[row] - base)
             continue
         owner = tensor_owner(layers, key)
         if owner is None:
-            out[Unit(key, None, "shared")] = _flat(value - cloud if cloud is not None else value)
+            out[Unit(key, None, "shared")] = _matrix(value - cloud if cloud is not None else value)
             continue
         idx, rel = owner
         dim, full_owner = layers[idx].sliced[rel]
@@ -83,9 +86,10 @@ def unit_changes(
             part = value.index_select(dim, positions(held, [g]))
             if cloud is not None:
                 part = part - cloud.index_select(dim, positions(full_owner, [g]))
-            out[Unit(key, g, f"{layers[idx].name}/m{g}")] = _flat(part)
+            out[Unit(key, g, f"{layers[idx].name}/m{g}")] = _matrix(part)
     return out
 
 
-def _flat(t: Tensor) -> Tensor:
-    return t.detach().reshape(-1).to(torch.float32)
+def _matrix(t: Tensor) -> Tensor:
+    t = t.detach().to(torch.float32)
+    return t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)

@@ -1,6 +1,6 @@
 """The robust screen: which device updates of a round look like poison, before anything is merged.
 
-Four checks on the change each update makes (``uploaded - cloud``, cut into merge units by
+Checks on the change each update makes (``uploaded - cloud``, cut into merge units by
 :func:`~eclm.pipelines.defences.changes.unit_changes`), each comparing a device only with the
 devices that hold the same unit (devices hold different modules), and one on what the update does
 to the device's own classes. See docs/security.md for the measured error rates and what the
@@ -42,6 +42,12 @@ checks do not catch.
   leave every prediction where it was; it does not teach it to tell its classes apart, which is
   what permuted labels undo. "Every class" spares an honest device whose data holds more of one
   class: its update makes that class likelier and the others less likely.
+* **Noise-like updates** (:mod:`~eclm.pipelines.defences.spectrum`): over the device's module
+  units, the median stable rank of its change relative to Gaussian noise of the same shapes. A
+  change learned from data puts its energy in a few directions (honest updates measure 0.3-0.7);
+  random noise spreads it over all of them (about 1). Above ``max_relative_stable_rank`` the
+  update is rejected: a faulty or random device whose noise has a normal size and no direction
+  passes the norm, direction and trust checks, and, being small, barely moves the validation.
 * **Identical updates.** Two devices whose changes agree within ``duplicate_distance`` (relative
   distance over the units both hold) did not train on their own data: colluding or replayed
   updates. All of them are rejected (the original cannot be told from the copy).
@@ -62,6 +68,7 @@ import torch
 from torch import Tensor
 
 from eclm.pipelines.defences.changes import Unit
+from eclm.pipelines.defences.spectrum import noise_likeness
 from eclm.pipelines.mcnemar import (
     LossComparison,
     PairedComparison,
@@ -94,6 +101,8 @@ class DeviceScreen:
         own_loss_p: One-sided sign-test p-value of "the update raises the loss on them".
         own_loss_least_class_rise: The smallest over the device's classes of the mean rise of
             that loss on the class's samples (nats).
+        relative_stable_rank: The median over the device's matrix units of its change's stable
+            rank over Gaussian noise's of the same shape (about 1: noise-like).
         compared_units: Units with enough holders for the round-relative checks.
         compared_without: Boosted devices left out of the others this device was compared with.
         identical_to: Devices whose update equals this one's.
@@ -111,6 +120,7 @@ class DeviceScreen:
     own_loss_after: float | None = None
     own_loss_p: float | None = None
     own_loss_least_class_rise: float | None = None
+    relative_stable_rank: float | None = None
     compared_units: int = 0
     compared_without: list[str] = field(default_factory=list)
     identical_to: list[str] = field(default_factory=list)
@@ -151,6 +161,8 @@ class RobustScreen:
         max_own_loss_rise: Largest rise of the mean cross-entropy (nats) among the device's own
             classes an update may cause; a larger rise is rejected when it is significant and the
             mean rises on every one of those classes (``None``: no loss check).
+        max_relative_stable_rank: Largest median relative stable rank of an update's units
+            (``None``: no noise check).
     """
 
     norm_multiplier: float = 4.0
@@ -162,6 +174,7 @@ class RobustScreen:
     max_own_drop: float | None = 0.3
     own_alpha: float = 0.05
     max_own_loss_rise: float | None = 0.05
+    max_relative_stable_rank: float | None = 0.85
 
     def __post_init__(self) -> None:
         if self.norm_multiplier <= 1 or self.min_cohort < 3:
@@ -170,6 +183,8 @@ class RobustScreen:
             raise ValueError("max_own_drop must lie in [0, 1] (or be None) and own_alpha in (0, 1)")
         if self.max_own_loss_rise is not None and not self.max_own_loss_rise >= 0:
             raise ValueError("max_own_loss_rise must be >= 0 (or None)")
+        if self.max_relative_stable_rank is not None and not self.max_relative_stable_rank > 0:
+            raise ValueError("max_relative_stable_rank must be > 0 (or None)")
 
     @property
     def checks_behaviour(self) -> bool:
@@ -202,7 +217,7 @@ class RobustScreen:
         index = {d: i for i, d in enumerate(devices)}
         cohorts: list[tuple[list[str], Tensor]] = []
         for unit, who in holders.items():
-            x = torch.stack([changes[d][unit] for d in who]).double()
+            x = torch.stack([changes[d][unit].reshape(-1) for d in who]).double()
             idx = torch.tensor([index[d] for d in who])
             gram = x @ x.T
             dots[idx[:, None], idx[None, :]] += gram
@@ -231,6 +246,8 @@ class RobustScreen:
                     own: tuple[SampleScores | None, SampleScores] | None) -> None:
         """One device's norm ratio, centre cosine, trust cosines and behaviour on its own classes."""
         out.compared_units = s.units
+        if self.max_relative_stable_rank is not None:
+            out.relative_stable_rank = noise_likeness(v for u, v in change.items() if not u.module.startswith("head/"))
         if s.units:
             out.norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
             out.centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)
@@ -297,6 +314,11 @@ class RobustScreen:
         if s.head_trust_cosine is not None and not s.head_trust_cosine > self.min_head_trust_cosine:
             s.reasons.append(f"trust: cosine {s.head_trust_cosine:.3f} with the cloud's reference update on the "
                              f"classifier rows of its classes (needs > {self.min_head_trust_cosine:g})")
+        limit = self.max_relative_stable_rank
+        if limit is not None and s.relative_stable_rank is not None and s.relative_stable_rank > limit:
+            s.reasons.append(f"noise-like: the median stable rank of its changes is {s.relative_stable_rank:.2f} x that "
+                             f"of random noise of the same shapes (allowed {limit:g}; a change learned from data is "
+                             "low-rank)")
 
 
 def leave_one_out_median(x: Tensor) -> Tensor:
@@ -326,8 +348,9 @@ def _trust(change: dict[Unit, Tensor], reference: dict[Unit, Tensor], *, head: b
         r = reference.get(unit)
         if r is None or r.shape != value.shape or unit.module.startswith("head/") != head:
             continue
-        dot += float(value.double() @ r.double())
-        own += float(value.double() @ value.double())
-        ref += float(r.double() @ r.double())
+        v, r = value.reshape(-1).double(), r.reshape(-1).double()
+        dot += float(v @ r)
+        own += float(v @ v)
+        ref += float(r @ r)
         units += 1
     return _cosine(dot, own, ref) if units else None
