@@ -84,7 +84,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.proxy = ProxyEnvironments(self.train_x, self.train_y, self.val_x, self.val_y, config.seed,
                                        calibration_samples=config.merge.calibration_samples)
         self.environments: tuple[Environment, ...] = ()  # reported by devices whose uploads were merged
-        self.quarantine = Quarantine(config.merge.screen.quarantine_uploads)  # devices caught on wrong labels
+        self.quarantine = Quarantine(config.merge.screen.quarantine_uploads,  # devices caught on wrong labels
+                                     fresh=config.merge.screen.fresh_after_quarantine)
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
         self._version_subs: dict[int, SubModelCache] = {}  # their sub-models, extracted once per spec
@@ -210,7 +211,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         """Derive and package the sub-model for one device.
 
         If the device already holds exactly the derived spec from the current cloud version,
-        nothing is shipped: it keeps its locally adapted weights. If it holds the spec from an
+        nothing is shipped: it keeps its locally adapted weights (unless its last upload was
+        rejected by the behaviour check or refused by the quarantine: then it gets the full
+        sub-model, :mod:`~eclm.pipelines.defences.quarantine`). If it holds the spec from an
         older version and ``adaptation.exchange`` is ``delta``, it gets the cloud's change since
         that version, carrying only the modules and rows that changed (it adds it to its adapted
         weights); if it holds another spec, the change of the modules both keep plus the new
@@ -229,9 +232,10 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         trainable, cost = self._trainable(spec, importance, budget, summary.classes)
         solve = time.perf_counter() - start
         held = summary.held
-        same_spec = held is not None and held.spec == spec
+        if self.quarantine.take_refresh(summary.device):
+            held = None  # caught or refused: fresh weights replace what its local weights keep
         payload = None
-        if not (same_spec and held.version == self.version):
+        if held is None or held.spec != spec or held.version != self.version:
             payload = self._package(summary.device, spec, held)
         limits = budget.limits() | ({"train_memory": budget.max_train_memory} if budget.max_train_memory else {})
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,

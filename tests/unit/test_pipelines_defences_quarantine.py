@@ -44,15 +44,32 @@ def test_quarantine_off_records_nothing():
     assert q.record({"d0": BEHAVIOUR}) == [] and q.admit([_u("d0")])[0]
 
 
+def test_a_caught_or_refused_device_is_marked_for_fresh_weights_once_per_upload():
+    q = Quarantine(uploads=1)
+    q.record({"d0": BEHAVIOUR, "d1": "screen: norm 10 x the round's typical update"})
+    assert q.take_refresh("d0") and not q.take_refresh("d0") and not q.take_refresh("d1")
+    q.admit([_u("d0")])  # refused: its weights still keep the last round's training
+    assert q.take_refresh("d0") and not q.take_refresh("d0")
+    q.admit([_u("d0")])  # the quarantine is over: an admitted upload marks nothing
+    assert not q.take_refresh("d0")
+    off = Quarantine(uploads=2, fresh=False)
+    off.record({"d0": BEHAVIOUR})
+    off.admit([_u("d0")])
+    assert off.remaining == {"d0": 1} and not off.take_refresh("d0")
+
+
 def test_the_checkpoint_form_round_trips_and_malformed_forms_are_refused():
     q = Quarantine(uploads=2)
     q.record({"d0": BEHAVIOUR})
     r = Quarantine(uploads=2)
     r.load(q.to_meta())
-    assert r.remaining == {"d0": 2}
+    assert r.remaining == {"d0": 2} and r.refresh == {"d0"}
+    r.load({"d1": 1})  # the form of checkpoints written before fresh weights
+    assert r.remaining == {"d1": 1} and r.refresh == set()
     r.load(None)
-    assert r.remaining == {}
-    for bad in ([1, 2], {"d0": -1}, {"d0": True}, {3: 1}, {"d0": 1.5}):
+    assert r.remaining == {} and r.refresh == set()
+    for bad in ([1, 2], {"d0": -1}, {"d0": True}, {3: 1}, {"d0": 1.5},
+                {"remaining": {"d0": 1}, "refresh": "d0"}, {"remaining": {"d0": 1}, "refresh": [3]}):
         with pytest.raises(ValueError):
             Quarantine().load(bad)
 
@@ -76,3 +93,4 @@ def test_a_restored_cloud_keeps_the_quarantine(tmp_path):
     again = CloudService(cfg)
     again.restore(cloud.snapshot())
     assert again.quarantine.remaining == {"d1": 2} and again.quarantine.uploads == 2
+    assert again.quarantine.refresh == {"d1"}

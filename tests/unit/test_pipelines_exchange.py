@@ -216,3 +216,22 @@ def test_a_poisoned_float16_delta_upload_is_rejected_and_the_cloud_is_untouched(
     assert report.decision == "reject" and cloud.version == 0
     assert "fc.weight" in report.rejected["d0"]
     assert cloud.state_digest() == digest
+
+
+def test_a_device_caught_by_the_behaviour_check_gets_the_cloud_weights_instead_of_a_delta(pair):
+    cloud, edge = pair
+    ship(cloud, edge)
+    edge.adapt()  # its local weights now differ from the cloud's version 0
+    assert any(not torch.equal(weights(edge)[k], v) for k, v in cloud.model.extract(edge.spec).state_dict().items()
+               if is_delta_key(k, v))
+    kept = cloud.derive(edge.summary(cloud.selector_payload()))
+    assert kept.payload is None  # it holds the current version: nothing is sent, it keeps its weights
+    cloud.quarantine.record({"d0": "screen: behaviour: accuracy on its own classes 0.8 -> 0.1"})
+    package = ship(cloud, edge)
+    _, _, meta = unpack_state(package.payload)
+    assert "kind" not in meta and package.version == cloud.version == 0  # a full first delivery
+    cloud_slices = cloud.model.extract(edge.spec).state_dict()
+    for key, value in weights(edge).items():
+        if is_delta_key(key, value):
+            torch.testing.assert_close(value, cloud_slices[key], rtol=0, atol=0)
+    assert cloud.derive(edge.summary(cloud.selector_payload())).payload is None  # once per rejected upload

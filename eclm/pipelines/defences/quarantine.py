@@ -7,7 +7,16 @@ device trained on labels that are not its classes'. Its local weights keep that 
 small, normal in norm and direction, and no longer harmful enough to be caught (measured in
 docs/security.md). So its next ``uploads`` uploads are refused outright, with the reason.
 Quarantine is counted in uploads, not rounds (a device that is away keeps its count), and is part
-of the cloud's checkpoint, so a restarted cloud keeps it. The screen's own-class loss check does
+of the cloud's checkpoint, so a restarted cloud keeps it.
+
+With ``fresh`` on, a device whose upload was rejected by the behaviour check or refused here is
+also sent a *fresh* sub-model at its next derivation (the full weights of the current version,
+not a delta): its local weights, which keep what made the update harmful, are replaced. Its
+next upload is then one cycle of training from the cloud's weights again, which the behaviour
+check sees as clearly as the first, instead of a small change on top of weights it can no longer
+see (measured in docs/security.md). A device that follows the protocol (a faulty one, or an
+honest device the check rejected by mistake, which loses its local adaptation) installs it; a
+malicious device may ignore it, and then only the refused uploads are kept out. The screen's own-class loss check does
 not start one: it sees a flipped device's later uploads too, and an honest device it rejects now
 and then would lose two more rounds (measured in docs/security.md).
 """
@@ -29,11 +38,15 @@ class Quarantine:
 
     Attributes:
         uploads: Uploads refused after a behaviour rejection (0: quarantine off).
+        fresh: Whether a rejected or refused device is sent fresh weights at its next derivation.
         remaining: Per device, uploads still to refuse.
+        refresh: Devices to send fresh weights at their next derivation.
     """
 
     uploads: int = 2
+    fresh: bool = True
     remaining: dict[str, int] = field(default_factory=dict)
+    refresh: set[str] = field(default_factory=set)
 
     def admit(self, updates: Sequence[ModuleUpdate]) -> tuple[list[ModuleUpdate], dict[str, str]]:
         """``(kept, refused with reasons)``; each refused upload counts against its device's quarantine."""
@@ -50,6 +63,8 @@ class Quarantine:
                 del self.remaining[u.device_id]
             else:
                 self.remaining[u.device_id] = left - 1
+        if self.fresh:
+            self.refresh |= set(refused)
         return kept, refused
 
     def record(self, rejected: Mapping[str, str]) -> list[str]:
@@ -58,25 +73,44 @@ class Quarantine:
             return []
         caught = sorted(d for d, why in rejected.items() if why.startswith("screen: ") and BEHAVIOUR in why)
         self.remaining |= dict.fromkeys(caught, self.uploads)
+        if self.fresh:
+            self.refresh |= set(caught)
         return caught
 
-    def to_meta(self) -> dict[str, int]:
+    def take_refresh(self, device: str) -> bool:
+        """Whether ``device`` is to get fresh weights now (asked once per derivation: it is then
+        cleared, and set again only by its next rejected or refused upload)."""
+        if device not in self.refresh:
+            return False
+        self.refresh.discard(device)
+        return True
+
+    def to_meta(self) -> dict:
         """What the cloud's checkpoint keeps."""
-        return dict(self.remaining)
+        return {"remaining": dict(self.remaining), "refresh": sorted(self.refresh)}
 
     def load(self, meta: object) -> None:
-        """Restore :meth:`to_meta` output (anything malformed restores an empty quarantine).
+        """Restore :meth:`to_meta` output (or a checkpoint's older form: the counts alone).
 
         Raises:
-            ValueError: If ``meta`` is not a mapping of device names to non-negative counts.
+            ValueError: If ``meta`` does not map device names to non-negative counts (plus the
+                device names to refresh).
         """
+        self.remaining, self.refresh = {}, set()
         if meta is None:
-            self.remaining = {}
             return
-        if not isinstance(meta, Mapping) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                                    and v >= 0 for k, v in meta.items()):
+        counts, refresh = (meta.get("remaining"), meta.get("refresh", [])) if _new_form(meta) else (meta, [])
+        if not isinstance(counts, Mapping) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                      and v >= 0 for k, v in counts.items()):
             raise ValueError(f"quarantine must map device names to upload counts, got {meta!r}")
-        self.remaining = {k: v for k, v in meta.items() if v > 0}
+        if not isinstance(refresh, list) or not all(isinstance(d, str) for d in refresh):
+            raise ValueError(f"quarantine refresh must list device names, got {refresh!r}")
+        self.remaining = {k: v for k, v in counts.items() if v > 0}
+        self.refresh = set(refresh)
+
+
+def _new_form(meta: object) -> bool:
+    return isinstance(meta, Mapping) and set(meta) <= {"remaining", "refresh"} and isinstance(meta.get("remaining"), Mapping)
 
 
 __all__ = ["BEHAVIOUR", "Quarantine"]
