@@ -171,9 +171,9 @@ class ScreenConfig(_Strict):
         2, ge=0, description="after the behaviour check rejects a device's update, refuse its next this many uploads "
         "too (its local weights keep what made that update harmful, e.g. wrong labels; 0: off)")
     fresh_after_quarantine: bool = Field(
-        True, description="send a device whose upload the behaviour check rejected, or the quarantine refused, the "
-        "full weights of the current version at its next derivation, replacing its local weights (its next upload "
-        "is then one cycle of training from the cloud's weights, which the check sees as clearly as the first)")
+        True, description="send a device whose upload a check on its own classes (accuracy or loss) rejected, or the "
+        "quarantine refused, the full weights of the current version at its next derivation, replacing its local "
+        "weights (its next upload is then one cycle of training from the cloud's weights, as its first was)")
     min_cohort: int = Field(3, ge=3, description="devices that must hold a module before round-relative checks apply to it")
     duplicate_distance: float = Field(
         0.01, ge=0, lt=1, description="updates of different devices closer than this (relative distance) are identical: "

@@ -46,7 +46,10 @@ def test_quarantine_off_records_nothing():
 
 def test_a_caught_or_refused_device_is_marked_for_fresh_weights_once_per_upload():
     q = Quarantine(uploads=1)
-    q.record({"d0": BEHAVIOUR, "d1": "screen: norm 10 x the round's typical update"})
+    loss = "screen: norm 5 x the round's typical update; own-class loss: among its own classes 0.4 -> 0.6 nats"
+    assert q.record({"d0": BEHAVIOUR, "d1": "screen: norm 10 x the round's typical update", "d2": loss,
+                     "d3": "harmful: own-class loss: named so by nothing the screen found"}) == ["d0"]
+    assert q.refresh == {"d0", "d2"}  # the loss check refreshes without refusing the next uploads
     assert q.take_refresh("d0") and not q.take_refresh("d0") and not q.take_refresh("d1")
     q.admit([_u("d0")])  # refused: its weights still keep the last round's training
     assert q.take_refresh("d0") and not q.take_refresh("d0")
@@ -56,6 +59,8 @@ def test_a_caught_or_refused_device_is_marked_for_fresh_weights_once_per_upload(
     off.record({"d0": BEHAVIOUR})
     off.admit([_u("d0")])
     assert off.remaining == {"d0": 1} and not off.take_refresh("d0")
+    only_fresh = Quarantine(uploads=0)  # no refused uploads, fresh weights still
+    assert only_fresh.record({"d0": BEHAVIOUR}) == [] and only_fresh.take_refresh("d0")
 
 
 def test_the_checkpoint_form_round_trips_and_malformed_forms_are_refused():

@@ -7,18 +7,18 @@ device trained on labels that are not its classes'. Its local weights keep that 
 small, normal in norm and direction, and no longer harmful enough to be caught (measured in
 docs/security.md). So its next ``uploads`` uploads are refused outright, with the reason.
 Quarantine is counted in uploads, not rounds (a device that is away keeps its count), and is part
-of the cloud's checkpoint, so a restarted cloud keeps it.
-
-With ``fresh`` on, a device whose upload was rejected by the behaviour check or refused here is
-also sent a *fresh* sub-model at its next derivation (the full weights of the current version,
-not a delta): its local weights, which keep what made the update harmful, are replaced. Its
-next upload is then one cycle of training from the cloud's weights again, which the behaviour
-check sees as clearly as the first, instead of a small change on top of weights it can no longer
-see (measured in docs/security.md). A device that follows the protocol (a faulty one, or an
-honest device the check rejected by mistake, which loses its local adaptation) installs it; a
-malicious device may ignore it, and then only the refused uploads are kept out. The screen's own-class loss check does
+of the cloud's checkpoint, so a restarted cloud keeps it. The screen's own-class loss check does
 not start one: it sees a flipped device's later uploads too, and an honest device it rejects now
 and then would lose two more rounds (measured in docs/security.md).
+
+**Fresh weights** (``fresh``). A device whose upload either check on its own classes (accuracy or
+loss) rejected, or whose upload was refused here, is sent a *fresh* sub-model at its next
+derivation: the full weights of the current version instead of a delta, replacing its local
+weights, which keep what made the update harmful. Its next upload is then one cycle of training
+from the cloud's weights, as its first was, instead of a small change on top of weights the
+cloud cannot see. A device that follows the protocol installs them (a faulty one; an honest
+device the check rejected by mistake loses its local adaptation, and nothing else); a malicious
+device may ignore them, and then only the refused uploads are kept out.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from eclm.modules.merge import ModuleUpdate
 
 #: The reason prefix of the screen's behaviour (accuracy) check, what starts a quarantine.
 BEHAVIOUR = "behaviour: "
+#: The reason prefix of the screen's own-class loss check (fresh weights, no quarantine).
+OWN_LOSS = "own-class loss: "
 
 
 @dataclass
@@ -68,13 +70,19 @@ class Quarantine:
         return kept, refused
 
     def record(self, rejected: Mapping[str, str]) -> list[str]:
-        """Start the quarantine of every device rejected by the behaviour check; returns them."""
+        """Start the quarantine of every device rejected by the behaviour (accuracy) check, and mark
+        those and the devices the own-class loss check rejected for fresh weights.
+
+        Returns:
+            The devices quarantined.
+        """
+        screened = {d: why for d, why in rejected.items() if why.startswith("screen: ")}
+        if self.fresh:
+            self.refresh |= {d for d, why in screened.items() if BEHAVIOUR in why or OWN_LOSS in why}
         if self.uploads <= 0:
             return []
-        caught = sorted(d for d, why in rejected.items() if why.startswith("screen: ") and BEHAVIOUR in why)
+        caught = sorted(d for d, why in screened.items() if BEHAVIOUR in why)
         self.remaining |= dict.fromkeys(caught, self.uploads)
-        if self.fresh:
-            self.refresh |= set(caught)
         return caught
 
     def take_refresh(self, device: str) -> bool:
@@ -113,4 +121,4 @@ def _new_form(meta: object) -> bool:
     return isinstance(meta, Mapping) and set(meta) <= {"remaining", "refresh"} and isinstance(meta.get("remaining"), Mapping)
 
 
-__all__ = ["BEHAVIOUR", "Quarantine"]
+__all__ = ["BEHAVIOUR", "OWN_LOSS", "Quarantine"]
