@@ -166,11 +166,11 @@ class ScreenConfig(_Strict):
     max_relative_stable_rank: float | None = Field(
         0.85, gt=0, description="reject an update whose changes are as spread over directions as random noise: the "
         "median over its modules of the change's stable rank over Gaussian noise's of the same shape (noise: about 1, "
-        "honest updates: 0.3-0.7); None: no noise check")
+        "honest updates measured 0.19-0.52); None: no noise check")
     quarantine_uploads: int = Field(
         2, ge=0, description="after the behaviour check rejects a device's update, refuse its next this many uploads "
         "too (its local weights keep what made that update harmful, e.g. wrong labels; 0: off)")
-    fresh_after_quarantine: bool = Field(
+    fresh_after_rejection: bool = Field(
         True, description="send a device whose upload a check on its own classes (accuracy or loss) rejected, or the "
         "quarantine refused, the full weights of the current version at its next derivation, replacing its local "
         "weights (its next upload is then one cycle of training from the cloud's weights, as its first was)")

@@ -85,7 +85,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
                                        calibration_samples=config.merge.calibration_samples)
         self.environments: tuple[Environment, ...] = ()  # reported by devices whose uploads were merged
         self.quarantine = Quarantine(config.merge.screen.quarantine_uploads,  # devices caught on wrong labels
-                                     fresh=config.merge.screen.fresh_after_quarantine)
+                                     fresh=config.merge.screen.fresh_after_rejection)
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
         self._version_subs: dict[int, SubModelCache] = {}  # their sub-models, extracted once per spec
@@ -212,8 +212,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
 
         If the device already holds exactly the derived spec from the current cloud version,
         nothing is shipped: it keeps its locally adapted weights (unless its last upload was
-        rejected by the behaviour check or refused by the quarantine: then it gets the full
-        sub-model, :mod:`~eclm.pipelines.defences.quarantine`). If it holds the spec from an
+        rejected by a check on its own classes or refused by the quarantine: then it gets the
+        full sub-model, :mod:`~eclm.pipelines.defences.quarantine`). If it holds the spec from an
         older version and ``adaptation.exchange`` is ``delta``, it gets the cloud's change since
         that version, carrying only the modules and rows that changed (it adds it to its adapted
         weights); if it holds another spec, the change of the modules both keep plus the new
@@ -233,7 +233,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         solve = time.perf_counter() - start
         held = summary.held
         if self.quarantine.take_refresh(summary.device):
-            held = None  # caught or refused: fresh weights replace what its local weights keep
+            held = None  # rejected on its own classes or refused: fresh weights replace its local ones
         payload = None
         if held is None or held.spec != spec or held.version != self.version:
             payload = self._package(summary.device, spec, held)

@@ -44,7 +44,7 @@ checks do not catch.
   class: its update makes that class likelier and the others less likely.
 * **Noise-like updates** (:mod:`~eclm.pipelines.defences.spectrum`): over the device's module
   units, the median stable rank of its change relative to Gaussian noise of the same shapes. A
-  change learned from data puts its energy in a few directions (honest updates measure 0.3-0.7);
+  change learned from data puts its energy in a few directions (honest updates measured 0.19-0.52);
   random noise spreads it over all of them (about 1). Above ``max_relative_stable_rank`` the
   update is rejected: a faulty or random device whose noise has a normal size and no direction
   passes the norm, direction and trust checks, and, being small, barely moves the validation.
