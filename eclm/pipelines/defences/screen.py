@@ -247,7 +247,7 @@ class RobustScreen:
         """One device's norm ratio, centre cosine, trust cosines and behaviour on its own classes."""
         out.compared_units = s.units
         if self.max_relative_stable_rank is not None:
-            out.relative_stable_rank = noise_likeness(v for u, v in change.items() if not u.module.startswith("head/"))
+            out.relative_stable_rank = noise_likeness(change.values())  # classifier rows (one row) carry no rank
         if s.units:
             out.norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
             out.centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)

@@ -16,6 +16,7 @@ other checks of :class:`~eclm.pipelines.defences.screen.RobustScreen` are for.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -65,11 +66,8 @@ def relative_stable_rank(matrix: Tensor) -> float | None:
 def noise_likeness(matrices: Iterable[Tensor]) -> float | None:
     """The median over ``matrices`` (one update's changes per merge unit) of their relative stable
     rank; ``None`` when none of them carries rank information."""
-    values = sorted(v for v in (relative_stable_rank(m) for m in matrices) if v is not None)
-    if not values:
-        return None
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    values = [v for v in (relative_stable_rank(m) for m in matrices) if v is not None]
+    return statistics.median(values) if values else None
 
 
 __all__ = ["noise_likeness", "noise_stable_rank", "relative_stable_rank", "stable_rank"]
