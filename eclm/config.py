@@ -101,6 +101,11 @@ class AdaptationConfig(_Strict):
         "float16", description="wire type of a full sub-model (a first delivery or a changed spec); float16 halves "
         "it, int8 (per output channel, the delta codec) quarters its weight matrices; the device computes in float32 "
         "again (norm statistics and integer buffers travel exactly)")
+    download_min_change: float = Field(
+        0.01, ge=0, lt=1, description="delta downloads carry a module only when the cloud's change of it since the "
+        "version the device holds for it exceeds this fraction of its weights (relative L2 norm); smaller changes "
+        "wait, and the device reports the module as lagging until they add up or the version it holds for it is "
+        "about to be dropped (merge.keep_versions); 0 carries every change (docs/method.md)")
     trainable: Literal["all", "budgeted"] = Field(
         "budgeted", description="all: a device trains every parameter of its sub-model, which is derived to fit dense "
         "training in its memory; budgeted: module-sparse adaptation (docs/method.md): the sub-model is derived to "

@@ -72,7 +72,7 @@ class FedAvgCloud(CloudService):
         held = summary.held
         if self.cfg.adaptation.delta_dtype != "float32":
             same = held is not None and held.spec == spec
-            payload = self._package(summary.device, spec, held if same else None)  # no respec: eclm's own
+            payload, _ = self._package(summary.device, spec, held if same else None)  # no respec: eclm's own
         else:
             payload = pack_state(self.model.extract(spec).state_dict(), spec,
                                  {"version": self.version, "device": summary.device})

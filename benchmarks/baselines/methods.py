@@ -19,7 +19,7 @@ Each method also has its own adaptation settings (:attr:`BenchMethod.adaptation`
 train and what its exchange sends; the training hyper-parameters (epochs, learning rate, batch)
 are the benchmark's, the same for all. eclm runs the platform's defaults (module-sparse training,
 int8 deltas). The baselines train every parameter (module sparsity is eclm's own) and hold exactly
-the model they receive; each federated baseline runs twice: *as published* (the full float32
+the model they receive (their downloads carry every change); each federated baseline runs twice: *as published* (the full float32
 model both ways every cycle) and *with the platform's shared codec* (int8 deltas with error
 feedback up, int8 deltas against the version the device holds down, float16 first deliveries).
 """
@@ -66,8 +66,9 @@ class BenchMethod:
         return self.strategy.merges
 
 
-#: Dense training, and a device holds exactly the model it receives.
-DENSE = {"trainable": "all", "keep_local": False}
+#: Dense training, and a device holds exactly the model it receives (every change of it: skipping
+#: small module changes in downloads is eclm's module-level exchange).
+DENSE = {"trainable": "all", "keep_local": False, "download_min_change": 0.0}
 #: The full float32 model both ways (FedAvg and HeteroFL as published).
 PUBLISHED = DENSE | {"delta_dtype": "float32", "first_delivery_dtype": "float32"}
 #: The platform's shared codec (the defaults: int8 deltas, float16 first deliveries).

@@ -31,7 +31,6 @@ from eclm.campaign.messages import (
     DeviceSummary,
     DeviceUpdate,
     EpochRecord,
-    HeldModel,
     MergeOutcome,
     Resources,
     SubModelPackage,
@@ -250,7 +249,7 @@ class CycleCoordinator:
             held = self.state.held.get(name)
             if held is not None:
                 self.state = self.state.model_copy(update={
-                    "held": self.state.held | {name: HeldModel(spec=out.spec, version=held.version)}})
+                    "held": self.state.held | {name: held.model_copy(update={"spec": out.spec})}})
 
     def device_call(self, name: str, make: Callable[[Any], Pending[Any]], what: str) -> Any:
         """One call to one device that must succeed (operator actions: resources, swaps).

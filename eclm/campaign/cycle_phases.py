@@ -117,10 +117,11 @@ def _install(c: CycleCoordinator, summaries: Mapping[str, DeviceSummary], packag
     for name, summary in summaries.items():
         if name in installs:
             pkg = packages[name]
-            held[name] = HeldModel(spec=pkg.spec, version=pkg.version)
+            held[name] = HeldModel(spec=pkg.spec, version=pkg.version, lagging=pkg.lagging)
             holding[name] = pkg
         elif name not in packages and name not in result.failures and summary.held is not None:
-            holding[name] = SubModelPackage(device=name, spec=summary.held.spec, version=summary.held.version)
+            holding[name] = SubModelPackage(device=name, spec=summary.held.spec, version=summary.held.version,
+                                            lagging=summary.held.lagging)
     c.state = c.state.model_copy(update={"held": held,
                                          "issued": c.state.issued | {n: p.spec for n, p in holding.items()}})
     return holding

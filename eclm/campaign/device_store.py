@@ -38,6 +38,7 @@ class DeviceSnapshot(BaseModel):
     stream: dict
     rounds: int = Field(0, ge=0)
     version: int | None = None
+    lagging: tuple[tuple[int, int, int], ...] = ()
     spec: SubModelSpec | None = None
     trainable: TrainableSpec | None = None
     costs: dict | None = None

@@ -69,11 +69,37 @@ class DriftReport(Message):
     accuracy_on_new: float | None = Field(None, ge=0, le=1)
 
 
+#: Modules a device holds from an older cloud version than its package's: ``(layer, module, version)``.
+Lagging = tuple[tuple[int, int, int], ...]
+
+
+def _check_lagging(lagging: Lagging, version: int) -> Lagging:
+    """Lagging modules: non-negative indices, a version older than ``version``, each module once."""
+    if any(min(entry) < 0 or entry[2] >= version for entry in lagging):
+        raise ValueError(f"lagging modules need non-negative indices and a version below {version}")
+    if len({entry[:2] for entry in lagging}) != len(lagging):
+        raise ValueError("a lagging module is named twice")
+    return lagging
+
+
 class HeldModel(Message):
-    """The sub-model a device holds: its spec and the cloud version it was derived from."""
+    """The sub-model a device holds: its spec and the cloud version it was derived from.
+
+    Attributes:
+        spec: The held sub-model.
+        version: The cloud version of the package that brought it.
+        lagging: Modules whose weights the device still holds from an older version (the download
+            skipped their small change, docs/method.md "Downloads that skip small changes").
+    """
 
     spec: SubModelSpec
     version: int = Field(ge=0)
+    lagging: Lagging = ()
+
+    @model_validator(mode="after")
+    def _lagging_older(self) -> HeldModel:
+        _check_lagging(self.lagging, self.version)
+        return self
 
 
 def _check_importance(rows: tuple[tuple[float, ...], ...]) -> tuple[tuple[float, ...], ...]:
@@ -139,6 +165,8 @@ class SubModelPackage(Message):
         solve_seconds: Time the derivation took.
         trainable: What the device trains this cycle (module-sparse adaptation, within ``spec``);
             ``None``: every parameter of the sub-model.
+        lagging: Modules the device holds from an older version once it has installed this
+            package (:attr:`HeldModel.lagging`; it reports them back with its next summary).
     """
 
     device: str
@@ -149,6 +177,12 @@ class SubModelPackage(Message):
     cost: dict[str, float] = Field(default_factory=dict)
     solve_seconds: float = Field(0.0, ge=0)
     trainable: TrainableSpec | None = None
+    lagging: Lagging = ()
+
+    @model_validator(mode="after")
+    def _lagging_older(self) -> SubModelPackage:
+        _check_lagging(self.lagging, self.version)
+        return self
 
     @model_validator(mode="after")
     def _trainable_within_spec(self) -> SubModelPackage:
@@ -345,6 +379,7 @@ __all__ = [
     "EpochRecord",
     "HeldModel",
     "InstallReport",
+    "Lagging",
     "MergeOutcome",
     "Message",
     "Resources",

@@ -29,7 +29,7 @@ learned weight.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ from eclm.modules.codec import SCALE_SUFFIX, decode, encode_one
 from eclm.modules.exchange import MalformedPayloadError
 from eclm.modules.layer import ModuleLayer
 from eclm.modules.merge import is_norm_statistic, tensor_owner
-from eclm.modules.sparse_delta import Parts, changed_parts, put, take
+from eclm.modules.sparse_delta import Parts, changed_parts, module_changes, put, take
 from eclm.modules.spec import SubModelSpec, TrainableSpec
 
 WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -132,20 +132,32 @@ def learned_keys(state: Mapping[str, Tensor]) -> set[str]:
 
 
 def sparse_download(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
-                    spec: SubModelSpec, row_keys: Sequence[str]) -> tuple[dict[str, Tensor], Parts]:
+                    spec: SubModelSpec, row_keys: Sequence[str], *, min_change: float = 0.0,
+                    force: Collection[tuple[int, int]] = ()) -> tuple[dict[str, Tensor], Parts, tuple[tuple[int, int], ...]]:
     """The cloud's change of a sub-model between two versions, carrying only what changed.
 
     Only learned weights travel (statistics are the device's own); a module is carried when any of
     its slices changed, a classifier row when it changed, a tensor outside modules when it changed.
+    With ``min_change`` a module is carried only when its change is larger than that fraction of its
+    ``old`` weights (relative L2 norm over its slices) or it is in ``force``; the others *lag*: the
+    receiver keeps its own values there (docs/method.md, "Downloads that skip small changes").
 
     Returns:
-        ``(differences of the carried parts, parts)``.
+        ``(differences of the carried parts, parts, lagging modules)``: the modules
+        (``(layer, module)``) that changed but were not carried.
     """
     parts, whole = changed_parts(new, old, layers, spec, row_keys)
+    lagging: tuple[tuple[int, int], ...] = ()
+    if min_change > 0:
+        change = module_changes(new, old, layers, spec)
+        lagging = tuple((i, m) for i, g in enumerate(parts.groups) for m in g
+                        if (i, m) not in force and change[i, m][0] <= min_change ** 2 * change[i, m][1])
+        parts = Parts(groups=tuple(tuple(m for m in g if (i, m) not in lagging) for i, g in enumerate(parts.groups)),
+                      rows=parts.rows)
     keys = [k for k in learned_keys(new)
             if k in whole or k in parts.rows or (tensor_owner(layers, k) is not None and k not in row_keys)]
     after, before = take(new, layers, spec, parts, keys), take(old, layers, spec, parts, keys)
-    return {k: after[k] - before[k] for k in after}, parts
+    return {k: after[k] - before[k] for k in after}, parts, lagging
 
 
 def upload_parts(plan: TrainableSpec, row_keys: Sequence[str], classes: Sequence[int]) -> Parts:

@@ -81,8 +81,8 @@ def respec_download(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers
     common, fresh = split_spec(held, spec)
     keys = _keys_with_part(new, old, layers, common.groups, held=True)
     where = Parts(groups=common.groups)
-    diffs, parts = sparse_download(take(new, layers, spec, where, keys), take(old, layers, held, where, keys),
-                                   layers, common, row_keys)
+    diffs, parts, _ = sparse_download(take(new, layers, spec, where, keys), take(old, layers, held, where, keys),
+                                      layers, common, row_keys)
     wire, _ = encode(diffs, delta_dtype)
     fresh_state = take(new, layers, spec, fresh, _keys_with_part(new, old, layers, fresh.groups, held=False))
     wire |= {FRESH_PREFIX + k: v for k, v in first_delivery(fresh_state, first_dtype).items()}

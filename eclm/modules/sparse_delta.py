@@ -168,4 +168,26 @@ def changed_parts(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: 
                  rows={k: shared_rows for k in row_keys if shared_rows}), whole
 
 
-__all__ = ["Parts", "changed_parts", "part_index", "put", "take"]
+def module_changes(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
+                   spec: SubModelSpec) -> dict[tuple[int, int], tuple[float, float]]:
+    """Per module of ``spec`` (``(layer, module)``): the squared norm of its change from ``old`` to
+    ``new`` and the squared norm of its ``old`` weights, over its slices of the learned tensors."""
+    out: dict[tuple[int, int], list[float]] = {}
+    for key, value in new.items():
+        owner = tensor_owner(layers, key)
+        if owner is None or not value.is_floating_point() or is_norm_statistic(key):
+            continue
+        idx, rel = owner
+        dim = layers[idx].sliced[rel][0]
+        before = old[key].detach().double().movedim(dim, 0).reshape(value.shape[dim], -1)
+        change = (value.detach().double().movedim(dim, 0).reshape(value.shape[dim], -1) - before).pow(2).sum(1)
+        held = layers[idx].owner_within(rel, list(spec.groups[idx]))
+        for g in held.unique().tolist():
+            pick = held == g
+            sums = out.setdefault((idx, int(g)), [0.0, 0.0])
+            sums[0] += float(change[pick].sum())
+            sums[1] += float(before[pick].pow(2).sum())
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+__all__ = ["Parts", "changed_parts", "module_changes", "part_index", "put", "take"]

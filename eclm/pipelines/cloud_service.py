@@ -22,6 +22,7 @@ from eclm.campaign.messages import (
     DeviceSummary,
     EpochRecord,
     HeldModel,
+    Lagging,
     Resources,
     SubModelPackage,
 )
@@ -37,11 +38,12 @@ from eclm.modules import (
     unpack_state,
 )
 from eclm.modules.codec import encode
-from eclm.modules.deltas import first_delivery, sparse_download
+from eclm.modules.deltas import first_delivery, learned_keys, sparse_download
 from eclm.modules.exchange import MalformedPayloadError
-from eclm.modules.merge import classifier_keys
+from eclm.modules.merge import classifier_keys, tensor_owner
 from eclm.modules.offline import OfflineTraining
 from eclm.modules.respec import respec_download
+from eclm.modules.sparse_delta import Parts, put, take
 from eclm.modules.spec import TrainableSpec
 from eclm.modules.submodel_cache import SubModelCache
 from eclm.modules.trainable import TrainingMemory, derive_trainable
@@ -234,12 +236,12 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         held = summary.held
         if self.quarantine.take_refresh(summary.device):
             held = None  # rejected on its own classes or refused: fresh weights replace its local ones
-        payload = None
+        payload, lagging = None, held.lagging if held is not None else ()
         if held is None or held.spec != spec or held.version != self.version:
-            payload = self._package(summary.device, spec, held)
+            payload, lagging = self._package(summary.device, spec, held)
         limits = budget.limits() | ({"train_memory": budget.max_train_memory} if budget.max_train_memory else {})
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
-                               budget=limits, cost=cost, solve_seconds=solve, trainable=trainable)
+                               budget=limits, cost=cost, solve_seconds=solve, trainable=trainable, lagging=lagging)
 
     def _trainable(self, spec: SubModelSpec, importance: list[list[float]], budget: DeviceProfile,
                    classes) -> tuple[TrainableSpec | None, dict[str, float]]:
@@ -254,28 +256,55 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
                                 share=a.trainable_share, head_rows=classes if a.train_head == "own" else None)
         return plan, cost | {"train_memory": memory.total(costs, spec, plan)}
 
-    def _package(self, device: str, spec: SubModelSpec, held: HeldModel | None) -> bytes:
-        """What a device holding ``held`` needs for ``spec`` (see :meth:`derive`).
+    def _package(self, device: str, spec: SubModelSpec, held: HeldModel | None) -> tuple[bytes, Lagging]:
+        """What a device holding ``held`` needs for ``spec`` (see :meth:`derive`), and the modules it
+        then holds from older versions.
 
         With ``adaptation.exchange: delta`` and the held version still kept, a device that holds
-        ``spec`` gets the change since that version, and one that holds another spec of this
-        model a respec payload (:mod:`eclm.modules.respec`); otherwise the full sub-model.
+        ``spec`` gets the change since the version it holds of each module, without the modules
+        whose change is below ``adaptation.download_min_change`` (they lag), and one that holds
+        another spec of this model a respec payload (:mod:`eclm.modules.respec`); otherwise the
+        full sub-model.
         """
         a = self.cfg.adaptation
         meta = {"version": self.version, "device": device}
         current = self._submodels(self.version).state_dict(spec)
         base = self._versions.get(held.version) if held is not None and a.exchange == "delta" else None
         if base is None or not self._same_model(held.spec):
-            return pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta)
+            return pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta), ()
         meta |= {"base_version": held.version}
-        old = self._submodels(held.version).state_dict(held.spec)
+        old, bases = self._held_state(held)
         if held.spec == spec:
-            diffs, parts = sparse_download(current, old, self.model.layers, spec, self._row_keys)
+            # a module held from the oldest kept version goes now: that version is dropped at the next merge
+            oldest = min(self._versions) if len(self._versions) >= self.cfg.merge.keep_versions else None
+            expiring = {(i, m) for i, g in enumerate(spec.groups) for m in g if bases.get((i, m), held.version) == oldest}
+            diffs, parts, lagging = sparse_download(current, old, self.model.layers, spec, self._row_keys,
+                                                    min_change=a.download_min_change, force=expiring)
             wire, _ = encode(diffs, a.delta_dtype)
-            return pack_state(wire, spec, meta | {"kind": "delta"} | parts.to_meta())
+            held_from = tuple((i, m, bases.get((i, m), held.version)) for i, m in lagging)
+            return pack_state(wire, spec, meta | {"kind": "delta"} | parts.to_meta()), held_from
         wire, parts_meta = respec_download(current, old, self.model.layers, spec, held.spec, self._row_keys,
                                            delta_dtype=a.delta_dtype, first_dtype=a.first_delivery_dtype)
-        return pack_state(wire, spec, meta | parts_meta)
+        return pack_state(wire, spec, meta | parts_meta), ()
+
+    def _held_state(self, held: HeldModel) -> tuple[dict[str, Tensor], dict[tuple[int, int], int]]:
+        """The cloud's weights of what a device holds: ``held.spec`` at ``held.version``, with its
+        lagging modules at the versions it holds them from; and those versions per module.
+
+        A lagging module whose version is no longer kept counts as ``held.version`` (its skipped
+        change, below ``adaptation.download_min_change``, is then not delivered).
+        """
+        state = self._submodels(held.version).state_dict(held.spec)
+        bases = {(i, m): v for i, m, v in held.lagging
+                 if v in self._versions and i < len(held.spec.groups) and m in held.spec.groups[i]}
+        layers = self.model.layers
+        keys = [k for k in learned_keys(state) if tensor_owner(layers, k) is not None and k not in self._row_keys]
+        for version in sorted(set(bases.values())):
+            parts = Parts(groups=tuple(tuple(m for (j, m), v in bases.items() if j == i and v == version)
+                                       for i in range(len(held.spec.groups))))
+            older = take(self._submodels(version).state_dict(held.spec), layers, held.spec, parts, keys)
+            state = put(state, older, layers, held.spec, parts, differences=set())
+        return state, bases
 
     def _submodels(self, version: int) -> SubModelCache:
         """Sub-models of a kept version (the current one included, as remembered), extracted once per

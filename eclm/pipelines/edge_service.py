@@ -26,6 +26,7 @@ from eclm.campaign.messages import (
     DriftReport,
     HeldModel,
     InstallReport,
+    Lagging,
     StreamPosition,
     SubModelPackage,
     finite_or_none,
@@ -109,6 +110,7 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         self.detector = DriftDetector(config.drift.accuracy_drop, config.drift.shift_scale)
         self.memory_overridden = False
         self.version: int | None = None
+        self.lagging: Lagging = ()  # modules held from an older version than ``version`` (HeldModel.lagging)
         self.resources = self._initial_resources()
         self.rounds = 0
         self.store = DeviceStore(Path(store_dir)) if store_dir is not None else None
@@ -171,7 +173,7 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
             self.load_selector(selector_payload)
         held = acc = prev_acc = prev_own = None
         if self.model is not None and self.spec is not None and self.version is not None:
-            held = HeldModel(spec=self.spec, version=self.version)
+            held = HeldModel(spec=self.spec, version=self.version, lagging=self.lagging)
             test, prev = self.stream.test_set(), self.stream.previous_test_set()
             acc = finite_or_none(evaluate(self.model, test.images, test.labels)[0])
             if prev is not None:
@@ -201,7 +203,7 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         if package.payload is None:
             if self.model is None or self.spec != spec:
                 raise ValueError(f"device {self.name}: no weights sent and the held sub-model is not {spec.to_json()}")
-            self.version, self.trainable = package.version, package.trainable
+            self.version, self.trainable, self.lagging = package.version, package.trainable, package.lagging
             self._save()
             return InstallReport(device=self.name, params=self._params(), modules=spec.num_modules(), kept=True)
         state, payload_spec, meta = unpack_state(package.payload)
@@ -228,6 +230,7 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         if not self.cfg.adaptation.keep_local:
             self.exchange.received = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.spec, self.version, self.trainable = spec, package.version, package.trainable
+        self.lagging = package.lagging
         if costs is not None:
             self.costs = CostTable.from_dict(costs)
         if self.cfg.adaptation.recalibrate_norms:

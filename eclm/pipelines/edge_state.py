@@ -1,7 +1,7 @@
 """Turning a device service's state into a :class:`DeviceSnapshot` and back.
 
 What a device must not lose when its process dies: the adapted sub-model (weights, spec, version,
-cost table, what it trains), the codec's error-feedback residual and, without
+the modules it holds from older versions, cost table, what it trains), the codec's error-feedback residual and, without
 ``adaptation.keep_local``, the version received last (stored with the weights under the
 ``residual/`` and ``received/`` prefixes), the replay buffer, the drift reference, resources it was told about,
 how many rounds it adapted (it seeds the batch order) and its stream position.
@@ -28,7 +28,7 @@ def snapshot_service(service: EdgeService) -> tuple[DeviceSnapshot, dict[str, Te
     replay_info, replay_tensors = service.replay.state_dict()
     snap = DeviceSnapshot(
         stream_step=service.stream.step_index, stream=service.stream.state_dict(), rounds=service.rounds,
-        version=service.version, spec=service.spec, trainable=service.trainable,
+        version=service.version, lagging=service.lagging, spec=service.spec, trainable=service.trainable,
         costs=service.costs.to_dict() if service.costs else None,
         resources=dict(service.resources), memory_overridden=service.memory_overridden,
         detector=service.detector.state_dict(), replay=replay_info,
@@ -48,7 +48,7 @@ def restore_service(service: EdgeService, snap: DeviceSnapshot, weights: dict[st
         ValueError: If the snapshot belongs to another device or does not fit the architecture.
     """
     service.stream.load_state_dict(snap.stream)
-    service.rounds, service.version = snap.rounds, snap.version
+    service.rounds, service.version, service.lagging = snap.rounds, snap.version, snap.lagging
     service.resources.update(snap.resources)
     service.memory_overridden = snap.memory_overridden
     service.detector.load_state_dict(snap.detector)

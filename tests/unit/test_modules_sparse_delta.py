@@ -38,7 +38,7 @@ def test_a_change_to_some_modules_and_rows_is_found_and_carried_alone(model):
     parts, whole = changed_parts(new, old, model.layers, spec, ["fc.weight", "fc.bias"])
     assert parts.groups == tuple(((1,) if i == 3 else ()) for i in range(len(spec.groups)))
     assert dict(parts.rows) == {"fc.weight": (2, 7), "fc.bias": (2, 7)} and whole == set()
-    diffs, _ = sparse_download(new, old, model.layers, spec, ["fc.weight", "fc.bias"])
+    diffs, _, _ = sparse_download(new, old, model.layers, spec, ["fc.weight", "fc.bias"])
     assert {tensor_owner(model.layers, k)[0] for k in diffs if tensor_owner(model.layers, k)} == {3}
     assert diffs["fc.weight"].shape == (2, old["fc.weight"].shape[1])
     # what arrives, added to the old state, is exactly the new state

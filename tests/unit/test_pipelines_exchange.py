@@ -29,9 +29,10 @@ def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> P
         "devices": [{"name": "d0"}, {"name": "d1", "params_fraction": 0.6}],
         # The dense exchange (every weight trained and sent; module-sparse exchange:
         # test_pipelines_sparse_exchange.py); differences travel exactly (float32) unless a test asks
-        # for a narrow wire type; first deliveries in float32.
+        # for a narrow wire type; first deliveries in float32; every change travels, however small
+        # (skipped small changes: test_pipelines_lagging_downloads.py).
         "adaptation": {"epochs": 1, "exchange": exchange, "delta_dtype": delta_dtype, "trainable": "all",
-                       "first_delivery_dtype": "float32"},
+                       "first_delivery_dtype": "float32", "download_min_change": 0.0},
         # Every candidate passes and the full step is taken (no repair), so merged weights are predictable.
         "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0,
                   "repair_epochs": 0},
