@@ -13,7 +13,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from eclm.campaign.messages import HeldModel
+from eclm.campaign.messages import HeldModel, Resources
 from eclm.config import PlatformConfig
 from eclm.modules import unpack_state
 from eclm.modules.deltas import learned_keys, sparse_download
@@ -165,7 +165,9 @@ def test_lagging_claims_the_cloud_cannot_use_count_as_the_held_version(tmp_path)
     # modules the sub-model does not have, and a version the cloud no longer keeps: all ignored
     claims = ((0, 99, 0), (99, 0, 0), (big[0], big[1], 0))
     bogus = summary.model_copy(update={"held": HeldModel(spec=spec, version=1, lagging=claims)})
-    assert cloud.derive(bogus).payload == cloud.derive(summary).payload
+    (got, _, got_meta), (honest, _, meta) = (unpack_state(cloud.derive(s).payload) for s in (bogus, summary))
+    assert got_meta == meta and got.keys() == honest.keys()
+    assert all(torch.equal(got[k], honest[k]) for k in got)
 
 
 def test_lagging_claims_are_bounded():
@@ -187,3 +189,24 @@ def test_a_restarted_device_still_knows_what_lags(tmp_path):
     assert ship(cloud, edge).lagging == (small + (0,),)
     again = EdgeService(cfg, 0, store_dir=tmp_path / "store")
     assert again.lagging == edge.lagging and again.summary().held == edge.summary().held
+
+
+def test_a_device_given_another_sub_model_gets_the_whole_change_of_its_lagging_modules(pair):
+    cloud, edge = pair
+    edge.set_resources(Resources(params_fraction=0.45))
+    ship(cloud, edge)
+    held = edge.spec
+    small = {(i, m): 0.03 for i, g in enumerate(held.groups) for m in g if i in (1, 2)}
+    new_version(cloud, small)
+    lagging = ship(cloud, edge).lagging
+    assert {(i, m) for i, m, _ in lagging} == set(small) and {v for *_, v in lagging} == {0}
+    new_version(cloud, {module: 0.03 for module in small})  # 6.1% since the version held of them
+    edge.set_resources(Resources(params_fraction=0.8))  # the device now gets a wider sub-model
+    package = ship(cloud, edge)
+    assert unpack_state(package.payload)[2]["kind"] == "respec" and package.lagging == ()
+    kept = [m for m in small if m[1] in package.spec.groups[m[0]]]
+    assert kept
+    now, current = weights(edge), cloud.model.extract(package.spec).state_dict()
+    for module in kept:  # the change since the version it held them from, not only the last one
+        for key, value in slices(cloud, now, package.spec, module).items():
+            torch.testing.assert_close(value, slices(cloud, current, package.spec, module)[key])
