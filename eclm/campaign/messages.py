@@ -71,6 +71,8 @@ class DriftReport(Message):
 
 #: Modules a device holds from an older cloud version than its package's: ``(layer, module, version)``.
 Lagging = tuple[tuple[int, int, int], ...]
+#: At most one entry per module of a model; far more than any backbone here has.
+MAX_LAGGING = 4096
 
 
 def _check_lagging(lagging: Lagging, version: int) -> Lagging:
@@ -94,7 +96,7 @@ class HeldModel(Message):
 
     spec: SubModelSpec
     version: int = Field(ge=0)
-    lagging: Lagging = ()
+    lagging: Lagging = Field((), max_length=MAX_LAGGING)
 
     @model_validator(mode="after")
     def _lagging_older(self) -> HeldModel:
@@ -177,7 +179,7 @@ class SubModelPackage(Message):
     cost: dict[str, float] = Field(default_factory=dict)
     solve_seconds: float = Field(0.0, ge=0)
     trainable: TrainableSpec | None = None
-    lagging: Lagging = ()
+    lagging: Lagging = Field((), max_length=MAX_LAGGING)
 
     @model_validator(mode="after")
     def _lagging_older(self) -> SubModelPackage:

@@ -178,6 +178,8 @@ def test_lagging_claims_are_bounded():
         HeldModel(spec=spec, version=2, lagging=((0, -1, 0),))
     with pytest.raises(ValidationError, match="twice"):
         HeldModel(spec=spec, version=2, lagging=((0, 0, 0), (0, 0, 1)))
+    with pytest.raises(ValidationError, match="at most 4096"):
+        HeldModel(spec=spec, version=2, lagging=tuple((0, i, 0) for i in range(5000)))
 
 
 def test_a_restarted_device_still_knows_what_lags(tmp_path):
