@@ -17,9 +17,11 @@ def test_accepted_merges_reach_devices_as_deltas_through_the_actors(local_ray, t
     # Tolerances of 1.0 and no screen: every merge is accepted, so every cycle after the first ships
     # the cloud's change since the version a device holds (the delta exchange) instead of its whole
     # sub-model. (The defences are tested in tests/unit; here they would make acceptance uncertain.)
+    # Module changes below 30% of a module's weights wait (most of them, so lagging modules occur).
     cfg = tiny_config(tmp_path, **{"merge.tolerance": 1.0, "merge.device_tolerance": 1.0,
                                    "merge.acceptance": "threshold", "merge.screen": {"enabled": False},
-                                   "adaptation.epochs": 1, "tracking": {"enabled": False}})
+                                   "adaptation.epochs": 1, "adaptation.download_min_change": 0.3,
+                                   "tracking": {"enabled": False}})
     p = Platform(cfg).start()
     try:
         p.pretrain()
@@ -38,6 +40,9 @@ def test_accepted_merges_reach_devices_as_deltas_through_the_actors(local_ray, t
         summaries, failures = p.fleet.gather({n: p.fleet.devices[n].summary(None) for n in DEVICES})
         assert not failures
         assert all(s.held.version == version - 1 for s in summaries.values())  # installed before the merge
+        # what a download left behind travels back from the devices and is in the coordinator's state
+        assert all(s.held.lagging == p.state.held[n].lagging for n, s in summaries.items())
+        assert any(summaries[n].held.lagging for n in kept)
         # d1's resources grow: it is derived a wider sub-model and gets a respec payload (the change
         # of the modules it keeps plus the new ones), smaller than a whole first delivery.
         p.set_device_resources("d1", params_fraction=1.0)
