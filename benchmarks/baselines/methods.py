@@ -19,9 +19,10 @@ Each method also has its own adaptation settings (:attr:`BenchMethod.adaptation`
 train and what its exchange sends; the training hyper-parameters (epochs, learning rate, batch)
 are the benchmark's, the same for all. eclm runs the platform's defaults (module-sparse training,
 int8 deltas). The baselines train every parameter (module sparsity is eclm's own) and hold exactly
-the model they receive (their downloads carry every change); each federated baseline runs twice: *as published* (the full float32
-model both ways every cycle) and *with the platform's shared codec* (int8 deltas with error
-feedback up, int8 deltas against the version the device holds down, float16 first deliveries).
+the model they receive (their downloads carry every change); each federated baseline runs twice:
+*as published* (the full float32 model both ways every cycle) and *with the platform's shared
+codec* (int8 deltas with error feedback up, int8 deltas against the version the device holds
+down, float16 first deliveries).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ precision. A tensor whose change would overflow the narrow type travels at full 
 
 Deltas may be *module-sparse* (:mod:`eclm.modules.sparse_delta`): an upload carries only what the
 device trained, a download only the modules, classifier rows and tensors that changed since the
-version the device holds. A delta without a ``groups`` header is dense and must carry every
+version the device holds (and with ``min_change`` only the modules that changed by more than that
+share of their weights). A delta without a ``groups`` header is dense and must carry every
 learned weight.
 """
 

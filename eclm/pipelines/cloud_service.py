@@ -218,7 +218,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         full sub-model, :mod:`~eclm.pipelines.defences.quarantine`). If it holds the spec from an
         older version and ``adaptation.exchange`` is ``delta``, it gets the cloud's change since
         that version, carrying only the modules and rows that changed (it adds it to its adapted
-        weights); if it holds another spec, the change of the modules both keep plus the new
+        weights; a module changed by less than ``adaptation.download_min_change`` waits, and the
+        package lists it as lagging, see :meth:`_package`); if it holds another spec, the change of the modules both keep plus the new
         modules whole (:mod:`eclm.modules.respec`); otherwise the full sub-model. With
         ``adaptation.trainable: budgeted`` the package also names the modules the device trains
         (:func:`~eclm.modules.trainable.derive_trainable`).

@@ -192,7 +192,8 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
         adapted weights (see :mod:`eclm.modules.deltas`); one of kind ``respec`` does the same for
         the modules the held and the new sub-model share and brings the new modules whole
         (:mod:`eclm.modules.respec`). The package also says what the device
-        trains next (``trainable``; ``None``: everything).
+        trains next (``trainable``; ``None``: everything) and which modules it now holds from older
+        versions (``lagging``, reported back with the next summary).
 
         Raises:
             MalformedPayloadError: If the payload does not decode or does not match the spec.
