@@ -135,6 +135,19 @@ def put(base: Mapping[str, Tensor], carried: Mapping[str, Tensor], layers: Seque
     return out
 
 
+def _by_index(layers: Sequence[ModuleLayer], spec: SubModelSpec, key: str, tensor: Tensor
+              ) -> tuple[int, Tensor, Tensor] | None:
+    """``(layer, module of each index, tensor as one row per index)`` along the dimension the
+    layer's modules slice ``key``; ``None`` for a tensor outside modules."""
+    owner = tensor_owner(layers, key)
+    if owner is None:
+        return None
+    idx, rel = owner
+    dim = layers[idx].sliced[rel][0]
+    held = layers[idx].owner_within(rel, list(spec.groups[idx]))
+    return idx, held, tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
+
+
 def changed_parts(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
                   spec: SubModelSpec, row_keys: Sequence[str]) -> tuple[Parts, set[str]]:
     """The modules, classifier rows and whole tensors whose learned weights differ from ``old``.
@@ -152,16 +165,13 @@ def changed_parts(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: 
         if key in row_keys:
             rows[key] = set(torch.nonzero(diff.reshape(diff.shape[0], -1).any(dim=1)).flatten().tolist())
             continue
-        owner = tensor_owner(layers, key)
-        if owner is None:
+        cut = _by_index(layers, spec, key, diff)
+        if cut is None:
             if bool(diff.any()):
                 whole.add(key)
             continue
-        idx, rel = owner
-        dim = layers[idx].sliced[rel][0]
-        per_index = diff.movedim(dim, 0).reshape(diff.shape[dim], -1).any(dim=1)
-        held = layers[idx].owner_within(rel, list(spec.groups[idx]))
-        changed[idx] |= {int(g) for g in held[per_index].unique().tolist()}
+        idx, held, per_index = cut
+        changed[idx] |= {int(g) for g in held[per_index.any(dim=1)].unique().tolist()}
     row_union = {k: tuple(sorted(v)) for k, v in rows.items() if v}
     shared_rows = tuple(sorted(set().union(*row_union.values()))) if row_union else ()
     return Parts(groups=tuple(tuple(sorted(c)) for c in changed),
@@ -174,14 +184,13 @@ def module_changes(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers:
     ``new`` and the squared norm of its ``old`` weights, over its slices of the learned tensors."""
     out: dict[tuple[int, int], list[float]] = {}
     for key, value in new.items():
-        owner = tensor_owner(layers, key)
-        if owner is None or not value.is_floating_point() or is_norm_statistic(key):
+        if not value.is_floating_point() or is_norm_statistic(key):
             continue
-        idx, rel = owner
-        dim = layers[idx].sliced[rel][0]
-        before = old[key].detach().double().movedim(dim, 0).reshape(value.shape[dim], -1)
-        change = (value.detach().double().movedim(dim, 0).reshape(value.shape[dim], -1) - before).pow(2).sum(1)
-        held = layers[idx].owner_within(rel, list(spec.groups[idx]))
+        cut = _by_index(layers, spec, key, old[key].detach().double())
+        if cut is None:
+            continue
+        idx, held, before = cut
+        change = (_by_index(layers, spec, key, value.detach().double())[2] - before).pow(2).sum(1)
         for g in held.unique().tolist():
             pick = held == g
             sums = out.setdefault((idx, int(g)), [0.0, 0.0])
