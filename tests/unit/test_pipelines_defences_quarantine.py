@@ -55,6 +55,10 @@ def test_a_caught_or_refused_device_is_marked_for_fresh_weights_once_per_upload(
     assert q.take_refresh("d0") and not q.take_refresh("d0")
     q.admit([_u("d0")])  # the quarantine is over: an admitted upload marks nothing
     assert not q.take_refresh("d0")
+    trust = "screen: trust: cosine -0.390 with the cloud's reference update on the classifier rows of its classes"
+    assert q.record({"d4": trust, "d5": "screen: direction: cosine -0.2 with the median of the other devices"}) == []
+    assert q.take_refresh("d4") and not q.take_refresh("d5")  # trust refreshes (no quarantine); direction does neither
+    assert q.remaining == {}
     off = Quarantine(uploads=2, fresh=False)
     off.record({"d0": BEHAVIOUR})
     off.admit([_u("d0")])

@@ -12,8 +12,9 @@ not start one: it sees a flipped device's later uploads too, and an honest devic
 and then would lose two more rounds (measured in docs/security.md).
 
 **Fresh weights** (``fresh``). A device whose upload either check on its own classes (accuracy or
-loss) rejected, or whose upload was refused here, is sent a *fresh* sub-model at its next
-derivation: the full weights of the current version instead of a delta, replacing its local
+loss) or the trust check (its direction against the cloud's reference update, trained on the
+cloud's own data) rejected, or whose upload was refused here, is sent a *fresh* sub-model at its
+next derivation: the full weights of the current version instead of a delta, replacing its local
 weights, which keep what made the update harmful. Its next upload is then one cycle of training
 from the cloud's weights, as its first was, instead of a small change on top of weights the
 cloud cannot see. A device that follows the protocol installs them (a faulty one; an honest
@@ -32,6 +33,12 @@ from eclm.modules.merge import ModuleUpdate
 BEHAVIOUR = "behaviour: "
 #: The reason prefix of the screen's own-class loss check (fresh weights, no quarantine).
 OWN_LOSS = "own-class loss: "
+#: The reason prefix of the screen's trust check against the cloud's reference update (fresh
+#: weights, no quarantine: like the loss check, it sees a device's later uploads itself).
+TRUST = "trust: "
+#: The checks whose rejection sends the device fresh weights: each compares the update with what
+#: the cloud's own data says, so a rejection points at the device's training, not only its upload.
+REFRESHING = (BEHAVIOUR, OWN_LOSS, TRUST)
 
 
 @dataclass
@@ -71,14 +78,14 @@ class Quarantine:
 
     def record(self, rejected: Mapping[str, str]) -> list[str]:
         """Start the quarantine of every device rejected by the behaviour (accuracy) check, and mark
-        those and the devices the own-class loss check rejected for fresh weights.
+        those and the devices the own-class loss check or the trust check rejected for fresh weights.
 
         Returns:
             The devices quarantined.
         """
         screened = {d: why for d, why in rejected.items() if why.startswith("screen: ")}
         if self.fresh:
-            self.refresh |= {d for d, why in screened.items() if BEHAVIOUR in why or OWN_LOSS in why}
+            self.refresh |= {d for d, why in screened.items() if any(check in why for check in REFRESHING)}
         if self.uploads <= 0:
             return []
         caught = sorted(d for d, why in screened.items() if BEHAVIOUR in why)
@@ -121,4 +128,4 @@ def _new_form(meta: object) -> bool:
     return isinstance(meta, Mapping) and set(meta) <= {"remaining", "refresh"} and isinstance(meta.get("remaining"), Mapping)
 
 
-__all__ = ["BEHAVIOUR", "OWN_LOSS", "Quarantine"]
+__all__ = ["BEHAVIOUR", "OWN_LOSS", "REFRESHING", "TRUST", "Quarantine"]
