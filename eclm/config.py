@@ -177,8 +177,9 @@ class ScreenConfig(_Strict):
         "too (its local weights keep what made that update harmful, e.g. wrong labels; 0: off)")
     fresh_after_rejection: bool = Field(
         True, description="send a device whose upload a check on its own classes (accuracy or loss) or the trust check "
-        "(against the cloud's reference update) rejected, or the quarantine refused, the full weights of the current version at its next derivation, replacing its local "
-        "weights (its next upload is then one cycle of training from the cloud's weights, as its first was)")
+        "(against the cloud's reference update) rejected, or the quarantine refused, the full weights of the current "
+        "version at its next derivation, replacing its local weights (its next upload is then one cycle of training "
+        "from the cloud's weights, as its first was)")
     min_cohort: int = Field(3, ge=3, description="devices that must hold a module before round-relative checks apply to it")
     duplicate_distance: float = Field(
         0.01, ge=0, lt=1, description="updates of different devices closer than this (relative distance) are identical: "
