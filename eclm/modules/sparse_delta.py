@@ -135,17 +135,30 @@ def put(base: Mapping[str, Tensor], carried: Mapping[str, Tensor], layers: Seque
     return out
 
 
-def _by_index(layers: Sequence[ModuleLayer], spec: SubModelSpec, key: str, tensor: Tensor
-              ) -> tuple[int, Tensor, Tensor] | None:
-    """``(layer, module of each index, tensor as one row per index)`` along the dimension the
-    layer's modules slice ``key``; ``None`` for a tensor outside modules."""
+def _slicing(layers: Sequence[ModuleLayer], spec: SubModelSpec, key: str) -> tuple[int, Tensor, int] | None:
+    """``(layer, module of each index, dimension)``: how the layer's modules slice ``key`` in
+    ``spec``; ``None`` for a tensor outside modules."""
     owner = tensor_owner(layers, key)
     if owner is None:
         return None
     idx, rel = owner
-    dim = layers[idx].sliced[rel][0]
-    held = layers[idx].owner_within(rel, list(spec.groups[idx]))
-    return idx, held, tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
+    return idx, layers[idx].owner_within(rel, list(spec.groups[idx])), layers[idx].sliced[rel][0]
+
+
+def _rows(tensor: Tensor, dim: int) -> Tensor:
+    """``tensor`` as one row per index along ``dim``."""
+    return tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
+
+
+def _by_index(layers: Sequence[ModuleLayer], spec: SubModelSpec, key: str, tensor: Tensor
+              ) -> tuple[int, Tensor, Tensor] | None:
+    """``(layer, module of each index, tensor as one row per index)`` along the dimension the
+    layer's modules slice ``key``; ``None`` for a tensor outside modules."""
+    slicing = _slicing(layers, spec, key)
+    if slicing is None:
+        return None
+    idx, held, dim = slicing
+    return idx, held, _rows(tensor, dim)
 
 
 def changed_parts(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
@@ -186,11 +199,12 @@ def module_changes(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers:
     for key, value in new.items():
         if not value.is_floating_point() or is_norm_statistic(key):
             continue
-        cut = _by_index(layers, spec, key, old[key].detach().double())
-        if cut is None:
+        slicing = _slicing(layers, spec, key)
+        if slicing is None:
             continue
-        idx, held, before = cut
-        change = (_by_index(layers, spec, key, value.detach().double())[2] - before).pow(2).sum(1)
+        idx, held, dim = slicing
+        before = _rows(old[key].detach().double(), dim)
+        change = (_rows(value.detach().double(), dim) - before).pow(2).sum(1)
         for g in held.unique().tolist():
             pick = held == g
             sums = out.setdefault((idx, int(g)), [0.0, 0.0])
