@@ -166,9 +166,8 @@ class ScreenConfig(_Strict):
         "(McNemar); None: no accuracy check")
     max_own_loss_rise: float | None = Field(
         0.05, ge=0, description="reject an update that raises the mean cross-entropy (nats) of the device's sub-model "
-        "among its own classes on the same samples by more than this, significantly at merge.alpha (sign test), unless "
-        "it falls by more than this on one of its classes (as a shifted class prior makes it): it tells its own "
-        "classes apart worse; None: no loss check")
+        "among its own classes on the same samples by more than this, significantly at merge.alpha (sign test), and on "
+        "every one of its classes: it tells its own classes apart worse; None: no loss check")
     max_relative_stable_rank: float | None = Field(
         0.85, gt=0, description="reject an update whose changes are as spread over directions as random noise: the "
         "median over its modules of the change's stable rank over Gaussian noise's of the same shape (noise: about 1, "

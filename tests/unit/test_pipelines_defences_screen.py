@@ -256,22 +256,6 @@ def test_a_shift_between_its_classes_is_not_a_loss_rise_but_every_class_worse_is
     assert verdict.own_loss_least_class_rise == pytest.approx(math.log(0.7 / 0.6)) and not verdict.passed
 
 
-@pytest.mark.parametrize(("p7", "spared"), [(0.71, False), (0.73, False), (0.76, True), (0.95, True)])
-def test_a_class_whose_loss_barely_falls_does_not_spare_a_loss_rise(p7: float, spared: bool):
-    """Classes 3 and 5 of a device lose confidence (0.7 -> 0.5); class 7 gains a little. A fall of
-    less than the allowed rise (0.014 or 0.042 nats against 0.05) is no shifted prior: the update is
-    rejected as if every class were worse; a clear fall (0.082 or 0.305 nats) spares it."""
-    labels = torch.tensor([3, 5, 7] * 20)
-    right = torch.ones(60, dtype=torch.bool)
-    before = SampleScores(right, torch.full((60,), 0.7).log(), labels)
-    after = SampleScores(right, torch.tensor([0.5, 0.5, p7] * 20).log(), labels)
-    verdict = RobustScreen(max_own_loss_rise=0.05)(_round(), None, {"h0": (before, after)})["h0"]
-    assert verdict.own_loss_least_class_rise == pytest.approx(math.log(0.7 / p7), abs=1e-6)  # float32 logs
-    assert verdict.own_loss_after > verdict.own_loss_before + 0.05 and verdict.own_loss_p < 0.05
-    assert verdict.passed == spared
-    assert spared or "clearly lower on none of its classes" in verdict.reasons[0]
-
-
 @pytest.mark.parametrize(("before", "after", "why"), [
     ([0.8] * 4, [0.1] * 4, "a large rise on 4 samples is not significant (sign test p = 1/16)"),
     ([0.8] * 40, [0.75] * 40, "a significant rise of 0.065 nats is within 0.1"),

@@ -36,14 +36,12 @@ checks do not catch.
 * **Loss among its own classes** (loss-based rejection, same paper, made paired): on the same
   samples, the cross-entropy among the device's classes only (how well the sub-model tells them
   apart). An update that raises its mean by more than ``max_own_loss_rise`` nats, on
-  significantly more samples than it lowers it (sign test, ``own_alpha``), and on none of the
-  device's classes lowers its mean by more than the same ``max_own_loss_rise``, is rejected. A
-  device trained in a corrupted environment on permuted labels still teaches the model that
-  environment, which lowers the loss over all classes and can leave every prediction where it
-  was; it does not teach it to tell its classes apart, which is what permuted labels undo. The
-  per-class exception spares an honest device whose data holds more of one class: its update
-  makes that class clearly likelier and the others less likely. A class whose loss moves by less
-  than the allowed rise either way has not moved.
+  significantly more samples than it lowers it (sign test, ``own_alpha``), and on every one of
+  the device's classes, is rejected. A device trained in a corrupted environment on permuted
+  labels still teaches the model that environment, which lowers the loss over all classes and can
+  leave every prediction where it was; it does not teach it to tell its classes apart, which is
+  what permuted labels undo. "Every class" spares an honest device whose data holds more of one
+  class: its update makes that class likelier and the others less likely.
 * **Noise-like updates** (:mod:`~eclm.pipelines.defences.spectrum`): over the device's module
   units, the median stable rank of its change relative to Gaussian noise of the same shapes. A
   change learned from data puts its energy in a few directions (honest updates measured 0.19-0.52);
@@ -162,7 +160,7 @@ class RobustScreen:
             (one-sided sign test).
         max_own_loss_rise: Largest rise of the mean cross-entropy (nats) among the device's own
             classes an update may cause; a larger rise is rejected when it is significant and the
-            mean falls by no more than this on every one of those classes (``None``: no loss check).
+            mean rises on every one of those classes (``None``: no loss check).
         max_relative_stable_rank: Largest median relative stable rank of an update's units
             (``None``: no noise check).
     """
@@ -293,12 +291,12 @@ class RobustScreen:
                              f"on {paired.n} proxy samples (McNemar p={paired.p_worse:.3g}; allowed drop "
                              f"{self.max_own_drop:g})")
         rise = self.max_own_loss_rise
-        if (rise is not None and losses.mean_rise > rise and losses.least_class_rise >= -rise
+        if (rise is not None and losses.mean_rise > rise and losses.least_class_rise > 0
                 and losses.p_worse < self.own_alpha):
             s.reasons.append(f"own-class loss: among its own classes {s.own_loss_before:.3f} -> {s.own_loss_after:.3f} "
                              f"nats (allowed rise {rise:g}), higher on {losses.rises} of {losses.n} proxy samples "
-                             f"(sign test p={losses.p_worse:.3g}) and clearly lower on none of its classes (the "
-                             f"least per-class change {losses.least_class_rise:+.3f})")
+                             f"(sign test p={losses.p_worse:.3g}) and on every one of its classes (by "
+                             f"{losses.least_class_rise:.3f} or more)")
 
     def _verdict(self, s: DeviceScreen) -> None:
         m = self.norm_multiplier
