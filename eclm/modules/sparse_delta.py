@@ -150,17 +150,6 @@ def _rows(tensor: Tensor, dim: int) -> Tensor:
     return tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
 
 
-def _by_index(layers: Sequence[ModuleLayer], spec: SubModelSpec, key: str, tensor: Tensor
-              ) -> tuple[int, Tensor, Tensor] | None:
-    """``(layer, module of each index, tensor as one row per index)`` along the dimension the
-    layer's modules slice ``key``; ``None`` for a tensor outside modules."""
-    slicing = _slicing(layers, spec, key)
-    if slicing is None:
-        return None
-    idx, held, dim = slicing
-    return idx, held, _rows(tensor, dim)
-
-
 def changed_parts(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: Sequence[ModuleLayer],
                   spec: SubModelSpec, row_keys: Sequence[str]) -> tuple[Parts, set[str]]:
     """The modules, classifier rows and whole tensors whose learned weights differ from ``old``.
@@ -178,13 +167,13 @@ def changed_parts(new: Mapping[str, Tensor], old: Mapping[str, Tensor], layers: 
         if key in row_keys:
             rows[key] = set(torch.nonzero(diff.reshape(diff.shape[0], -1).any(dim=1)).flatten().tolist())
             continue
-        cut = _by_index(layers, spec, key, diff)
-        if cut is None:
+        slicing = _slicing(layers, spec, key)
+        if slicing is None:
             if bool(diff.any()):
                 whole.add(key)
             continue
-        idx, held, per_index = cut
-        changed[idx] |= {int(g) for g in held[per_index.any(dim=1)].unique().tolist()}
+        idx, held, dim = slicing
+        changed[idx] |= {int(g) for g in held[_rows(diff, dim).any(dim=1)].unique().tolist()}
     row_union = {k: tuple(sorted(v)) for k, v in rows.items() if v}
     shared_rows = tuple(sorted(set().union(*row_union.values()))) if row_union else ()
     return Parts(groups=tuple(tuple(sorted(c)) for c in changed),
