@@ -149,7 +149,11 @@ class ScreenConfig(_Strict):
     enabled: bool = Field(True, description="screen every round's updates before they are aggregated")
     norm_multiplier: float = Field(
         4.0, gt=1, description="reject an update whose change norm is more than this x, or less than 1/this x, the "
-        "median norm of the other devices holding the same modules")
+        "median norm of the other devices holding the same modules (the lower side: see min_reference_norm_ratio)")
+    min_reference_norm_ratio: float | None = Field(
+        0.5, gt=0, description="an update below 1/norm_multiplier of the round's typical norm is rejected only if its "
+        "change norm is also below this x that of the cloud's reference update (the same sub-model fine-tuned on "
+        "proxy samples of the device's classes; needs trust); None: the round-relative bound decides alone")
     min_centre_cosine: float = Field(
         -0.3, ge=-1, le=1, description="reject an update whose cosine with the coordinate-wise median of the other "
         "devices' changes (same modules) is not above this")

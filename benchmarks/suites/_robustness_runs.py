@@ -16,11 +16,13 @@ import time
 from functools import partial
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.baselines.config import AdaptationBenchConfig
 from benchmarks.baselines.records import CycleLog
 from benchmarks.local_campaign import local_coordinator
+from benchmarks.parallel import run_jobs
 from benchmarks.suites._attacks import ATTACKS, AttackedDevice, Collusion
 from eclm.campaign.messages import CloudSnapshot
 from eclm.config import PlatformConfig
@@ -51,6 +53,8 @@ class RobustnessBenchConfig(BaseModel):
     samples_per_device: tuple[int, int] = Field((80, 120), description="local training set size range")
     offline_epochs: int = Field(12, ge=0, description="offline stage-1 epochs of the pretrained cloud")
     enhance_epochs: int = Field(2, ge=0, description="offline stage-2 epochs")
+    workers: int = Field(0, ge=0, le=16, description="parallel worker processes, one (share, seed) setting each "
+                         "(0 = every setting in this process)")
     gateway_run: bool = Field(
         True, description="run the clean defended campaign once more with every device behind a device gateway "
         "(HTTP on 127.0.0.1, eclm.gateway) to measure the channel's overhead")
@@ -93,7 +97,7 @@ class RobustnessBenchConfig(BaseModel):
             ValueError: For an unknown mode.
         """
         if mode == "full":
-            return cls()
+            return cls(workers=2)
         if mode == "quick":
             return cls(seeds=1, cycles=3, attacks=["sign_flip", "scale_x10", "label_flip"],
                        shares=[(1, 5)], undefended_attacks=False, epochs=1, channels=(8, 16, 32, 64),
@@ -127,6 +131,27 @@ class TimedCloud(CloudService):
 def attackers_of(k: int, n: int) -> list[int]:
     """Device indices of ``k`` attackers among ``n``, spread over the fleet (and its tiers)."""
     return sorted({round(i * n / k) for i in range(k)})
+
+
+def run_settings(config: RobustnessBenchConfig) -> list[dict]:
+    """Every (share, seed) setting (:func:`run_setting`), in ``config.workers`` spawned processes
+    when above 0; the settings with the most devices start first (they take longest).
+
+    Returns:
+        The runs' records, by share (as configured), then seed.
+    """
+    keys = [(tuple(share), seed) for share in config.shares for seed in range(config.seeds)]
+    order = sorted(range(len(keys)), key=lambda i: -keys[i][0][1])
+    payload = config.model_dump_json()
+    done = run_jobs(_setting_job, [(payload, *keys[i]) for i in order], config.workers)
+    by_key = dict(zip((keys[i] for i in order), done, strict=True))
+    return [r for key in keys for r in by_key[key]]
+
+
+def _setting_job(config_json: str, share: tuple[int, int], seed: int) -> list[dict]:
+    """:func:`run_setting` on one torch thread, from the config as JSON (a worker process's job)."""
+    torch.set_num_threads(1)
+    return run_setting(RobustnessBenchConfig.model_validate_json(config_json), tuple(share), seed)
 
 
 def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int) -> list[dict]:

@@ -14,11 +14,9 @@ parallel worker processes with one torch thread each.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from benchmarks.baselines.config import AdaptationBenchConfig
@@ -38,6 +36,7 @@ from benchmarks.baselines.tables import (
     tier_table,
 )
 from benchmarks.baselines.target_figures import best_baselines, target_records
+from benchmarks.parallel import run_jobs
 from benchmarks.registry import register_suite
 from eclm.pipelines.adaptation import training_memory_bytes
 
@@ -129,16 +128,9 @@ def _plots(config: AdaptationBenchConfig, settings: dict[str, dict], out_dir: Pa
 
 def _run_jobs(config: AdaptationBenchConfig) -> list[dict]:
     """All (skew, seed) jobs, in parallel spawned workers when ``config.workers`` > 0."""
-    keys = [(skew, seed) for seed in range(config.seeds) for skew in config.label_skews]
     payload = config.model_dump_json()
-    if config.workers == 0:
-        results = [run_job(payload, skew, seed, threads=1) for skew, seed in keys]
-    else:
-        # spawn, not fork: the parent may hold torch's thread pool, which a forked child cannot use.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(config.workers, len(keys)), mp_context=ctx) as pool:
-            futures = [pool.submit(run_job, payload, skew, seed, 1) for skew, seed in keys]
-            results = [f.result() for f in futures]
+    jobs = [(payload, skew, seed, 1) for seed in range(config.seeds) for skew in config.label_skews]
+    results = run_jobs(run_job, jobs, config.workers)
     return sorted(results, key=lambda j: (j["label_skew"], j["seed"]))
 
 

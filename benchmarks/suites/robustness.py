@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.registry import register_suite
 from benchmarks.report import Table
 from benchmarks.suites._attacks import LABELS
-from benchmarks.suites._robustness_runs import RobustnessBenchConfig, run_setting
+from benchmarks.suites._robustness_runs import RobustnessBenchConfig, run_settings
 
 
 @register_suite("robustness", num_threads=1)
@@ -27,7 +27,7 @@ def robustness_suite(mode: str, out_dir: Path) -> dict:
     validated merge with its defences: cloud accuracy vs a clean run, who is excluded, merge time."""
     config = RobustnessBenchConfig.for_mode(mode)
     load_before = _load_average()
-    runs = [r for share in config.shares for seed in range(config.seeds) for r in run_setting(config, share, seed)]
+    runs = run_settings(config)
     result = summarise(runs, config)
     result["plots"] = [_plot(result["rows"], Path(out_dir))]
     result["load_average"] = {"before": load_before, "after": _load_average()}

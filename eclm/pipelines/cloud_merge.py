@@ -269,7 +269,8 @@ class CloudMergeMixin:
         """The merge's defences from the ``merge`` config (docs/security.md): claim bounds, the
         robust screen with the cloud's reference updates, and the paired acceptance test."""
         m, s = self.cfg.merge, self.cfg.merge.screen
-        screen = RobustScreen(norm_multiplier=s.norm_multiplier, min_centre_cosine=s.min_centre_cosine,
+        screen = RobustScreen(norm_multiplier=s.norm_multiplier, min_reference_norm_ratio=s.min_reference_norm_ratio,
+                              min_centre_cosine=s.min_centre_cosine,
                               min_trust_cosine=s.min_trust_cosine, min_head_trust_cosine=s.min_head_trust_cosine,
                               min_cohort=s.min_cohort, duplicate_distance=s.duplicate_distance,
                               max_own_drop=s.max_own_drop, own_alpha=m.alpha,

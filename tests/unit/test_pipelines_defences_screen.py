@@ -138,7 +138,7 @@ def test_a_zero_update_is_rejected_as_too_small():
     assert verdict.norm_ratio == 0.0 and not verdict.passed
 
 
-@pytest.mark.parametrize("kwargs", [{"norm_multiplier": 1.0}, {"min_cohort": 2}])
+@pytest.mark.parametrize("kwargs", [{"norm_multiplier": 1.0}, {"min_cohort": 2}, {"min_reference_norm_ratio": 0.0}])
 def test_bad_thresholds_are_refused(kwargs):
     with pytest.raises(ValueError):
         RobustScreen(**kwargs)
@@ -168,6 +168,51 @@ def test_without_a_boosted_update_nobody_is_compared_again_and_a_shrunken_one_is
     assert not verdicts["x0.1"].passed and "norm" in verdicts["x0.1"].reasons[0]
     assert all(v.compared_without == [] for v in verdicts.values())
     assert all(verdicts[d].passed for d in ("h0", "h1", "h2"))
+
+
+def _references(changes: dict[str, dict[Unit, torch.Tensor]], scale: float) -> dict[str, dict[Unit, torch.Tensor]]:
+    """The cloud's reference update of every device: its own change (same direction) times ``scale``."""
+    return {d: {u: scale * v for u, v in c.items()} for d, c in changes.items()}
+
+
+@pytest.mark.parametrize(("reference_scale", "rejected"), [
+    (1.0, False),  # honest: as large as the cloud's own fine-tune of its sub-model on its classes
+    (0.9, False),  # ratio 1/0.9 > 0.5
+    (4.0, True),   # ratio 0.25 < 0.5: small beside the reference too
+])
+def test_a_small_change_is_rejected_only_if_it_is_also_small_beside_the_cloud_reference(reference_scale, rejected):
+    """A device whose data its sub-model already fits moves less than the round's others: the
+    cloud's reference fine-tune of the same sub-model on its classes tells it from a shrunken update."""
+    changes = _round(noise=0.3)
+    changes["h0"] = _attacked(changes["h0"], "scaled x0.1")
+    references = _references(changes, 1.0)
+    references["h0"] = {u: reference_scale * v for u, v in changes["h0"].items()}
+    verdict = RobustScreen()(changes, references)["h0"]
+    assert verdict.norm_ratio < 0.25
+    assert verdict.reference_norm_ratio == pytest.approx(1 / reference_scale, rel=1e-4)
+    assert verdict.passed is not rejected, verdict.reasons
+    if rejected:
+        assert verdict.reasons == [f"norm {verdict.norm_ratio:.3g} x the round's typical update on its units "
+                                   "(allowed 0.25..4), and 0.25 x the cloud's reference update (allowed from 0.5)"]
+
+
+def test_without_the_reference_bound_or_a_reference_the_round_decides_alone():
+    changes = _round(noise=0.3)
+    changes["h0"] = _attacked(changes["h0"], "scaled x0.1")
+    references = _references(changes, 1.0)  # h0 as large as its reference: spared by the default
+    assert RobustScreen()(changes, references)["h0"].passed
+    assert not RobustScreen(min_reference_norm_ratio=None)(changes, references)["h0"].passed
+    assert not RobustScreen()(changes, {d: r for d, r in references.items() if d != "h0"})["h0"].passed
+    zero = references | {"h0": {u: torch.zeros_like(v) for u, v in changes["h0"].items()}}
+    verdict = RobustScreen()(changes, zero)["h0"]  # a reference that did not move is no yardstick
+    assert verdict.reference_norm_ratio is None and not verdict.passed
+
+
+def test_a_large_change_is_rejected_whatever_the_reference():
+    changes = _round(noise=0.3)
+    changes["h0"] = _attacked(changes["h0"], "scaled x10")
+    verdict = RobustScreen()(changes, _references(changes, 0.01))["h0"]
+    assert verdict.norm_ratio > 4 and not verdict.passed and verdict.reasons[0].startswith("norm ")
 
 
 def _scores(correct: list[int], p_true: list[float] | None = None) -> SampleScores:

@@ -8,8 +8,14 @@ checks do not catch.
 
 * **Norm bound relative to the round.** Per unit, the median change norm of the *other* holders
   is the round's typical size; over the device's units, ``ratio = ||own|| / ||typical||``.
-  ``ratio > norm_multiplier`` (boosted, e.g. scaled x10) or ``< 1 / norm_multiplier``
-  (a shrunken update that dilutes the average, e.g. scaled x0.1, or a free rider) is rejected.
+  ``ratio > norm_multiplier`` (boosted, e.g. scaled x10) is rejected; so is ``ratio < 1 /
+  norm_multiplier`` (a shrunken update that dilutes the average, e.g. scaled x0.1, or a free
+  rider) when the update is also small beside the cloud's reference update (below): its body norm
+  under ``min_reference_norm_ratio`` x the reference's on the same units. The round's other holders
+  met other environments, trained other modules and may already fit their data, so an honest
+  update of a device whose data its sub-model already fits sits below 1/4 of theirs; the reference
+  is the same sub-model fine-tuned on the device's classes, a yardstick of its own (FLTrust measures
+  every update's size against it). Without a reference the round-relative ratio decides alone.
   A boosted update inflates the typical size of every other holder of its units (with two others,
   the median of the others is the mean of the honest one and the boosted one), so honest devices
   would look shrunken beside it: the devices found boosted are left out, and the others are
@@ -86,6 +92,8 @@ class DeviceScreen:
 
     Attributes:
         norm_ratio: The device's change norm over the round's typical norm on the same units.
+        reference_norm_ratio: The device's change norm over the cloud's reference update's on the
+            same units (the body: every unit but the classifier rows).
         centre_cosine: Cosine with the coordinate-wise median of the other holders' changes.
         trust_cosine: Cosine with the cloud's reference update (the body: every unit but the
             classifier rows).
@@ -110,6 +118,7 @@ class DeviceScreen:
     """
 
     norm_ratio: float | None = None
+    reference_norm_ratio: float | None = None
     centre_cosine: float | None = None
     trust_cosine: float | None = None
     head_trust_cosine: float | None = None
@@ -149,6 +158,9 @@ class RobustScreen:
 
     Attributes:
         norm_multiplier: Allowed factor between a device's change norm and the round's typical one.
+        min_reference_norm_ratio: A change below ``1 / norm_multiplier`` of the round's typical one
+            is rejected only if its norm is also below this x the reference update's (``None``: the
+            round-relative ratio decides alone).
         min_centre_cosine: Minimum cosine with the robust centre of the other holders.
         min_trust_cosine: Minimum cosine with the cloud's reference update (body).
         min_head_trust_cosine: Minimum cosine with it over the classifier rows of the device's classes.
@@ -166,6 +178,7 @@ class RobustScreen:
     """
 
     norm_multiplier: float = 4.0
+    min_reference_norm_ratio: float | None = 0.5
     min_centre_cosine: float = -0.3
     min_trust_cosine: float = -0.3
     min_head_trust_cosine: float = -0.5
@@ -183,6 +196,8 @@ class RobustScreen:
             raise ValueError("max_own_drop must lie in [0, 1] (or be None) and own_alpha in (0, 1)")
         if self.max_own_loss_rise is not None and not self.max_own_loss_rise >= 0:
             raise ValueError("max_own_loss_rise must be >= 0 (or None)")
+        if self.min_reference_norm_ratio is not None and not self.min_reference_norm_ratio > 0:
+            raise ValueError("min_reference_norm_ratio must be > 0 (or None)")
         if self.max_relative_stable_rank is not None and not self.max_relative_stable_rank > 0:
             raise ValueError("max_relative_stable_rank must be > 0 (or None)")
 
@@ -252,8 +267,8 @@ class RobustScreen:
             out.norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
             out.centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)
         if reference is not None:
-            out.trust_cosine = _trust(change, reference, head=False)
-            out.head_trust_cosine = _trust(change, reference, head=True)
+            out.trust_cosine, out.reference_norm_ratio = _trust(change, reference, head=False)
+            out.head_trust_cosine, _ = _trust(change, reference, head=True)
         if own is not None and own[1].correct.numel():
             before, after = own
             out.own_samples, out.own_acc_after = int(after.correct.numel()), float(after.correct.float().mean())
@@ -298,13 +313,25 @@ class RobustScreen:
                              f"(sign test p={losses.p_worse:.3g}) and on every one of its classes (by "
                              f"{losses.least_class_rise:.3f} or more)")
 
+    def _small_beside_reference(self, s: DeviceScreen) -> bool:
+        """Whether a change small beside the round is small beside the cloud's reference too
+        (true without a reference or without a bound: the round decides alone)."""
+        bound = self.min_reference_norm_ratio
+        return bound is None or s.reference_norm_ratio is None or s.reference_norm_ratio < bound
+
     def _verdict(self, s: DeviceScreen) -> None:
         m = self.norm_multiplier
         if s.identical_to:
             s.reasons.append(f"identical to the update of {s.identical_to} (colluding or replayed)")
-        if s.norm_ratio is not None and not 1 / m <= s.norm_ratio <= m:
+        if s.norm_ratio is not None and s.norm_ratio > m:
             s.reasons.append(f"norm {s.norm_ratio:.3g} x the round's typical update on its units "
                              f"(allowed {1 / m:.3g}..{m:g})")
+        elif s.norm_ratio is not None and s.norm_ratio < 1 / m and self._small_beside_reference(s):
+            beside = "" if s.reference_norm_ratio is None or self.min_reference_norm_ratio is None else (
+                f", and {s.reference_norm_ratio:.3g} x the cloud's reference update (allowed from "
+                f"{self.min_reference_norm_ratio:g})")
+            s.reasons.append(f"norm {s.norm_ratio:.3g} x the round's typical update on its units "
+                             f"(allowed {1 / m:.3g}..{m:g}){beside}")
         if s.centre_cosine is not None and not s.centre_cosine > self.min_centre_cosine:
             s.reasons.append(f"direction: cosine {s.centre_cosine:.3f} with the median of the other devices "
                              f"(needs > {self.min_centre_cosine:g})")
@@ -339,9 +366,11 @@ def _cosine(dot: float, a_sq: float, b_sq: float) -> float:
     return dot / (a_sq * b_sq) ** 0.5 if a_sq > 0 and b_sq > 0 else 0.0
 
 
-def _trust(change: dict[Unit, Tensor], reference: dict[Unit, Tensor], *, head: bool) -> float | None:
+def _trust(change: dict[Unit, Tensor], reference: dict[Unit, Tensor], *,
+           head: bool) -> tuple[float | None, float | None]:
     """Cosine of ``change`` with ``reference`` over the classifier-row units (``head``) or the
-    others; ``None`` if there are no such units."""
+    others, and the ratio of their norms there (``None`` for a zero reference: no yardstick);
+    ``(None, None)`` if there are no such units."""
     dot = own = ref = 0.0
     units = 0
     for unit, value in change.items():
@@ -353,4 +382,6 @@ def _trust(change: dict[Unit, Tensor], reference: dict[Unit, Tensor], *, head: b
         own += float(v @ v)
         ref += float(r @ r)
         units += 1
-    return _cosine(dot, own, ref) if units else None
+    if not units:
+        return None, None
+    return _cosine(dot, own, ref), (own / ref) ** 0.5 if ref > 0 else None
