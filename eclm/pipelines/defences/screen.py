@@ -323,7 +323,7 @@ class RobustScreen:
         m = self.norm_multiplier
         if s.identical_to:
             s.reasons.append(f"identical to the update of {s.identical_to} (colluding or replayed)")
-        if s.norm_ratio is not None and s.norm_ratio > m:
+        if s.norm_ratio is not None and not s.norm_ratio <= m:  # NaN too
             s.reasons.append(f"norm {s.norm_ratio:.3g} x the round's typical update on its units "
                              f"(allowed {1 / m:.3g}..{m:g})")
         elif s.norm_ratio is not None and s.norm_ratio < 1 / m and self._small_beside_reference(s):
