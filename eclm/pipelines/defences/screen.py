@@ -267,8 +267,8 @@ class RobustScreen:
             out.norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
             out.centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)
         if reference is not None:
-            out.trust_cosine, out.reference_norm_ratio = _trust(change, reference, head=False)
-            out.head_trust_cosine, _ = _trust(change, reference, head=True)
+            out.trust_cosine, out.reference_norm_ratio = _against_reference(change, reference, head=False)
+            out.head_trust_cosine, _ = _against_reference(change, reference, head=True)
         if own is not None and own[1].correct.numel():
             before, after = own
             out.own_samples, out.own_acc_after = int(after.correct.numel()), float(after.correct.float().mean())
@@ -366,7 +366,7 @@ def _cosine(dot: float, a_sq: float, b_sq: float) -> float:
     return dot / (a_sq * b_sq) ** 0.5 if a_sq > 0 and b_sq > 0 else 0.0
 
 
-def _trust(change: dict[Unit, Tensor], reference: dict[Unit, Tensor], *,
+def _against_reference(change: dict[Unit, Tensor], reference: dict[Unit, Tensor], *,
            head: bool) -> tuple[float | None, float | None]:
     """Cosine of ``change`` with ``reference`` over the classifier-row units (``head``) or the
     others, and the ratio of their norms there (``None`` for a zero reference: no yardstick);
