@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.machine import machine_info, usable_cores  # noqa: E402
+from benchmarks.progress import clear as clear_progress  # noqa: E402
 from benchmarks.registry import MODES, RUN_MODES, Suite, discover_suites, registered_suites  # noqa: E402
 from benchmarks.report import check_result, write_report  # noqa: E402
 from benchmarks.targets import TARGETS_FILE, check_targets, git_commit, merge_targets, stamp  # noqa: E402
@@ -91,6 +92,7 @@ def run_suites(
     docs_path: Path = DEFAULT_DOCS,
     *,
     discover: bool = True,
+    fresh: bool = False,
 ) -> list[dict]:
     """Run suites, save their JSON results and targets, and re-render the report.
 
@@ -101,6 +103,7 @@ def run_suites(
         docs_path: Markdown report to (re)write from all results in ``out_dir``.
         discover: Import :mod:`benchmarks.suites` first; suite modules that fail to import are
             reported as failed suites named after the module.
+        fresh: Delete each suite's kept progress (:mod:`benchmarks.progress`) before it runs.
 
     Returns:
         The results of the suites run in this call, in run order.
@@ -125,6 +128,8 @@ def run_suites(
     results = []
     for name in wanted:
         if name in suites:
+            if fresh and clear_progress(out_dir, name):
+                print(f"[bench] {name}: kept progress deleted (--fresh)", flush=True)
             print(f"[bench] {name} ({mode}) ...", flush=True)
             result = run_suite(suites[name], mode, out_dir, machine)
         else:
@@ -152,9 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="suite(s) to run (default: all registered)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
     parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="Markdown report to re-render")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the suites' kept progress first (benchmarks/progress.py): run every part again")
     args = parser.parse_args(argv)
     try:
-        results = run_suites(args.suite, args.mode, args.out, args.docs)
+        results = run_suites(args.suite, args.mode, args.out, args.docs, fresh=args.fresh)
     except ValueError as err:
         parser.error(str(err))
     failed = [r for r in results if "error" in r]

@@ -23,7 +23,9 @@ from benchmarks.baselines.config import AdaptationBenchConfig
 from benchmarks.baselines.records import CycleLog
 from benchmarks.local_campaign import local_coordinator
 from benchmarks.parallel import run_jobs
+from benchmarks.progress import REPO_ROOT, Progress
 from benchmarks.suites._attacks import ATTACKS, AttackedDevice, Collusion
+from benchmarks.targets import git_commit
 from eclm.campaign.messages import CloudSnapshot
 from eclm.config import PlatformConfig
 from eclm.gateway import DeviceGateway, RemoteDevice
@@ -133,54 +135,85 @@ def attackers_of(k: int, n: int) -> list[int]:
     return sorted({round(i * n / k) for i in range(k)})
 
 
-def run_settings(config: RobustnessBenchConfig) -> list[dict]:
+def run_settings(config: RobustnessBenchConfig, progress: Progress | None = None) -> list[dict]:
     """Every (share, seed) setting (:func:`run_setting`), in ``config.workers`` spawned processes
     when above 0; the settings with the most devices start first (they take longest).
+
+    Args:
+        config: What to run.
+        progress: Where finished campaigns are kept (:mod:`benchmarks.progress`); those found
+            there are not run again.
 
     Returns:
         The runs' records, by share (as configured), then seed.
     """
     keys = [(tuple(share), seed) for share in config.shares for seed in range(config.seeds)]
     order = sorted(range(len(keys)), key=lambda i: -keys[i][0][1])
-    payload = config.model_dump_json()
-    done = run_jobs(_setting_job, [(payload, *keys[i]) for i in order], config.workers)
+    payload, where = config.model_dump_json(), None if progress is None else str(progress.directory)
+    done = run_jobs(_setting_job, [(payload, *keys[i], where) for i in order], config.workers)
     by_key = dict(zip((keys[i] for i in order), done, strict=True))
     return [r for key in keys for r in by_key[key]]
 
 
-def _setting_job(config_json: str, share: tuple[int, int], seed: int) -> list[dict]:
+def _setting_job(config_json: str, share: tuple[int, int], seed: int, progress: str | None = None) -> list[dict]:
     """:func:`run_setting` on one torch thread, from the config as JSON (a worker process's job)."""
     torch.set_num_threads(1)
-    return run_setting(RobustnessBenchConfig.model_validate_json(config_json), tuple(share), seed)
+    return run_setting(RobustnessBenchConfig.model_validate_json(config_json), tuple(share), seed,
+                       None if progress is None else Progress(progress))
 
 
-def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int) -> list[dict]:
-    """Every run of one (share, seed): clean with and without defences, then each attack.
+def setting_plan(config: RobustnessBenchConfig, share: tuple[int, int]) -> list[tuple[str, bool, bool]]:
+    """The campaigns of one setting, ``(attack, defended, over the gateway)``: clean with and
+    without defences, each attack defended, then (``undefended_attacks``) undefended, then the
+    gateway run; collusion only with two attackers or more."""
+    plan = [("clean", True, False), ("clean", False, False)] + [(a, True, False) for a in config.attacks]
+    plan += [(a, False, False) for a in config.attacks] if config.undefended_attacks else []
+    plan += [("clean", True, True)] if config.gateway_run else []
+    return [p for p in plan if p[0] != "collude" or share[0] >= 2]
+
+
+def campaign_key(share: tuple[int, int], seed: int, attack: str, defended: bool, gateway: bool) -> str:
+    """The name one campaign's record is kept under in a :class:`~benchmarks.progress.Progress`."""
+    return f"{share[0]}of{share[1]}_seed{seed}_{attack}_{'on' if defended else 'off'}{'_gateway' if gateway else ''}"
+
+
+def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int,
+                progress: Progress | None = None) -> list[dict]:
+    """Every campaign of one (share, seed) (:func:`setting_plan`), from one pretrained cloud.
+
+    With ``progress``, a campaign whose record is there is taken from it (the cloud is pretrained
+    only if one is missing) and each finished campaign is written there at once.
 
     Returns:
         One record per run (:func:`run_campaign`), with ``pretrain_seconds`` of the shared cloud.
     """
     k, n = share
+    plan = setting_plan(config, share)
+    keys = [campaign_key(share, seed, *p) for p in plan]
+    found = {key: progress.get(key) for key in keys} if progress is not None else {}
+    commit = git_commit(REPO_ROOT) if progress is not None else None
+    runs = []
     with tempfile.TemporaryDirectory(prefix="eclm-robust-") as tmp:
-        cloud = CloudService(config.platform_config(n, seed, Path(tmp)))
-        t0 = time.perf_counter()
-        cloud.pretrain()
-        pretrain_s, pretrained = time.perf_counter() - t0, cloud.snapshot()
-        del cloud
-        plan = [("clean", True, False), ("clean", False, False)] + [(a, True, False) for a in config.attacks]
-        plan += [(a, False, False) for a in config.attacks] if config.undefended_attacks else []
-        plan += [("clean", True, True)] if config.gateway_run else []
-        runs = []
-        for attack, defended, gateway in plan:
-            if attack == "collude" and k < 2:
-                continue  # collusion needs two devices
-            pcfg = config.platform_config(n, seed, Path(tmp), defended)
-            record = run_campaign(pcfg, pretrained, attack, attackers_of(k, n) if attack != "clean" else [],
-                                  config.cycles, seed, gateway=gateway)
-            runs.append(record | {"share": f"{k} of {n}", "seed": seed, "defended": defended,
-                                  "pretrain_seconds": pretrain_s})
+        pretrained, pretrain_s = None, 0.0
+        for key, (attack, defended, gateway) in zip(keys, plan, strict=True):
+            record = found.get(key)
+            resumed = record is not None
+            if not resumed:
+                if pretrained is None:
+                    cloud = CloudService(config.platform_config(n, seed, Path(tmp)))
+                    t0 = time.perf_counter()
+                    cloud.pretrain()
+                    pretrain_s, pretrained = time.perf_counter() - t0, cloud.snapshot()
+                    del cloud
+                pcfg = config.platform_config(n, seed, Path(tmp), defended)
+                record = run_campaign(pcfg, pretrained, attack, attackers_of(k, n) if attack != "clean" else [],
+                                      config.cycles, seed, gateway=gateway)
+                record |= {"share": f"{k} of {n}", "seed": seed, "defended": defended, "pretrain_seconds": pretrain_s}
+                if progress is not None:
+                    record = progress.put(key, record, commit)
+            runs.append(record)
             print(f"[robustness] {k} of {n}, seed {seed}, {attack}{' over the gateway' if gateway else ''}, "
-                  f"defences {'on' if defended else 'off'}: "
+                  f"defences {'on' if defended else 'off'}{' (resumed)' if resumed else ''}: "
                   f"val {record['final_val_acc']:.3f}, attacker excluded {record['attacker_excluded']}/"
                   f"{record['attacker_rounds']}, honest excluded {record['honest_excluded']}/"
                   f"{record['honest_rounds']}, merge {sum(record['merge_seconds']):.1f} s "

@@ -11,10 +11,12 @@ through the platform's own cycle (:mod:`benchmarks.suites._robustness_runs`) wit
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.progress import Progress
 from benchmarks.registry import register_suite
 from benchmarks.report import Table
 from benchmarks.suites._attacks import LABELS
@@ -27,13 +29,22 @@ def robustness_suite(mode: str, out_dir: Path) -> dict:
     validated merge with its defences: cloud accuracy vs a clean run, who is excluded, merge time."""
     config = RobustnessBenchConfig.for_mode(mode)
     load_before = _load_average()
-    runs = run_settings(config)
+    progress = Progress.open(Path(out_dir), "robustness", f"{mode}\0{config.model_dump_json()}")
+    runs = run_settings(config, progress)
     result = summarise(runs, config)
+    result["resumed"] = _resumed(runs)
+    print(f"[robustness] campaigns by the commit they ran at: {result['resumed']['by_commit']}", flush=True)
     result["plots"] = [_plot(result["rows"], Path(out_dir))]
     result["load_average"] = {"before": load_before, "after": _load_average()}
     for t in result["targets"]:
         print(f"[robustness] target {t['name']}: {t['value']:.3g} {t['op']} {t['target']:g}", flush=True)
     return result
+
+
+def _resumed(runs: list[dict]) -> dict:
+    """How many campaigns were measured at which commit (:mod:`benchmarks.progress`: a stopped run
+    resumes with the campaigns it had finished, on the same code)."""
+    return {"campaigns": len(runs), "by_commit": dict(Counter(r.get("progress_commit", "unknown") for r in runs))}
 
 
 def summarise(runs: list[dict], config: RobustnessBenchConfig) -> dict:

@@ -26,9 +26,9 @@ def test_robustness_settings_start_largest_first_and_return_by_share_then_seed(m
     submitted = []
 
     def fake(fn, jobs, workers):
-        submitted.extend((share, seed) for _, share, seed in jobs)
+        submitted.extend((share, seed) for _, share, seed, _ in jobs)
         assert fn is runs._setting_job and workers == 2
-        return [[{"share": share, "seed": seed}] for _, share, seed in jobs]
+        return [[{"share": share, "seed": seed}] for _, share, seed, _ in jobs]
 
     monkeypatch.setattr(runs, "run_jobs", fake)
     config = RobustnessBenchConfig(seeds=2, shares=[(1, 5), (3, 20)], workers=2)
