@@ -32,8 +32,8 @@ def robustness_suite(mode: str, out_dir: Path) -> dict:
     progress = Progress.open(Path(out_dir), "robustness", f"{mode}\0{config.model_dump_json()}")
     runs = run_settings(config, progress)
     result = summarise(runs, config)
-    result["resumed"] = _resumed(runs)
-    print(f"[robustness] campaigns by the commit they ran at: {result['resumed']['by_commit']}", flush=True)
+    result["campaign_commits"] = _campaign_commits(runs)
+    print(f"[robustness] campaigns by the commit they ran at: {result['campaign_commits']['by_commit']}", flush=True)
     result["plots"] = [_plot(result["rows"], Path(out_dir))]
     result["load_average"] = {"before": load_before, "after": _load_average()}
     for t in result["targets"]:
@@ -41,7 +41,7 @@ def robustness_suite(mode: str, out_dir: Path) -> dict:
     return result
 
 
-def _resumed(runs: list[dict]) -> dict:
+def _campaign_commits(runs: list[dict]) -> dict:
     """How many campaigns were measured at which commit (:mod:`benchmarks.progress`: a stopped run
     resumes with the campaigns it had finished, on the same code)."""
     return {"campaigns": len(runs), "by_commit": dict(Counter(r.get("progress_commit", "unknown") for r in runs))}
