@@ -230,7 +230,8 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
     :class:`~eclm.gateway.RemoteDevice`: the same campaign over the bytes-only channel.
 
     Returns:
-        ``{"attack", "gateway", "val_acc": [per cycle], "final_val_acc", "attacker_rounds",
+        ``{"attack", "gateway", "val_acc": [per cycle], "final_val_acc", "seen_acc": [per cycle: the
+        cloud's accuracy under the environments seen so far, or None], "final_seen_acc", "val_samples", "attacker_rounds",
         "attacker_excluded", "honest_rounds", "honest_excluded", "merge_seconds",
         "merge_cpu_seconds": [per cycle], "decisions", "cycle_seconds", "payload_bytes",
         "channel_bytes"}`` (the last: bytes through the gateways, frames included; 0 without).
@@ -263,12 +264,14 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
             coordinator.run_cycle(names, reason="benchmark")
         cloud = coordinator.fleet.cloud.service
         merge_seconds, merge_cpu = list(cloud.merge_seconds), list(cloud.merge_cpu_seconds)
+        val_samples = len(cloud.val_y)
     finally:
         coordinator.fleet.close()
         for g in gateways:
             g.close()
-    record = {"attack": attack, "gateway": gateway, "val_acc": [], "attacker_rounds": 0, "attacker_excluded": 0, "honest_rounds": 0,
-              "honest_excluded": 0, "merge_seconds": merge_seconds, "merge_cpu_seconds": merge_cpu, "decisions": [],
+    record = {"attack": attack, "gateway": gateway, "val_acc": [], "seen_acc": [], "val_samples": val_samples,
+              "attacker_rounds": 0, "attacker_excluded": 0, "honest_rounds": 0, "honest_excluded": 0,
+              "merge_seconds": merge_seconds, "merge_cpu_seconds": merge_cpu, "decisions": [],
               "cycle_seconds": time.perf_counter() - t0, "payload_bytes": 0,
               "channel_bytes": sum(r.bytes_sent + r.bytes_received for r in remotes)}
     for result, _ in log.cycles:
@@ -280,7 +283,8 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
             record[f"{kind}_rounds"] += 1
             record[f"{kind}_excluded"] += name not in accepted
         record["val_acc"].append(result.cloud_val_acc)
+        record["seen_acc"].append(result.merge.cloud_seen_acc)
         record["payload_bytes"] += sum(result.bytes_up.values()) + sum(result.bytes_down.values())
         record["decisions"].append({"decision": result.merge.decision, "rejected": dict(result.merge.rejected)})
-    record["final_val_acc"] = record["val_acc"][-1]
+    record["final_val_acc"], record["final_seen_acc"] = record["val_acc"][-1], record["seen_acc"][-1]
     return record
