@@ -23,14 +23,16 @@ demo: $(STAMP)
 	$(BIN)/eclm demo
 
 # Unit tests (torch and pure Python, no Ray) run on $(TEST_WORKERS) pytest workers, each test
-# module on one worker; integration tests (real Ray clusters, MLflow, subprocesses) run serially
-# after them. pytest exits 5 when it collected no tests: that is a failure, not a pass.
+# module on one worker; integration tests (real Ray clusters, MLflow, subprocesses) run after them,
+# also on $(TEST_WORKERS) workers a module each: every module starts its own local Ray (or
+# cluster_utils.Cluster) on free ports, so two run side by side. pytest exits 5 when it collected
+# no tests: that is a failure, not a pass.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
 
 test: $(STAMP)
 	$(PYTEST) tests/unit -n $(TEST_WORKERS) --dist loadfile; u=$$?; \
-	$(PYTEST) tests/integration; i=$$?; \
+	$(PYTEST) tests/integration -n $(TEST_WORKERS) --dist loadfile; i=$$?; \
 	if [ $$u -eq 5 ] || [ $$i -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; \
 	echo "make test: unit exit $$u, integration exit $$i"; [ $$u -eq 0 ] && [ $$i -eq 0 ]
 
@@ -38,7 +40,7 @@ test-unit: $(STAMP)
 	$(PYTEST) tests/unit -n $(TEST_WORKERS) --dist loadfile
 
 test-integration: $(STAMP)
-	$(PYTEST) tests/integration
+	$(PYTEST) tests/integration -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --mode full
