@@ -72,13 +72,15 @@ class FedAvgCloud(CloudService):
         held = summary.held
         if self.cfg.adaptation.delta_dtype != "float32":
             same = held is not None and held.spec == spec
-            payload, _ = self._package(summary.device, spec, held if same else None)  # no respec: eclm's own
+            payload, _, delivery = self._package(summary.device, spec, held if same else None)  # no respec: eclm's own
+            delivery = delivery if same or held is None else "new_spec"
         else:
             payload = pack_state(self.model.extract(spec).state_dict(), spec,
                                  {"version": self.version, "device": summary.device})
+            delivery = "first" if held is None else "weights"
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
                                budget=self.budget(summary.device, summary.resources).limits(),
-                               cost=self.model.costs().total(spec))
+                               cost=self.model.costs().total(spec), delivery=delivery)
 
     def merge(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
         """Replace the global weights by the sample-weighted average of the uploads (no validation).

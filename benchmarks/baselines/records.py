@@ -42,7 +42,7 @@ def device_records(result: CycleResult, summaries: Mapping[str, DeviceSummary], 
 
     Returns:
         Records with ``round, device, tier, memory_mb, classes, environment, acc_before(_dev),
-        acc_after(_dev), forgetting(_dev), bytes_down, bytes_up, seconds_per_batch, batches,
+        acc_after(_dev), forgetting(_dev), bytes_down, bytes_up, delivery, seconds_per_batch, batches,
         train_seconds, params, trained_params, flops, activation_bytes, train_memory, trainable,
         groups``; ``_dev`` = argmax over the device's own classes.
 
@@ -66,6 +66,7 @@ def device_records(result: CycleResult, summaries: Mapping[str, DeviceSummary], 
             "forgetting": _diff(s.held_previous_accuracy, m.prev_acc_after),
             "forgetting_dev": _diff(s.held_previous_accuracy_own, m.prev_acc_after_own),
             "bytes_down": result.bytes_down[name], "bytes_up": result.bytes_up[name],
+            "delivery": result.deliveries.get(name),
             "seconds_per_batch": m.seconds_per_batch, "batches": m.batches,
             "params": m.params, "flops": m.flops, "activation_bytes": activation,
             # the platform's own estimate (eclm.modules.trainable.TrainingMemory, dense or module-sparse)

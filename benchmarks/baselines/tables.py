@@ -231,3 +231,35 @@ def server_table(settings: dict[str, dict]) -> Table:
                "the cycle's merge phase (server step, snapshot of a new version, the cloud's re-validation). "
                "Counts over all seeds and cycles."),
     )
+
+
+def delivery_table(jobs: list[dict], labels: dict[str, str]) -> Table:
+    """What each method's downloads carried (:data:`eclm.campaign.messages.Delivery`): per method and
+    kind, the share of served device-cycles and the KiB per such download, pooled over every job
+    (seed and label skew) and epoch budget."""
+    kinds: dict[str, dict[str, list[int]]] = {}
+    for job in jobs:
+        for run in job["runs"].values():
+            for method, records in run["records"].items():
+                for r in records:
+                    kinds.setdefault(method, {}).setdefault(r.get("delivery") or "not stated", []).append(r["bytes_down"])
+    order = ["kept", "delta", "respec", "first", "refresh", "expired", "other_model", "new_spec", "weights",
+             "not stated"]
+    rows = []
+    for method, by_kind in kinds.items():
+        served = sum(len(v) for v in by_kind.values())
+        for kind in sorted(by_kind, key=lambda k: order.index(k) if k in order else len(order)):
+            sizes = by_kind[kind]
+            rows.append([labels.get(method, method), kind, len(sizes), round(len(sizes) / served, 3),
+                         round(sum(sizes) / len(sizes) / 1024, 1), round(sum(sizes) / served / 1024, 1)])
+    return Table(
+        "Downloads by kind", ["method", "delivery", "served device-cycles", "share", "KiB per download",
+                              "KiB per served device-cycle"], rows,
+        notes=("What each served device's package carried and why (SubModelPackage.delivery): kept = nothing (it "
+               "holds this version and spec), delta = the change since the version it holds, respec = another "
+               "spec (kept modules' change, new modules whole); whole sub-models: first = its first service, "
+               "refresh = fresh weights after a rejected upload, expired = its held version is no longer kept "
+               "(merge.keep_versions), new_spec = a baseline's changed width (no respec), weights = the method "
+               "ships whole models every time (FedAvg/HeteroFL as published). KiB include the selector where it "
+               "was sent. Pooled over seeds, label skews and epoch budgets."),
+    )

@@ -29,6 +29,7 @@ from benchmarks.baselines.tables import (
     accuracy_table,
     cost_table,
     cycle_table,
+    delivery_table,
     pm,
     ratio_table,
     reference_table,
@@ -82,6 +83,7 @@ def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None
     tables += [cycle_table(name, s, LABELS, config).to_dict() for name, s in settings.items()]
     tables += [cost_table(settings, LABELS, measured).to_dict(), ratio_table(settings, LABELS, measured).to_dict(),
                tier_table(jobs, probe, LABELS, config).to_dict(), server_table(settings).to_dict(),
+               delivery_table(jobs, LABELS).to_dict(),
                reference_table(settings.get(setting_name(2, 3)), LABELS, _full_training_memory(jobs[0]),
                                probe).to_dict()]
     targets = target_records(jobs, config.cycles, config.arrival_from, memory)

@@ -157,6 +157,8 @@ def _traffic(c: CycleCoordinator, result: CycleResult, packages: Mapping[str, Su
              updates: Mapping[str, DeviceUpdate], split: SplitRoundResult | None) -> None:
     for n in result.devices:  # the selector's bytes were counted when it was sent
         result.bytes_down[n] = result.bytes_down.get(n, 0) + (packages[n].nbytes if n in packages else 0)
+        if n in packages and packages[n].delivery is not None:
+            result.deliveries[n] = packages[n].delivery
         result.bytes_up[n] = len(updates[n].payload) if n in updates and c.strategy.merges else 0
     if split is not None:  # split devices sent activations and device parts, not a sub-model
         result.bytes_up |= split.bytes_up

@@ -74,6 +74,16 @@ Lagging = tuple[tuple[int, int, int], ...]
 #: At most one entry per module of a model; far more than any backbone here has.
 MAX_LAGGING = 4096
 
+#: What a package carries and why (:attr:`SubModelPackage.delivery`): ``kept`` (nothing: the device
+#: holds this version and spec), ``delta`` (the change since the version it holds), ``respec`` (another
+#: spec of the model it holds: the change of the kept modules, the new ones whole), or the whole
+#: sub-model because it is the device's ``first``, a ``refresh`` after a rejected upload (fresh
+#: weights), its held version has ``expired`` (no longer kept), it holds an ``other_model``, its
+#: spec changed and the method does not respec (``new_spec``), or the exchange sends ``weights``
+#: every time.
+Delivery = Literal["kept", "delta", "respec", "first", "refresh", "expired", "other_model", "new_spec", "weights"]
+WHOLE_DELIVERIES = ("first", "refresh", "expired", "other_model", "new_spec", "weights")
+
 
 def _check_lagging(lagging: Lagging, version: int) -> Lagging:
     """Lagging modules: non-negative indices, a version older than ``version``, each module once."""
@@ -169,6 +179,7 @@ class SubModelPackage(Message):
             ``None``: every parameter of the sub-model.
         lagging: Modules the device holds from an older version once it has installed this
             package (:attr:`HeldModel.lagging`; it reports them back with its next summary).
+        delivery: What the payload carries and why (:data:`Delivery`), for the traffic accounts.
     """
 
     device: str
@@ -180,6 +191,14 @@ class SubModelPackage(Message):
     solve_seconds: float = Field(0.0, ge=0)
     trainable: TrainableSpec | None = None
     lagging: Lagging = Field((), max_length=MAX_LAGGING)
+    delivery: Delivery | None = Field(None, description="what the payload carries and why (Delivery); None: "
+                                      "not stated by the sender")
+
+    @model_validator(mode="after")
+    def _delivery_matches_payload(self) -> SubModelPackage:
+        if self.delivery is not None and (self.delivery == "kept") != (self.payload is None):
+            raise ValueError(f"delivery {self.delivery!r} with {'no' if self.payload is None else 'a'} payload")
+        return self
 
     @model_validator(mode="after")
     def _lagging_older(self) -> SubModelPackage:

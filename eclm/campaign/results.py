@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eclm.campaign.messages import DeviceMetrics, DeviceUpdate, MergeOutcome, SubModelPackage
+from eclm.campaign.messages import Delivery, DeviceMetrics, DeviceUpdate, MergeOutcome, SubModelPackage
 from eclm.modules.spec import SubModelSpec
 
 
@@ -51,6 +51,8 @@ class CycleResult(BaseModel):
         cloud_val_acc: Cloud proxy-validation accuracy after the merge.
         bytes_up: Per device bytes uploaded.
         bytes_down: Per device bytes downloaded (selector, package).
+        deliveries: Per device what its package carried and why
+            (:data:`~eclm.campaign.messages.Delivery`; devices whose strategy did not say are absent).
         durations: Seconds per phase.
         specs: The spec each adapting device held.
         split: The split round's result, if any device trained split.
@@ -68,6 +70,7 @@ class CycleResult(BaseModel):
     cloud_val_acc: float | None = None
     bytes_up: dict[str, int] = Field(default_factory=dict)
     bytes_down: dict[str, int] = Field(default_factory=dict)
+    deliveries: dict[str, Delivery] = Field(default_factory=dict)
     durations: dict[str, float] = Field(default_factory=dict)
     specs: dict[str, SubModelSpec] = Field(default_factory=dict)
     split: SplitRoundResult | None = None

@@ -8,6 +8,7 @@ cloud version as a registered model version.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,6 +109,7 @@ def _cycle_metrics(result: CycleResult, per_device: bool) -> dict[str, float]:
         "merge/rejected_devices": len(merge.rejected),
         "traffic/bytes_up": sum(result.bytes_up.values()),
         "traffic/bytes_down": sum(result.bytes_down.values()),
+        **{f"traffic/deliveries/{k}": v for k, v in Counter(result.deliveries.values()).items()},
         "devices/failed": len(result.failures),
         "devices/served": len(result.devices),
         **{f"time/{k}": v for k, v in result.durations.items()},
@@ -145,13 +147,14 @@ def _aggregates(result: CycleResult) -> dict[str, float]:
 def device_table(result: CycleResult) -> dict:
     """Per-device detail of one round as a table (``{"columns": [...], "data": [[...], ...]}``, the
     layout MLflow's table artifacts use), worst ``acc_after`` first."""
-    columns = ["device", "acc_before", "acc_after", "forgetting", "bytes_up", "bytes_down", "params", "failure"]
+    columns = ["device", "acc_before", "acc_after", "forgetting", "bytes_up", "bytes_down", "delivery", "params",
+               "failure"]
     rows = []
     for n in result.devices:
         dm = result.device_metrics.get(n)
         rows.append([n, dm.acc_before if dm else None, dm.acc_after if dm else None, dm.forgetting if dm else None,
-                     result.bytes_up.get(n, 0), result.bytes_down.get(n, 0), dm.params if dm else None,
-                     result.failures.get(n)])
+                     result.bytes_up.get(n, 0), result.bytes_down.get(n, 0), result.deliveries.get(n),
+                     dm.params if dm else None, result.failures.get(n)])
     rows.sort(key=lambda r: (r[2] is not None, r[2] if r[2] is not None else 0.0))
     return {"columns": columns, "data": rows}
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from eclm.campaign.messages import (
     CloudInfo,
     CloudSnapshot,
+    Delivery,
     DeviceSummary,
     EpochRecord,
     HeldModel,
@@ -234,15 +235,17 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         spec = derive_submodel(self.model, importance, budget)
         trainable, cost = self._trainable(spec, importance, budget, summary.classes)
         solve = time.perf_counter() - start
-        held = summary.held
+        held, delivery = summary.held, "kept"
         if self.quarantine.take_refresh(summary.device):
-            held = None  # rejected on its own classes or refused: fresh weights replace its local ones
+            held, delivery = None, "refresh"  # rejected on its own classes or refused: fresh weights replace its own
         payload, lagging = None, held.lagging if held is not None else ()
         if held is None or held.spec != spec or held.version != self.version:
-            payload, lagging = self._package(summary.device, spec, held)
+            payload, lagging, kind = self._package(summary.device, spec, held)
+            delivery = delivery if delivery == "refresh" else kind
         limits = budget.limits() | ({"train_memory": budget.max_train_memory} if budget.max_train_memory else {})
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
-                               budget=limits, cost=cost, solve_seconds=solve, trainable=trainable, lagging=lagging)
+                               budget=limits, cost=cost, solve_seconds=solve, trainable=trainable, lagging=lagging,
+                               delivery=delivery)
 
     def _trainable(self, spec: SubModelSpec, importance: list[list[float]], budget: DeviceProfile,
                    classes) -> tuple[TrainableSpec | None, dict[str, float]]:
@@ -257,9 +260,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
                                 share=a.trainable_share, head_rows=classes if a.train_head == "own" else None)
         return plan, cost | {"train_memory": memory.total(costs, spec, plan)}
 
-    def _package(self, device: str, spec: SubModelSpec, held: HeldModel | None) -> tuple[bytes, Lagging]:
-        """What a device holding ``held`` needs for ``spec`` (see :meth:`derive`), and the modules it
-        then holds from older versions.
+    def _package(self, device: str, spec: SubModelSpec, held: HeldModel | None) -> tuple[bytes, Lagging, Delivery]:
+        """What a device holding ``held`` needs for ``spec`` (see :meth:`derive`), the modules it
+        then holds from older versions, and what the payload is (:data:`~eclm.campaign.messages.Delivery`).
 
         With ``adaptation.exchange: delta`` and the held version still kept, a device that holds
         ``spec`` gets the change since the version it holds of each module, without the modules
@@ -272,7 +275,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         current = self._submodels(self.version).state_dict(spec)
         base = self._versions.get(held.version) if held is not None and a.exchange == "delta" else None
         if base is None or not self._same_model(held.spec):
-            return pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta), ()
+            whole = pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta)
+            return whole, (), self._why_whole(held)
         meta |= {"base_version": held.version}
         old, bases = self._held_state(held)
         if held.spec == spec:
@@ -283,10 +287,18 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
                                                     min_change=a.download_min_change, force=expiring)
             wire, _ = encode(diffs, a.delta_dtype)
             held_from = tuple((i, m, bases.get((i, m), held.version)) for i, m in lagging)
-            return pack_state(wire, spec, meta | {"kind": "delta"} | parts.to_meta()), held_from
+            return pack_state(wire, spec, meta | {"kind": "delta"} | parts.to_meta()), held_from, "delta"
         wire, parts_meta = respec_download(current, old, self.model.layers, spec, held.spec, self._row_keys,
                                            delta_dtype=a.delta_dtype, first_dtype=a.first_delivery_dtype)
-        return pack_state(wire, spec, meta | parts_meta), ()
+        return pack_state(wire, spec, meta | parts_meta), (), "respec"
+
+    def _why_whole(self, held: HeldModel | None) -> Delivery:
+        """Why a device holding ``held`` gets its whole sub-model (see :meth:`_package`)."""
+        if held is None:
+            return "first"
+        if self.cfg.adaptation.exchange != "delta":
+            return "weights"
+        return "expired" if held.version not in self._versions else "other_model"
 
     def _held_state(self, held: HeldModel) -> tuple[dict[str, Tensor], dict[tuple[int, int], int]]:
         """The cloud's weights of what a device holds: ``held.spec`` at ``held.version``, with its

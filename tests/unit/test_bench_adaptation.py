@@ -217,8 +217,8 @@ def test_adaptation_result_is_a_valid_report(adaptation_result) -> None:
     result, out = adaptation_result
     check_result(result)
     json.dumps(result)
-    # per setting: accuracy and per-cycle tables; then cost, ratios, memory per tier, server, paper
-    assert len(result["tables"]) == 2 * len(result["settings"]) + 5
+    # per setting: accuracy and per-cycle tables; then cost, ratios, memory per tier, server, downloads, paper
+    assert len(result["tables"]) == 2 * len(result["settings"]) + 6
     assert {t["name"] for t in result["targets"]} >= {"adaptation.traffic_vs_fedavg_published",
                                                        "adaptation.arrival_gain_vs_heterofl_pts",
                                                        "adaptation.after_gain_vs_best_1ep_pts"}
@@ -248,6 +248,20 @@ def test_na_never_changes_and_never_uploads(job) -> None:
     later = {r["bytes_down"] for r in recs if r["round"] > 1}
     # Derived once, never again: later cycles carry only the selector every device receives.
     assert len(later) == 1 and all(next(iter(later)) < b for b in first.values())
+
+
+def test_every_download_says_what_it_carried(job, adaptation_result) -> None:
+    records = job["runs"]["1"]["records"]
+    for method in ("eclm", "fedavg", "fedavg_codec", "heterofl", "heterofl_codec"):
+        assert {r["delivery"] for r in records[method] if r["round"] == 1} == {"first"}, method
+    for method in ("fedavg", "heterofl"):  # as published: the whole float32 model every cycle
+        assert {r["delivery"] for r in records[method] if r["round"] > 1} == {"weights"}
+    assert {r["delivery"] for r in records["eclm"] if r["round"] > 1} <= {"kept", "delta", "respec", "refresh"}
+    table = next(t for t in adaptation_result[0]["tables"] if t["title"] == "Downloads by kind")
+    eclm_rows = [row for row in table["rows"] if row[0] == "eclm"]
+    assert sum(row[3] for row in eclm_rows) == pytest.approx(1.0, abs=0.01)
+    first = next(row for row in eclm_rows if row[1] == "first")
+    assert first[4] > max((row[4] for row in eclm_rows if row[1] in ("kept", "delta")), default=0)
 
 
 def test_eclm_trains_a_budgeted_subset_and_the_baselines_train_everything(job) -> None:
