@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import traceback
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def demo_config() -> PlatformConfig:
     import yaml
 
     return PlatformConfig.from_dict(yaml.safe_load(text), source="demo.yaml")
+
+
+def deliveries_note(deliveries: dict[str, str]) -> str:
+    """`` (2 first, 1 delta)``: how many devices' packages carried what (``SubModelPackage.delivery``),
+    most frequent first; empty without any."""
+    counts = Counter(deliveries.values())
+    return f" ({', '.join(f'{n} {kind}' for kind, n in counts.most_common())})" if counts else ""
 
 
 def _fmt(v, pct: bool = True) -> str:
@@ -96,7 +104,7 @@ def run_campaign(cfg: PlatformConfig, cycles: int | None, out=None, resume: bool
                   f" | merge {r.merge.decision} ({len(r.merge.accepted)} accepted)"
                   f" | cloud val {_fmt(r.cloud_val_acc)}, on {len(r.merge.environments)} seen environments "
                   f"{_fmt(r.merge.cloud_seen_acc)} | up {sum(r.bytes_up.values()) / 1e6:.2f} MB"
-                  f" down {sum(r.bytes_down.values()) / 1e6:.2f} MB"
+                  f" down {sum(r.bytes_down.values()) / 1e6:.2f} MB{deliveries_note(r.deliveries)}"
                   + (f" | failed {sorted(r.failures)}" if r.failures else ""), file=out, flush=True)
         _summary(p, out)
         print(f"\nMLflow run {p.tracker.run_id or '(journal only)'} in {p.tracker.tracking_uri}"

@@ -9,7 +9,7 @@ import pytest
 
 from eclm.campaign.messages import DeviceMetrics, MergeOutcome
 from eclm.campaign.results import CycleResult
-from eclm.cli import _summary, device_summary
+from eclm.cli import _summary, deliveries_note, device_summary
 
 
 def cycle(metrics: dict[str, dict], up: dict[str, int], down: dict[str, int]) -> CycleResult:
@@ -52,3 +52,8 @@ def test_printed_table_has_a_row_per_device():
     assert "percentage points" in out.getvalue()  # the glossary under the table
     assert "no successful cycle" in rows["c"]
     assert "merges: ['accept', 'accept']" in out.getvalue()
+
+
+def test_the_cycle_line_counts_what_the_packages_carried():
+    assert deliveries_note({"a": "first", "b": "delta", "c": "first"}) == " (2 first, 1 delta)"
+    assert deliveries_note({}) == ""
