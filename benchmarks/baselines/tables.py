@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from benchmarks.baselines import reference as ref
 from benchmarks.baselines.config import AdaptationBenchConfig
 from benchmarks.report import Table
+from eclm.campaign.messages import Delivery
 
 MiB = 2**20
 
@@ -243,8 +246,7 @@ def delivery_table(jobs: list[dict], labels: dict[str, str]) -> Table:
             for method, records in run["records"].items():
                 for r in records:
                     kinds.setdefault(method, {}).setdefault(r.get("delivery") or "not stated", []).append(r["bytes_down"])
-    order = ["kept", "delta", "respec", "first", "refresh", "expired", "other_model", "new_spec", "weights",
-             "not stated"]
+    order = [*get_args(Delivery), "not stated"]
     rows = []
     for method, by_kind in kinds.items():
         served = sum(len(v) for v in by_kind.values())

@@ -82,7 +82,6 @@ MAX_LAGGING = 4096
 #: spec changed and the method does not respec (``new_spec``), or the exchange sends ``weights``
 #: every time.
 Delivery = Literal["kept", "delta", "respec", "first", "refresh", "expired", "other_model", "new_spec", "weights"]
-WHOLE_DELIVERIES = ("first", "refresh", "expired", "other_model", "new_spec", "weights")
 
 
 def _check_lagging(lagging: Lagging, version: int) -> Lagging:
