@@ -191,21 +191,26 @@ def test_node_slowdown_triggers_a_logged_repartition(pool, source, reference, tm
     try:
         for _ in range(2):  # settle the per-node baselines
             d.infer(x, timeout=120)
-        assert not [e for e in d.events if e["kind"] == "repartition"]
+        # No assertion that nothing re-partitioned yet: the other test worker's load on the same
+        # two cores is a real slowdown the monitor may act on (seen in CI: a node 1.31x slower,
+        # gain 12.8%). Jitter within the threshold is a unit test of SlowdownTracker.
+        before = len(d.events)
         busiest = max(d.plan.stages, key=lambda s: s.stop - s.start).node
         held_before = len(d.plan.blocks_of(busiest))
         d.set_cpu_share(busiest, 0.1)
         for _ in range(20):
             out, _ = d.infer(x, timeout=120)
-            if any(e["kind"] == "repartition" for e in d.events):
+            if any(e["kind"] == "repartition" for e in d.events[before:]):
                 break
         out, _ = d.infer(x, timeout=120)  # served correctly on the new cut
-        events = [e for e in d.events if e["kind"] == "repartition"]
+        events = [e for e in d.events[before:] if e["kind"] == "repartition"]
     finally:
         d.close()
         tracker.end()
     assert events, f"no re-partition after the slowdown; events: {d.events}"
     assert events[0]["from"] != events[0]["to"]
+    # The slowed node is the one the re-partition saw as slowest, and it now holds fewer blocks.
+    assert max(range(len(events[0]["slowdown"])), key=events[0]["slowdown"].__getitem__) == busiest
     assert len(d.plan.blocks_of(busiest)) < held_before
     assert torch.allclose(out, reference(x), atol=1e-5)
     records = [json.loads(line) for line in Path(tracker.journal_path).read_text().splitlines()]
