@@ -48,6 +48,10 @@ def fingerprint(settings: str, root: Path = REPO_ROOT) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
+def _suite_dir(out_dir: Path | str, suite: str) -> Path:
+    return Path(out_dir) / PROGRESS_DIR / suite
+
+
 class Progress:
     """The finished parts of one suite run, one JSON file per part, under ``directory``.
 
@@ -63,7 +67,7 @@ class Progress:
     @classmethod
     def open(cls, out_dir: Path, suite: str, settings: str, root: Path = REPO_ROOT) -> Progress:
         """The progress of ``suite`` with ``settings`` under ``out_dir``; other fingerprints' parts are deleted."""
-        base = Path(out_dir) / PROGRESS_DIR / suite
+        base = _suite_dir(out_dir, suite)
         current = base / fingerprint(settings, root)
         if base.is_dir():
             for stale in base.iterdir():
@@ -113,7 +117,7 @@ class Progress:
 
 def clear(out_dir: Path, suite: str) -> bool:
     """Delete every part of ``suite`` under ``out_dir``; whether there was any."""
-    base = Path(out_dir) / PROGRESS_DIR / suite
+    base = _suite_dir(out_dir, suite)
     existed = base.exists()
     shutil.rmtree(base, ignore_errors=True)
     return existed

@@ -33,12 +33,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.machine import machine_info, usable_cores  # noqa: E402
+from benchmarks.progress import REPO_ROOT  # noqa: E402
 from benchmarks.progress import clear as clear_progress  # noqa: E402
 from benchmarks.registry import MODES, RUN_MODES, Suite, discover_suites, registered_suites  # noqa: E402
 from benchmarks.report import check_result, write_report  # noqa: E402
 from benchmarks.targets import TARGETS_FILE, check_targets, git_commit, merge_targets, stamp  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 
