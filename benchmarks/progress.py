@@ -1,7 +1,7 @@
 """Finished parts of a long benchmark kept on disk, so that a stopped run resumes where it stopped.
 
-A full-mode suite can take hours (the robustness protocol: about 2.5 h on two cores). Its parts
-(one campaign each) are independent, so each finished part is written as JSON under
+A full-mode suite can take hours (on two cores the robustness protocol about 3.5 h, the adaptation
+protocol about 2.4 h). Its parts (a campaign, a job) are independent, so each finished part is written as JSON under
 ``<results dir>/.progress/<suite>/<fingerprint>/`` the moment it ends, and a later run of the same
 suite with the same settings on the same code reads it back instead of running it again.
 

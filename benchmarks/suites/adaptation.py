@@ -8,7 +8,8 @@ own cycle coordinator over in-process services (the code the actors run; see
 per served device and cycle: traffic and training seconds; per tier: modelled and measured
 training memory (:mod:`benchmarks.baselines.memory_probe`). The targets are
 :mod:`benchmarks.baselines.target_figures`. One job is one (label skew, seed); jobs run in
-parallel worker processes with one torch thread each.
+parallel worker processes with one torch thread each; each finished job (and each seed's memory
+probe) is kept in :mod:`benchmarks.progress`, so a full run that a session cannot finish resumes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.baselines.config import AdaptationBenchConfig
@@ -38,7 +40,9 @@ from benchmarks.baselines.tables import (
 )
 from benchmarks.baselines.target_figures import best_baselines, target_records
 from benchmarks.parallel import run_jobs
+from benchmarks.progress import REPO_ROOT, Progress
 from benchmarks.registry import register_suite
+from benchmarks.targets import git_commit
 from eclm.pipelines.adaptation import training_memory_bytes
 
 LABELS = {name: m.label for name, m in METHODS.items()}
@@ -48,34 +52,39 @@ LABELS = {name: m.label for name, m in METHODS.items()}
 def adaptation_suite(mode: str, out_dir: Path) -> dict:
     """Adaptation under drift: NA, LA, FedAvg, HeteroFL and eclm side by side (accuracy on arrival and after
     adaptation, forgetting, traffic, memory, time) at 1 and 3 local epochs, with the issue's targets."""
-    result = run_adaptation_benchmark(AdaptationBenchConfig.for_mode(mode), out_dir)
+    config = AdaptationBenchConfig.for_mode(mode)
+    progress = Progress.open(Path(out_dir), "adaptation", f"{mode}\0{config.model_dump_json()}")
+    result = run_adaptation_benchmark(config, out_dir, progress=progress)
     for line in result["summary"]:  # the headline figures, also on the console
         print(f"[adaptation] {line}", flush=True)
     return result
 
 
 def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None = None,
-                             jobs: list[dict] | None = None) -> dict:
+                             jobs: list[dict] | None = None, progress: Progress | None = None) -> dict:
     """Run every (label skew, seed) job, the memory probe, and build the suite result.
 
     Args:
         config: What to run (:meth:`AdaptationBenchConfig.for_mode` or ``.tiny``).
         out_dir: Where the PNG plots go; ``None`` skips plots.
         jobs: Already computed :func:`run_job` results to aggregate instead of running them.
+        progress: Where finished jobs and memory probes are kept (:mod:`benchmarks.progress`);
+            those found there are not run again.
 
     Returns:
         ``{"tables", "plots", "summary", "targets", "config", "settings": {setting: aggregate},
-        "measured_memory", "jobs": [per-job timings], "load_average"}``; a setting is one label
-        skew at one epoch budget (``"2 classes, 3 epochs"``).
+        "measured_memory", "jobs": [per-job timings], "part_commits", "load_average"}``; a setting
+        is one label skew at one epoch budget (``"2 classes, 3 epochs"``).
     """
     load_before = _load_average()
     t0 = time.perf_counter()
-    jobs = sorted(jobs, key=lambda j: (j["label_skew"], j["seed"])) if jobs is not None else _run_jobs(config)
+    jobs = sorted(jobs, key=lambda j: (j["label_skew"], j["seed"])) if jobs is not None else _run_jobs(
+        config, progress)
     jobs_s = time.perf_counter() - t0
     settings = {setting_name(skew, e): setting_summary([_run_view(j, e) for j in jobs if j["label_skew"] == skew],
                                                        config.methods, config.cycles, config.arrival_from)
                 for skew in config.label_skews for e in config.epoch_budgets}
-    probe, memory = _memory(config, jobs) if config.memory_probe else ([], None)
+    probe, memory = _memory(config, jobs, progress) if config.memory_probe else ([], None)
     measured = _measured_by_method(probe)
     plots = _plots(config, settings, out_dir) if out_dir is not None else []
     best = best_baselines(jobs, config.cycles, config.arrival_from)
@@ -100,6 +109,7 @@ def run_adaptation_benchmark(config: AdaptationBenchConfig, out_dir: Path | None
                   "cloud_val_acc": j["cloud_val_acc"],
                   "method_seconds": {e: r["method_seconds"] for e, r in j["runs"].items()}} for j in jobs],
         "jobs_seconds": jobs_s,
+        "part_commits": dict(Counter(j.get("progress_commit", "this run") for j in jobs)),
         "load_average": {"before": load_before, "after": _load_average()},
     }
 
@@ -128,17 +138,33 @@ def _plots(config: AdaptationBenchConfig, settings: dict[str, dict], out_dir: Pa
     return plots
 
 
-def _run_jobs(config: AdaptationBenchConfig) -> list[dict]:
-    """All (skew, seed) jobs, in parallel spawned workers when ``config.workers`` > 0."""
-    payload = config.model_dump_json()
-    jobs = [(payload, skew, seed, 1) for seed in range(config.seeds) for skew in config.label_skews]
-    results = run_jobs(run_job, jobs, config.workers)
+def _run_jobs(config: AdaptationBenchConfig, progress: Progress | None = None) -> list[dict]:
+    """All (skew, seed) jobs, in parallel spawned workers when ``config.workers`` > 0; with
+    ``progress``, jobs kept there are taken from it and each finished job is kept at once."""
+    payload, where = config.model_dump_json(), None if progress is None else str(progress.directory)
+    jobs = [(payload, skew, seed, 1, where) for seed in range(config.seeds) for skew in config.label_skews]
+    results = run_jobs(kept_job, jobs, config.workers)
     return sorted(results, key=lambda j: (j["label_skew"], j["seed"]))
 
 
-def _memory(config: AdaptationBenchConfig, jobs: list[dict]) -> tuple[list[dict], dict[int, float]]:
+def kept_job(config_json: str, label_skew: int, seed: int, threads: int = 1, progress: str | None = None) -> dict:
+    """:func:`~benchmarks.baselines.experiment.run_job`, or its record from the progress directory
+    ``progress`` when a stopped run had finished it; a new record is kept there the moment it ends."""
+    kept = None if progress is None else Progress(progress)
+    key = f"skew{label_skew}_seed{seed}"
+    found = kept.get(key) if kept is not None else None
+    if found is not None:
+        print(f"[adaptation] {label_skew} classes, seed {seed}: resumed", flush=True)
+        return found
+    job = run_job(config_json, label_skew, seed, threads)
+    return kept.put(key, job, git_commit(REPO_ROOT)) if kept is not None else job
+
+
+def _memory(config: AdaptationBenchConfig, jobs: list[dict],
+            progress: Progress | None = None) -> tuple[list[dict], dict[int, float]]:
     """The memory probe: every adapting method's tier representatives (and the full model) on the
     first job; eclm's weakest tier and the full model on the other seeds' jobs (one per seed).
+    With ``progress``, each job's probe is kept (and taken from there when a stopped run had it).
 
     Returns:
         ``(probe records of the first job, {seed: eclm weakest tier / full model adaptation RSS})``.
@@ -147,7 +173,12 @@ def _memory(config: AdaptationBenchConfig, jobs: list[dict]) -> tuple[list[dict]
     probe: list[dict] = []
     first_skew = jobs[0]["label_skew"]
     for job in (j for j in jobs if j["label_skew"] == first_skew):
-        records = _probe_memory(config, job, only_weakest_eclm=bool(probe))
+        key = f"memory_skew{first_skew}_seed{job['seed']}_{'weakest' if probe else 'tiers'}"
+        found = progress.get(key) if progress is not None else None
+        if found is None:
+            found = {"records": _probe_memory(config, job, only_weakest_eclm=bool(probe))}
+            found = progress.put(key, found, git_commit(REPO_ROOT)) if progress is not None else found
+        records = found["records"]
         probe = probe or records
         full = next((r for r in records if r["key"] == "full model" and "error" not in r), None)
         weakest = next((r for r in records if r["key"] == "eclm@weakest" and "error" not in r), None)

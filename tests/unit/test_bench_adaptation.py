@@ -497,3 +497,55 @@ def test_a_codec_baseline_device_holds_the_global_slice_after_a_delta_download(t
     # what is left is the codec's rounding (float16 first delivery, int8 delta), not the adaptation
     assert distance(held) < 0.1 * distance(adapted)
     assert package.nbytes < 0.4 * sum(v.numel() * 4 for k, v in global_slice.items() if is_delta_key(k, v))
+
+
+def test_a_kept_job_is_read_back_instead_of_run_again(tmp_path, monkeypatch) -> None:
+    from benchmarks.suites import adaptation
+
+    calls = []
+
+    def fake_run_job(config_json, label_skew, seed, threads=1):
+        calls.append((label_skew, seed))
+        return {"label_skew": label_skew, "seed": seed, "runs": {"1": {"records": {"eclm": [(1, 2)]}}}}
+
+    monkeypatch.setattr(adaptation, "run_job", fake_run_job)
+    where = str(tmp_path / "kept")
+    first = adaptation.kept_job("{}", 2, 1, 1, where)
+    again = adaptation.kept_job("{}", 2, 1, 1, where)
+    other = adaptation.kept_job("{}", 5, 1, 1, where)
+    assert calls == [(2, 1), (5, 1)]  # the second call of (2, 1) ran nothing
+    assert again == first and first["runs"]["1"]["records"]["eclm"] == [[1, 2]]  # as JSON either way
+    assert first["progress_commit"] and other["label_skew"] == 5
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["skew2_seed1.json", "skew5_seed1.json"]
+    assert adaptation.kept_job("{}", 5, 2, 1, None)["seed"] == 2 and calls[-1] == (5, 2)  # no progress: run
+
+
+def test_a_resumed_job_gives_the_same_report_as_a_fresh_one(job, adaptation_result) -> None:
+    """A job read back from the progress directory is JSON (lists, string keys): the suite's
+    aggregation must not see a difference."""
+    fresh, _ = adaptation_result
+    resumed = run_adaptation_benchmark(AdaptationBenchConfig.tiny(), None, jobs=[json.loads(json.dumps(job))])
+    for key in ("tables", "summary", "targets", "settings", "best_baselines"):
+        assert resumed[key] == fresh[key], key
+    assert resumed["part_commits"] == {"this run": 1}
+
+
+def test_memory_probes_are_kept_per_seed(tmp_path, monkeypatch) -> None:
+    from benchmarks.progress import Progress
+    from benchmarks.suites import adaptation
+
+    calls = []
+
+    def fake_probe(config, job, only_weakest_eclm=False):
+        calls.append((job["seed"], only_weakest_eclm))
+        return [{"key": "full model", "adaptation_rss": 100.0},
+                {"key": "eclm@weakest", "adaptation_rss": 40.0 + job["seed"]}]
+
+    monkeypatch.setattr(adaptation, "_probe_memory", fake_probe)
+    jobs = [{"label_skew": 2, "seed": s} for s in (0, 1)] + [{"label_skew": 5, "seed": 0}]
+    kept = Progress(tmp_path / "kept")
+    probe, ratios = adaptation._memory(AdaptationBenchConfig.tiny(), jobs, kept)
+    again = adaptation._memory(AdaptationBenchConfig.tiny(), jobs, Progress(tmp_path / "kept"))
+    assert calls == [(0, False), (1, True)]  # the first job probes every tier, the others eclm's weakest; once
+    assert again == (probe, ratios) and ratios == {0: 0.4, 1: 0.41}
+    assert kept.keys() == ["memory_skew2_seed0_tiers", "memory_skew2_seed1_weakest"]
