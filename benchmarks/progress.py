@@ -1,9 +1,10 @@
 """Finished parts of a long benchmark kept on disk, so that a stopped run resumes where it stopped.
 
 A full-mode suite can take hours (on two cores the robustness protocol about 3.5 h, the adaptation
-protocol about 2.4 h). Its parts (a campaign, a job) are independent, so each finished part is written as JSON under
-``<results dir>/.progress/<suite>/<fingerprint>/`` the moment it ends, and a later run of the same
-suite with the same settings on the same code reads it back instead of running it again.
+protocol about 2.4 h). Its parts (a campaign, a job) are independent, so each finished part is
+written as JSON under ``<results dir>/.progress/<suite>/<fingerprint>/`` the moment it ends, and a
+later run of the same suite with the same settings on the same code reads it back instead of
+running it again.
 
 The fingerprint is a digest of the suite's settings and of the code that produces the figures
 (every ``.py`` file of ``eclm/`` and ``benchmarks/``, by content, and the Python and torch versions): a code change, even an
@@ -20,6 +21,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 PROGRESS_DIR = ".progress"
@@ -104,6 +106,17 @@ class Progress:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(path)
         return record
+
+    def run_once(self, key: str, run: Callable[[], dict], commit: str | None = None) -> tuple[dict, bool]:
+        """Part ``key``'s kept record, or the record ``run()`` makes, kept at once (:meth:`put`).
+
+        Returns:
+            ``(record, resumed)``: ``resumed`` is whether the record was kept before.
+        """
+        found = self.get(key)
+        if found is not None:
+            return found, True
+        return self.put(key, run(), commit), False
 
     def keys(self) -> list[str]:
         """The finished parts' keys, sorted."""

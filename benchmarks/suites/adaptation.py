@@ -150,14 +150,13 @@ def _run_jobs(config: AdaptationBenchConfig, progress: Progress | None = None) -
 def kept_job(config_json: str, label_skew: int, seed: int, threads: int = 1, progress: str | None = None) -> dict:
     """:func:`~benchmarks.baselines.experiment.run_job`, or its record from the progress directory
     ``progress`` when a stopped run had finished it; a new record is kept there the moment it ends."""
-    kept = None if progress is None else Progress(progress)
-    key = f"skew{label_skew}_seed{seed}"
-    found = kept.get(key) if kept is not None else None
-    if found is not None:
+    if progress is None:
+        return run_job(config_json, label_skew, seed, threads)
+    job, resumed = Progress(progress).run_once(f"skew{label_skew}_seed{seed}", lambda: run_job(
+        config_json, label_skew, seed, threads), git_commit(REPO_ROOT))
+    if resumed:
         print(f"[adaptation] {label_skew} classes, seed {seed}: resumed", flush=True)
-        return found
-    job = run_job(config_json, label_skew, seed, threads)
-    return kept.put(key, job, git_commit(REPO_ROOT)) if kept is not None else job
+    return job
 
 
 def _memory(config: AdaptationBenchConfig, jobs: list[dict],
@@ -173,12 +172,11 @@ def _memory(config: AdaptationBenchConfig, jobs: list[dict],
     probe: list[dict] = []
     first_skew = jobs[0]["label_skew"]
     for job in (j for j in jobs if j["label_skew"] == first_skew):
+        def run(job: dict = job, weakest: bool = bool(probe)) -> dict:
+            return {"records": _probe_memory(config, job, only_weakest_eclm=weakest)}
+
         key = f"memory_skew{first_skew}_seed{job['seed']}_{'weakest' if probe else 'tiers'}"
-        found = progress.get(key) if progress is not None else None
-        if found is None:
-            found = {"records": _probe_memory(config, job, only_weakest_eclm=bool(probe))}
-            found = progress.put(key, found, git_commit(REPO_ROOT)) if progress is not None else found
-        records = found["records"]
+        records = (run() if progress is None else progress.run_once(key, run, git_commit(REPO_ROOT))[0])["records"]
         probe = probe or records
         full = next((r for r in records if r["key"] == "full model" and "error" not in r), None)
         weakest = next((r for r in records if r["key"] == "eclm@weakest" and "error" not in r), None)

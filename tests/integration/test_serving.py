@@ -210,7 +210,8 @@ def test_node_slowdown_triggers_a_logged_repartition(pool, source, reference, tm
     assert events, f"no re-partition after the slowdown; events: {d.events}"
     assert events[0]["from"] != events[0]["to"]
     # The slowed node is the one the re-partition saw as slowest, and it now holds fewer blocks.
-    assert max(range(len(events[0]["slowdown"])), key=events[0]["slowdown"].__getitem__) == busiest
+    slowdown = events[0]["slowdown"]
+    assert slowdown.index(max(slowdown)) == busiest
     assert len(d.plan.blocks_of(busiest)) < held_before
     assert torch.allclose(out, reference(x), atol=1e-5)
     records = [json.loads(line) for line in Path(tracker.journal_path).read_text().splitlines()]

@@ -142,3 +142,17 @@ def test_fresh_run_deletes_a_suites_kept_progress(tmp_path, monkeypatch):
     run_suites(["kept"], "quick", out, tmp_path / "b.md", discover=False)
     run_suites(["kept"], "quick", out, tmp_path / "b.md", discover=False, fresh=True)
     assert seen == [None, {"v": 1, "progress_commit": "unknown"}, None]
+
+
+def test_run_once_runs_a_missing_part_and_reads_a_kept_one_back(tmp_path):
+    calls = []
+
+    def run():
+        calls.append(1)
+        return {"pair": (1, 2)}
+
+    p = Progress(tmp_path)
+    first, resumed_first = p.run_once("a", run, commit="c1")
+    second, resumed_second = Progress(tmp_path).run_once("a", run, commit="c2")
+    assert calls == [1] and (resumed_first, resumed_second) == (False, True)
+    assert first == second == {"pair": [1, 2], "progress_commit": "c1"}  # kept at its first commit
