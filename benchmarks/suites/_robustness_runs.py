@@ -324,9 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("quick", "full", "smoke"), default="quick")
     parser.add_argument("--only", nargs="+", required=True, help="campaign kinds: clean, absent or attack names")
     parser.add_argument("--out", type=Path, required=True, help="directory for runs.json and the progress")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the mode's)")
     args = parser.parse_args(argv)
-    base = RobustnessBenchConfig.for_mode(args.mode)
-    config = RobustnessBenchConfig.model_validate(base.model_dump() | {"only": args.only})
+    base = RobustnessBenchConfig.for_mode(args.mode).model_dump()
+    workers = base["workers"] if args.workers is None else args.workers
+    config = RobustnessBenchConfig.model_validate(base | {"only": args.only, "workers": workers})
     runs = run_settings(config, Progress(args.out / "progress"))
     (args.out / "runs.json").write_text(json.dumps(runs, indent=1))
     print(f"[robustness] {len(runs)} campaign(s) written to {args.out / 'runs.json'}", flush=True)
