@@ -11,6 +11,8 @@ bounds and the integrity checks are part of admission and stay on.
 
 from __future__ import annotations
 
+import argparse
+import json
 import tempfile
 import time
 from functools import partial
@@ -57,6 +59,13 @@ class RobustnessBenchConfig(BaseModel):
     enhance_epochs: int = Field(2, ge=0, description="offline stage-2 epochs")
     workers: int = Field(0, ge=0, le=16, description="parallel worker processes, one (share, seed) setting each "
                          "(0 = every setting in this process)")
+    absent_run: bool = Field(
+        True, description="also run the clean defended campaign without the attackers' devices (they are never "
+        "served): what a defence that excludes every attacking round costs at best, the attackers' own data")
+    only: list[str] = Field(
+        default_factory=list, description="run only these kinds of campaign of the plan (attack names, 'clean', "
+        "'absent'; empty = the whole plan), e.g. to add a reference to a finished protocol (python -m "
+        "benchmarks.suites._robustness_runs)")
     gateway_run: bool = Field(
         True, description="run the clean defended campaign once more with every device behind a device gateway "
         "(HTTP on 127.0.0.1, eclm.gateway) to measure the channel's overhead")
@@ -68,6 +77,14 @@ class RobustnessBenchConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown attacks {unknown}; known: {list(ATTACKS)}")
         return list(dict.fromkeys(v))
+
+    @field_validator("only")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        unknown = [k for k in v if k not in (*ATTACKS, "clean", "absent")]
+        if unknown:
+            raise ValueError(f"unknown campaign kinds {unknown}; known: {['clean', 'absent', *ATTACKS]}")
+        return v
 
     @field_validator("shares")
     @classmethod
@@ -164,12 +181,14 @@ def _setting_job(config_json: str, share: tuple[int, int], seed: int, progress: 
 
 def setting_plan(config: RobustnessBenchConfig, share: tuple[int, int]) -> list[tuple[str, bool, bool]]:
     """The campaigns of one setting, ``(attack, defended, over the gateway)``: clean with and
-    without defences, each attack defended, then (``undefended_attacks``) undefended, then the
-    gateway run; collusion only with two attackers or more."""
-    plan = [("clean", True, False), ("clean", False, False)] + [(a, True, False) for a in config.attacks]
+    without defences, (``absent_run``) clean without the attackers' devices, each attack defended,
+    then (``undefended_attacks``) undefended, then the gateway run; collusion only with two
+    attackers or more; with ``only``, the campaigns of those kinds alone."""
+    plan = [("clean", True, False), ("clean", False, False)] + ([("absent", True, False)] if config.absent_run else [])
+    plan += [(a, True, False) for a in config.attacks]
     plan += [(a, False, False) for a in config.attacks] if config.undefended_attacks else []
     plan += [("clean", True, True)] if config.gateway_run else []
-    return [p for p in plan if p[0] != "collude" or share[0] >= 2]
+    return [p for p in plan if (p[0] != "collude" or share[0] >= 2) and (not config.only or p[0] in config.only)]
 
 
 def campaign_key(share: tuple[int, int], seed: int, attack: str, defended: bool, gateway: bool) -> str:
@@ -223,7 +242,8 @@ def run_setting(config: RobustnessBenchConfig, share: tuple[int, int], seed: int
 
 def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str, attackers: list[int],
                  cycles: int, seed: int, gateway: bool = False) -> dict:
-    """One campaign; every device takes part in every cycle, ``attackers`` poison every upload.
+    """One campaign; every device takes part in every cycle, ``attackers`` poison every upload
+    (``attack="absent"``: the attackers' devices are never served and the others are clean).
 
     With ``gateway`` every device's service runs behind a :class:`~eclm.gateway.DeviceGateway` on
     127.0.0.1 (a thread of this process) and the fleet reaches it through a
@@ -241,13 +261,15 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
     """
     names = [d.name for d in config.devices]
     bad = {names[i] for i in attackers}
+    served = [n for n in names if attack != "absent" or n not in bad]
+    poisoned = set() if attack == "absent" else bad
     collusion = Collusion()
 
     gateways, remotes = [], []
 
     def device(i: int):
         service = EdgeService(config, i, 1)
-        service = AttackedDevice(service, attack, seed * 1000 + i, collusion) if names[i] in bad else service
+        service = AttackedDevice(service, attack, seed * 1000 + i, collusion) if names[i] in poisoned else service
         if not gateway:
             return service
         gateways.append(DeviceGateway(service).start())
@@ -261,7 +283,7 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
     try:
         for _ in range(cycles):
             coordinator.observe()
-            coordinator.run_cycle(names, reason="benchmark")
+            coordinator.run_cycle(served, reason="benchmark")
         cloud = coordinator.fleet.cloud.service
         merge_seconds, merge_cpu = list(cloud.merge_seconds), list(cloud.merge_cpu_seconds)
         val_samples = len(cloud.val_y)
@@ -288,3 +310,29 @@ def run_campaign(config: PlatformConfig, pretrained: CloudSnapshot, attack: str,
         record["decisions"].append({"decision": result.merge.decision, "rejected": dict(result.merge.rejected)})
     record["final_val_acc"], record["final_seen_acc"] = record["val_acc"][-1], record["seen_acc"][-1]
     return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Some kinds of campaign of a mode's plan alone, e.g. the ``absent`` reference beside a finished
+    protocol: ``python -m benchmarks.suites._robustness_runs --mode full --only absent --out DIR``.
+
+    Records go to ``DIR/runs.json`` (the shape :func:`run_campaign` returns, with share, seed and
+    defences), finished campaigns to ``DIR/progress`` (a stopped run resumes there). Every
+    (share, seed) pretrains its cloud from the same seed as the suite does.
+    """
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.suites._robustness_runs", description=main.__doc__)
+    parser.add_argument("--mode", choices=("quick", "full", "smoke"), default="quick")
+    parser.add_argument("--only", nargs="+", required=True, help="campaign kinds: clean, absent or attack names")
+    parser.add_argument("--out", type=Path, required=True, help="directory for runs.json and the progress")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the mode's)")
+    args = parser.parse_args(argv)
+    base = RobustnessBenchConfig.for_mode(args.mode).model_dump()
+    workers = base["workers"] if args.workers is None else args.workers
+    config = RobustnessBenchConfig.model_validate(base | {"only": args.only, "workers": workers})
+    runs = run_settings(config, Progress(args.out / "progress"))
+    (args.out / "runs.json").write_text(json.dumps(runs, indent=1))
+    print(f"[robustness] {len(runs)} campaign(s) written to {args.out / 'runs.json'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

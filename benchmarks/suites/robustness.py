@@ -22,6 +22,8 @@ from benchmarks.report import Table
 from benchmarks.suites._attacks import LABELS
 from benchmarks.suites._robustness_runs import RobustnessBenchConfig, run_settings
 
+REFERENCES = ("clean", "absent")  # campaigns without attackers: the references of the drops
+
 
 @register_suite("robustness", num_threads=1)
 def robustness_suite(mode: str, out_dir: Path) -> dict:
@@ -36,6 +38,9 @@ def robustness_suite(mode: str, out_dir: Path) -> dict:
     print(f"[robustness] campaigns by the commit they ran at: {result['campaign_commits']['by_commit']}", flush=True)
     result["plots"] = [_plot(result["rows"], Path(out_dir))]
     result["load_average"] = {"before": load_before, "after": _load_average()}
+    if result["worst_drop_vs_absent_pts"] is not None:
+        print(f"[robustness] worst mean drop vs the attackers' devices absent: "
+              f"{result['worst_drop_vs_absent_pts']['mean']:.2f} points (not a target)", flush=True)
     for t in result["targets"]:
         print(f"[robustness] target {t['name']}: {t['value']:.3g} {t['op']} {t['target']:g}", flush=True)
     return result
@@ -49,20 +54,24 @@ def _campaign_commits(runs: list[dict]) -> dict:
 
 def summarise(runs: list[dict], config: RobustnessBenchConfig) -> dict:
     """Tables, per-(attack, share, defences) rows and the four targets from the runs' records (the
-    runs over the device gateway only feed the gateway's table)."""
+    runs over the device gateway only feed the gateway's table; the runs without the attackers'
+    devices, ``absent``, are a second reference for the defended attacks and feed no target)."""
     every, runs = runs, [r for r in runs if not r.get("gateway")]
     rows = []
     for share in dict.fromkeys(r["share"] for r in runs):
+        absent = {r["seed"]: r for r in runs if r["share"] == share and r["attack"] == "absent"}
         for defended in (True, False):
             clean = {r["seed"]: r for r in runs
                      if r["share"] == share and r["attack"] == "clean" and r["defended"] == defended}
             for attack in dict.fromkeys(r["attack"] for r in runs):
                 group = [r for r in runs if r["share"] == share and r["attack"] == attack and r["defended"] == defended]
                 if group:
-                    rows.append(_row(share, attack, defended, group, clean))
-    on = [r for r in runs if r["defended"]]
-    attacked = [r for r in on if r["attack"] != "clean"]
-    drops = [row["drop_pts"] for row in rows if row["defended"] and row["attack"] != "clean"]
+                    attacked = defended and attack not in REFERENCES
+                    rows.append(_row(share, attack, defended, group, clean, absent if attacked else {}))
+    on = [r for r in runs if r["defended"] and r["attack"] != "absent"]
+    attacked = [r for r in on if r["attack"] not in REFERENCES]
+    attack_rows = [row for row in rows if row["defended"] and row["attack"] not in REFERENCES]
+    drops = [row["drop_pts"] for row in attack_rows]
     worst = max(drops, key=lambda d: d["mean"]) if drops else {"mean": 0.0, "std": None}
     ratio = _merge_time_ratio(runs)
     targets = [
@@ -71,22 +80,7 @@ def summarise(runs: list[dict], config: RobustnessBenchConfig) -> dict:
         _target("robustness.honest_false_exclusion_share", *_pooled(on, "honest"), "<=", 0.05),
         _target("robustness.merge_time_ratio", ratio[0], ratio[1], "<=", 1.5),
     ]
-    table = Table(
-        "Poisoning devices against the validated merge",
-        ["attack", "attackers", "defences", "final cloud val acc", "drop vs clean (pts)",
-         "drop under seen environments (pts)", "attacker excluded", "honest excluded", "merge CPU s / cycle"],
-        [[LABELS[r["attack"]], r["share"], "on" if r["defended"] else "off", _pm(r["final_val_acc"], 3),
-          _pm(r["drop_pts"], 1), _pm(r["seen_drop_pts"], 1), _share(r["attacker"]), _share(r["honest"]),
-          _pm(r["merge_s"], 2)] for r in rows],
-        notes=(f"{config.cycles} cycles, {config.seeds} seed(s), mean ± std over seeds; every device in every cycle; "
-               f"{config.label_skew} classes per device, {config.epochs} local epoch(s), resnet18 channels "
-               f"{list(config.channels)}. Drop = clean run's final cloud proxy-validation accuracy minus the attacked "
-               "run's (same seed, same defences; positive = worse); one validation image is "
-               f"{_image_pts(runs)}. Drop under seen environments: the same for the cloud's accuracy on those images "
-               "clean and under every environment its devices have reported (norm statistics re-estimated per "
-               "environment; the merge outcome's cloud_seen_acc), a finer measure, not a target. Excluded = device-rounds not among the accepted "
-               "devices of that cycle's merge (a rejected merge excludes everyone), pooled over seeds. Defences off = "
-               "screen disabled and threshold acceptance."))
+    table = _attack_table(rows, runs, config)
     wall = _merge_time_ratio(runs, "merge_seconds")
     ratio_table = Table("Merge time with and without the defences",
                         ["clock", "merge s (defences on)", "merge s (off)", "ratio on / off", "runs compared"],
@@ -98,8 +92,35 @@ def summarise(runs: list[dict], config: RobustnessBenchConfig) -> dict:
                               "processes as much as the merge.")
     tables = [table.to_dict(), ratio_table.to_dict()]
     gateway = _gateway_table(every)
+    absent_drops = [row["absent_drop_pts"] for row in attack_rows if row["absent_drop_pts"]["mean"] is not None]
     return {"tables": tables + ([gateway.to_dict()] if gateway else []), "targets": targets, "rows": rows,
+            "worst_drop_vs_absent_pts": max(absent_drops, key=lambda d: d["mean"]) if absent_drops else None,
             "runs": every, "config": config.model_dump(mode="json")}
+
+
+def _attack_table(rows: list[dict], runs: list[dict], config: RobustnessBenchConfig) -> Table:
+    """The main table: one row per (attack, share, defences)."""
+    return Table(
+        "Poisoning devices against the validated merge",
+        ["attack", "attackers", "defences", "final cloud val acc", "drop vs clean (pts)",
+         "drop vs attackers absent (pts)", "drop under seen environments (pts)", "attacker excluded",
+         "honest excluded", "merge CPU s / cycle"],
+        [[LABELS[r["attack"]], r["share"], "on" if r["defended"] else "off", _pm(r["final_val_acc"], 3),
+          _pm(r["drop_pts"], 1), _pm(r["absent_drop_pts"], 1), _pm(r["seen_drop_pts"], 1), _share(r["attacker"]),
+          _share(r["honest"]), _pm(r["merge_s"], 2)] for r in rows],
+        notes=(f"{config.cycles} cycles, {config.seeds} seed(s), mean ± std over seeds; every device in every cycle; "
+               f"{config.label_skew} classes per device, {config.epochs} local epoch(s), resnet18 channels "
+               f"{list(config.channels)}. Drop = clean run's final cloud proxy-validation accuracy minus the attacked "
+               "run's (same seed, same defences; positive = worse); one validation image is "
+               f"{_image_pts(runs)}. Drop vs attackers absent: the same against the defended clean run in which the "
+               "attackers' devices are never served (row 'none, attackers absent'), so a defence that excludes every "
+               "attacking round and lets no harm through scores 0 there, while against the clean run it also loses "
+               "what the attackers' devices would have contributed honestly; not a target. Drop under seen "
+               "environments: the same for the cloud's accuracy on those images clean and under every environment "
+               "its devices have reported (norm statistics re-estimated per environment; the merge outcome's "
+               "cloud_seen_acc), a finer measure, not a target. Excluded = device-rounds not among the accepted "
+               "devices of that cycle's merge (a rejected merge excludes everyone), pooled over seeds. Defences off = "
+               "screen disabled and threshold acceptance."))
 
 
 def _gateway_table(runs: list[dict]) -> Table | None:
@@ -128,14 +149,16 @@ def _gateway_table(runs: list[dict]) -> Table | None:
                  "machine a single draw.")
 
 
-def _row(share: str, attack: str, defended: bool, group: list[dict], clean: dict[int, dict]) -> dict:
-    def drops(key: str) -> list[float]:
-        pairs = [(clean[r["seed"]].get(key), r.get(key)) for r in group if r["seed"] in clean]
+def _row(share: str, attack: str, defended: bool, group: list[dict], clean: dict[int, dict],
+         absent: dict[int, dict]) -> dict:
+    """One table row; drops are paired by seed with the reference runs (``clean``, ``absent``: by seed)."""
+    def drops(key: str, reference: dict[int, dict]) -> list[float]:
+        pairs = [(reference[r["seed"]].get(key), r.get(key)) for r in group if r["seed"] in reference]
         return [100 * (c - a) for c, a in pairs if c is not None and a is not None]
 
     return {"share": share, "attack": attack, "defended": defended,
-            "final_val_acc": _ms([r["final_val_acc"] for r in group]), "drop_pts": _ms(drops("final_val_acc")),
-            "seen_drop_pts": _ms(drops("final_seen_acc")),
+            "final_val_acc": _ms([r["final_val_acc"] for r in group]), "drop_pts": _ms(drops("final_val_acc", clean)),
+            "absent_drop_pts": _ms(drops("final_val_acc", absent)), "seen_drop_pts": _ms(drops("final_seen_acc", clean)),
             "attacker": _counts(group, "attacker"), "honest": _counts(group, "honest"),
             "merge_s": _ms([float(np.mean(r["merge_cpu_seconds"])) for r in group])}
 

@@ -103,7 +103,7 @@ def test_a_resumed_setting_runs_only_the_missing_campaigns(tmp_path, monkeypatch
     plan = runs.setting_plan(config, (1, 3))
     progress = Progress(tmp_path)
     first = runs.run_setting(config, (1, 3), 0, progress)
-    assert len(first) == len(plan) == 7 and calls["pretrain"] == 1
+    assert len(first) == len(plan) == 8 and calls["pretrain"] == 1
     assert sorted(progress.keys()) == sorted(runs.campaign_key((1, 3), 0, *p) for p in plan)
     assert all(r["progress_commit"] == "c0ffee1" and r["share"] == "1 of 3" for r in first)
 
@@ -121,8 +121,9 @@ def test_collusion_is_planned_only_with_two_attackers():
     config = RobustnessBenchConfig(attacks=["collude", "noise"], gateway_run=True)
     assert ("collude", True, False) not in runs.setting_plan(config, (1, 5))
     assert runs.setting_plan(config, (3, 20)) == [
-        ("clean", True, False), ("clean", False, False), ("collude", True, False), ("noise", True, False),
-        ("collude", False, False), ("noise", False, False), ("clean", True, True)]
+        ("clean", True, False), ("clean", False, False), ("absent", True, False), ("collude", True, False),
+        ("noise", True, False), ("collude", False, False), ("noise", False, False), ("clean", True, True)]
+    assert ("absent", True, False) not in runs.setting_plan(config.model_copy(update={"absent_run": False}), (3, 20))
 
 
 def test_fresh_run_deletes_a_suites_kept_progress(tmp_path, monkeypatch):
