@@ -29,8 +29,8 @@ from eclm.modules.merge import ModuleUpdate, classifier_keys, merge_module_updat
 from eclm.modules.spec import TrainableSpec
 
 ATTACKS = ("sign_flip", "scale_x10", "scale_x0.1", "label_flip", "collude", "noise")
-LABELS = {"clean": "none (clean)", "absent": "none, attackers absent (their devices never served)", "sign_flip": "sign flip", "scale_x10": "scaled x10", "scale_x0.1": "scaled x0.1",
-          "label_flip": "trained on flipped labels", "collude": "colluding identical updates",
+LABELS = {"clean": "none (clean)", "absent": "none, attackers absent (their devices never served)",
+          "sign_flip": "sign flip", "scale_x10": "scaled x10", "scale_x0.1": "scaled x0.1", "label_flip": "trained on flipped labels", "collude": "colluding identical updates",
           "noise": "random noise (per-tensor norm of its change)"}
 SCALES = {"sign_flip": -1.0, "scale_x10": 10.0, "scale_x0.1": 0.1}
 

@@ -113,12 +113,12 @@ def _attack_table(rows: list[dict], runs: list[dict], config: RobustnessBenchCon
                f"{list(config.channels)}. Drop = clean run's final cloud proxy-validation accuracy minus the attacked "
                "run's (same seed, same defences; positive = worse); one validation image is "
                f"{_image_pts(runs)}. Drop vs attackers absent: the same against the defended clean run in which the "
-               "attackers' devices are never served (row 'none, attackers absent'), so a defence that excludes every "
-               "attacking round and lets no harm through scores 0 there, while against the clean run it also loses "
-               "what the attackers' devices would have contributed honestly; not a target. Drop under seen "
-               "environments: the same for the cloud's accuracy on those images clean and under every environment "
-               "its devices have reported (norm statistics re-estimated per environment; the merge outcome's "
-               "cloud_seen_acc), a finer measure, not a target. Excluded = device-rounds not among the accepted "
+               "attackers' devices are never served (row 'none, attackers absent'): it does not count what those "
+               "devices would have contributed honestly, which the drop vs clean does; an excluded device still "
+               "reports its environment, which joins the merge's validation (docs/security.md); not a target. Drop "
+               "under seen environments: the same for the cloud's accuracy on those images clean and under every "
+               "environment its devices have reported (norm statistics re-estimated per environment; the merge "
+               "outcome's cloud_seen_acc; without the attackers' devices, fewer environments), not a target. Excluded = device-rounds not among the accepted "
                "devices of that cycle's merge (a rejected merge excludes everyone), pooled over seeds. Defences off = "
                "screen disabled and threshold acceptance."))
 
