@@ -224,7 +224,10 @@ class MergeConfig(_Strict):
         4.0, ge=1, le=16, description="when the merge of all k updates fails, the group testing that isolates the "
         "harmful ones validates at most ceil(search_budget x log2 k) candidates; updates it has not cleared by then "
         "are excluded (docs/security.md)")
-    keep_versions: int = Field(4, ge=1, description="recent cloud versions kept in memory to ship deltas against")
+    keep_versions: int = Field(
+        8, ge=1, description="recent cloud versions kept in memory to ship deltas against (one backbone copy each). "
+        "A device holds the version before its cycle's merge, so one that returns keep_versions or more merges "
+        "later gets its whole sub-model again (docs/method.md)")
     repair_epochs: int = Field(1, ge=0, description="epochs of proxy-data fine-tuning applied to a merged candidate before validation")
     repair_lr: float = Field(0.005, gt=0, description="learning rate of that repair fine-tuning")
     repair_environments: bool = Field(

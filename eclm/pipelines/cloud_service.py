@@ -328,7 +328,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
             return SubModelCache(self.model)
         cache = self._version_subs.get(version)
         if cache is None or cache.state is not state:  # versions are re-remembered after a restore
-            cache = self._version_subs[version] = SubModelCache(self.model, state, size=8, max_bytes=64 * 2**20)
+            cache = self._version_subs[version] = SubModelCache(self.model, state, size=8,
+                                                                max_bytes=_VERSION_CACHE_BYTES // self.cfg.merge.keep_versions)
         for old in set(self._version_subs) - set(self._versions):
             del self._version_subs[old]
         return cache
@@ -354,6 +355,10 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
 
     def ping(self) -> bool:
         return True
+
+
+#: Bytes of extracted sub-models kept over all kept versions together (shared equally among them).
+_VERSION_CACHE_BYTES = 256 * 2**20
 
 
 def _split_checkpoint(data: bytes) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -93,3 +93,30 @@ def test_cycle_metrics_count_deliveries_and_the_device_table_names_them():
     table = device_table(result)
     col = table["columns"].index("delivery")
     assert {row[0]: row[col] for row in table["data"]} == {"a": "first", "b": "first", "c": "delta", "d": None}
+
+
+@pytest.mark.parametrize("keep", [2, 3])
+def test_a_held_version_expires_after_keep_versions_merges(tmp_path, keep):
+    """The boundary the traffic count depends on: ``keep - 1`` newer versions still ship a delta,
+    ``keep`` newer versions drop the held one (the cloud keeps the newest ``keep``, current included)."""
+    cfg = config(tmp_path, keep_versions=keep)
+    cloud, edge = CloudService(cfg), EdgeService(cfg, 0)
+    first = install(cloud, edge)
+    for _ in range(keep - 1):
+        new_version(cloud, {some_module(first): 0.5})
+    assert derive(cloud, edge).delivery == "delta"
+    new_version(cloud, {some_module(first): 0.5})
+    assert derive(cloud, edge).delivery == "expired"
+
+
+def test_the_kept_versions_share_one_cache_budget(tmp_path):
+    from eclm.pipelines.cloud_service import _VERSION_CACHE_BYTES
+
+    cfg = config(tmp_path, keep_versions=3)
+    cloud, edge = CloudService(cfg), EdgeService(cfg, 0)
+    first = install(cloud, edge)
+    for _ in range(4):
+        new_version(cloud, {some_module(first): 0.5})
+        derive(cloud, edge)
+    caches = [cloud._submodels(v) for v in cloud._versions]
+    assert len(caches) == 3 and sum(c.max_bytes for c in caches) <= _VERSION_CACHE_BYTES
