@@ -102,6 +102,10 @@ class CampaignStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # sha256 of the cloud files this store wrote or checked (they never change once written):
+        # a commit lists every kept version, and re-reading them all each time grows with
+        # merge.keep_versions x the backbone's size
+        self._digests: dict[Path, str] = {}
 
     # ------------------------------------------------------------------ opening
     @staticmethod
@@ -145,7 +149,8 @@ class CampaignStore:
     # ------------------------------------------------------------------ writing
     def save_cloud(self, snapshot: CloudSnapshot) -> None:
         """Write the snapshot's version once (a later call for the same version is a no-op)."""
-        write_once(self.cloud_path(snapshot.version), snapshot.weights)
+        path = self.cloud_path(snapshot.version)
+        self._digests[path] = write_once(path, snapshot.weights)
 
     def save_commit(self, state: CampaignState) -> CampaignState:
         """Write ``state`` as the next commit, after checking the cloud files it refers to.
@@ -160,12 +165,19 @@ class CampaignStore:
         missing = [str(p) for p in files if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"campaign state refers to cloud versions never saved: {missing}")
-        manifest = {str(p.relative_to(self.root)): sha256_file(p) for p in files}
+        manifest = {str(p.relative_to(self.root)): self._digest(p) for p in files}
         commits = self.commits()
         state = state.model_copy(update={"manifest": manifest, "commit": (commits[-1] + 1) if commits else 0})
         text = json.dumps(state.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
         write_once(self.root / "commits" / f"commit_{state.commit:06d}.json", text.encode())
         return state
+
+    def _digest(self, path: Path) -> str:
+        """sha256 of a cloud file, read once per store (the digest it was written with, when this
+        store wrote it)."""
+        if path not in self._digests:
+            self._digests[path] = sha256_file(path)
+        return self._digests[path]
 
     def mark(self, name: str, value: dict) -> None:
         """A small side file (e.g. ``resumed.json``) rewritten atomically; never a step file."""
@@ -227,6 +239,13 @@ class MemoryStore:
         for old in [v for v in self._cloud if v not in {state.version, *state.kept_versions}]:
             del self._cloud[old]
         return state
+
+    def _digest(self, path: Path) -> str:
+        """sha256 of a cloud file, read once per store (the digest it was written with, when this
+        store wrote it)."""
+        if path not in self._digests:
+            self._digests[path] = sha256_file(path)
+        return self._digests[path]
 
     def mark(self, name: str, value: dict) -> None:
         """Nothing to mark in memory."""

@@ -86,7 +86,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self.best_val_acc: float | None = None
         self.proxy = ProxyEnvironments(self.train_x, self.train_y, self.val_x, self.val_y, config.seed,
                                        calibration_samples=config.merge.calibration_samples)
-        self.environments: tuple[Environment, ...] = ()  # reported by devices whose uploads were merged
+        self.environments: tuple[Environment, ...] = ()  # reported in the rounds of accepted merges (docs/security.md)
         self.quarantine = Quarantine(config.merge.screen.quarantine_uploads,  # devices caught on wrong labels
                                      fresh=config.merge.screen.fresh_after_rejection)
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()

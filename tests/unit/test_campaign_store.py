@@ -43,6 +43,27 @@ def test_commits_number_themselves_and_the_latest_verified_one_is_loaded(store):
     assert set(state.manifest) == {"cloud/v0000.safetensors", "cloud/v0001.safetensors"}
 
 
+def test_commits_record_the_digest_each_cloud_file_was_written_with_and_read_it_once(store, monkeypatch):
+    """A commit lists every kept version; the store does not read them all again for each one."""
+    import hashlib
+
+    import eclm.campaign.store as store_module
+
+    reads = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda p: reads.append(p) or real(p))
+    for v in range(4):
+        store.save_cloud(snap(v))
+        state = store.save_commit(CampaignState(run_id=store.run_id, version=v, kept_versions=list(range(v + 1))))
+    assert reads == []  # every digest came from the write
+    assert state.manifest == {f"cloud/v{v:04d}.safetensors": hashlib.sha256(snap(v).weights).hexdigest()
+                              for v in range(4)}
+    reopened = CampaignStore(store.root)  # a resumed campaign reads each file once, then remembers it
+    for _ in range(3):
+        reopened.save_commit(CampaignState(run_id=store.run_id, version=3, kept_versions=[1, 2, 3]))
+    assert sorted(p.name for p in reads) == ["v0001.safetensors", "v0002.safetensors", "v0003.safetensors"]
+
+
 def test_a_commit_refers_only_to_cloud_files_already_durable(store):
     with pytest.raises(FileNotFoundError, match="never saved"):
         store.save_commit(CampaignState(run_id=store.run_id, version=3))
