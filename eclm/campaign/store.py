@@ -240,13 +240,6 @@ class MemoryStore:
             del self._cloud[old]
         return state
 
-    def _digest(self, path: Path) -> str:
-        """sha256 of a cloud file, read once per store (the digest it was written with, when this
-        store wrote it)."""
-        if path not in self._digests:
-            self._digests[path] = sha256_file(path)
-        return self._digests[path]
-
     def mark(self, name: str, value: dict) -> None:
         """Nothing to mark in memory."""
 
