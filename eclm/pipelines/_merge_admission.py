@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from eclm.modules.merge import ModuleUpdate
 from eclm.pipelines.defences.changes import unit_changes
 from eclm.pipelines.integrity import check_update
+from eclm.pipelines.merge_workers import parallel_map
 
 if TYPE_CHECKING:
     from eclm.pipelines.validated_merge import MergeReport
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 class MergeAdmissionMixin:
     """``_admit`` and ``_screen``; expects the :class:`ValidatedMerge` fields ``max_relative_norm``,
     ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``own_scores``,
-    ``class_rows`` and ``same_upload``, and its ``_combine``."""
+    ``class_rows``, ``same_upload`` and ``workers``, and its ``_combine``."""
 
     def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
         """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
@@ -53,23 +54,18 @@ class MergeAdmissionMixin:
         if self.screen is None or not valid:
             return valid
         changes, references, own = {}, {}, {}
-        behaviour = self.own_scores is not None and self.screen.checks_behaviour
         group = [u.device_id for u in valid if u.device_id in self.same_upload]
-        for u in valid:
-            if u.device_id in group[1:]:
-                continue  # screened once, as group[0]
-            try:
-                changes[u.device_id] = unit_changes(u.state, u.carried, layers, cloud_state,
-                                                    class_rows=self.class_rows, classes=u.classes)
-                if self.reference is not None:
-                    references[u.device_id] = unit_changes(self.reference(u), u.spec, layers, None,
-                                                           class_rows=self.class_rows, classes=u.classes)
-                if behaviour:
-                    own[u.device_id] = self._own_classes(cloud_state, layers, u)
-            except Exception as err:  # this device alone is rejected
-                changes.pop(u.device_id, None)
-                own.pop(u.device_id, None)
+        screened = [u for u in valid if u.device_id not in group[1:]]  # a group is screened once, as group[0]
+        for u, (stats, err) in zip(screened, parallel_map(lambda u: self._statistics(cloud_state, layers, u),
+                                                          screened, self.workers), strict=True):
+            if err is not None:  # this device alone is rejected
                 report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
+                continue
+            changes[u.device_id] = stats[0]
+            if stats[1] is not None:
+                references[u.device_id] = stats[1]
+            if stats[2] is not None:
+                own[u.device_id] = stats[2]
         verdicts = self.screen(changes, references or None, own or None)
         if group and group[0] in verdicts:
             verdicts |= {d: verdicts[group[0]] for d in group[1:]}
@@ -78,6 +74,19 @@ class MergeAdmissionMixin:
             if not v.passed:
                 report.rejected[d] = "screen: " + "; ".join(v.reasons)
         return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
+
+    def _statistics(self, cloud_state, layers, u: ModuleUpdate) -> tuple[tuple | None, Exception | None]:
+        """``((changes, reference changes or None, own-class scores or None), None)`` of one update for
+        the screen, or ``(None, the exception)`` if computing them raised (run on a merge worker)."""
+        try:
+            changes = unit_changes(u.state, u.carried, layers, cloud_state, class_rows=self.class_rows,
+                                   classes=u.classes)
+            reference = (unit_changes(self.reference(u), u.spec, layers, None, class_rows=self.class_rows,
+                                      classes=u.classes) if self.reference is not None else None)
+            behaviour = self.own_scores is not None and self.screen.checks_behaviour
+            return (changes, reference, self._own_classes(cloud_state, layers, u) if behaviour else None), None
+        except Exception as err:  # noqa: BLE001 - reported by the caller; the other updates go on
+            return None, err
 
     def _own_classes(self, cloud_state, layers, update: ModuleUpdate):
         """``(before, after)`` per-sample scores on the device's classes for the behaviour checks;

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,6 +30,7 @@ from eclm.pipelines.aggregators import create_aggregator
 from eclm.pipelines.defences import ClaimBounds, RobustScreen, reference_update
 from eclm.pipelines.environments import Environment, environment_name, environment_of, merged
 from eclm.pipelines.mcnemar import SampleScores
+from eclm.pipelines.merge_workers import PerThread, parallel_map, resolve_workers
 from eclm.pipelines.upload_admission import admit
 from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
 
@@ -43,15 +45,17 @@ class CloudMergeMixin:
     once per spec (:class:`~eclm.modules.submodel_cache.SubModelCache`: re-basing uploads, the
     expected tensor names, the reference updates, the behaviour check's "before"), and so is each
     reference update per (spec, classes); every candidate's evaluation extracts once per spec too.
+    With ``merge.workers`` above one, each worker thread keeps its own sub-models
+    (:mod:`eclm.pipelines.merge_workers`): evaluations re-estimate norm statistics in place.
     """
 
-    _merge_subs: SubModelCache | None = None  # the current weights' sub-models, during merge()
+    _merge_subs: PerThread[SubModelCache] | None = None  # the current weights' sub-models, during merge()
     _unchanged_merges = 0  # merges since the version last changed (each draws its own repair)
     _merge_references: dict | None = None  # reference updates by (spec, classes), during merge()
 
     def _subs(self) -> SubModelCache:
-        """Sub-models of the current weights: the merge's cache during a merge, else a fresh one."""
-        return self._merge_subs if self._merge_subs is not None else SubModelCache(self.model)
+        """Sub-models of the current weights: this thread's cache of the merge during a merge, else a fresh one."""
+        return self._merge_subs.get() if self._merge_subs is not None else SubModelCache(self.model)
 
     def _rebase(self, state: dict[str, Tensor], spec: SubModelSpec, meta: dict
                 ) -> tuple[dict[str, Tensor], Parts | None]:
@@ -83,6 +87,7 @@ class CloudMergeMixin:
         (recognised by identity).
         """
         probe = None  # one scratch copy of the model per merge; every candidate loads all its tensors
+        workers = resolve_workers(self.cfg.merge.workers)
 
         def own_scores(state: dict[str, Tensor], u: ModuleUpdate) -> SampleScores:
             # the current weights' sub-models come from the merge's cache; ``proxy.correct`` leaves
@@ -95,12 +100,16 @@ class CloudMergeMixin:
             nonlocal probe
             probe = probe if probe is not None else copy.deepcopy(self.model)
             probe.backbone.load_state_dict(state)
-            subs = SubModelCache(probe, size=len(updates) + 1)  # this candidate's, once per spec
-            correct = self._correct(subs.module(probe.full_spec()), envs)
+            # this candidate's sub-models, once per spec and worker thread
+            subs = PerThread(lambda: SubModelCache(probe, size=len(updates) + 1))
+            tasks = [_Scoring(probe.full_spec(), e, None) for e in (None, *envs)]
+            tasks += [_Scoring(u.spec, (device_envs or {}).get(u.device_id), classes.get(u.device_id) or [])
+                      for u in updates]
+            masks = parallel_map(lambda t: self.proxy.correct(subs.get().module(t.spec), t.env, t.classes),
+                                 tasks, workers)
+            correct = torch.cat(masks[: len(envs) + 1])
             per_device, per_correct = {}, {}
-            for u in updates:
-                mask = self.proxy.correct(subs.module(u.spec), (device_envs or {}).get(u.device_id),
-                                          classes.get(u.device_id) or [])
+            for u, mask in zip(updates, masks[len(envs) + 1 :], strict=True):
                 if len(mask):
                     per_correct[u.device_id], per_device[u.device_id] = mask, float(mask.float().mean())
             overall = float(correct.float().mean()) if len(correct) else float("nan")
@@ -164,6 +173,7 @@ class CloudMergeMixin:
             # a module-sparse upload carries only its classes' rows: the head is always merged by class
             class_rows=self._row_keys if m.head_by_class or self.cfg.adaptation.trainable == "budgeted" else (),
             max_samples=self.cfg.data.samples_per_device[1], same_upload=same_upload,
+            workers=resolve_workers(m.workers),
             **self._defences(same_envs),
         )
 
@@ -180,7 +190,8 @@ class CloudMergeMixin:
         ``merge.validate_environments`` candidates are validated on the proxy data clean and
         under every environment devices have reported so far (this round's included).
         """
-        self._merge_subs, self._merge_references = SubModelCache(self.model), {}
+        self._merge_subs = PerThread(lambda: SubModelCache(self.model))
+        self._merge_references = {}
         version = self.version
         try:
             return self._merge_uploads(uploads)
@@ -363,6 +374,15 @@ class CloudMergeMixin:
 
     def _names(self, spec: SubModelSpec) -> set[str]:
         return self._subs().names(spec)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """One evaluation of a candidate: the sub-model ``spec`` under ``env`` on ``classes`` (``None``: all)."""
+
+    spec: SubModelSpec
+    env: Environment | None
+    classes: list[int] | None
 
 
 def _json(value):

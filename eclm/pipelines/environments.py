@@ -83,9 +83,10 @@ class ProxyEnvironments:
         restricted to ``classes`` (the same tensors on every call with the same arguments; do not
         modify them)."""
         key = (env, split, None if classes is None else tuple(sorted({int(c) for c in classes})))
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        hit = self._cache.get(key)
+        if hit is not None:
+            _move_to_end(self._cache, key)
+            return hit
         x, y = (self.train_x, self.train_y) if split == "train" else (self.val_x, self.val_y)
         if classes is not None:
             mask = torch.isin(y, torch.as_tensor(list(classes), dtype=y.dtype))
@@ -96,7 +97,10 @@ class ProxyEnvironments:
             x = apply_corruption(x, env[0], env[1], gen)
         self._cache[key] = (x, y)
         while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            try:
+                self._cache.popitem(last=False)
+            except KeyError:  # another merge worker emptied it meanwhile
+                break
         return x, y
 
     def mixed(self, envs: Sequence[Environment], generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -147,6 +151,19 @@ class ProxyEnvironments:
         """Mean accuracy over ``envs`` (``None`` if there are none)."""
         accs = [self.accuracy(model, e) for e in envs]
         return sum(accs) / len(accs) if accs else None
+
+
+def _move_to_end(cache: OrderedDict, key) -> None:
+    """Mark ``key`` recently used; a no-op if another thread evicted it meanwhile.
+
+    The cache is shared by the merge's worker threads (:mod:`eclm.pipelines.merge_workers`):
+    every access is one ``OrderedDict`` operation (atomic under the GIL) that tolerates the
+    others, so no lock is needed and a computed set is at worst computed twice, identically.
+    """
+    try:
+        cache.move_to_end(key)
+    except KeyError:
+        pass
 
 
 __all__ = ["Environment", "ProxyEnvironments", "environment_name", "environment_of", "merged"]

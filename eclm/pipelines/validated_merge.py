@@ -151,6 +151,9 @@ class ValidatedMerge(MergeAdmissionMixin):
             testing for the harmful ones validates at most ``ceil(search_budget x log2(k))``
             candidates (:mod:`eclm.pipelines.harm_search`); in all, a merge validates at most
             ``2 (step_backoff + 1) - 1`` plus that many candidates.
+        workers: Threads the screen's per-update checks run on
+            (:mod:`eclm.pipelines.merge_workers`; ``reference`` and ``own_scores`` must then be
+            safe to call from several threads). Decisions do not depend on it.
     """
 
     evaluate: Evaluator
@@ -180,6 +183,7 @@ class ValidatedMerge(MergeAdmissionMixin):
     reference_correct: Tensor | None = None
     same_upload: Collection[str] = ()
     search_budget: float = 4.0
+    workers: int = 1
     #: What this run finalizes with: ``finalize``, or ``plain_finalize`` (see :meth:`_baseline`).
     _finalize_now: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = field(
         default=None, init=False, repr=False, compare=False)

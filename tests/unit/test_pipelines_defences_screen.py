@@ -138,6 +138,16 @@ def test_a_zero_update_is_rejected_as_too_small():
     assert verdict.norm_ratio == 0.0 and not verdict.passed
 
 
+def test_units_nobody_changed_give_the_round_size_not_an_infinite_ratio():
+    # e.g. modules behind a zero-initialised residual norm (timm's zero_init_last) before any
+    # pretraining: no gradient reaches them, every device's change there is exactly zero
+    changes = {d: {u: torch.zeros(200) for u in UNITS} for d in ("h0", "h1", "h2")}
+    verdicts = RobustScreen(max_relative_stable_rank=None)(changes)
+    assert all(v.norm_ratio == 1.0 and v.passed for v in verdicts.values()), {d: v.reasons for d, v in verdicts.items()}
+    changes["h0"] = _round(devices=1)["h0"]  # one device changed what nobody else did: unbounded beside them
+    assert RobustScreen()(changes)["h0"].norm_ratio == math.inf
+
+
 @pytest.mark.parametrize("kwargs", [{"norm_multiplier": 1.0}, {"min_cohort": 2}, {"min_reference_norm_ratio": 0.0}])
 def test_bad_thresholds_are_refused(kwargs):
     with pytest.raises(ValueError):

@@ -18,14 +18,14 @@ from tests.unit.test_pipelines_sparse_exchange import config
 torch.set_num_threads(1)
 
 
-def campaign(tmp_path, cycles: int = 2):
-    """Three devices (two of the same resources) for ``cycles`` cycles; the outcomes and the final
-    cloud state."""
+def campaign(tmp_path, cycles: int = 2, workers: int = 1):
+    """Three devices (two of the same resources) for ``cycles`` cycles, the merge on ``workers``
+    threads (each thread extracts its own sub-models); the outcomes and the final cloud state."""
     cfg = config(tmp_path)
     cfg = cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"num_devices": 3}),
         "devices": [*cfg.devices, cfg.devices[1].model_copy(update={"name": "d2"})],
-        "merge": cfg.merge.model_copy(update={"validate_environments": True}),
+        "merge": cfg.merge.model_copy(update={"validate_environments": True, "workers": workers}),
     })
     cloud = CloudService(cfg)
     edges = [EdgeService(cfg, i) for i in range(3)]

@@ -264,7 +264,9 @@ class RobustScreen:
         if self.max_relative_stable_rank is not None:
             out.relative_stable_rank = noise_likeness(change.values())  # classifier rows (one row) carry no rank
         if s.units:
-            out.norm_ratio = (s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0 else float("inf")
+            # nothing changed on its units, as nothing did for the others: the round's size, not "inf x"
+            out.norm_ratio = ((s.own_sq / s.typical_sq) ** 0.5 if s.typical_sq > 0
+                              else float("inf") if s.own_sq > 0 else 1.0)
             out.centre_cosine = _cosine(s.centre_dot, s.own_sq, s.centre_sq)
         if reference is not None:
             out.trust_cosine, out.reference_norm_ratio = _against_reference(change, reference, head=False)
