@@ -20,6 +20,7 @@ REPRODUCE = (
     "make bench          # every suite, full mode -> benchmarks/results, docs/benchmarks.md",
     "make bench-quick    # every suite, quick mode -> benchmarks/results/quick, docs/benchmarks-quick.md",
     "python -m benchmarks.run --mode full --suite modules   # one suite (re-renders docs/benchmarks.md)",
+    "python -m benchmarks.run --suite modules   # one suite, quick mode (the default) -> benchmarks/results/quick",
 )
 REQUIRED_KEYS = ("suite", "mode", "machine", "started", "seconds", "tables", "plots")
 

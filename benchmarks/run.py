@@ -41,6 +41,23 @@ from benchmarks.targets import TARGETS_FILE, check_targets, git_commit, merge_ta
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+QUICK_OUT = DEFAULT_OUT / "quick"
+QUICK_DOCS = REPO_ROOT / "docs" / "benchmarks-quick.md"
+
+
+def default_paths(mode: str) -> tuple[Path, Path]:
+    """Where a mode's results and report go unless given: full mode the published ones
+    (``benchmarks/results``, ``docs/benchmarks.md``), quick mode its own folder and report (as
+    ``make bench-quick`` writes them).
+
+    Raises:
+        ValueError: For smoke mode (tests only), which must be given paths outside the repository.
+    """
+    if mode == "full":
+        return DEFAULT_OUT, DEFAULT_DOCS
+    if mode == "quick":
+        return QUICK_OUT, QUICK_DOCS
+    raise ValueError(f"mode {mode!r} has no default results directory: pass --out and --docs")
 
 
 def run_suite(suite: Suite, mode: str, out_dir: Path, machine: dict) -> dict:
@@ -88,8 +105,8 @@ def run_suite(suite: Suite, mode: str, out_dir: Path, machine: dict) -> dict:
 def run_suites(
     names: Sequence[str] | None,
     mode: str,
-    out_dir: Path = DEFAULT_OUT,
-    docs_path: Path = DEFAULT_DOCS,
+    out_dir: Path | None = None,
+    docs_path: Path | None = None,
     *,
     discover: bool = True,
     fresh: bool = False,
@@ -99,8 +116,8 @@ def run_suites(
     Args:
         names: Suites to run (``None`` or empty: every registered suite, sorted by name).
         mode: ``"quick"``, ``"full"`` or ``"smoke"`` (tests only).
-        out_dir: Results directory.
-        docs_path: Markdown report to (re)write from all results in ``out_dir``.
+        out_dir: Results directory (``None``: the mode's, :func:`default_paths`).
+        docs_path: Markdown report to (re)write from all results in ``out_dir`` (``None``: the mode's).
         discover: Import :mod:`benchmarks.suites` first; suite modules that fail to import are
             reported as failed suites named after the module.
         fresh: Delete each suite's kept progress (:mod:`benchmarks.progress`) before it runs.
@@ -109,14 +126,20 @@ def run_suites(
         The results of the suites run in this call, in run order.
 
     Raises:
-        ValueError: If ``mode`` is unknown, a requested suite is not registered, or smoke results
-            would land in the repository's results or docs directory.
+        ValueError: If ``mode`` is unknown, a requested suite is not registered, smoke results
+            would land in the repository's results or docs directory, or quick results in the
+            full-mode ones.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if out_dir is None or docs_path is None:
+        default_out, default_docs = default_paths(mode)
+        out_dir, docs_path = out_dir or default_out, docs_path or default_docs
     out_dir, docs_path = Path(out_dir), Path(docs_path)
     if mode not in RUN_MODES:
         _refuse_repository_paths(mode, out_dir, docs_path)
+    elif mode != "full":
+        _refuse_published_paths(mode, out_dir, docs_path)
     import_failures = discover_suites() if discover else {}
     suites = registered_suites()
     wanted = list(dict.fromkeys(names)) if names else sorted(set(suites) | set(import_failures))
@@ -155,8 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=RUN_MODES, default="quick", help="quick (minutes) or full")
     parser.add_argument("--suite", nargs="+", action="extend", default=[], metavar="NAME",
                         help="suite(s) to run (default: all registered)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
-    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="Markdown report to re-render")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory (default: benchmarks/results in full mode, benchmarks/results/quick in quick)")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="Markdown report to re-render (default: docs/benchmarks.md in full mode, "
+                        "docs/benchmarks-quick.md in quick)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete the suites' kept progress first (benchmarks/progress.py): run every part again")
     args = parser.parse_args(argv)
@@ -174,6 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"[bench] all {len(results)} suite(s) ok", flush=True)
     return 0
+
+
+def _refuse_published_paths(mode: str, out_dir: Path, docs_path: Path) -> None:
+    """Quick results must not overwrite the published full-mode ones (a robustness run of the
+    full protocol takes hours; a quick run over it would replace it and its targets silently)."""
+    for given, published in ((out_dir, DEFAULT_OUT), (docs_path, DEFAULT_DOCS)):
+        if given.resolve() == published.resolve():
+            raise ValueError(f"mode {mode!r} must not write into {given}: that holds the full-mode results "
+                             f"(quick mode's own are {QUICK_OUT.relative_to(REPO_ROOT)} and "
+                             f"{QUICK_DOCS.relative_to(REPO_ROOT)})")
 
 
 def _refuse_repository_paths(mode: str, out_dir: Path, docs_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import registry
 from benchmarks.modular.config import ModulesBenchConfig
 from benchmarks.report import Table, render_markdown
-from benchmarks.run import main, run_suites
+from benchmarks.run import default_paths, main, run_suites
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +108,24 @@ def test_report_accumulates_results_from_separate_runs(isolated_registry: None, 
 def test_bad_input_raises(isolated_registry: None, call, error: type[Exception]) -> None:
     with pytest.raises(error):
         call()
+
+
+def test_each_mode_writes_to_its_own_results_and_a_quick_run_never_replaces_the_full_ones(
+        isolated_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_paths("full") == (REPO / "benchmarks" / "results", REPO / "docs" / "benchmarks.md")
+    assert default_paths("quick") == (REPO / "benchmarks" / "results" / "quick", REPO / "docs" / "benchmarks-quick.md")
+    with pytest.raises(ValueError, match="pass --out and --docs"):
+        default_paths("smoke")
+    _register_dummy_suites()
+    ran: list[str] = []
+    monkeypatch.setattr("benchmarks.run.run_suite", lambda *a, **k: ran.append("ran"))
+    for out, docs in [(REPO / "benchmarks" / "results", REPO / "benchmarks" / "x.md"),
+                      (REPO / "benchmarks" / "results" / "quick", REPO / "docs" / "benchmarks.md")]:
+        with pytest.raises(ValueError, match="full-mode results"):
+            run_suites(["dummy_ok"], "quick", out, docs, discover=False)
+    assert not ran  # refused before anything ran or was written
+    with pytest.raises(SystemExit):  # the command line: smoke mode without paths is an argument error
+        main(["--mode", "smoke", "--suite", "dummy_ok"])
 
 
 def test_duplicate_suite_name_is_refused(isolated_registry: None) -> None:
