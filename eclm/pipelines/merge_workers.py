@@ -3,9 +3,11 @@
 Most of a validated merge is independent per upload: the robust screen's checks of each update
 (its change statistics, the cloud's reference fine-tune for it, its sub-model's accuracy and loss
 on its own classes before and after) and each candidate's per-device evaluations. The merge runs
-them on ``merge.workers`` threads: torch releases the GIL inside its kernels, so on small models
-two threads with one torch thread each measured 1.8x one thread on a 2-core machine, where
-giving torch's intra-op pool 2 threads measured 1.3x. Results come back in input order and every
+them on ``merge.workers`` threads, each with one torch thread: torch releases the GIL inside its
+kernels, though not in the Python around them, which on small models is much of the work. On the
+2-core development machine a 64-upload merge ran 1.35x faster on two workers than on one
+(evaluations with norm re-estimation alone 1.34x, reference fine-tunes 1.75x; docs/scaling.md).
+Results come back in input order and every
 item is computed as it would be serially (its own seeded generators, its own model copies), so
 the merge's decisions do not depend on the number of workers (tests/unit/test_merge_workers.py).
 """
@@ -63,12 +65,11 @@ class PerThread(Generic[T]):
 
     Args:
         factory: Makes a thread's object.
-        first: The calling thread's object, if it already has one.
     """
 
-    def __init__(self, factory: Callable[[], T], first: T | None = None) -> None:
+    def __init__(self, factory: Callable[[], T]) -> None:
         self.factory = factory
-        self._objects: dict[int, T] = {} if first is None else {threading.get_ident(): first}
+        self._objects: dict[int, T] = {}
 
     def get(self) -> T:
         """This thread's object (each thread writes only its own key, so no lock is needed)."""

@@ -41,9 +41,9 @@ def test_parallel_map_raises_the_first_failure_in_input_order_after_the_rest_ran
     assert sorted(done) == [0, 1, 2, 4, 5, 6, 8, 9]
 
 
-def test_per_thread_objects_are_the_callers_own_and_one_per_worker_thread():
-    mine = object()
-    per = PerThread(object, first=mine)
+def test_per_thread_objects_are_one_per_thread_and_kept():
+    per = PerThread(object)
+    mine = per.get()
     assert per.get() is mine
     barrier = threading.Barrier(2)
 
