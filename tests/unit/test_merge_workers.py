@@ -15,15 +15,18 @@ torch.set_num_threads(1)
 
 
 def test_parallel_map_keeps_input_order_and_restores_torch_threads():
-    before = torch.get_num_threads()
     seen_threads: list[int] = []
 
     def work(i: int) -> int:
         seen_threads.append(torch.get_num_threads())
         return i * i
 
-    assert parallel_map(work, range(20), workers=3) == [i * i for i in range(20)]
-    assert set(seen_threads) == {1} and torch.get_num_threads() == before
+    torch.set_num_threads(2)  # a host's own setting: one torch thread per worker meanwhile, then back
+    try:
+        assert parallel_map(work, range(20), workers=3) == [i * i for i in range(20)]
+        assert set(seen_threads) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     assert parallel_map(work, [], workers=3) == []
 
 
