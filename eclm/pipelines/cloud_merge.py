@@ -10,6 +10,7 @@ leaves the model bit-identical; an exception raised by one upload rejects that u
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 
@@ -203,36 +204,44 @@ class CloudMergeMixin:
         admission = admit(uploads, self.model.layer_sizes, self._rebase)
         reported = {u.channel: environment_of(u.update.metrics.environment, u.update.metrics.severity)
                     for u in uploads}
-        envs = merged(self.environments, reported.values())
         classes = {u.device_id: list(u.classes or []) for u in admission.updates}
-        self._repair = (envs, self._repair_plan(admission.updates))
         cloud_state = self.model.backbone.state_dict()
         updates, refused = self.quarantine.admit(admission.updates)
         rejected = dict(admission.rejected) | refused
         split_members, self._split_uploads = self._split_uploads, set()
-        if self.cfg.merge.validate_environments:
-            pipeline = self._pipeline(classes, split_members, envs, reported, cloud_state)
-        else:
-            pipeline = self._pipeline(classes, split_members, cloud_state=cloud_state)
+        attempt = functools.partial(self._screen_and_merge, cloud_state, classes, split_members, reported,
+                                  admission.issued)
         try:
-            new_state, report = pipeline.run(cloud_state, self.model.layers, updates, admission.issued, self._names)
+            new_state, report, envs = attempt(updates)
         except Exception as err:  # noqa: BLE001 - find the upload that breaks the merge, merge the rest
             broken = self._breaking_updates(cloud_state, updates)
             if not broken:
                 return self._outcome(MergeOutcome(decision="reject", reason=f"merge failed: {err!r}",
                                                   rejected=rejected, version=self.version))
             rejected |= {u.device_id: f"merge failed on this upload: {e}" for u, e in broken}
-            kept = [u for u in updates if all(u is not b for b, _ in broken)]
-            return self._outcome(self._merge_rest(pipeline, cloud_state, kept, admission.issued, rejected, envs))
+            try:
+                new_state, report, envs = attempt([u for u in updates if all(u is not b for b, _ in broken)])
+            except Exception as err:  # noqa: BLE001 - the model must stay untouched whatever happens
+                return self._outcome(MergeOutcome(decision="reject", reason=f"merge failed: {err!r}",
+                                                  rejected=rejected, version=self.version))
         return self._outcome(self._conclude(new_state, report, rejected, envs))
 
-    def _merge_rest(self, pipeline, cloud_state, updates, issued, rejected, envs) -> MergeOutcome:
-        try:
-            new_state, report = pipeline.run(cloud_state, self.model.layers, updates, issued, self._names)
-        except Exception as err:  # noqa: BLE001 - the model must stay untouched whatever happens
-            return MergeOutcome(decision="reject", reason=f"merge failed: {err!r}", rejected=rejected,
-                                version=self.version)
-        return self._conclude(new_state, report, rejected, envs)
+    def _screen_and_merge(self, cloud_state, classes, split_members, reported, issued, updates: list[ModuleUpdate]):
+        """``(new state or None, report, environments)`` of one validated merge of ``updates``.
+
+        Only the updates that pass the integrity checks and the robust screen shape the rest of
+        the merge: the environments their devices report join the ones validated on (and the
+        repair fine-tune's), and what they carry is what the repair trains. A device the screen
+        excludes changes nothing of the merge (before, its reported environment still did).
+        """
+        own_envs = reported if self.cfg.merge.validate_environments else None
+        screening = self._pipeline(classes, split_members, self._validated_environments(), own_envs, cloud_state)
+        valid, report = screening.screened(cloud_state, self.model.layers, updates, issued, self._names)
+        envs = merged(self.environments, [reported.get(u.device_id) for u in valid])
+        self._repair = (envs, self._repair_plan(valid))
+        pipeline = (self._pipeline(classes, split_members, envs, reported, cloud_state)
+                    if self.cfg.merge.validate_environments else screening)
+        return (*pipeline.merge_screened(cloud_state, self.model.layers, valid, report), envs)
 
     def _breaking_updates(self, cloud_state, updates: list[ModuleUpdate]) -> list[tuple[ModuleUpdate, str]]:
         """The updates whose merge math raises on their own (only looked for when a merge raised)."""

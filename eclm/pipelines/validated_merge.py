@@ -211,9 +211,36 @@ class ValidatedMerge(MergeAdmissionMixin):
         Returns:
             ``(new_state or None, report)``; ``None`` means keep the cloud model as it is.
         """
+        valid, report = self.screened(cloud_state, layers, updates, given_specs, expected_names)
+        return self.merge_screened(cloud_state, layers, valid, report)
+
+    def screened(
+        self,
+        cloud_state: dict[str, Tensor],
+        layers: Sequence[ModuleLayer],
+        updates: Sequence[ModuleUpdate],
+        given_specs: dict[str, SubModelSpec],
+        expected_names: Callable[[SubModelSpec], set[str]],
+    ) -> tuple[list[ModuleUpdate], MergeReport]:
+        """The first half of :meth:`run`: the updates that pass the integrity and claim checks and
+        the robust screen, and the report with every other update's reason.
+
+        A host that lets only admitted updates shape the validation (the cloud validates on the
+        environments its admitted devices report, see
+        :class:`~eclm.pipelines.cloud_merge.CloudMergeMixin`) calls this, configures the second
+        half from the result and calls :meth:`merge_screened`.
+        """
         report = MergeReport(decision="reject", reason="")
         valid = self._admit(cloud_state, layers, updates, given_specs, expected_names, report)
-        valid = self._screen(cloud_state, layers, valid, report)
+        return self._screen(cloud_state, layers, valid, report), report
+
+    def merge_screened(self, cloud_state: dict[str, Tensor], layers: Sequence[ModuleLayer],
+                       valid: list[ModuleUpdate], report: MergeReport) -> tuple[dict[str, Tensor] | None, MergeReport]:
+        """The second half of :meth:`run`: validate and merge updates that :meth:`screened` let through.
+
+        Returns:
+            ``(new_state or None, report)`` as :meth:`run`.
+        """
         if len(valid) < self.min_updates:
             report.reason = f"{len(valid)} valid update(s), fewer than min_updates={self.min_updates}"
             return None, report

@@ -171,3 +171,31 @@ def test_a_repair_that_would_ruin_the_current_model_is_skipped_and_the_update_ju
     outcome = merge(ruinous)
     assert outcome.details["repair"].startswith("skipped: the current model finalized fails against the best")
     assert abs(outcome.cloud_acc_before - best) < 0.02  # judged from the current model as it was accepted
+
+
+def test_an_upload_the_merge_excludes_changes_nothing_of_it_not_even_the_environments_validated(tmp_path):
+    raw = _config(tmp_path).model_dump(mode="json")
+    raw["data"]["num_devices"] = 2
+    raw["devices"] = [raw["devices"][0], {**raw["devices"][0], "name": "edge-1"}]
+    cfg = PlatformConfig.from_dict(raw)
+    with_forged, without = CloudService(cfg), CloudService(cfg)
+    uploads = []
+    for i in range(2):
+        edge = EdgeService(cfg, i)
+        summary = edge.summary(with_forged.selector_payload())
+        edge.install(with_forged.derive(summary), with_forged.info().costs)
+        without.derive(summary)
+        uploads.append(AttributedUpdate(channel=f"edge-{i}", issued=edge.spec, enrolled_classes=edge.classes,
+                                        update=edge.adapt()))
+    # edge-1 claims an implausible sample count (excluded) and an environment no admitted device met
+    honest = uploads[1].update
+    forged = honest.model_copy(update={"num_samples": 10**6, "metrics": honest.metrics.model_copy(
+        update={"environment": "contrast", "severity": 2})})
+    outcome = with_forged.merge([uploads[0], uploads[1].model_copy(update={"update": forged})])
+    assert "edge-1" in outcome.rejected and "edge-1" not in outcome.accepted and outcome.version == 1
+    assert outcome.environments == ("gaussian_noise@3",)  # the excluded device's claim did not join
+    alone = without.merge(uploads[:1])
+    assert alone.decision == "accept" and alone.environments == outcome.environments
+    # validated on the same samples, repaired on the same environments: the same model, bit for bit
+    assert with_forged.state_digest() == without.state_digest()
+    assert outcome.cloud_acc_after == alone.cloud_acc_after
