@@ -9,15 +9,15 @@ from pathlib import Path
 
 import psutil
 
+from eclm.pipelines.merge_workers import available_cores
+
 _VERSIONED = ("torch", "timm", "numpy", "scipy")
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (respects affinity masks and container limits)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not available on macOS / Windows
-        return max(1, os.cpu_count() or 1)
+    """CPU cores this process may run on (its affinity mask where the OS reports one): the count
+    the platform sizes its own worker threads by (:func:`eclm.pipelines.merge_workers.available_cores`)."""
+    return available_cores()
 
 
 def cpu_model() -> str:

@@ -10,11 +10,11 @@ adapted sub-model): divided by the cores, that is the compute bound the cycle is
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
 
+from benchmarks.machine import usable_cores
 from benchmarks.suites._plain_worker import PlainDevice
 from benchmarks.suites._platform_bench import ScaleBenchConfig, campaign_config
 from benchmarks.suites._process_tree import TreeMemorySampler
@@ -23,11 +23,6 @@ from benchmarks.suites._process_tree import TreeMemorySampler
 def served_slice(names: list[str], served: int, cycle: int) -> list[str]:
     """The devices served in ``cycle``: the next ``served`` names, wrapping around the list."""
     return [names[(cycle * served + j) % len(names)] for j in range(min(served, len(names)))]
-
-
-def cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def protocol_run(config: ScaleBenchConfig, workdir: Path, tracking_uri: str | None) -> dict:
@@ -102,6 +97,6 @@ def compute_bound(cfg, picks: list[dict]) -> dict:
             plain.call("install", package, p["costs"])
             plain.call("adapt")
             seconds.append(plain.call("adapt")["wall_seconds"])
-    n = cores()
+    n = usable_cores()
     return {"plain_seconds": seconds, "cores": n,
             "seconds_per_device": statistics.fmean(seconds) / n if seconds else None}
