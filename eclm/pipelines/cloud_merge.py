@@ -189,7 +189,8 @@ class CloudMergeMixin:
         that is malformed, claims another device or foreign classes, or raises anything while
         being decoded or checked is rejected alone with its reason. With
         ``merge.validate_environments`` candidates are validated on the proxy data clean and
-        under every environment devices have reported so far (this round's included).
+        under every environment devices have reported so far, this round's from the uploads that pass
+        the integrity checks and the robust screen (an excluded upload changes nothing of the merge).
         """
         self._merge_subs = PerThread(lambda: SubModelCache(self.model))
         self._merge_references = {}
