@@ -33,7 +33,7 @@ from eclm.pipelines.environments import Environment, environment_name, environme
 from eclm.pipelines.mcnemar import SampleScores
 from eclm.pipelines.merge_workers import PerThread, parallel_map, resolve_workers
 from eclm.pipelines.upload_admission import admit
-from eclm.pipelines.validated_merge import Evaluation, ValidatedMerge
+from eclm.pipelines.validated_merge import Evaluation, MergeReport, ValidatedMerge
 
 
 class CloudMergeMixin:
@@ -211,7 +211,7 @@ class CloudMergeMixin:
         rejected = dict(admission.rejected) | refused
         split_members, self._split_uploads = self._split_uploads, set()
         attempt = functools.partial(self._screen_and_merge, cloud_state, classes, split_members, reported,
-                                  admission.issued)
+                                    admission.issued)
         try:
             new_state, report, envs = attempt(updates)
         except Exception as err:  # noqa: BLE001 - find the upload that breaks the merge, merge the rest
@@ -227,7 +227,10 @@ class CloudMergeMixin:
                                                   rejected=rejected, version=self.version))
         return self._outcome(self._conclude(new_state, report, rejected, envs))
 
-    def _screen_and_merge(self, cloud_state, classes, split_members, reported, issued, updates: list[ModuleUpdate]):
+    def _screen_and_merge(self, cloud_state: dict[str, Tensor], classes: dict[str, list[int]], split_members: set[str],
+                          reported: dict[str, Environment | None], issued: dict[str, SubModelSpec],
+                          updates: list[ModuleUpdate]
+                          ) -> tuple[dict[str, Tensor] | None, MergeReport, tuple[Environment, ...]]:
         """``(new state or None, report, environments)`` of one validated merge of ``updates``.
 
         Only the updates that pass the integrity checks and the robust screen shape the rest of
