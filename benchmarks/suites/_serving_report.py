@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from benchmarks.report import Table
@@ -52,10 +53,23 @@ def _bottleneck_hop(r: dict) -> dict:
     return max(r["hops"], key=lambda h: max(h["compute_ms"], h["link_ms"]))
 
 
+def _entry_cost(r: dict, hop: dict) -> tuple[str | None, float | None]:
+    """The bottleneck hop's first block (profiled / served node ms) and its other blocks' served /
+    profiled ratio; ``None`` for rows measured before the breakdown split them."""
+    node = str(hop["node"])
+    first, blocks = r.get("stage_first_block_ms", {}).get(node), r.get("stage_blocks_ms", {}).get(node)
+    if first is None or blocks is None or not math.isfinite(hop.get("first_block_ms", math.nan)):
+        return None, None
+    rest = blocks - first
+    ratio = (hop["blocks_ms"] - hop["first_block_ms"]) / rest if rest > 0 else None
+    return f"{first:.2f} / {hop['first_block_ms']:.2f}", ratio
+
+
 def breakdown_table(rows: list[dict]) -> dict:
     cols = ["nodes", "model", "input", "batch", "plan", "sum bound req/s", "chain bound req/s",
             "DP store-and-forward fp32 req/s", "predicted req/s", "emu req/s", "wall req/s", "bottleneck hop",
-            "predicted compute ms", "emu compute ms", "link ms", "Ray hand-off ms", "wall in stage ms",
+            "predicted compute ms", "emu compute ms", "first block ms profiled / served",
+            "other blocks served / profiled", "link ms", "Ray hand-off ms", "wall in stage ms",
             "return ms", "load avg"]
     body = []
     for r in rows:
@@ -65,7 +79,7 @@ def breakdown_table(rows: list[dict]) -> dict:
         body.append([r["mix"], r["model"], r["size"], r["micro"], "/".join(map(str, r["boundaries"])),
                      r["bound_sum_rps"], r["bound_chain_rps"], r["dp_sync_rps"], r["predicted_rps"], r["emu_rps"],
                      r["wall_rps"], f"node {hop['node']} blocks {hop['blocks']}",
-                     r["stage_compute_ms"].get(str(hop["node"])), hop["compute_ms"],
+                     r["stage_compute_ms"].get(str(hop["node"])), hop["compute_ms"], *_entry_cost(r, hop),
                      max(h["link_ms"] for h in r["hops"]), statistics.median(h["handoff_ms"] for h in r["hops"]),
                      hop["wall_ms"], r["hops"][-1]["return_ms"], statistics.median(r["load_rounds"])])
     return Table("Where the DP pipeline's capacity goes (per setting, last saturated round)", cols, body, notes=(
@@ -74,7 +88,9 @@ def breakdown_table(rows: list[dict]) -> dict:
         "(store-and-forward on the sender, float32 activations); the DP plan's predicted rate (asynchronous "
         "hand-off, planner-chosen codec, calibrated per-stage overhead); measured emulated and wall rates. Then the "
         "hop with the largest step (compute or link): its compute per micro-batch as profiled vs as measured "
-        "while serving (node seconds; the difference is CPU time inflated by host contention and cold caches), "
+        "while serving (node seconds), split into the stage's first block (profiled / served: the cost of "
+        "entering a stage on a cold core, paid once per stage and micro-batch) and the other blocks' served / "
+        "profiled ratio (steady inflation), "
         "the largest link step, the median Ray hand-off (wall ms from 'input ready and stage free' to the stage's "
         "call starting: serialisation, object transfer, dispatch, waiting for a core), the wall ms the bottleneck "
         "stage spent per micro-batch (pacing included; above 'emu compute' when the host missed the deadline), "

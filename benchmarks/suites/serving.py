@@ -17,6 +17,7 @@ Stage actors on a local Ray emulate nodes by CPU share (duty cycle over thread C
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -190,6 +191,7 @@ def compare_partitioners(pool: StagePool, budget: Budget) -> tuple[list[dict], l
                               "boundaries": list(plans[p].boundaries), "codec": plans[p].codec,
                               "predicted_rps": micro / plans[p].bottleneck,
                               "stage_compute_ms": {str(st.node): 1e3 * st.compute_time for st in plans[p].stages},
+                              **profiled_blocks(d, plans[p]),
                               **model_rates, **measured[p]} for p in PARTITIONERS]
                     rows += with_ratios(group, shares)
                     dp_plans.setdefault((mix, model, size), {})[micro] = plans["dp"]
@@ -198,6 +200,14 @@ def compare_partitioners(pool: StagePool, budget: Budget) -> tuple[list[dict], l
     for r in rows:  # what micro_batch_policy="auto" would pick among the measured sizes
         r["planner_micro"] = choose_micro_batch(dp_plans[(r["mix"], r["model"], r["size"])]).size
     return rows, replicas
+
+
+def profiled_blocks(d: Deployment, plan) -> dict:
+    """Per stage of ``plan``, the profiled node ms of its first block and of all its blocks (no
+    stage overhead): what the served ``first_block_ms`` / ``blocks_ms`` of the breakdown compare to."""
+    rows = d.problem.block_latency
+    return {"stage_first_block_ms": {str(st.node): 1e3 * rows[st.node][st.start] for st in plan.stages},
+            "stage_blocks_ms": {str(st.node): 1e3 * math.fsum(rows[st.node][st.start:st.stop]) for st in plan.stages}}
 
 
 def modelled_rates(d: Deployment, micro: int) -> dict:

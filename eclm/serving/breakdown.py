@@ -71,8 +71,11 @@ def stage_breakdown(records: Sequence[RequestRecord]) -> list[dict[str, float]]:
         ``compute_ms``, ``codec_ms`` (encode + decode, part of compute), ``link_ms``,
         ``cpu_ms``, ``wall_ms`` (in the stage, pacing included), ``wait_ms`` (input still on
         the emulated link), ``handoff_ms`` (see the module docstring), ``busy`` (wall time in
-        the stage / span of the run), and on the last hop ``return_ms`` (result to the
-        coordinator). Empty if nothing completed.
+        the stage / span of the run), ``first_block_ms`` and ``blocks_ms`` (node seconds of the
+        stage's first block and of all its blocks, so a cost paid on entering a stage shows
+        apart from the blocks' steady cost; NaN when the timings carry no per-block seconds),
+        and on the last hop ``return_ms`` (result to the coordinator). Empty if nothing
+        completed.
     """
     batches = _batches(records)
     if not batches:
@@ -91,9 +94,12 @@ def stage_breakdown(records: Sequence[RequestRecord]) -> list[dict[str, float]]:
         def med(key: str, k: int = k) -> float:
             return 1e3 * statistics.median(b[2][k].get(key, 0.0) for b in batches)
 
+        per_block = [b[2][k]["block_s"] for b in batches if b[2][k].get("block_s")]
         row = {"node": node, "blocks": f"{start}-{stop}", "compute_ms": med("compute_s"), "codec_ms": med("codec_s"),
                "link_ms": med("link_s"), "cpu_ms": med("cpu_s"), "wall_ms": med("wall_s"), "wait_ms": med("wait_s"),
                "handoff_ms": 1e3 * statistics.median(gaps),
+               "first_block_ms": 1e3 * statistics.median(v[0] for v in per_block) if per_block else math.nan,
+               "blocks_ms": 1e3 * statistics.median(math.fsum(v) for v in per_block) if per_block else math.nan,
                "busy": sum(b[2][k]["wall_s"] for b in batches) / span if span > 0 else math.nan}
         out.append(row)
     out[-1]["return_ms"] = 1e3 * statistics.median(b[1] - b[2][-1]["finished_at"] for b in batches)

@@ -112,7 +112,7 @@ def test_stage_breakdown_separates_compute_links_and_hand_off():
         stages = [
             {"batch_id": batch.batch_id, "node": 0, "start": 0, "stop": 2, "compute_s": 0.004, "codec_s": 0.001,
              "link_s": 0.002, "cpu_s": 0.001, "wall_s": 0.004, "wait_s": 0.0, "started_at": t0 + 0.001,
-             "finished_at": t0 + 0.005},
+             "finished_at": t0 + 0.005, "block_s": [0.001 * (b + 2), 0.001]},
             {"batch_id": batch.batch_id, "node": 1, "start": 2, "stop": 4, "compute_s": 0.006, "codec_s": 0.0,
              "link_s": 0.0, "cpu_s": 0.002, "wall_s": 0.009, "wait_s": 0.002, "started_at": t0 + 0.008,
              "finished_at": t0 + 0.017},
@@ -124,6 +124,9 @@ def test_stage_breakdown_separates_compute_links_and_hand_off():
     assert hops[0]["handoff_ms"] == pytest.approx(1.0) and hops[1]["handoff_ms"] == pytest.approx(3.0)
     assert hops[1]["wait_ms"] == pytest.approx(2.0) and hops[0]["link_ms"] == pytest.approx(2.0)
     assert hops[1]["return_ms"] == pytest.approx(3.0)
+    # Per-block node seconds: first block (2, 3, 4 ms -> median 3) apart from the stage's total.
+    assert hops[0]["first_block_ms"] == pytest.approx(3.0) and hops[0]["blocks_ms"] == pytest.approx(4.0)
+    assert math.isnan(hops[1]["first_block_ms"]) and math.isnan(hops[1]["blocks_ms"])
     assert 0 < hops[1]["busy"] < 1 and not math.isnan(hops[0]["busy"])
     assert stage_breakdown([]) == []
     assert summarize(list(led.records.values()), 8)["requests"] == 3
