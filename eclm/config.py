@@ -101,6 +101,10 @@ class AdaptationConfig(_Strict):
         "float16", description="wire type of a full sub-model (a first delivery or a changed spec); float16 halves "
         "it, int8 (per output channel, the delta codec) quarters its weight matrices; the device computes in float32 "
         "again (norm statistics and integer buffers travel exactly)")
+    wire_compression: Literal["none", "deflate"] = Field(
+        "deflate", description="lossless compression of what the exchange ships (downloads and uploads): deflate "
+        "shuffles each tensor into byte planes and DEFLATEs them, so every figure stays bit-identical and only the "
+        "bytes shrink (docs/method.md, 'Lossless wire compression'); none ships plain safetensors")
     download_min_change: float = Field(
         0.01, ge=0, lt=1, description="delta downloads carry a module only when the cloud's change of it since the "
         "version the device holds for it exceeds this fraction of its weights (relative L2 norm); smaller changes "

@@ -76,7 +76,8 @@ class FedAvgCloud(CloudService):
             delivery = delivery if same or held is None else "new_spec"
         else:
             payload = pack_state(self.model.extract(spec).state_dict(), spec,
-                                 {"version": self.version, "device": summary.device})
+                                 {"version": self.version, "device": summary.device},
+                                 self.cfg.adaptation.wire_compression)
             delivery = "first" if held is None else "weights"
         return SubModelPackage(device=summary.device, spec=spec, payload=payload, version=self.version,
                                budget=self.budget(summary.device, summary.resources).limits(),

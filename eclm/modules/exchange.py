@@ -14,29 +14,44 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from eclm.modules.errors import MalformedPayloadError
 from eclm.modules.spec import SubModelSpec
+from eclm.modules.wire_compression import deflate_payload, inflate_payload
 
 _SPEC_KEY = "eclm.spec"
 _META_KEY = "eclm.meta"
 
 
-class MalformedPayloadError(ValueError):
-    """Bytes that are not a valid eclm safetensors payload."""
+def pack_state(state: dict[str, Tensor], spec: SubModelSpec | None = None, meta: dict | None = None,
+               compression: str = "none") -> bytes:
+    """Serialise a state dict (plus spec and JSON metadata) to safetensors bytes.
 
+    Args:
+        state: Tensors to ship.
+        spec: Sub-model spec carried in the header.
+        meta: JSON-able metadata carried in the header.
+        compression: ``"none"`` (plain safetensors) or ``"deflate"`` (lossless,
+            :mod:`eclm.modules.wire_compression`; :func:`unpack_state` reads either).
 
-def pack_state(state: dict[str, Tensor], spec: SubModelSpec | None = None, meta: dict | None = None) -> bytes:
-    """Serialise a state dict (plus spec and JSON metadata) to safetensors bytes."""
+    Raises:
+        ValueError: If ``compression`` is unknown.
+    """
+    if compression not in ("none", "deflate"):
+        raise ValueError(f"compression must be 'none' or 'deflate', got {compression!r}")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     header: dict[str, str] = {}
     if spec is not None:
         header[_SPEC_KEY] = spec.to_json()
     if meta is not None:
         header[_META_KEY] = json.dumps(meta)
-    return st_save(tensors, metadata=header)
+    data = st_save(tensors, metadata=header)
+    return deflate_payload(data) if compression == "deflate" else data
 
 
 def read_header(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` strings of a safetensors payload (parsed without loading tensors)."""
+    """The ``__metadata__`` strings of a payload (parsed without loading tensors; a compressed
+    payload is inflated first)."""
+    data = inflate_payload(data)
     if len(data) < 8:
         raise MalformedPayloadError("payload shorter than the safetensors length prefix")
     (n,) = struct.unpack("<Q", data[:8])
@@ -56,6 +71,7 @@ def unpack_state(data: bytes) -> tuple[dict[str, Tensor], SubModelSpec | None, d
         MalformedPayloadError: If the bytes are not a readable safetensors payload or the spec
             header is invalid.
     """
+    data = inflate_payload(data)
     meta_header = read_header(data)
     try:
         state = st_load(bytes(data))

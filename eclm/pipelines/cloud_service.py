@@ -275,7 +275,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         current = self._submodels(self.version).state_dict(spec)
         base = self._versions.get(held.version) if held is not None and a.exchange == "delta" else None
         if base is None or not self._same_model(held.spec):
-            whole = pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta)
+            whole = pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta, a.wire_compression)
             return whole, (), self._why_whole(held)
         meta |= {"base_version": held.version}
         old, bases = self._held_state(held)
@@ -287,10 +287,11 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
                                                     min_change=a.download_min_change, force=expiring)
             wire, _ = encode(diffs, a.delta_dtype)
             held_from = tuple((i, m, bases.get((i, m), held.version)) for i, m in lagging)
-            return pack_state(wire, spec, meta | {"kind": "delta"} | parts.to_meta()), held_from, "delta"
+            payload = pack_state(wire, spec, meta | {"kind": "delta"} | parts.to_meta(), a.wire_compression)
+            return payload, held_from, "delta"
         wire, parts_meta = respec_download(current, old, self.model.layers, spec, held.spec, self._row_keys,
                                            delta_dtype=a.delta_dtype, first_dtype=a.first_delivery_dtype)
-        return pack_state(wire, spec, meta | parts_meta), (), "respec"
+        return pack_state(wire, spec, meta | parts_meta, a.wire_compression), (), "respec"
 
     def _why_whole(self, held: HeldModel | None) -> Delivery:
         """Why a device holding ``held`` gets its whole sub-model (see :meth:`_package`)."""

@@ -289,11 +289,12 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
     def _payload(self, plan: TrainableSpec, start: dict, row_keys: list[str]) -> bytes:
         """The upload: this cycle's change (``exchange: delta``) or the adapted weights."""
         meta = {"device": self.name, "round": self.rounds, "base_version": self.version}
+        compression = self.cfg.adaptation.wire_compression
         if self.cfg.adaptation.exchange != "delta":
-            return pack_state(self.model.state_dict(), self.spec, meta)
+            return pack_state(self.model.state_dict(), self.spec, meta, compression)
         # this cycle's change only; the cloud re-bases it on its current slices
         wire, header = self.exchange.upload(self.model.state_dict(), start, self.spec, plan, row_keys, self.classes)
-        return pack_state(wire, self.spec, meta | header)
+        return pack_state(wire, self.spec, meta | header, compression)
 
     def _metrics(self, before, after, prev_before, prev_after, stats, plan: TrainableSpec,
                  rss_delta: int) -> DeviceMetrics:

@@ -14,13 +14,14 @@ from eclm.campaign.messages import AttributedUpdate, DeviceUpdate, SubModelPacka
 from eclm.config import PlatformConfig
 from eclm.modules import pack_state, unpack_state
 from eclm.modules.deltas import is_delta_key
+from eclm.modules.wire_compression import is_compressed
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
 
 torch.set_num_threads(1)
 
 
-def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> PlatformConfig:
+def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32", **adaptation) -> PlatformConfig:
     return PlatformConfig.from_dict({
         "name": f"exchange-{exchange}", "workdir": str(tmp_path),
         "data": {"source": "digits", "image_size": 16, "num_devices": 2, "classes_per_device": 3,
@@ -32,7 +33,7 @@ def config(tmp_path, exchange: str = "delta", delta_dtype: str = "float32") -> P
         # for a narrow wire type; first deliveries in float32; every change travels, however small
         # (skipped small changes: test_pipelines_lagging_downloads.py).
         "adaptation": {"epochs": 1, "exchange": exchange, "delta_dtype": delta_dtype, "trainable": "all",
-                       "first_delivery_dtype": "float32", "download_min_change": 0.0},
+                       "first_delivery_dtype": "float32", "download_min_change": 0.0, **adaptation},
         # Every candidate passes and the full step is taken (no repair), so merged weights are predictable.
         "merge": {"tolerance": 1.0, "device_tolerance": 1.0, "server_lr": 1.0, "step_backoff": 0,
                   "repair_epochs": 0},
@@ -197,6 +198,32 @@ def test_float16_deltas_halve_the_traffic_both_ways_and_land_within_rounding(tmp
         if is_delta_key(key, value):
             torch.testing.assert_close(half["device"][key], value, rtol=0, atol=2e-3)
             torch.testing.assert_close(half["cloud"][key], exact["cloud"][key], rtol=0, atol=2e-3)
+
+
+def test_lossless_wire_compression_changes_bytes_only(tmp_path):
+    """The platform's codec (int8 deltas, float16 first deliveries) with and without DEFLATE: the
+    same cycle lands bit for bit in the same place, and every payload is smaller."""
+    runs = {}
+    for mode in ("none", "deflate"):
+        text = config(tmp_path / mode, delta_dtype="int8", first_delivery_dtype="float16", wire_compression=mode)
+        cloud, mine, other = CloudService(text), EdgeService(text, 0), EdgeService(text, 1)
+        first = ship(cloud, mine)
+        ship(cloud, other)
+        up = mine.adapt()
+        assert merge(cloud, (other, other.adapt())).decision == "accept"
+        down = ship(cloud, mine)
+        runs[mode] = {"first": first.payload, "up": up.payload, "down": down.payload, "device": weights(mine),
+                      "cloud": cloud.model.state_dict()}
+    plain, packed = runs["none"], runs["deflate"]
+    for way in ("first", "up", "down"):
+        assert is_compressed(packed[way]) and not is_compressed(plain[way])
+        (state, spec, meta), (plain_state, plain_spec, plain_meta) = unpack_state(packed[way]), unpack_state(plain[way])
+        assert (spec, meta) == (plain_spec, plain_meta) and state.keys() == plain_state.keys()
+        assert all(torch.equal(state[k], plain_state[k]) for k in state)
+        assert len(packed[way]) < len(plain[way])
+    for part in ("device", "cloud"):
+        assert plain[part].keys() == packed[part].keys()
+        assert all(torch.equal(plain[part][k], packed[part][k]) for k in plain[part])
 
 
 @pytest.mark.parametrize("damage", ["inf", "float64"])
