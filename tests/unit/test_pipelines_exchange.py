@@ -7,6 +7,9 @@ version and keeps its own adaptation.
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 import torch
 
@@ -14,7 +17,7 @@ from eclm.campaign.messages import AttributedUpdate, DeviceUpdate, SubModelPacka
 from eclm.config import PlatformConfig
 from eclm.modules import pack_state, unpack_state
 from eclm.modules.deltas import is_delta_key
-from eclm.modules.wire_compression import is_compressed
+from eclm.modules.wire_compression import MAGIC, is_compressed
 from eclm.pipelines.cloud_service import CloudService
 from eclm.pipelines.edge_service import EdgeService
 
@@ -155,19 +158,24 @@ def test_device_refuses_a_delta_against_a_version_it_does_not_hold(pair):
     assert all(torch.equal(weights(edge)[k], before[k]) for k in before) and edge.version == 0
 
 
-@pytest.mark.parametrize("damage", ["shape", "missing", "kind"])
+@pytest.mark.parametrize("damage", ["shape", "missing", "kind", "truncated", "bomb"])
 def test_malformed_delta_uploads_are_rejected_and_the_cloud_is_untouched(pair, damage):
     cloud, edge = pair
     ship(cloud, edge)
     upload = edge.adapt()
     delta, spec, meta = unpack_state(upload.payload)
+    payload = None
     if damage == "shape":
         delta["fc.weight"] = delta["fc.weight"][:, :3].contiguous()
     elif damage == "missing":
         del delta["fc.weight"]
-    else:
+    elif damage == "kind":
         meta["kind"] = "gradient"
-    upload = upload.model_copy(update={"payload": pack_state(delta, spec, meta)})
+    elif damage == "truncated":  # a compressed upload cut short
+        payload = pack_state(delta, spec, meta, "deflate")[:-20]
+    else:  # 64 MiB of zeros declared as the size of the real upload
+        payload = MAGIC + struct.pack("<Q", len(pack_state(delta, spec, meta))) + zlib.compress(bytes(64 << 20), 9)
+    upload = upload.model_copy(update={"payload": payload or pack_state(delta, spec, meta)})
     digest = cloud.state_digest()
     report = merge(cloud, (edge, upload))
     assert report.decision == "reject" and cloud.version == 0
