@@ -7,7 +7,8 @@ byte is noise), and DEFLATE sees them interleaved. Shuffling each tensor into by
 element's first byte, then every second byte, ...; the HDF5/Blosc "shuffle" filter) puts the
 predictable planes together before DEFLATE (zlib). Nothing is lost: the receiver inflates,
 un-shuffles and gets the same safetensors payload back (its header's entries sorted, every tensor
-byte for byte), so every accuracy figure is unchanged and only the bytes on the wire shrink (measured in docs/method.md, "Lossless wire compression").
+byte for byte), so every accuracy figure is unchanged and only the bytes on the wire shrink
+(measured in docs/method.md, "Lossless wire compression").
 
 Envelope: ``MAGIC`` (8 bytes), the inflated length (u64, little-endian), the zlib stream. Read as
 a safetensors length prefix the magic would declare a header of ~5.8e18 bytes, so a compressed
@@ -83,7 +84,8 @@ def inflate_payload(data: bytes) -> bytes:
         raise MalformedPayloadError("compressed payload shorter than its envelope")
     (size,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
     if size > MAX_INFLATED_BYTES:
-        raise MalformedPayloadError(f"compressed payload declares {size} bytes, above the {MAX_INFLATED_BYTES} limit")
+        raise MalformedPayloadError(
+            f"compressed payload declares {size} bytes, above the {MAX_INFLATED_BYTES} limit")
     inflater = zlib.decompressobj()
     try:
         raw = inflater.decompress(bytes(data[len(MAGIC) + 8 :]), size + 1)
