@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -59,34 +60,82 @@ def run_job(config_json: str, label_skew: int, seed: int, threads: int = 1) -> d
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="eclm-bench-") as tmp:
         workdir = Path(cfg.workdir or tmp)
-        pcfg = cfg.platform_config(label_skew, seed, workdir)
-        cloud = CloudService(pcfg, threads)
-        t0 = time.perf_counter()
-        cloud.pretrain()
-        pretrain_s = time.perf_counter() - t0
-        pretrained, info = cloud.snapshot(), cloud.info()
-        del cloud
-        a = pcfg.adaptation
-        effective_batch = effective_batch_of(a.batch_size, a.replay_ratio, a.replay_capacity > 0)
-        rng = np.random.default_rng([seed, label_skew, 17])
-        names = [d.name for d in pcfg.devices]
-        schedule = [[names[i] for i in sorted(rng.choice(len(names), size=cfg.sampled, replace=False).tolist())]
-                    for _ in range(cfg.cycles)]
+        setup = prepare(cfg, label_skew, seed, workdir, threads)
         runs = {}
         for epochs in cfg.epoch_budgets:
             run: dict[str, dict] = {"records": {}, "server": {}, "method_seconds": {}}
             for name in cfg.methods:
                 method = METHODS[name]
-                mcfg = cfg.platform_config(label_skew, seed, workdir, epochs, dict(method.adaptation))
-                run["records"][name], run["server"][name], run["method_seconds"][name] = run_method(
-                    method, mcfg, pretrained, info, schedule, effective_batch, threads)
+                run["records"][name], run["server"][name], run["method_seconds"][name] = setup.run(
+                    method, epochs, dict(method.adaptation))
             runs[str(epochs)] = run
+    info = setup.info
     return {
-        "label_skew": label_skew, "seed": seed, "pretrain_seconds": pretrain_s,
-        "cloud_val_acc": pretrained.best_val_acc, "runs": runs,
+        "label_skew": label_skew, "seed": seed, "pretrain_seconds": setup.pretrain_seconds,
+        "cloud_val_acc": setup.pretrained.best_val_acc, "runs": runs,
         "arch": info.arch, "layer_sizes": list(info.layer_sizes), "full_cost": info.full_cost,
-        "effective_batch": effective_batch, "num_devices": len(names), "sampled_per_cycle": cfg.sampled,
+        "effective_batch": setup.effective_batch, "num_devices": setup.num_devices,
+        "sampled_per_cycle": cfg.sampled,
     }
+
+
+@dataclass
+class JobSetup:
+    """What every method of one (label skew, seed) job shares: the pretrained cloud and the schedule.
+
+    Attributes:
+        config: The benchmark config.
+        label_skew: Classes per device.
+        seed: The job's seed.
+        workdir: Where cloud checkpoints go.
+        threads: torch threads of the services.
+        pretrained: The pretrained cloud every method starts from.
+        info: Its architecture facts (cost table).
+        pretrain_seconds: Wall time of the pretraining.
+        effective_batch: Batch of the analytic training-memory estimate.
+        schedule: Per cycle, the devices taking part (the same for every method).
+    """
+
+    config: AdaptationBenchConfig
+    label_skew: int
+    seed: int
+    workdir: Path
+    threads: int
+    pretrained: CloudSnapshot
+    info: CloudInfo
+    pretrain_seconds: float
+    effective_batch: int
+    schedule: list[list[str]]
+
+    @property
+    def num_devices(self) -> int:
+        """Devices in the population."""
+        return self.config.num_devices
+
+    def run(self, method: BenchMethod, epochs: int, adaptation: dict) -> tuple[list[dict], list[dict], float]:
+        """One method's campaign at ``epochs`` local epochs with ``adaptation`` settings (the method's
+        own, or a variant of them) over the benchmark's shared ones (:func:`run_method`)."""
+        mcfg = self.config.platform_config(self.label_skew, self.seed, self.workdir, epochs, adaptation)
+        return run_method(method, mcfg, self.pretrained, self.info, self.schedule, self.effective_batch,
+                          self.threads)
+
+
+def prepare(cfg: AdaptationBenchConfig, label_skew: int, seed: int, workdir: Path, threads: int = 1) -> JobSetup:
+    """Pretrain the job's cloud and draw its schedule (deterministic in ``seed`` and ``label_skew``)."""
+    pcfg = cfg.platform_config(label_skew, seed, workdir)
+    cloud = CloudService(pcfg, threads)
+    t0 = time.perf_counter()
+    cloud.pretrain()
+    pretrain_s = time.perf_counter() - t0
+    pretrained, info = cloud.snapshot(), cloud.info()
+    del cloud
+    a = pcfg.adaptation
+    effective_batch = effective_batch_of(a.batch_size, a.replay_ratio, a.replay_capacity > 0)
+    rng = np.random.default_rng([seed, label_skew, 17])
+    names = [d.name for d in pcfg.devices]
+    schedule = [[names[i] for i in sorted(rng.choice(len(names), size=cfg.sampled, replace=False).tolist())]
+                for _ in range(cfg.cycles)]
+    return JobSetup(cfg, label_skew, seed, workdir, threads, pretrained, info, pretrain_s, effective_batch, schedule)
 
 
 def run_method(method: BenchMethod, config: PlatformConfig, pretrained: CloudSnapshot, info: CloudInfo,
