@@ -74,8 +74,7 @@ def run_job(config_json: str, label_skew: int, seed: int, threads: int = 1) -> d
         "label_skew": label_skew, "seed": seed, "pretrain_seconds": setup.pretrain_seconds,
         "cloud_val_acc": setup.pretrained.best_val_acc, "runs": runs,
         "arch": info.arch, "layer_sizes": list(info.layer_sizes), "full_cost": info.full_cost,
-        "effective_batch": setup.effective_batch, "num_devices": setup.num_devices,
-        "sampled_per_cycle": cfg.sampled,
+        "effective_batch": setup.effective_batch, "num_devices": cfg.num_devices, "sampled_per_cycle": cfg.sampled,
     }
 
 
@@ -106,11 +105,6 @@ class JobSetup:
     pretrain_seconds: float
     effective_batch: int
     schedule: list[list[str]]
-
-    @property
-    def num_devices(self) -> int:
-        """Devices in the population."""
-        return self.config.num_devices
 
     def run(self, method: BenchMethod, epochs: int, adaptation: dict) -> tuple[list[dict], list[dict], float]:
         """One method's campaign at ``epochs`` local epochs with ``adaptation`` settings (the method's
