@@ -247,8 +247,8 @@ class MergeConfig(_Strict):
         "have reported (corruptions replayed on proxy images, norm statistics re-estimated per environment), and "
         "each device's sub-model under its own environment; false: clean proxy data only")
     workers: int | None = Field(
-        None, ge=1, description="threads the merge's per-update work runs on (the screen's checks of each update, "
-        "each candidate's per-device evaluations; decisions do not depend on it); None: the cores available to the "
+        None, ge=1, description="threads the merge's per-update work runs on (the screen's checks of each update and "
+        "its per-unit medians, each candidate's per-device evaluations; decisions do not depend on it); None: the cores available to the "
         "cloud's process (a campaign's devices wait for the merge, so its cores are the merge's)")
     calibration_samples: int | None = Field(
         128, ge=2, description="norm statistics under a replayed environment are re-estimated on a fixed random "

@@ -299,7 +299,8 @@ class CloudMergeMixin:
                               min_cohort=s.min_cohort, duplicate_distance=s.duplicate_distance,
                               max_own_drop=s.max_own_drop, own_alpha=m.alpha,
                               max_own_loss_rise=s.max_own_loss_rise,
-                              max_relative_stable_rank=s.max_relative_stable_rank) if s.enabled else None
+                              max_relative_stable_rank=s.max_relative_stable_rank,
+                              workers=resolve_workers(m.workers)) if s.enabled else None
         claims = ClaimBounds(max_samples=self.cfg.data.samples_per_device[1], num_classes=self.num_classes,
                              importance_tolerance=m.importance_tolerance)
         return {"claims": claims, "known_classes": self.known_classes, "screen": screen,

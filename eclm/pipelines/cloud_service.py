@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -92,6 +93,8 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
         self._version_subs: dict[int, SubModelCache] = {}  # their sub-models, extracted once per spec
+        # whole sub-models as shipped, packed once per (version, spec): (the version's state, payload)
+        self._whole_payloads: OrderedDict[tuple[int, SubModelSpec], tuple[dict[str, Tensor], bytes]] = OrderedDict()
         self._remember_version()
 
     # ------------------------------------------------------------------ info
@@ -271,13 +274,11 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         full sub-model.
         """
         a = self.cfg.adaptation
-        meta = {"version": self.version, "device": device}
-        current = self._submodels(self.version).state_dict(spec)
         base = self._versions.get(held.version) if held is not None and a.exchange == "delta" else None
         if base is None or not self._same_model(held.spec):
-            whole = pack_state(first_delivery(current, a.first_delivery_dtype), spec, meta, a.wire_compression)
-            return whole, (), self._why_whole(held)
-        meta |= {"base_version": held.version}
+            return self._whole_payload(spec), (), self._why_whole(held)
+        meta = {"version": self.version, "device": device, "base_version": held.version}
+        current = self._submodels(self.version).state_dict(spec)
         old, bases = self._held_state(held)
         if held.spec == spec:
             # a module held from the oldest kept version goes now: that version is dropped at the next merge
@@ -292,6 +293,29 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         wire, parts_meta = respec_download(current, old, self.model.layers, spec, held.spec, self._row_keys,
                                            delta_dtype=a.delta_dtype, first_dtype=a.first_delivery_dtype)
         return pack_state(wire, spec, meta | parts_meta, a.wire_compression), (), "respec"
+
+    def _whole_payload(self, spec: SubModelSpec) -> bytes:
+        """The whole sub-model ``spec`` at the current version, as shipped (``first_delivery_dtype``,
+        ``wire_compression``). It names no device, so it is packed once per version and spec: the
+        devices of a derivation round that get the same spec get the same bytes (the most recent
+        :data:`_WHOLE_PAYLOADS` are kept, for the remembered current version only)."""
+        a = self.cfg.adaptation
+        state = self._versions.get(self.version)
+        key = (self.version, spec)
+        hit = self._whole_payloads.get(key)
+        if hit is not None and hit[0] is state:
+            self._whole_payloads.move_to_end(key)
+            return hit[1]
+        current = self._submodels(self.version).state_dict(spec)
+        payload = pack_state(first_delivery(current, a.first_delivery_dtype), spec, {"version": self.version},
+                             a.wire_compression)
+        for stale in [k for k, (kept, _) in self._whole_payloads.items() if kept is not state]:
+            del self._whole_payloads[stale]  # another version's: no device gets it any more
+        if state is not None:  # live weights that were never remembered may still change
+            self._whole_payloads[key] = (state, payload)
+            while len(self._whole_payloads) > _WHOLE_PAYLOADS:
+                self._whole_payloads.popitem(last=False)
+        return payload
 
     def _why_whole(self, held: HeldModel | None) -> Delivery:
         """Why a device holding ``held`` gets its whole sub-model (see :meth:`_package`)."""
@@ -360,6 +384,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
 
 #: Bytes of extracted sub-models kept over all kept versions together (shared equally among them).
 _VERSION_CACHE_BYTES = 256 * 2**20
+#: Packed whole sub-models kept (one per spec of the current version; a payload is about the
+#: sub-model's float16 size).
+_WHOLE_PAYLOADS = 8
 
 
 def _split_checkpoint(data: bytes) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

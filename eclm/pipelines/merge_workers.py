@@ -2,14 +2,14 @@
 
 Most of a validated merge is independent per upload: the robust screen's checks of each update
 (its change statistics, the cloud's reference fine-tune for it, its sub-model's accuracy and loss
-on its own classes before and after) and each candidate's per-device evaluations. The merge runs
-them on ``merge.workers`` threads, each with one torch thread: torch releases the GIL inside its
-kernels, though not in the Python around them, which on small models is much of the work. On the
-2-core development machine a 64-upload merge ran 1.35x faster on two workers than on one
-(evaluations with norm re-estimation alone 1.34x, reference fine-tunes 1.75x; docs/scaling.md).
-Results come back in input order and every
-item is computed as it would be serially (its own seeded generators, its own model copies), so
-the merge's decisions do not depend on the number of workers (tests/unit/test_merge_workers.py).
+on its own classes before and after; then, per merge unit, the medians of the round's changes)
+and each candidate's per-device evaluations. The merge runs them on ``merge.workers`` threads,
+each with one torch thread: torch releases the GIL inside its kernels, though not in the Python
+around them, which on small models is much of the work. On the 2-core development machine a
+64-upload merge ran 1.35x faster on two workers than on one (evaluations with norm re-estimation
+alone 1.34x, reference fine-tunes 1.75x; docs/scaling.md). Results come back in input order and
+every item is computed as it would be serially (its own seeded generators, its own model copies),
+so the merge's decisions do not depend on the number of workers (tests/unit/test_merge_workers.py).
 """
 
 from __future__ import annotations

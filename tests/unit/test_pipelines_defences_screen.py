@@ -48,6 +48,28 @@ def test_leave_one_out_median_is_the_median_of_the_others(k):
         torch.testing.assert_close(got[i], want)
 
 
+@pytest.mark.parametrize("k", [2, 3, 4, 7, 64, 65])
+def test_leave_one_out_median_with_ties_is_exactly_the_median_of_the_others(k):
+    """Updates often agree exactly (untouched coordinates, quantised values): with many ties the
+    partial selection removes one copy of one's own value, bit for bit what a full sort gives."""
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(k, 40, generator=gen, dtype=torch.float64)
+    x[:, :30] = torch.randint(-2, 3, (k, 30), generator=gen).double()  # three quarters of columns tied
+    got = leave_one_out_median(x)
+    for i in range(k):
+        ordered = torch.cat([x[:i], x[i + 1 :]]).sort(dim=0).values
+        assert torch.equal(got[i], (ordered[(k - 2) // 2] + ordered[(k - 1) // 2]) / 2)
+
+
+def test_screen_verdicts_do_not_depend_on_the_number_of_workers():
+    changes = _round(devices=9)
+    changes["h0"] = _attacked(changes["h0"], "scaled x10")  # a boosted device: the others are compared again
+    changes["h1"] = _attacked(changes["h1"], "sign flip")
+    one, two = RobustScreen(workers=1)(changes), RobustScreen(workers=2)(changes)
+    assert {d: v.to_dict() for d, v in one.items()} == {d: v.to_dict() for d, v in two.items()}
+    assert not one["h0"].passed and not one["h1"].passed and one["h2"].compared_without == ["h0"]
+
+
 def test_honest_devices_of_a_round_pass():
     verdicts = RobustScreen()(_round())
     assert all(v.passed for v in verdicts.values()), {d: v.reasons for d, v in verdicts.items()}
@@ -152,6 +174,11 @@ def test_units_nobody_changed_give_the_round_size_not_an_infinite_ratio():
 def test_bad_thresholds_are_refused(kwargs):
     with pytest.raises(ValueError):
         RobustScreen(**kwargs)
+
+
+def test_screen_refuses_no_workers():
+    with pytest.raises(ValueError, match="workers"):
+        RobustScreen(workers=0)
 
 
 @pytest.mark.parametrize("holders", [3, 4, 5])

@@ -271,3 +271,30 @@ def test_a_device_caught_by_the_behaviour_check_gets_the_cloud_weights_instead_o
         if is_delta_key(key, value):
             torch.testing.assert_close(value, cloud_slices[key], rtol=0, atol=0)
     assert cloud.derive(edge.summary(cloud.selector_payload())).payload is None  # once per rejected upload
+
+
+def test_a_whole_sub_model_is_packed_once_per_version_and_spec(tmp_path, monkeypatch):
+    """First deliveries name no device: devices given the same spec at the same version get the
+    same bytes, packed once; after a merge they carry the new version's weights."""
+    import eclm.pipelines.cloud_service as cloud_module
+
+    packed = []
+    whole = cloud_module.first_delivery
+    monkeypatch.setattr(cloud_module, "first_delivery", lambda *a: packed.append(1) or whole(*a))
+    base = config(tmp_path).model_dump()
+    base["merge"]["screen"]["enabled"] = False  # any merge will do: only the new version matters here
+    text = PlatformConfig.from_dict(base | {"devices": [{"name": "d0"}, {"name": "d1"}]})
+    cloud, a, b = CloudService(text), EdgeService(text, 0), EdgeService(text, 1)
+    first_a, first_b = ship(cloud, a), ship(cloud, b)
+    assert first_a.spec == first_b.spec and first_a.payload == first_b.payload and len(packed) == 1
+    state, spec, meta = unpack_state(first_a.payload)
+    assert meta == {"version": 0} and spec == first_a.spec
+    assert all(torch.equal(state[k], v) for k, v in cloud.model.extract(spec).state_dict().items() if k in state)
+
+    assert merge(cloud, (b, b.adapt())).decision in ("accept", "partial") and cloud.version == 1
+    fresh = cloud.derive(a.summary(cloud.selector_payload()).model_copy(update={"held": None}))
+    state, _, meta = unpack_state(fresh.payload)
+    assert meta == {"version": 1} and fresh.payload != first_a.payload and len(packed) == 2
+    now = cloud.model.extract(fresh.spec).state_dict()
+    assert all(torch.equal(state[k], now[k]) for k in state)
+    assert list(cloud._whole_payloads) == [(1, fresh.spec)]  # the old version's payload was let go

@@ -82,6 +82,7 @@ from eclm.pipelines.mcnemar import (
     compare_losses,
     compare_paired,
 )
+from eclm.pipelines.merge_workers import parallel_map
 
 Changes = dict[str, dict[Unit, Tensor]]
 
@@ -175,6 +176,7 @@ class RobustScreen:
             mean rises on every one of those classes (``None``: no loss check).
         max_relative_stable_rank: Largest median relative stable rank of an update's units
             (``None``: no noise check).
+        workers: Threads the per-unit statistics are computed on (the verdicts do not depend on it).
     """
 
     norm_multiplier: float = 4.0
@@ -188,6 +190,7 @@ class RobustScreen:
     own_alpha: float = 0.05
     max_own_loss_rise: float | None = 0.05
     max_relative_stable_rank: float | None = 0.85
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.norm_multiplier <= 1 or self.min_cohort < 3:
@@ -200,6 +203,8 @@ class RobustScreen:
             raise ValueError("min_reference_norm_ratio must be > 0 (or None)")
         if self.max_relative_stable_rank is not None and not self.max_relative_stable_rank > 0:
             raise ValueError("max_relative_stable_rank must be > 0 (or None)")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
     @property
     def checks_behaviour(self) -> bool:
@@ -239,17 +244,19 @@ class RobustScreen:
             common_sq[idx[:, None], idx[None, :]] += gram.diagonal()[:, None]
             if len(who) >= self.min_cohort:
                 cohorts.append((who, x))
-                self._compare_with_others(x, [sums[d] for d in who])
+        self._compare_with_others(cohorts, sums)
         boosted = {d for d in devices if sums[d].typical_sq > 0
                    and sums[d].own_sq > self.norm_multiplier**2 * sums[d].typical_sq}
         if boosted:  # the others again, without the boosted updates that inflated their "typical" size
             sums |= {d: _Sums() for d in devices if d not in boosted}
+            again = []
             for who, x in cohorts:
                 keep = [i for i, d in enumerate(who) if d not in boosted]
                 for i in keep:
                     out[who[i]].compared_without = sorted(set(out[who[i]].compared_without) | boosted.intersection(who))
                 if len(keep) >= self.min_cohort:
-                    self._compare_with_others(x[keep], [sums[who[i]] for i in keep])
+                    again.append(([who[i] for i in keep], x[keep]))
+            self._compare_with_others(again, sums)
         for d in devices:
             self._statistics(out[d], sums[d], changes[d], (references or {}).get(d), (own or {}).get(d))
         self._mark_identical(devices, dots, common_sq, out)
@@ -281,18 +288,19 @@ class RobustScreen:
                 out.own_loss_p, out.own_loss_least_class_rise = losses.p_worse, losses.least_class_rise
                 self._check_behaviour(out, compare_paired(before.correct, after.correct), losses)
 
-    def _compare_with_others(self, x: Tensor, sums: list[_Sums]) -> None:
-        """Add one unit's contribution to each holder's norm and centre statistics."""
-        norms = x.norm(dim=1)
-        typical = leave_one_out_median(norms.unsqueeze(1)).squeeze(1)
-        centres = leave_one_out_median(x)
-        stats = torch.stack([norms**2, typical**2, (x * centres).sum(1), (centres * centres).sum(1)], dim=1)
-        for s, (own_sq, typical_sq, centre_dot, centre_sq) in zip(sums, stats.tolist(), strict=True):
-            s.own_sq += own_sq
-            s.typical_sq += typical_sq
-            s.centre_dot += centre_dot
-            s.centre_sq += centre_sq
-            s.units += 1
+    def _compare_with_others(self, cohorts: list[tuple[list[str], Tensor]], sums: dict[str, _Sums]) -> None:
+        """Add each unit's contribution (``(holders, their changes)`` per unit) to its holders'
+        norm and centre statistics: computed per unit on ``workers`` threads, added in unit order
+        (the same sums whatever the number of workers)."""
+        for (who, _), stats in zip(cohorts, parallel_map(_unit_statistics, [x for _, x in cohorts], self.workers),
+                                   strict=True):
+            for d, (own_sq, typical_sq, centre_dot, centre_sq) in zip(who, stats.tolist(), strict=True):
+                s = sums[d]
+                s.own_sq += own_sq
+                s.typical_sq += typical_sq
+                s.centre_dot += centre_dot
+                s.centre_sq += centre_sq
+                s.units += 1
 
     def _mark_identical(self, devices: list[str], dots: Tensor, common_sq: Tensor, out: dict[str, DeviceScreen]) -> None:
         dist_sq = (common_sq + common_sq.T - 2 * dots).clamp_min(0)
@@ -352,16 +360,30 @@ class RobustScreen:
 
 def leave_one_out_median(x: Tensor) -> Tensor:
     """Row ``i``: the coordinate-wise median of all rows but ``i`` (mean of the two middle values
-    for an even count). ``x`` is ``(k, n)`` with ``k >= 2``; one sort serves every row."""
+    for an even count). ``x`` is ``(k, n)`` with ``k >= 2`` and no NaN.
+
+    The ``j``-th smallest of the others is the ``j``-th smallest of all (``v_j``) where ``v_j`` lies
+    below one's own value, else ``v_(j+1)``; with ties this removes one copy of one's own value,
+    which is all leaving it out means. So only the middle order statistics are needed (at most
+    three per column: one partial selection, :func:`torch.topk`, serves every row), not a full sort.
+    """
     k = x.shape[0]
-    values, order = torch.sort(x, dim=0)
-    rank = torch.empty_like(order)
-    rank.scatter_(0, order, torch.arange(k).unsqueeze(1).expand_as(order))
     lo, hi = (k - 2) // 2, (k - 1) // 2  # middle positions among the k - 1 others
-    # The j-th smallest of the others is the j-th of all, or the (j+1)-th at or after one's own rank.
-    pos_lo = lo + (lo >= rank).long()
-    pos_hi = hi + (hi >= rank).long()
-    return (values.gather(0, pos_lo) + values.gather(0, pos_hi)) / 2
+    smallest = torch.topk(x, hi + 2, dim=0, largest=False, sorted=True).values
+
+    def others(j: int) -> Tensor:
+        return torch.where(smallest[j] < x, smallest[j], smallest[j + 1])
+
+    return (others(lo) + others(hi)) / 2
+
+
+def _unit_statistics(x: Tensor) -> Tensor:
+    """Per holder of one unit (rows of ``x``, their changes): ``[||own||^2, (median norm of the
+    others)^2, own . centre, ||centre||^2]``, the centre being the others' coordinate-wise median."""
+    norms = x.norm(dim=1)
+    typical = leave_one_out_median(norms.unsqueeze(1)).squeeze(1)
+    centres = leave_one_out_median(x)
+    return torch.stack([norms**2, typical**2, (x * centres).sum(1), (centres * centres).sum(1)], dim=1)
 
 
 def _cosine(dot: float, a_sq: float, b_sq: float) -> float:
