@@ -27,7 +27,8 @@ device keeps it only within the memory its plan leaves free
 :func:`derive_trainable` maximises the importance of the trainable modules within a share of the
 sub-model's parameters and the memory limit, exactly: for every possible earliest trainable part
 (the stem, a module layer, or none) the rest is a 0/1 knapsack on parameters, solved exactly over
-the Pareto frontier of choices (``scipy.optimize.milp`` beyond :data:`EXACT_SEARCH_ITEMS` modules).
+the Pareto frontier of choices (beyond :data:`EXACT_SEARCH_ITEMS` modules by counts per module size,
+or ``scipy.optimize.milp`` where the modules come in too many sizes).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ ACTIVATION_FACTOR = 3.0
 #: the quick model has about 16; ``milp`` costs about 8 ms a call there, and a derivation makes
 #: about 9 calls); larger ones by ``scipy.optimize.milp``.
 EXACT_SEARCH_ITEMS = 24
+#: Larger knapsacks whose items come in few sizes (the modules of a layer are one size) are solved
+#: exactly by counts per size when there are at most this many count combinations; the others by
+#: ``scipy.optimize.milp``.
+GROUPED_SEARCH_CHOICES = 2**20
 
 
 @dataclass(frozen=True)
@@ -253,8 +258,11 @@ def _knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarra
         return [] if must is None else None
     if not np.isfinite(cap):
         return list(range(n))
-    if n <= EXACT_SEARCH_ITEMS and bool((values > 0).all()) and bool((sizes > 0).all()):
+    positive = bool((values > 0).all()) and bool((sizes > 0).all())
+    if n <= EXACT_SEARCH_ITEMS and positive:
         return _pareto_knapsack(values, sizes, cap, must)
+    if positive and _combinations(sizes, must) <= GROUPED_SEARCH_CHOICES:
+        return _grouped_knapsack(values, sizes, cap, must)
     scale = max(cap, 1.0)
     rows = [LinearConstraint(sizes[None, :] / scale, -np.inf, cap / scale)]
     if must is not None:
@@ -293,6 +301,64 @@ def _pareto_knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np
     return list(max(found, key=lambda c: (c[1], -c[0]))[2])
 
 
+def _size_groups(sizes: np.ndarray, must: np.ndarray | None) -> dict[tuple[float, bool], list[int]]:
+    """Items by (size, whether a ``must`` item): within a group only how many are taken matters."""
+    groups: dict[tuple[float, bool], list[int]] = {}
+    for i, size in enumerate(sizes.tolist()):
+        groups.setdefault((size, must is not None and bool(must[i])), []).append(i)
+    return groups
+
+
+def _combinations(sizes: np.ndarray, must: np.ndarray | None) -> int:
+    """How many (size, value) choices :func:`_grouped_knapsack` could meet at most."""
+    return int(np.prod([len(g) + 1 for g in _size_groups(sizes, must).values()], dtype=float))
+
+
+def _grouped_knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarray | None
+                      ) -> list[int] | None:
+    """:func:`_knapsack` for positive values and sizes whose items come in groups of one size (the
+    modules of a layer), exactly: the best ``c`` items of a group are its ``c`` most valuable, so
+    the choice is a count per group, found by dynamic programming over the Pareto frontier of
+    (size, value) in numpy (at most :data:`GROUPED_SEARCH_CHOICES` choices are ever met). With
+    ``must``, choices with and without a ``must`` item are kept apart."""
+    slack = cap * (1 + 1e-9)
+    groups = list(_size_groups(sizes, must).items())
+    size, value = np.zeros(1), np.zeros(1)
+    has = np.zeros(1, dtype=bool)  # whether the choice holds a ``must`` item
+    counts = np.zeros((1, len(groups)), dtype=np.int64)
+    ranked = []
+    for g, ((item_size, is_must), items) in enumerate(groups):
+        order = sorted(items, key=lambda i: -float(values[i]))
+        ranked.append(order)
+        take = np.arange(len(order) + 1)
+        gains = np.concatenate([[0.0], np.cumsum(values[order])])
+        size = (size[:, None] + take[None, :] * item_size).ravel()
+        value = (value[:, None] + gains[None, :]).ravel()
+        has = (has[:, None] | ((take > 0) & is_must)[None, :]).ravel()
+        rows = np.repeat(np.arange(len(counts)), len(take))
+        counts = counts[rows]
+        counts[:, g] = np.tile(take, len(counts) // len(take))
+        keep = np.flatnonzero(size <= slack)
+        keep = np.concatenate([_frontier(size, value, keep[has[keep] == flag]) for flag in (False, True)])
+        size, value, has, counts = size[keep], value[keep], has[keep], counts[keep]
+    found = np.flatnonzero(has) if must is not None else np.arange(len(size))
+    if not len(found):
+        return None
+    best = found[np.lexsort((size[found], -value[found]))[0]]  # the most valuable, then the smallest
+    return sorted(i for g, order in enumerate(ranked) for i in order[: counts[best, g]])
+
+
+def _frontier(size: np.ndarray, value: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Of the choices ``among``, those no earlier one (by size, then value) is worth as much as
+    (within ``1e-12``, relative): :func:`_pareto` on arrays."""
+    if not len(among):
+        return among
+    ordered = among[np.lexsort((-value[among], size[among]))]
+    v = value[ordered]
+    best = np.maximum.accumulate(v)[:-1]
+    return ordered[np.concatenate([[True], v[1:] > best + 1e-12 * np.abs(best)])]
+
+
 def _pareto(choices: list[tuple[float, float, tuple[int, ...]]]) -> list[tuple[float, float, tuple[int, ...]]]:
     """The choices no other dominates (smaller or equal size, at least the value), by size; among
     equal ones the first in ``choices``' order."""
@@ -303,4 +369,4 @@ def _pareto(choices: list[tuple[float, float, tuple[int, ...]]]) -> list[tuple[f
     return out
 
 
-__all__ = ["ACTIVATION_FACTOR", "EXACT_SEARCH_ITEMS", "SHARED_VALUE", "TrainingMemory", "derive_trainable"]
+__all__ = ["ACTIVATION_FACTOR", "EXACT_SEARCH_ITEMS", "GROUPED_SEARCH_CHOICES", "SHARED_VALUE", "TrainingMemory", "derive_trainable"]

@@ -167,6 +167,31 @@ def test_the_knapsack_of_many_equal_modules_takes_as_many_as_fit_including_a_req
     assert len(chosen) == 10 and n - 1 in chosen
 
 
+def test_a_large_knapsack_of_modules_in_layers_is_solved_exactly_without_milp(monkeypatch):
+    """Beyond EXACT_SEARCH_ITEMS modules, modules of one size per layer are chosen by how many of
+    each layer: the same optimum as ``milp`` (checked against it), which is not called."""
+    import eclm.modules.trainable as trainable
+
+    rng = np.random.default_rng(1)
+    instances = []
+    for trial in range(40):
+        layers, per = int(rng.integers(6, 8)), int(rng.integers(5, 7))
+        sizes = np.repeat(rng.integers(50, 5000, layers).astype(float), per)
+        must = None if trial % 2 else np.repeat(np.arange(layers) == rng.integers(0, layers), per)
+        instances.append((rng.random(len(sizes)) + 1e-6, sizes, float(rng.uniform(0, 1) * sizes.sum()), must))
+    assert all(len(v) > EXACT_SEARCH_ITEMS for v, *_ in instances)
+    with monkeypatch.context() as m:
+        m.setattr(trainable, "GROUPED_SEARCH_CHOICES", 0)
+        exact = [_knapsack(*case) for case in instances]  # by milp
+    monkeypatch.setattr(trainable, "milp", lambda *a, **k: pytest.fail("milp was called"))
+    for (values, sizes, cap, must), want in zip(instances, exact, strict=True):
+        got = _knapsack(values, sizes, cap, must)
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert sizes[got].sum() <= cap * (1 + 1e-9) and (must is None or must[got].any())
+            assert values[got].sum() == pytest.approx(values[want].sum(), rel=1e-9)
+
+
 def _kept_bytes(model, spec, plan, layers, x, y) -> tuple[int, int]:
     """Bytes one training step keeps beyond the weights: tensors autograd saves for backward (not the
     parameters themselves), and the gradients and momentum of what the optimizer holds; and, of the
