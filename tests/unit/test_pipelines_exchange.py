@@ -298,3 +298,23 @@ def test_a_whole_sub_model_is_packed_once_per_version_and_spec(tmp_path, monkeyp
     now = cloud.model.extract(fresh.spec).state_dict()
     assert all(torch.equal(state[k], now[k]) for k in state)
     assert list(cloud._whole_payloads) == [(1, fresh.spec)]  # the old version's payload was let go
+
+
+def test_a_restored_version_is_never_served_from_a_payload_packed_before(tmp_path):
+    """Two clouds reach version 1 with different weights; one restores the other's snapshot: a
+    version number alone does not make a packed payload current."""
+    base = config(tmp_path).model_dump()
+    base["merge"]["screen"]["enabled"] = False
+    text = PlatformConfig.from_dict(base | {"devices": [{"name": "d0"}, {"name": "d1"}]})
+    mine, theirs = CloudService(text), CloudService(text)
+    a, b = EdgeService(text, 0), EdgeService(text, 1)
+    ship(mine, a)
+    ship(theirs, b)
+    assert merge(mine, (a, a.adapt())).decision == "accept" and merge(theirs, (b, b.adapt())).decision == "accept"
+    fresh = a.summary(mine.selector_payload()).model_copy(update={"held": None})
+    before = unpack_state(mine.derive(fresh).payload)[0]  # packed at version 1 of ``mine``
+    assert mine.restore(theirs.snapshot()) == 1
+    after = unpack_state(mine.derive(fresh).payload)[0]
+    want = theirs.model.extract(mine.derive(fresh).spec).state_dict()
+    assert all(torch.equal(after[k], want[k]) for k in after)
+    assert any(not torch.equal(after[k], before[k]) for k in after)
