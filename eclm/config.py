@@ -248,8 +248,9 @@ class MergeConfig(_Strict):
         "each device's sub-model under its own environment; false: clean proxy data only")
     workers: int | None = Field(
         None, ge=1, description="threads the merge's per-update work runs on (the screen's checks of each update and "
-        "its per-unit medians, each candidate's per-device evaluations; decisions do not depend on it); None: the cores available to the "
-        "cloud's process (a campaign's devices wait for the merge, so its cores are the merge's)")
+        "its per-unit medians, each candidate's per-device evaluations; decisions do not depend on it); None: the "
+        "cores available to the cloud's process (a campaign's devices wait for the merge, so its cores are the "
+        "merge's)")
     calibration_samples: int | None = Field(
         128, ge=2, description="norm statistics under a replayed environment are re-estimated on a fixed random "
         "sample of at most this many proxy training images (of the classes evaluated), about what a device holds "

@@ -369,4 +369,5 @@ def _pareto(choices: list[tuple[float, float, tuple[int, ...]]]) -> list[tuple[f
     return out
 
 
-__all__ = ["ACTIVATION_FACTOR", "EXACT_SEARCH_ITEMS", "GROUPED_SEARCH_CHOICES", "SHARED_VALUE", "TrainingMemory", "derive_trainable"]
+__all__ = ["ACTIVATION_FACTOR", "EXACT_SEARCH_ITEMS", "GROUPED_SEARCH_CHOICES", "SHARED_VALUE", "TrainingMemory",
+           "derive_trainable"]
