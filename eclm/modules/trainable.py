@@ -261,8 +261,9 @@ def _knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarra
     positive = bool((values > 0).all()) and bool((sizes > 0).all())
     if n <= EXACT_SEARCH_ITEMS and positive:
         return _pareto_knapsack(values, sizes, cap, must)
-    if positive and _combinations(sizes, must) <= GROUPED_SEARCH_CHOICES:
-        return _grouped_knapsack(values, sizes, cap, must)
+    groups = _size_groups(sizes, must) if positive else {}
+    if positive and _combinations(groups) <= GROUPED_SEARCH_CHOICES:
+        return _grouped_knapsack(values, groups, cap, must is not None)
     scale = max(cap, 1.0)
     rows = [LinearConstraint(sizes[None, :] / scale, -np.inf, cap / scale)]
     if must is not None:
@@ -309,20 +310,21 @@ def _size_groups(sizes: np.ndarray, must: np.ndarray | None) -> dict[tuple[float
     return groups
 
 
-def _combinations(sizes: np.ndarray, must: np.ndarray | None) -> int:
+def _combinations(groups: dict[tuple[float, bool], list[int]]) -> int:
     """How many (size, value) choices :func:`_grouped_knapsack` could meet at most."""
-    return int(np.prod([len(g) + 1 for g in _size_groups(sizes, must).values()], dtype=float))
+    return int(np.prod([len(g) + 1 for g in groups.values()], dtype=float))
 
 
-def _grouped_knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarray | None
-                      ) -> list[int] | None:
+def _grouped_knapsack(values: np.ndarray, by_size: dict[tuple[float, bool], list[int]], cap: float,
+                      must: bool) -> list[int] | None:
     """:func:`_knapsack` for positive values and sizes whose items come in groups of one size (the
-    modules of a layer), exactly: the best ``c`` items of a group are its ``c`` most valuable, so
-    the choice is a count per group, found by dynamic programming over the Pareto frontier of
-    (size, value) in numpy (at most :data:`GROUPED_SEARCH_CHOICES` choices are ever met). With
-    ``must``, choices with and without a ``must`` item are kept apart."""
+    modules of a layer; ``by_size`` from :func:`_size_groups`), exactly: the best ``c`` items of a
+    group are its ``c`` most valuable, so the choice is a count per group, found by dynamic
+    programming over the Pareto frontier of (size, value) in numpy (at most
+    :data:`GROUPED_SEARCH_CHOICES` choices are ever met). With ``must`` (at least one item of a
+    ``must`` group), choices with and without such an item are kept apart."""
     slack = cap * (1 + 1e-9)
-    groups = list(_size_groups(sizes, must).items())
+    groups = list(by_size.items())
     size, value = np.zeros(1), np.zeros(1)
     has = np.zeros(1, dtype=bool)  # whether the choice holds a ``must`` item
     counts = np.zeros((1, len(groups)), dtype=np.int64)
@@ -341,7 +343,7 @@ def _grouped_knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: n
         keep = np.flatnonzero(size <= slack)
         keep = np.concatenate([_frontier(size, value, keep[has[keep] == flag]) for flag in (False, True)])
         size, value, has, counts = size[keep], value[keep], has[keep], counts[keep]
-    found = np.flatnonzero(has) if must is not None else np.arange(len(size))
+    found = np.flatnonzero(has) if must else np.arange(len(size))
     if not len(found):
         return None
     best = found[np.lexsort((size[found], -value[found]))[0]]  # the most valuable, then the smallest

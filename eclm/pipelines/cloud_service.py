@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -93,8 +92,9 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
         self._repair: tuple[tuple[Environment, ...], TrainableSpec | None] = ((), None)  # set by merge()
         self._versions: dict[int, dict[str, Tensor]] = {}  # recent versions, to ship deltas against
         self._version_subs: dict[int, SubModelCache] = {}  # their sub-models, extracted once per spec
-        # whole sub-models as shipped, packed once per (version, spec): (the version's state, payload)
-        self._whole_payloads: OrderedDict[tuple[int, SubModelSpec], tuple[dict[str, Tensor], bytes]] = OrderedDict()
+        # whole sub-models as shipped, packed once per spec of the current version's sub-model cache
+        self._whole_payloads: dict[SubModelSpec, bytes] = {}
+        self._whole_payloads_of: SubModelCache | None = None
         self._remember_version()
 
     # ------------------------------------------------------------------ info
@@ -297,24 +297,19 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
     def _whole_payload(self, spec: SubModelSpec) -> bytes:
         """The whole sub-model ``spec`` at the current version, as shipped (``first_delivery_dtype``,
         ``wire_compression``). It names no device, so it is packed once per version and spec: the
-        devices of a derivation round that get the same spec get the same bytes (the most recent
-        :data:`_WHOLE_PAYLOADS` are kept, for the remembered current version only)."""
+        devices of a derivation round that get the same spec get the same bytes. The payloads live
+        as long as the version's sub-model cache (:meth:`_submodels`: a new version, a restore or
+        live weights never remembered each get a new one), the first :data:`_WHOLE_PAYLOADS` specs."""
         a = self.cfg.adaptation
-        state = self._versions.get(self.version)
-        key = (self.version, spec)
-        hit = self._whole_payloads.get(key)
-        if hit is not None and hit[0] is state:
-            self._whole_payloads.move_to_end(key)
-            return hit[1]
-        current = self._submodels(self.version).state_dict(spec)
-        payload = pack_state(first_delivery(current, a.first_delivery_dtype), spec, {"version": self.version},
-                             a.wire_compression)
-        for stale in [k for k, (kept, _) in self._whole_payloads.items() if kept is not state]:
-            del self._whole_payloads[stale]  # another version's: no device gets it any more
-        if state is not None:  # live weights that were never remembered may still change
-            self._whole_payloads[key] = (state, payload)
-            while len(self._whole_payloads) > _WHOLE_PAYLOADS:
-                self._whole_payloads.popitem(last=False)
+        subs = self._submodels(self.version)
+        if subs is not self._whole_payloads_of:
+            self._whole_payloads, self._whole_payloads_of = {}, subs
+        payload = self._whole_payloads.get(spec)
+        if payload is None:
+            payload = pack_state(first_delivery(subs.state_dict(spec), a.first_delivery_dtype), spec,
+                                 {"version": self.version}, a.wire_compression)
+            if len(self._whole_payloads) < _WHOLE_PAYLOADS:
+                self._whole_payloads[spec] = payload
         return payload
 
     def _why_whole(self, held: HeldModel | None) -> Delivery:
@@ -384,7 +379,7 @@ class CloudService(CloudMergeMixin, SplitCloudMixin):
 
 #: Bytes of extracted sub-models kept over all kept versions together (shared equally among them).
 _VERSION_CACHE_BYTES = 256 * 2**20
-#: Packed whole sub-models kept (one per spec of the current version; a payload is about the
+#: Packed whole sub-models kept (per spec of the current version; a payload is about the
 #: sub-model's float16 size).
 _WHOLE_PAYLOADS = 8
 

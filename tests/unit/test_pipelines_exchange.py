@@ -297,7 +297,7 @@ def test_a_whole_sub_model_is_packed_once_per_version_and_spec(tmp_path, monkeyp
     assert meta == {"version": 1} and fresh.payload != first_a.payload and len(packed) == 2
     now = cloud.model.extract(fresh.spec).state_dict()
     assert all(torch.equal(state[k], now[k]) for k in state)
-    assert list(cloud._whole_payloads) == [(1, fresh.spec)]  # the old version's payload was let go
+    assert list(cloud._whole_payloads) == [fresh.spec]  # the old version's payload was let go
 
 
 def test_a_restored_version_is_never_served_from_a_payload_packed_before(tmp_path):
