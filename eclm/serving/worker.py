@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from eclm.serving.config import ServingConfig
+from eclm.serving.heap import retain_heap
 from eclm.serving.model_source import build_chain
 from eclm.serving.monitor import NodeResources, ResourceMonitor
 from eclm.serving.pacing import NodePacer
@@ -50,6 +51,7 @@ class NodeSettings(BaseModel):
     monitor_threshold: float = Field(0.25, gt=0.0)
     monitor_interval_s: float = Field(1.0, gt=0.0)
     threads: int = Field(1, ge=1)
+    heap_retain_mib: int = Field(0, ge=0, le=2047, description="Freed MiB the process keeps mapped (0: as it is).")
 
     @classmethod
     def from_config(cls, config: ServingConfig, node: int) -> NodeSettings:
@@ -67,6 +69,7 @@ class NodeSettings(BaseModel):
             emulate=config.emulate, emulation_scale=config.emulation_scale, overlap=config.overlap_transfers,
             monitor_alpha=config.monitor_alpha, monitor_threshold=config.monitor_threshold,
             monitor_interval_s=config.monitor_interval_s, threads=config.stage_threads,
+            heap_retain_mib=config.heap_retain_mib,
         )
 
 
@@ -82,6 +85,7 @@ class StageWorker:
         self._sleep = sleep
         self.settings = NodeSettings.model_validate(dict(settings) if isinstance(settings, Mapping) else settings)
         torch.set_num_threads(self.settings.threads)
+        retain_heap(self.settings.heap_retain_mib * 2**20)
         self.blocks: list[tuple[str, torch.nn.Module]] = []
         self.start = 0
         self.n_chain = 0
@@ -112,6 +116,7 @@ class StageWorker:
         """Replace the node settings (keeps the loaded blocks); returns :meth:`status`."""
         self.settings = NodeSettings.model_validate(dict(settings))
         torch.set_num_threads(self.settings.threads)
+        retain_heap(self.settings.heap_retain_mib * 2**20)
         self._configure()
         return self.status()
 

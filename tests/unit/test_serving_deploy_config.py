@@ -41,6 +41,7 @@ def test_with_nodes_rejects_bad_nodes(nodes, error, match):
     (dict(stage_actor_cpus=0), "stage_actor_cpus"),
     (dict(max_retries=-1), "max_retries"),
     (dict(request_timeout_s=0), "request_timeout_s"),
+    (dict(heap_retain_mib=-1), "heap_retain_mib"),
 ])
 def test_invalid_deployment_fields_name_the_field(kwargs, field):
     with pytest.raises(ValidationError, match=field):
@@ -48,9 +49,9 @@ def test_invalid_deployment_fields_name_the_field(kwargs, field):
 
 
 def test_node_settings_follow_the_config():
-    cfg = ServingConfig(emulation_scale=0.5, link_latency_s=0.002)
+    cfg = ServingConfig(emulation_scale=0.5, link_latency_s=0.002, heap_retain_mib=32)
     s = NodeSettings.from_config(cfg, 2)
-    assert (s.node, s.cpu_share, s.memory_bytes, s.emulation_scale, s.link_latency) == (
-        2, 0.4, cfg.node_memory_bytes[2], 0.5, 0.002)
+    assert (s.node, s.cpu_share, s.memory_bytes, s.emulation_scale, s.link_latency, s.heap_retain_mib) == (
+        2, 0.4, cfg.node_memory_bytes[2], 0.5, 0.002, 32)
     with pytest.raises(ValueError, match="node"):
         NodeSettings.from_config(cfg, 3)
