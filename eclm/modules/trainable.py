@@ -261,9 +261,10 @@ def _knapsack(values: np.ndarray, sizes: np.ndarray, cap: float, must: np.ndarra
     positive = bool((values > 0).all()) and bool((sizes > 0).all())
     if n <= EXACT_SEARCH_ITEMS and positive:
         return _pareto_knapsack(values, sizes, cap, must)
-    groups = _size_groups(sizes, must) if positive else {}
-    if positive and _combinations(groups) <= GROUPED_SEARCH_CHOICES:
-        return _grouped_knapsack(values, groups, cap, must is not None)
+    if positive:
+        groups = _size_groups(sizes, must)
+        if _combinations(groups) <= GROUPED_SEARCH_CHOICES:
+            return _grouped_knapsack(values, groups, cap, must is not None)
     scale = max(cap, 1.0)
     rows = [LinearConstraint(sizes[None, :] / scale, -np.inf, cap / scale)]
     if must is not None:

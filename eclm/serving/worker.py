@@ -84,8 +84,6 @@ class StageWorker:
     def __init__(self, settings: NodeSettings | Mapping[str, Any], sleep=time.sleep) -> None:
         self._sleep = sleep
         self.settings = NodeSettings.model_validate(dict(settings) if isinstance(settings, Mapping) else settings)
-        torch.set_num_threads(self.settings.threads)
-        retain_heap(self.settings.heap_retain_mib * 2**20)
         self.blocks: list[tuple[str, torch.nn.Module]] = []
         self.start = 0
         self.n_chain = 0
@@ -95,6 +93,8 @@ class StageWorker:
     # ------------------------------------------------------------------ node
     def _configure(self) -> None:
         s = self.settings
+        torch.set_num_threads(s.threads)
+        retain_heap(s.heap_retain_mib * 2**20)
         self.pacer = NodePacer(s.cpu_share, s.link_bandwidth, s.link_latency, emulate=s.emulate,
                                overlap=s.overlap, scale=s.emulation_scale, sleep=self._sleep)
         self._new_monitor()
@@ -115,8 +115,6 @@ class StageWorker:
     def configure_node(self, settings: Mapping[str, Any]) -> dict:
         """Replace the node settings (keeps the loaded blocks); returns :meth:`status`."""
         self.settings = NodeSettings.model_validate(dict(settings))
-        torch.set_num_threads(self.settings.threads)
-        retain_heap(self.settings.heap_retain_mib * 2**20)
         self._configure()
         return self.status()
 
