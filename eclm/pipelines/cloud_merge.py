@@ -90,12 +90,19 @@ class CloudMergeMixin:
         probe = None  # one scratch copy of the model per merge; every candidate loads all its tensors
         workers = resolve_workers(self.cfg.merge.workers)
 
+        current_scores: dict[_Scoring, SampleScores] = {}  # the current weights' scores, by what they depend on
+
         def own_scores(state: dict[str, Tensor], u: ModuleUpdate) -> SampleScores:
             # the current weights' sub-models come from the merge's cache; ``proxy.correct`` leaves
-            # a model as it found it, so one can be shared
-            current = cloud_state is not None and state is cloud_state
-            model = self._subs().module(u.spec) if current else self.model.extract(u.spec, state)
-            return self.proxy.scores(model, (device_envs or {}).get(u.device_id), classes.get(u.device_id) or [])
+            # a model as it found it, so one can be shared; their scores depend on the spec, the
+            # environment and the classes alone, so devices that share all three share them
+            key = _Scoring(u.spec, (device_envs or {}).get(u.device_id), tuple(classes.get(u.device_id) or ()))
+            if cloud_state is None or state is not cloud_state:
+                return self.proxy.scores(self.model.extract(u.spec, state), key.env, key.classes)
+            known = current_scores.get(key)  # worker threads: at worst computed twice, identically
+            if known is None:
+                known = current_scores[key] = self.proxy.scores(self._subs().module(u.spec), key.env, key.classes)
+            return known
 
         def run(state: dict[str, Tensor], updates: list[ModuleUpdate]) -> Evaluation:
             nonlocal probe
@@ -104,10 +111,12 @@ class CloudMergeMixin:
             # this candidate's sub-models, once per spec and worker thread
             subs = PerThread(lambda: SubModelCache(probe, size=len(updates) + 1))
             tasks = [_Scoring(probe.full_spec(), e, None) for e in (None, *envs)]
-            tasks += [_Scoring(u.spec, (device_envs or {}).get(u.device_id), classes.get(u.device_id) or [])
+            tasks += [_Scoring(u.spec, (device_envs or {}).get(u.device_id), tuple(classes.get(u.device_id) or ()))
                       for u in updates]
-            masks = parallel_map(lambda t: self.proxy.correct(subs.get().module(t.spec), t.env, t.classes),
-                                 tasks, workers)
+            unique = list(dict.fromkeys(tasks))  # devices that share spec, environment and classes: scored once
+            scored = dict(zip(unique, parallel_map(
+                lambda t: self.proxy.correct(subs.get().module(t.spec), t.env, t.classes), unique, workers), strict=True))
+            masks = [scored[t] for t in tasks]
             correct = torch.cat(masks[: len(envs) + 1])
             per_device, per_correct = {}, {}
             for u, mask in zip(updates, masks[len(envs) + 1 :], strict=True):
@@ -392,11 +401,12 @@ class CloudMergeMixin:
 
 @dataclass(frozen=True)
 class _Scoring:
-    """One evaluation of a candidate: the sub-model ``spec`` under ``env`` on ``classes`` (``None``: all)."""
+    """One evaluation of a candidate: the sub-model ``spec`` under ``env`` on ``classes`` (``None``:
+    all). What an evaluation depends on besides the weights, so a key of shared results."""
 
     spec: SubModelSpec
     env: Environment | None
-    classes: list[int] | None
+    classes: tuple[int, ...] | None
 
 
 def _json(value):
