@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from eclm.modules._surgery import install_gate_point, set_gate, set_submodule, s
 from eclm.modules.costs import CostTable, measure
 from eclm.modules.fast_ops import use_fast_ops
 from eclm.modules.layer import ModuleLayer, layer_kind
+from eclm.modules.module_copy import copy_module
 from eclm.modules.registry import adapter_for
 from eclm.modules.selector import ModuleSelector, Routing, noisy_top_k
 from eclm.modules.spec import SubModelSpec
@@ -165,7 +168,7 @@ class ModularModel(nn.Module):
                 (e.g. an older cloud version).
         """
         self.check_spec(spec)
-        model = copy.deepcopy(self.backbone)
+        model = copy_module(self.backbone)  # deepcopy's result, several times faster
         if state is not None:
             model.load_state_dict(state)
         model = strip_gate_points(model)
@@ -395,9 +398,44 @@ def skeleton(arch: dict, modules_per_layer: int, input_size: tuple[int, int, int
     return ModularModel(backbone, modules_per_layer, input_size, arch, selector_width, selector_dim)
 
 
+#: Narrowed weightless sub-models per skeleton and spec (:func:`rebuild_submodel`).
+_STRUCTURES: weakref.WeakKeyDictionary[ModularModel, OrderedDict[SubModelSpec, nn.Module]] = weakref.WeakKeyDictionary()
+_STRUCTURES_PER_SKELETON = 16
+
+
+def submodel_structure(skel: ModularModel, spec: SubModelSpec) -> nn.Module:
+    """The weightless sub-model ``spec`` of a :func:`skeleton` (shared: do not modify; copy it).
+
+    Extracted once per skeleton and spec (the ``_STRUCTURES_PER_SKELETON`` most recently used are kept):
+    devices of one pool share a skeleton and often a spec, and narrowing is half the cost of
+    materialising a sub-model. ``skel`` with weights (not a skeleton): extracted every time.
+    """
+    if not all(t.is_meta for t in skel.backbone.parameters()):
+        return skel.extract(spec)  # a model with weights: kept structures would hold copies of them
+    kept = _STRUCTURES.setdefault(skel, OrderedDict())
+    structure = kept.get(spec)
+    if structure is not None:
+        try:
+            kept.move_to_end(spec)  # least recently used first out
+        except KeyError:  # another thread evicted it meanwhile
+            pass
+    else:
+        structure = kept[spec] = skel.extract(spec)
+        while len(kept) > _STRUCTURES_PER_SKELETON:
+            try:
+                kept.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                break
+    return structure
+
+
 def rebuild_submodel(skel: ModularModel, spec: SubModelSpec, state: dict[str, Tensor]) -> nn.Module:
-    """Materialise sub-model ``spec`` of a :func:`skeleton` and load ``state`` into it (strict)."""
-    sub = skel.extract(spec)
+    """Materialise sub-model ``spec`` of a :func:`skeleton` and load ``state`` into it (strict).
+
+    The result is a new module tree holding ``state``'s tensors (a copy of the spec's structure
+    whose every tensor is assigned from ``state``); nothing of it is shared with other sub-models.
+    """
+    sub = copy_module(submodel_structure(skel, spec), tensors="share")
     try:
         sub.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

@@ -10,12 +10,12 @@ once; the results are identical to extracting every time.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 
 from torch import Tensor, nn
 
 from eclm.modules.modular import ModularModel
+from eclm.modules.module_copy import copy_module
 from eclm.modules.spec import SubModelSpec
 
 
@@ -73,7 +73,7 @@ class SubModelCache:
 
     def copy(self, spec: SubModelSpec) -> nn.Module:
         """A private copy of the sub-model (to train or modify)."""
-        return copy.deepcopy(self.module(spec))
+        return copy_module(self.module(spec))
 
 
 __all__ = ["SubModelCache"]

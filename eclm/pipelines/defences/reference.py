@@ -10,13 +10,13 @@ a few steps. The robust screen compares the device's change with it (docs/securi
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from eclm.modules.deltas import state_delta
+from eclm.modules.module_copy import copy_module
 from eclm.pipelines.adaptation import finetune
 
 
@@ -65,7 +65,7 @@ def reference_update(
         return {}
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(x), generator=gen)[: steps * batch_size]
-    model = submodel if in_place else copy.deepcopy(submodel)
+    model = submodel if in_place else copy_module(submodel)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     finetune(model, x[pick], y[pick], epochs=1, lr=lr, batch_size=batch_size, momentum=momentum,
              generator=gen, local_classes=list(local_classes) if local_classes else None)
