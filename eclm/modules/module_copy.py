@@ -21,7 +21,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 _TENSOR_DICTS = ("_parameters", "_buffers")
-#: Immutable values ``deepcopy`` returns as they are (a tuple only when it holds nothing else).
+#: Immutable values ``deepcopy`` returns as they are.
 _ATOMIC = frozenset({bool, int, float, str, type(None)})
 _CONTAINERS = frozenset({dict, OrderedDict, set, list})
 
