@@ -6,7 +6,6 @@ import copy
 import hashlib
 import json
 import weakref
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from eclm.modules.module_copy import copy_module
 from eclm.modules.registry import adapter_for
 from eclm.modules.selector import ModuleSelector, Routing, noisy_top_k
 from eclm.modules.spec import SubModelSpec
+from eclm.modules.submodel_cache import SubModelCache
 
 
 class ModularModel(nn.Module):
@@ -398,8 +398,8 @@ def skeleton(arch: dict, modules_per_layer: int, input_size: tuple[int, int, int
     return ModularModel(backbone, modules_per_layer, input_size, arch, selector_width, selector_dim)
 
 
-#: Narrowed weightless sub-models per skeleton and spec (:func:`rebuild_submodel`).
-_STRUCTURES: weakref.WeakKeyDictionary[ModularModel, OrderedDict[SubModelSpec, nn.Module]] = weakref.WeakKeyDictionary()
+#: Narrowed weightless sub-models per skeleton, by spec (:func:`rebuild_submodel`).
+_STRUCTURES: weakref.WeakKeyDictionary[ModularModel, SubModelCache] = weakref.WeakKeyDictionary()
 _STRUCTURES_PER_SKELETON = 16
 
 
@@ -412,21 +412,10 @@ def submodel_structure(skel: ModularModel, spec: SubModelSpec) -> nn.Module:
     """
     if not all(t.is_meta for t in skel.backbone.parameters()):
         return skel.extract(spec)  # a model with weights: kept structures would hold copies of them
-    kept = _STRUCTURES.setdefault(skel, OrderedDict())
-    structure = kept.get(spec)
-    if structure is not None:
-        try:
-            kept.move_to_end(spec)  # least recently used first out
-        except KeyError:  # another thread evicted it meanwhile
-            pass
-    else:
-        structure = kept[spec] = skel.extract(spec)
-        while len(kept) > _STRUCTURES_PER_SKELETON:
-            try:
-                kept.popitem(last=False)
-            except KeyError:  # another thread emptied it meanwhile
-                break
-    return structure
+    kept = _STRUCTURES.get(skel)
+    if kept is None:  # meta tensors hold no memory, so only the count bounds what is kept
+        kept = _STRUCTURES[skel] = SubModelCache(skel, size=_STRUCTURES_PER_SKELETON, max_bytes=2**62)
+    return kept.module(spec)
 
 
 def rebuild_submodel(skel: ModularModel, spec: SubModelSpec, state: dict[str, Tensor]) -> nn.Module:

@@ -2,7 +2,7 @@
 
 Devices of one tier and similar data are derived the same spec (in the scale suite's 50-device
 rounds: 3 distinct specs), and a merge or a derivation round used to materialise the same
-sub-model once per device: :meth:`ModularModel.extract` deep-copies and narrows the backbone,
+sub-model once per device: :meth:`ModularModel.extract` copies and narrows the backbone,
 about 10-16 ms on the quick model, and a 50-update merge made 400-450 such calls. A
 :class:`SubModelCache` keeps what one backbone state gives per spec, so each spec is extracted
 once; the results are identical to extracting every time.
@@ -11,12 +11,15 @@ once; the results are identical to extracting every time.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from eclm.modules.modular import ModularModel
 from eclm.modules.module_copy import copy_module
 from eclm.modules.spec import SubModelSpec
+
+if TYPE_CHECKING:  # modular.py keeps skeletons' structures in a SubModelCache
+    from eclm.modules.modular import ModularModel
 
 
 class SubModelCache:

@@ -142,10 +142,10 @@ def test_structures_kept_per_skeleton_are_bounded(modular: ModularModel) -> None
     try:
         for spec in specs:
             submodel_structure(skel, spec)
-        assert len(modular_module._STRUCTURES[skel]) == 3
+        assert len(modular_module._STRUCTURES[skel]._modules) == 3
         submodel_structure(skel, specs[-3])  # used again: now the most recent
         last_used = list(reversed(dict.fromkeys(reversed([*specs, specs[-3]]))))
-        assert list(modular_module._STRUCTURES[skel]) == last_used[-3:]
+        assert list(modular_module._STRUCTURES[skel]._modules) == last_used[-3:]
     finally:
         modular_module._STRUCTURES_PER_SKELETON = limit
 
