@@ -98,10 +98,9 @@ class AdaptationConfig(_Strict):
         "the bytes; 1-D tensors as float16); float32 sends them exactly. A device feeds its rounding error into "
         "its next upload")
     first_delivery_dtype: Literal["float32", "float16", "int8"] = Field(
-        "int8", description="wire type of a full sub-model (a first delivery, a changed spec's new modules): int8 "
-        "(per output channel, the delta codec) quarters its weight matrices, float16 halves it, float32 sends it "
-        "exactly; the device computes in float32 again (norm statistics and integer buffers travel exactly). int8 "
-        "moved 0.68x float16's bytes at no measured accuracy cost after adaptation (docs/method.md section 2)")
+        "float16", description="wire type of a full sub-model (a first delivery or a changed spec); float16 halves "
+        "it, int8 (per output channel, the delta codec) quarters its weight matrices; the device computes in float32 "
+        "again (norm statistics and integer buffers travel exactly)")
     wire_compression: Literal["none", "deflate"] = Field(
         "deflate", description="lossless compression of what the exchange ships (downloads and uploads): deflate "
         "shuffles each tensor into byte planes and DEFLATEs them, so every figure stays bit-identical and only the "

@@ -7,15 +7,15 @@ method - the same pretrained cloud, data, devices, schedule and epoch budgets
 records of the method. The methods do not depend on each other's settings, so a variant's targets
 are the suite's (:mod:`benchmarks.baselines.target_figures`) with each job's records of the
 variant's method replaced by the variant's of the same (label skew, seed). What the trainable
-share trades, and what int8 first deliveries (the shared codec's since they were measured this way)
-cost eclm and the codec baselines, are measured this way in docs/method.md, sections 2 and 4.
+share trades, and what int8 first deliveries cost eclm and the codec baselines, are measured this
+way in docs/method.md, sections 2 and 4.
 
 Usage (one job per call, so jobs can run in parallel processes)::
 
     python -m benchmarks.baselines.ablation --mode full --skew 2 --seed 0 \\
         --set trainable_share=0.5 --out share05_skew2_seed0.json
     python -m benchmarks.baselines.ablation --mode full --skew 2 --seed 0 --method fedavg_codec \\
-        --set first_delivery_dtype=float16 --out fedavg_f16_skew2_seed0.json
+        --set first_delivery_dtype=int8 --out fedavg_int8_skew2_seed0.json
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ int8 deltas). The baselines train every parameter (module sparsity is eclm's own
 the model they receive (their downloads carry every change); each federated baseline runs twice:
 *as published* (the full float32 model both ways every cycle) and *with the platform's shared
 codec* (int8 deltas with error feedback up, int8 deltas against the version the device holds
-down, int8 first deliveries, every payload losslessly compressed).
+down, float16 first deliveries, every payload losslessly compressed).
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ class BenchMethod:
 DENSE = {"trainable": "all", "keep_local": False, "download_min_change": 0.0}
 #: The full float32 model both ways (FedAvg and HeteroFL as published).
 PUBLISHED = DENSE | {"delta_dtype": "float32", "first_delivery_dtype": "float32", "wire_compression": "none"}
-#: The platform's shared codec (the defaults: int8 deltas, int8 first deliveries, lossless
+#: The platform's shared codec (the defaults: int8 deltas, float16 first deliveries, lossless
 #: byte-plane DEFLATE of every payload).
-CODEC = DENSE | {"delta_dtype": "int8", "first_delivery_dtype": "int8", "wire_compression": "deflate"}
+CODEC = DENSE | {"delta_dtype": "int8", "first_delivery_dtype": "float16", "wire_compression": "deflate"}
 
 METHODS: dict[str, BenchMethod] = {m.name: m for m in (
     BenchMethod("na", "NA (no adaptation)", NoAdaptation),

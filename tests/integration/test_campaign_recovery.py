@@ -39,8 +39,10 @@ class KillAfterSubmit:
 
 @pytest.fixture(scope="module")
 def platform(local_ray, tmp_path_factory):
-    # Every merge is accepted (tolerance 1.0): the versions tell whether an accepted round was lost.
-    cfg = tiny_config(tmp_path_factory.mktemp("recovery"), **{"merge.tolerance": 1.0, "merge.device_tolerance": 1.0, "adaptation.epochs": 1,
+    # Every merge is accepted (tolerance 1.0, no cap on an observed drop): the versions tell whether
+    # an accepted round was lost.
+    cfg = tiny_config(tmp_path_factory.mktemp("recovery"), **{"merge.tolerance": 1.0, "merge.device_tolerance": 1.0,
+                                   "merge.max_drop": None, "merge.device_max_drop": None, "adaptation.epochs": 1,
                                    "tracking": {"enabled": False}})
     p = Platform(cfg).start()
     try:
