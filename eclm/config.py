@@ -83,6 +83,10 @@ class AdaptationConfig(_Strict):
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: int = Field(16, ge=1)
+    max_grad_norm: float | None = Field(
+        None, gt=0, description="clip each training step's gradient (all trained parameters together) to this "
+        "norm; None: no clipping. A batch whose loss spikes otherwise moves the weights far in one step "
+        "(docs/method.md, 'Gradient spikes')")
     replay_capacity: int = Field(200, ge=0, description="replay buffer size (0 disables replay)")
     replay_ratio: float = Field(0.5, ge=0, le=1, description="replayed samples per fresh sample in a batch")
     recalibrate_norms: bool = Field(True, description="recompute BatchNorm statistics after module changes")

@@ -261,6 +261,10 @@ class DeviceMetrics(Message):
     train_seconds: float | None = Field(None, ge=0)
     seconds_per_batch: float | None = Field(None, ge=0)
     batches: int | None = Field(None, ge=0)
+    clipped_steps: int | None = Field(None, ge=0, description="training steps whose gradient norm was clipped "
+                                      "(adaptation.max_grad_norm; None without clipping)")
+    max_grad_norm_seen: float | None = Field(None, ge=0, description="largest gradient norm of a training step "
+                                             "before clipping (None without clipping)")
     params: float | None = Field(None, ge=0)
     flops: float | None = Field(None, ge=0)
     train_memory_estimate: float | None = Field(None, ge=0, description="modelled training memory, bytes "

@@ -22,7 +22,7 @@ from eclm.modules import SubModelSpec, pack_state, unpack_state
 
 _DECISION_CODE = {"accept": 2, "partial": 1, "reject": 0}
 _DEVICE_KEYS = ("acc_before", "acc_after", "forgetting", "drift", "params", "flops", "seconds_per_batch",
-                "train_memory_estimate", "loss_after")
+                "train_memory_estimate", "loss_after", "clipped_steps", "max_grad_norm_seen")
 
 
 class TrackingRecorder:

@@ -27,7 +27,9 @@ class TrainStats:
     """Outcome of one local fine-tuning run.
 
     ``prefix_cached`` says whether module-sparse training kept the frozen stages' output for every
-    sample (``None``: no stage was frozen).
+    sample (``None``: no stage was frozen). ``clipped`` counts the steps whose gradient norm was
+    clipped (``max_grad_norm``) and ``max_grad_norm_seen`` is the largest gradient norm before
+    clipping (both ``None`` without clipping).
     """
 
     loss_first_epoch: float
@@ -36,6 +38,8 @@ class TrainStats:
     samples: int
     seconds: float
     prefix_cached: bool | None = None
+    clipped: int | None = None
+    max_grad_norm_seen: float | None = None
 
     @property
     def seconds_per_batch(self) -> float:
@@ -136,6 +140,7 @@ def finetune(
     local_classes: list[int] | None = None,
     sparse: SparsePlan | None = None,
     cache_limit: float | None = None,
+    max_grad_norm: float | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on local data with optional replay.
 
@@ -155,6 +160,10 @@ def finetune(
     ``cache_limit`` bytes (a device passes the training memory its plan leaves free, see
     :meth:`~eclm.pipelines.edge_resources.EdgeResourcesMixin.cache_headroom`): then each batch runs
     the frozen stages on its own samples, which costs their compute once per epoch instead of once.
+
+    With ``max_grad_norm`` each step's gradient (of every trained parameter together) is scaled
+    down to that norm when it is larger (``torch.nn.utils.clip_grad_norm_``), so that one batch
+    whose loss spikes cannot move the weights far (docs/method.md, "Gradient spikes").
     """
     use_replay = replay is not None and len(replay) > 0 and replay_ratio > 0
     if sparse is None or sparse.trainable.is_dense(sparse.spec):
@@ -162,12 +171,12 @@ def finetune(
             return replay.mix(x[idx], y[idx], replay_ratio) if use_replay else (x[idx], y[idx])
 
         return _train(model, list(model.parameters()), batch, model, len(x), epochs, lr, batch_size, momentum,
-                      generator, local_classes, replay, x, y)
+                      generator, local_classes, replay, x, y, max_grad_norm)
     with module_sparse(model, sparse) as st:
         batch, cached = _sparse_batches(st, x, y, replay if use_replay else None, replay_ratio, batch_size,
                                         cache_limit)
         stats = _train(model, st.params, batch, st.suffix, len(x), epochs, lr, batch_size, momentum,
-                       generator, local_classes, replay, x, y)
+                       generator, local_classes, replay, x, y, max_grad_norm)
         stats.prefix_cached = cached if st.frozen else None
         return stats
 
@@ -201,10 +210,10 @@ def _sparse_batches(
 
 def _train(model: nn.Module, params: list[nn.Parameter], batch, forward, n: int, epochs: int, lr: float,
            batch_size: int, momentum: float, generator: torch.Generator | None, local_classes: list[int] | None,
-           replay: ReplayBuffer | None, x: Tensor, y: Tensor) -> TrainStats:
+           replay: ReplayBuffer | None, x: Tensor, y: Tensor, max_grad_norm: float | None = None) -> TrainStats:
     """The training loop of :func:`finetune`: ``batch(fresh sample indices)`` gives a batch's inputs
-    and labels (replayed samples appended), ``forward`` its logits; afterwards the fresh samples
-    join ``replay``."""
+    and labels (replayed samples appended), ``forward`` its logits, each step's gradient clipped to
+    ``max_grad_norm``; afterwards the fresh samples join ``replay``."""
     gen = generator or torch.Generator().manual_seed(0)
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
     mask: Tensor | None = None
@@ -212,6 +221,7 @@ def _train(model: nn.Module, params: list[nn.Parameter], batch, forward, n: int,
     start = time.perf_counter()
     epoch_losses: list[float] = []
     batches = samples = 0
+    clipped, largest = 0, 0.0
     for _ in range(epochs if opt is not None else 0):
         perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
@@ -227,6 +237,10 @@ def _train(model: nn.Module, params: list[nn.Parameter], batch, forward, n: int,
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if max_grad_norm is not None:
+                norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+                clipped += norm > max_grad_norm
+                largest = max(largest, norm)
             opt.step()
             total += loss.item() * len(yb)
             count += len(yb)
@@ -238,7 +252,8 @@ def _train(model: nn.Module, params: list[nn.Parameter], batch, forward, n: int,
     model.eval()
     first, last = (epoch_losses[0], epoch_losses[-1]) if epoch_losses else (float("nan"), float("nan"))
     return TrainStats(loss_first_epoch=first, loss_last_epoch=last, batches=batches, samples=samples,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, clipped=clipped if max_grad_norm is not None else None,
+                      max_grad_norm_seen=largest if max_grad_norm is not None else None)
 
 
 def _class_mask(mask: Tensor | None, n_classes: int, local_classes: list[int], labels: Tensor) -> Tensor:

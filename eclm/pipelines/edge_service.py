@@ -270,7 +270,7 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
                          replay_ratio=a.replay_ratio, generator=gen,
                          local_classes=self.classes if a.restrict_to_local_classes else None,
                          sparse=SparsePlan(self.skeleton.layers, self.spec, plan),
-                         cache_limit=self.cache_headroom())
+                         cache_limit=self.cache_headroom(), max_grad_norm=a.max_grad_norm)
         rss_delta = psutil.Process().memory_info().rss - rss_before
         if a.recalibrate_norms:  # training-mode batches mixed replayed environments into the stats
             recalibrate_norms(self.model, train.images)
@@ -311,7 +311,8 @@ class EdgeService(EdgeResourcesMixin, SplitDeviceMixin):
             acc_after_own=finite_or_none(after[2]), loss_before=finite_or_none(before[1]), loss_after=finite_or_none(after[1]),
             prev_acc_before=finite_or_none(prev_before), prev_acc_after=finite_or_none(prev_after[0]),
             prev_acc_after_own=finite_or_none(prev_after[2]), forgetting=finite_or_none(forgetting), train_seconds=stats.seconds, seconds_per_batch=stats.seconds_per_batch,
-            batches=stats.batches, params=cost.get("params"), flops=cost.get("flops"),
+            batches=stats.batches, clipped_steps=stats.clipped, max_grad_norm_seen=finite_or_none(stats.max_grad_norm_seen),
+            params=cost.get("params"), flops=cost.get("flops"),
             train_memory_estimate=memory, trainable=self.trainable, trained_params=trained, rss_delta=rss_delta,
             environment=self.stream.environment.corruption, severity=self.stream.environment.severity)
 

@@ -152,3 +152,44 @@ def test_own_class_accuracy_restricts_the_argmax_to_the_given_classes():
 def test_training_memory_formula():
     # 3 copies x 4 bytes per param + activations and their gradients per sample x batch.
     assert training_memory_bytes(1000, 500, 8) == 12_000 + 12_000
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _moved(model: nn.Module, before: dict[str, torch.Tensor]) -> float:
+    return float(sum((v.detach() - before[k]).pow(2).sum() for k, v in model.named_parameters()) ** 0.5)
+
+
+def test_a_clipped_step_moves_the_weights_at_most_lr_times_the_clip(submodel_factory):
+    # one plain SGD step (one batch, no momentum) on inputs scaled up so that the loss spikes
+    x, y = _data(16, [0, 5, 9], seed=4)
+    x = 50 * x
+    free, clipped = submodel_factory(), submodel_factory()
+    start = _weights(free)
+    finetune(free, x, y, epochs=1, lr=0.1, batch_size=16, momentum=0.0)
+    stats = finetune(clipped, x, y, epochs=1, lr=0.1, batch_size=16, momentum=0.0, max_grad_norm=1.0)
+    assert stats.batches == 1 and stats.clipped == 1 and stats.max_grad_norm_seen > 1.0
+    assert _moved(clipped, start) <= 0.1 * 1.0 * (1 + 1e-4) < _moved(free, start)
+
+
+def test_a_clip_no_step_reaches_changes_nothing_and_no_clip_reports_nothing(submodel_factory):
+    x, y = _data(48, [1, 2, 3], seed=5)
+    plain, loose = submodel_factory(), submodel_factory()
+    free = finetune(plain, x, y, epochs=2, lr=0.05, batch_size=16)
+    stats = finetune(loose, x, y, epochs=2, lr=0.05, batch_size=16, max_grad_norm=1e9)
+    assert free.clipped is None and free.max_grad_norm_seen is None
+    assert stats.clipped == 0 and 0 < stats.max_grad_norm_seen < 1e9
+    for (k, a), b in zip(plain.state_dict().items(), loose.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_max_grad_norm_must_be_positive():
+    from pydantic import ValidationError
+
+    from eclm.config import AdaptationConfig
+
+    assert AdaptationConfig().max_grad_norm is None and AdaptationConfig(max_grad_norm=5).max_grad_norm == 5.0
+    with pytest.raises(ValidationError, match="max_grad_norm"):
+        AdaptationConfig(max_grad_norm=0)
