@@ -63,3 +63,16 @@ def test_the_package_carries_the_budget_the_cloud_computes_for_the_device(cfg, c
     assert package.budget == budget.limits()
     assert budget.max_params == 0.6 * cloud.info().full_cost["params"]
     assert package.cost["params"] <= budget.max_params
+
+
+def test_a_device_reports_its_clipped_steps_only_when_it_clips(cfg, cloud):
+    clipping = cfg.model_copy(update={"adaptation": cfg.adaptation.model_copy(update={"max_grad_norm": 1e-6})})
+    reports = []
+    for config in (cfg, clipping):
+        edge = EdgeService(config, 1)
+        edge.install(cloud.derive(edge.summary(cloud.selector_payload())), cloud.info().costs)
+        reports.append(edge.adapt().metrics)
+    plain, clipped = reports
+    assert plain.clipped_steps is None and plain.max_grad_norm_seen is None
+    # a clip below every gradient's norm clips every step
+    assert clipped.batches > 0 and clipped.clipped_steps == clipped.batches and clipped.max_grad_norm_seen > 1e-6
