@@ -40,8 +40,8 @@ def test_a_killed_driver_resumes_from_its_last_commit(tmp_path):
 
     # every merge accepted (tolerances 1.0, no cap on an observed drop): versions count the rounds
     cfg = tiny_config(tmp_path, **{"cycles": 8, "merge.tolerance": 1.0, "merge.device_tolerance": 1.0,
-                                   "merge.max_drop": None, "merge.device_max_drop": None, "adaptation.epochs": 1, "data.num_devices": 2, "devices": [{"name": "d0"},
-                                                                                            {"name": "d1"}],
+                                   "merge.max_drop": None, "merge.device_max_drop": None, "adaptation.epochs": 1,
+                                   "data.num_devices": 2, "devices": [{"name": "d0"}, {"name": "d1"}],
                                    "offline": {"epochs": 1, "enhance_epochs": 0, "batch_size": 32,
                                                "classes_per_subtask": 3}})
     path = tmp_path / "campaign.yaml"

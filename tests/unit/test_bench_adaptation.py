@@ -480,7 +480,7 @@ def test_a_codec_baseline_device_holds_the_global_slice_after_a_delta_download(t
     cloud, mine, other = method.cloud(cfg), EdgeService(cfg, 0), EdgeService(cfg, 1)
     for device in (mine, other):
         device.install(cloud.derive(device.summary(cloud.selector_payload())), cloud.info().costs)
-    first = cloud.model.extract(mine.spec).state_dict()  # version 0, which mine received in the first delivery's codec
+    first = cloud.model.extract(mine.spec).state_dict()  # version 0, received in the first delivery's codec
     first_rounding = sum(float((v - first[k]).pow(2).sum()) for k, v in to_float32(
         first_delivery(first, cfg.adaptation.first_delivery_dtype)).items() if is_delta_key(k, first[k])) ** 0.5
     upload = other.adapt()
