@@ -334,7 +334,7 @@ class CloudMergeMixin:
                 self._subs().copy(update.spec), self.train_x[mask], self.train_y[mask],
                 steps=self.cfg.merge.screen.reference_steps, lr=a.lr, batch_size=a.batch_size, momentum=a.momentum,
                 local_classes=cls if a.restrict_to_local_classes else None, seed=self.cfg.seed + self.version,
-                in_place=True)
+                in_place=True, max_grad_norm=a.max_grad_norm)
         return known[key]
 
     def _remember_best_predictions(self) -> None:

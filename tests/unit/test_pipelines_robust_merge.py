@@ -341,3 +341,20 @@ def test_the_accuracy_check_alone_sees_the_upload_alone_then_the_cloud_only_when
     assert all(torch.equal(seen[2][1][k], cloud[k]) for k in cloud)  # then the cloud's own sub-model
     assert report.screen["d0"]["own_acc_before"] is None and report.screen["d0"]["own_acc_after"] >= 0.7
     assert report.screen["d1"]["own_acc_before"] is not None and "d1" in report.rejected
+
+
+def test_the_reference_update_clips_as_devices_do(modular):
+    spec = _spec(modular, SPECS[2])
+    x, y = _data(_classes(0), 16, seed=3)
+    common = dict(steps=4, lr=0.05, batch_size=16, momentum=0.9, seed=3)
+    free = reference_update(modular.extract(spec), x, y, **common)
+    loose = reference_update(modular.extract(spec), x, y, **common, max_grad_norm=1e9)
+    tight = reference_update(modular.extract(spec), x, y, **common, max_grad_norm=1e-3)
+    assert free.keys() == loose.keys() == tight.keys()
+    assert all(torch.equal(free[k], loose[k]) for k in free)  # a clip no step reaches changes nothing
+
+    def norm(change: dict) -> float:
+        return float(sum(v.pow(2).sum() for v in change.values())) ** 0.5
+
+    # every step moves at most lr x clip, momentum at most 1 / (1 - 0.9) times that
+    assert norm(tight) <= 4 * 0.05 * 1e-3 / (1 - 0.9) * (1 + 1e-3) < norm(free)

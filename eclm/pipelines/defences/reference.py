@@ -32,6 +32,7 @@ def reference_update(
     local_classes: Sequence[int] | None = None,
     seed: int = 0,
     in_place: bool = False,
+    max_grad_norm: float | None = None,
 ) -> dict[str, Tensor]:
     """Fine-tune a copy of ``submodel`` for ``steps`` batches and return its change.
 
@@ -48,6 +49,8 @@ def reference_update(
         seed: Seed of the sample draw and batch order.
         in_place: Fine-tune ``submodel`` itself (a throwaway copy the caller made, e.g. a freshly
             extracted sub-model) instead of a copy of it.
+        max_grad_norm: Clip each step's gradient to this norm, as devices do with
+            ``adaptation.max_grad_norm`` (``None``: no clipping).
 
     Returns:
         ``{name: after - before}`` for the learned floating-point tensors (the keys and shapes of
@@ -68,5 +71,5 @@ def reference_update(
     model = submodel if in_place else copy_module(submodel)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     finetune(model, x[pick], y[pick], epochs=1, lr=lr, batch_size=batch_size, momentum=momentum,
-             generator=gen, local_classes=list(local_classes) if local_classes else None)
+             generator=gen, local_classes=list(local_classes) if local_classes else None, max_grad_norm=max_grad_norm)
     return state_delta(model.state_dict(), before, statistics=False)
