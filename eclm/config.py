@@ -255,6 +255,11 @@ class MergeConfig(_Strict):
         "its per-unit medians, each candidate's per-device evaluations; decisions do not depend on it); None: the "
         "cores available to the cloud's process (a campaign's devices wait for the merge, so its cores are the "
         "merge's)")
+    screen_on_arrival: bool = Field(
+        True, description="screen each upload when it arrives, while the other devices still adapt (the robust "
+        "screen's per-upload checks: its changes, the cloud's reference update, the behaviour check on its classes); "
+        "the merge reuses those results when the cloud's weights and the upload are unchanged, so decisions are the "
+        "same and only the merge's wait after the last upload shortens")
     calibration_samples: int | None = Field(
         128, ge=2, description="norm statistics under a replayed environment are re-estimated on a fixed random "
         "sample of at most this many proxy training images (of the classes evaluated), about what a device holds "

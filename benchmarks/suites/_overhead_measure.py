@@ -162,6 +162,10 @@ class _CollectUploads(ModularStrategy):
         self.uploads = list(updates)
         return LocalPending(MergeOutcome.nothing("uploads kept for the merge-cost probe", 0))
 
+    def arrived(self, cloud: CloudEndpoint, updates: list[AttributedUpdate]) -> None:
+        """Nothing screened on arrival: the probe times the merge's whole work."""
+        return None
+
 
 def merge_scaling(config: OverheadBenchConfig, workdir: Path,
                   pretrained: tuple[PlatformConfig, CloudSnapshot] | None = None) -> list[dict]:

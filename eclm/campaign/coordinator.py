@@ -136,9 +136,11 @@ class CycleCoordinator:
                                    {"cause": str(failure), "restored_version": snapshot.version})
 
     # ------------------------------------------------------------------ device calls
-    def _devices(self, calls: Mapping[str, Pending[Any]], failures: dict[str, str], what: str) -> dict[str, Any]:
-        """Gather device calls; a failed device is recorded (and restarted later if it died)."""
-        results, failed = self.fleet.gather(calls, self.timeout)
+    def _devices(self, calls: Mapping[str, Pending[Any]], failures: dict[str, str], what: str,
+                 each: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+        """Gather device calls; a failed device is recorded (and restarted later if it died).
+        ``each(name, reply)``: called for every reply as it arrives (see ``Fleet.gather``)."""
+        results, failed = self.fleet.gather(calls, self.timeout, each)
         for name, f in failed.items():
             failures[name] = f"{what}: {f}"
             if f.kind in ("dead", "timeout"):

@@ -8,8 +8,9 @@ later ones; the cycle goes on with the others.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from eclm.campaign.messages import (
@@ -25,6 +26,8 @@ from eclm.campaign.split_round import run_split_round
 
 if TYPE_CHECKING:
     from eclm.campaign.coordinator import CycleCoordinator
+
+log = logging.getLogger(__name__)
 
 
 def run_phases(c: CycleCoordinator, result: CycleResult) -> dict[str, DeviceSummary]:
@@ -140,7 +143,8 @@ def _adapt(c: CycleCoordinator, holding: Mapping[str, SubModelPackage], split_su
     split = None
     if split_summaries:  # runs while the local devices adapt
         split = run_split_round(c.fleet, split_summaries, c.cfg.split.epochs, c.state.version, c.timeout, reasons)
-    updates = c._attributed(c._devices(refs, result.failures, "adapt"), result.failures, "adapt")
+    arrived = _on_arrival(c, holding) if c.strategy.merges and c.cfg.merge.screen_on_arrival else None
+    updates = c._attributed(c._devices(refs, result.failures, "adapt", arrived), result.failures, "adapt")
     specs = {n: holding[n].spec for n in updates}
     if split is not None:
         updates |= split.uploads
@@ -151,6 +155,22 @@ def _adapt(c: CycleCoordinator, holding: Mapping[str, SubModelPackage], split_su
     result.device_metrics |= {n: u.metrics.model_copy(update={"drift": c.drift.get(n)}) for n, u in updates.items()}
     result.specs |= specs
     return updates, split
+
+
+def _on_arrival(c: CycleCoordinator, holding: Mapping[str, SubModelPackage]) -> Callable[[str, DeviceUpdate], None]:
+    """Hands each upload to the strategy as it arrives (eclm: the cloud screens it while the
+    other devices still adapt). Fire and forget: nothing is waited for, and a failure here
+    (the cloud busy, dead or refusing) only leaves the merge to do that work itself."""
+
+    def arrived(name: str, update: DeviceUpdate) -> None:
+        if getattr(update, "device", None) != name:
+            return  # the cycle fails this reply; the merge never sees it
+        try:
+            c.strategy.arrived(c.fleet.cloud, [c.attribute(name, update, holding[name])])
+        except Exception as err:  # noqa: BLE001 - an optimisation must not fail the cycle
+            log.debug("handing %s's upload on arrival failed: %r", name, err)
+
+    return arrived
 
 
 def _traffic(c: CycleCoordinator, result: CycleResult, packages: Mapping[str, SubModelPackage],

@@ -16,7 +16,7 @@ that returns several results at once (the split protocol's server step) is made 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -81,6 +81,7 @@ class CloudEndpoint(Protocol):
     def selector_payload(self) -> Pending[bytes]: ...
     def model_payload(self) -> Pending[bytes]: ...
     def derive(self, summary: DeviceSummary) -> Pending[SubModelPackage]: ...
+    def prescreen(self, updates: list[AttributedUpdate]) -> Pending[int]: ...
     def merge(self, updates: list[AttributedUpdate]) -> Pending[MergeOutcome]: ...
     def snapshot(self) -> Pending[CloudSnapshot]: ...
     def restore(self, snapshot: CloudSnapshot) -> Pending[int]: ...
@@ -137,9 +138,12 @@ class Fleet(Protocol):
     cloud: CloudEndpoint
     devices: Mapping[str, DeviceEndpoint]
 
-    def gather(self, calls: Mapping[K, Pending[Any]], timeout: float | None = None
-               ) -> tuple[dict[K, Any], dict[K, CallFailure]]:
-        """Wait for every call; a dead endpoint, an exception or a timeout is a failure, not a crash."""
+    def gather(self, calls: Mapping[K, Pending[Any]], timeout: float | None = None,
+               each: Callable[[K, Any], None] | None = None) -> tuple[dict[K, Any], dict[K, CallFailure]]:
+        """Wait for every call; a dead endpoint, an exception or a timeout is a failure, not a crash.
+
+        ``each(key, result)`` is called for every successful result as it arrives (in completion
+        order where the binding runs calls concurrently), before the others are waited for."""
         ...
 
     def share(self, value: Any) -> Any:

@@ -127,14 +127,16 @@ class LocalFleet:
         self.cloud = LocalEndpoint(cloud_factory(), CLOUD_METHODS, "cloud")
         self.devices = {n: LocalEndpoint(f(), DEVICE_METHODS, n) for n, f in self._device_factories.items()}
 
-    def gather(self, calls: Mapping[Any, Any], timeout: float | None = None
-               ) -> tuple[dict[Any, Any], dict[Any, CallFailure]]:
+    def gather(self, calls: Mapping[Any, Any], timeout: float | None = None,
+               each: Callable[[Any, Any], None] | None = None) -> tuple[dict[Any, Any], dict[Any, CallFailure]]:
         results, failures = {}, {}
         for key, pending in calls.items():
             if pending.failure is not None:
                 failures[key] = pending.failure
             else:
                 results[key] = pending.value
+                if each is not None:
+                    each(key, pending.value)
         return results, failures
 
     def share(self, value: Any) -> Any:

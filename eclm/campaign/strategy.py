@@ -43,6 +43,12 @@ class ServerStrategy(ABC):
         """Submit the server step on this cycle's uploads (only called when ``merges``)."""
         raise NotImplementedError(f"{type(self).__name__} does not merge")
 
+    def arrived(self, cloud: CloudEndpoint, updates: list[AttributedUpdate]) -> Pending[int] | None:
+        """Hand uploads to the server as they arrive, while other devices still adapt (``None``:
+        nothing to do before the merge, the default). What this starts must not change what
+        :meth:`merge` decides, only when its work is done."""
+        return None
+
 
 class ModularStrategy(ServerStrategy):
     """eclm: a sub-model derived per device, merged back by the validated module merge."""
@@ -54,6 +60,10 @@ class ModularStrategy(ServerStrategy):
 
     def merge(self, cloud: CloudEndpoint, updates: list[AttributedUpdate]) -> Pending[MergeOutcome]:
         return cloud.merge(updates)
+
+    def arrived(self, cloud: CloudEndpoint, updates: list[AttributedUpdate]) -> Pending[int]:
+        """The cloud screens each upload on arrival (``merge.screen_on_arrival``; the merge reuses it)."""
+        return cloud.prescreen(updates)
 
 
 __all__ = ["ModularStrategy", "ServerStrategy"]

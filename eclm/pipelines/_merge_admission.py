@@ -3,6 +3,7 @@ robust screen (the host is :class:`~eclm.pipelines.validated_merge.ValidatedMerg
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from eclm.modules.merge import ModuleUpdate
@@ -14,10 +15,11 @@ if TYPE_CHECKING:
     from eclm.pipelines.validated_merge import MergeReport
 
 
+
 class MergeAdmissionMixin:
     """``_admit`` and ``_screen``; expects the :class:`ValidatedMerge` fields ``max_relative_norm``,
     ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``own_scores``,
-    ``class_rows``, ``same_upload`` and ``workers``, and its ``_combine``."""
+    ``class_rows``, ``same_upload``, ``workers`` and ``known_statistics``, and its ``_combine``."""
 
     def _admit(self, cloud_state, layers, updates, given_specs, expected_names, report: MergeReport) -> list[ModuleUpdate]:
         """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
@@ -56,8 +58,12 @@ class MergeAdmissionMixin:
         changes, references, own = {}, {}, {}
         group = [u.device_id for u in valid if u.device_id in self.same_upload]
         screened = [u for u in valid if u.device_id not in group[1:]]  # a group is screened once, as group[0]
-        for u, (stats, err) in zip(screened, parallel_map(lambda u: self._statistics(cloud_state, layers, u),
-                                                          screened, self.workers), strict=True):
+        known = self.known_statistics or {}
+        todo = [u for u in screened if u.device_id not in known or u.device_id in group]
+        computed = dict(zip((u.device_id for u in todo), parallel_map(
+            lambda u: self._statistics(cloud_state, layers, u), todo, self.workers), strict=True))
+        for u in screened:
+            stats, err = computed[u.device_id] if u.device_id in computed else (known[u.device_id], None)
             if err is not None:  # this device alone is rejected
                 report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
                 continue
@@ -74,6 +80,19 @@ class MergeAdmissionMixin:
             if not v.passed:
                 report.rejected[d] = "screen: " + "; ".join(v.reasons)
         return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
+
+    def statistics_of(self, cloud_state, layers, updates, given_specs, expected_names) -> dict[str, tuple]:
+        """The screen's per-update statistics of the ``updates`` that pass the integrity and claim
+        checks, by device (what :meth:`_screen` computes for them; an update whose statistics
+        raise, or that belongs to a ``same_upload`` group, has none). A host that computes them
+        before the merge (each upload on arrival) passes them back as ``known_statistics``."""
+        if self.screen is None:
+            return {}
+        refused = SimpleNamespace(rejected={})  # the merge itself reports why
+        valid = [u for u in self._admit(cloud_state, layers, updates, given_specs, expected_names, refused)
+                 if u.device_id not in self.same_upload]
+        results = parallel_map(lambda u: self._statistics(cloud_state, layers, u), valid, self.workers)
+        return {u.device_id: stats for u, (stats, err) in zip(valid, results, strict=True) if err is None}
 
     def _statistics(self, cloud_state, layers, u: ModuleUpdate) -> tuple[tuple | None, Exception | None]:
         """``((changes, reference changes or None, own-class scores or None), None)`` of one update for

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -35,6 +37,8 @@ from eclm.pipelines.merge_workers import PerThread, parallel_map, resolve_worker
 from eclm.pipelines.upload_admission import admit
 from eclm.pipelines.validated_merge import Evaluation, MergeReport, ValidatedMerge
 
+log = logging.getLogger(__name__)
+
 
 class CloudMergeMixin:
     """Merge methods; expects ``cfg``, ``model``, ``version``, ``best_val_acc``, ``best_val_correct``,
@@ -53,6 +57,8 @@ class CloudMergeMixin:
     _merge_subs: PerThread[SubModelCache] | None = None  # the current weights' sub-models, during merge()
     _unchanged_merges = 0  # merges since the version last changed (each draws its own repair)
     _merge_references: dict | None = None  # reference updates by (spec, classes), during merge()
+    _arrivals: _ArrivalScreen | None = None  # uploads screened on arrival, for the next merge
+    _screened_on_arrival = 0  # uploads of the last merge whose screen statistics came from prescreen()
 
     def _subs(self) -> SubModelCache:
         """Sub-models of the current weights: this thread's cache of the merge during a merge, else a fresh one."""
@@ -210,7 +216,80 @@ class CloudMergeMixin:
             self._merge_subs, self._merge_references = None, None
             self._unchanged_merges = 0 if self.version != version else self._unchanged_merges + 1
 
+    def prescreen(self, uploads: list[AttributedUpdate]) -> int:
+        """Screen uploads as they arrive, while other devices still adapt (``merge.screen_on_arrival``).
+
+        Runs the robust screen's per-upload work (admission, the integrity checks, the update's
+        changes, the cloud's reference update, the behaviour check on the device's classes) and
+        keeps the results for the next :meth:`merge`, which uses them for an upload only when the
+        cloud's weights (version and digest) and the upload (every byte and claim) are the same:
+        the merge's decisions do not change, only less of its work waits for the last upload.
+        Nothing here changes the model or the quarantine; an upload that fails any check, or
+        anything that raises, simply leaves the merge to do that upload's work itself.
+
+        Returns:
+            How many of ``uploads`` have their statistics kept.
+        """
+        m = self.cfg.merge
+        if not (m.screen_on_arrival and m.screen.enabled and uploads):
+            return 0
+        try:
+            return self._prescreen(uploads)
+        except Exception as err:  # noqa: BLE001 - an optimisation: the merge does the work instead
+            log.warning("screening %d upload(s) on arrival failed (the merge screens them): %r", len(uploads), err)
+            return 0
+
+    def _prescreen(self, uploads: list[AttributedUpdate]) -> int:
+        arrivals = self._arrival_screen()
+        fresh = [u for u in uploads
+                 if self.quarantine.remaining.get(u.channel, 0) <= 0 and _upload_key(u) not in arrivals.statistics]
+        if not fresh:
+            return 0
+        self._merge_subs, self._merge_references = arrivals.subs, arrivals.references
+        try:
+            admission = admit(fresh, self.model.layer_sizes, self._rebase)
+            classes = {u.device_id: list(u.classes or []) for u in admission.updates}
+            reported = {u.channel: environment_of(u.update.metrics.environment, u.update.metrics.severity)
+                        for u in fresh}
+            own_envs = reported if self.cfg.merge.validate_environments else None
+            pipeline = self._pipeline(classes, self._split_uploads, self._validated_environments(), own_envs,
+                                      arrivals.cloud_state)
+            pipeline.workers = 1  # the devices are busy on the other cores
+            stats = pipeline.statistics_of(arrivals.cloud_state, self.model.layers, admission.updates,
+                                           admission.issued, self._names)
+        finally:
+            self._merge_subs, self._merge_references = None, None
+        keys = {u.channel: _upload_key(u) for u in fresh}
+        arrivals.statistics.update({keys[d]: v for d, v in stats.items()})
+        return len(stats)
+
+    def _arrival_screen(self) -> _ArrivalScreen:
+        """The screen-on-arrival results of the current weights (a new, empty one when they changed)."""
+        token = (self.version, self.state_digest())
+        if self._arrivals is None or self._arrivals.token != token:
+            self._arrivals = _ArrivalScreen(token, self.model.backbone.state_dict(),
+                                            subs=PerThread(lambda: SubModelCache(self.model)))
+        return self._arrivals
+
+    def _known_statistics(self, uploads: list[AttributedUpdate]) -> dict[str, tuple]:
+        """The statistics :meth:`prescreen` kept for ``uploads`` (the first upload of each channel,
+        as admission keeps it), if the cloud's weights are still those they were computed on."""
+        if self._arrivals is None or not self._arrivals.statistics:
+            return {}
+        if self._arrivals.token != (self.version, self.state_digest()):
+            return {}
+        known, seen = {}, set()
+        for u in uploads:
+            if u.channel not in seen:
+                seen.add(u.channel)
+                stats = self._arrivals.statistics.get(_upload_key(u))
+                if stats is not None:
+                    known[u.channel] = stats
+        return known
+
     def _merge_uploads(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
+        known, self._arrivals = self._known_statistics(uploads), None  # one merge uses them, whatever it decides
+        self._screened_on_arrival = len(known)
         admission = admit(uploads, self.model.layer_sizes, self._rebase)
         reported = {u.channel: environment_of(u.update.metrics.environment, u.update.metrics.severity)
                     for u in uploads}
@@ -220,7 +299,7 @@ class CloudMergeMixin:
         rejected = dict(admission.rejected) | refused
         split_members, self._split_uploads = self._split_uploads, set()
         attempt = functools.partial(self._screen_and_merge, cloud_state, classes, split_members, reported,
-                                    admission.issued)
+                                    admission.issued, known)
         try:
             new_state, report, envs = attempt(updates)
         except Exception as err:  # noqa: BLE001 - find the upload that breaks the merge, merge the rest
@@ -238,7 +317,7 @@ class CloudMergeMixin:
 
     def _screen_and_merge(self, cloud_state: dict[str, Tensor], classes: dict[str, list[int]], split_members: set[str],
                           reported: dict[str, Environment | None], issued: dict[str, SubModelSpec],
-                          updates: list[ModuleUpdate]
+                          known: dict[str, tuple], updates: list[ModuleUpdate]
                           ) -> tuple[dict[str, Tensor] | None, MergeReport, tuple[Environment, ...]]:
         """``(new state or None, report, environments)`` of one validated merge of ``updates``.
 
@@ -246,9 +325,11 @@ class CloudMergeMixin:
         the merge: the environments their devices report join the ones validated on (and the
         repair fine-tune's), and what they carry is what the repair trains. A device the screen
         excludes changes nothing of the merge (before, its reported environment still did).
+        ``known``: the screen's statistics of uploads screened on arrival (:meth:`prescreen`).
         """
         own_envs = reported if self.cfg.merge.validate_environments else None
         screening = self._pipeline(classes, split_members, self._validated_environments(), own_envs, cloud_state)
+        screening.known_statistics = known
         valid, report = screening.screened(cloud_state, self.model.layers, updates, issued, self._names)
         envs = merged(self.environments, [reported.get(u.device_id) for u in valid])
         self._repair = (envs, self._repair_plan(valid))
@@ -288,7 +369,8 @@ class CloudMergeMixin:
             device_acc_before=report.device_acc_before, device_acc_after=report.device_acc_after,
             server_step=report.server_step, version=self.version, screen=_json(report.screen),
             paired=_json(report.paired), candidates=report.candidates,
-            details={"repair": f"skipped: {report.plain_finalize_reason}"} if report.plain_finalize_reason else {},
+            details=({"repair": f"skipped: {report.plain_finalize_reason}"} if report.plain_finalize_reason else {})
+            | ({"screened_on_arrival": str(self._screened_on_arrival)} if self._screened_on_arrival else {}),
         )
 
     def _outcome(self, outcome: MergeOutcome) -> MergeOutcome:
@@ -397,6 +479,34 @@ class CloudMergeMixin:
 
     def _names(self, spec: SubModelSpec) -> set[str]:
         return self._subs().names(spec)
+
+
+@dataclass
+class _ArrivalScreen:
+    """What :meth:`CloudMergeMixin.prescreen` computed on one state of the cloud's weights.
+
+    Attributes:
+        token: ``(version, digest of the weights)`` the results hold for.
+        cloud_state: Those weights (the model's own tensors: they must not change while kept).
+        subs: Sub-models of those weights, per worker thread.
+        statistics: The screen's statistics per upload (keyed by :func:`_upload_key`).
+        references: The cloud's reference updates by ``(spec, classes)``, shared by the uploads.
+    """
+
+    token: tuple[int, str]
+    cloud_state: dict[str, Tensor]
+    subs: PerThread[SubModelCache]
+    statistics: dict[str, tuple] = field(default_factory=dict)
+    references: dict = field(default_factory=dict)
+
+
+def _upload_key(upload: AttributedUpdate) -> str:
+    """A digest of everything an upload is and claims (its channel, issued spec, enrolled
+    classes, every field of the update and every payload byte)."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(upload.model_dump_json(exclude={"update": {"payload"}}).encode())
+    h.update(upload.update.payload)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ device's name first; pools are spread over the nodes ``ray.pool_nodes`` names (b
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +141,10 @@ class RayFleet:
         return self._actors[name]
 
     # ------------------------------------------------------------------ Fleet protocol
-    def gather(self, calls: Mapping[Any, Any], timeout: float | None = None
-               ) -> tuple[dict[Any, Any], dict[Any, CallFailure]]:
+    def gather(self, calls: Mapping[Any, Any], timeout: float | None = None,
+               each: Callable[[Any, Any], None] | None = None) -> tuple[dict[Any, Any], dict[Any, CallFailure]]:
         refs = {key: _ref(p) for key, p in calls.items()}
-        results, failures = gather(refs, timeout if timeout is not None else self.cfg.ray.call_timeout_s)
+        results, failures = gather(refs, timeout if timeout is not None else self.cfg.ray.call_timeout_s, each)
         return results, {k: _call_failure(f) for k, f in failures.items()}
 
     def share(self, value: Any) -> Any:

@@ -6,7 +6,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -160,12 +161,15 @@ def time_call(make_ref, repeats: int = 3) -> float:
     return best
 
 
-def gather(refs: dict[str, Any], timeout: float) -> tuple[dict[str, Any], dict[str, ActorFailure]]:
+def gather(refs: dict[str, Any], timeout: float, each: Callable[[str, Any], None] | None = None
+           ) -> tuple[dict[str, Any], dict[str, ActorFailure]]:
     """Wait for every ref; a dead actor, an exception or a timeout is a failure, not a crash.
 
     Args:
         refs: ``{key: ObjectRef}``.
         timeout: Seconds to wait for all of them.
+        each: Called as ``each(key, result)`` for every successful result as soon as it is
+            ready, in completion order (e.g. to hand an upload on while others still compute).
 
     Returns:
         ``(results, failures)`` keyed like ``refs``; each failure names the root cause raised in
@@ -175,6 +179,8 @@ def gather(refs: dict[str, Any], timeout: float) -> tuple[dict[str, Any], dict[s
     failures: dict[str, ActorFailure] = {}
     if not refs:
         return results, failures
+    if each is not None:
+        return _gather_each(refs, timeout, each)
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
     ready_set = set(ready)
     for key, ref in refs.items():
@@ -188,6 +194,34 @@ def gather(refs: dict[str, Any], timeout: float) -> tuple[dict[str, Any], dict[s
             failures[key] = failure_from(key, err)
             log.debug("%s failed: %s\n%s", key, failures[key].message, failures[key].detail)
     return results, failures
+
+
+def _gather_each(refs: dict[str, Any], timeout: float, each: Callable[[str, Any], None]
+                 ) -> tuple[dict[str, Any], dict[str, ActorFailure]]:
+    """:func:`gather`, handing each result to ``each`` as it completes."""
+    results: dict[str, Any] = {}
+    failures: dict[str, ActorFailure] = {}
+    keys = {ref: key for key, ref in refs.items()}
+    waiting = list(refs.values())
+    deadline = time.monotonic() + timeout
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        for ref in ready:
+            key = keys[ref]
+            try:
+                results[key] = ray.get(ref)
+            except RayError as err:
+                failures[key] = failure_from(key, err)
+                log.debug("%s failed: %s\n%s", key, failures[key].message, failures[key].detail)
+                continue
+            each(key, results[key])
+    for ref in waiting:
+        key = keys[ref]
+        failures[key] = ActorFailure(key, "timeout", f"TimeoutError: no answer within {timeout:.0f} s", "TimeoutError")
+        ray.cancel(ref, force=False)
+    return {k: results[k] for k in refs if k in results}, {k: failures[k] for k in refs if k in failures}
 
 
 def gather_all(refs: dict[str, Any], timeout: float) -> dict[str, Any]:

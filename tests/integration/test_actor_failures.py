@@ -93,3 +93,27 @@ def test_a_device_starved_in_every_cycle_fails_the_campaign(local_ray, tmp_path)
         failing = devices_failing_every_cycle(p.history)
     assert set(failing) == {"d1"} and failing["d1"][0] == 2
     assert failing["d1"][1].startswith("BudgetTooSmallError: device 'd1': budget ")
+
+
+def test_gather_hands_each_result_on_in_completion_order_and_fails_the_rest_as_before(local_ray):
+    import time
+
+    import ray
+
+    from eclm.runtime import gather
+
+    @ray.remote(num_cpus=0)
+    def work(delay: float, fail: bool = False) -> float:
+        time.sleep(delay)
+        if fail:
+            raise ValueError("bad input")
+        return delay
+
+    seen: list[str] = []
+    refs = {"slow": work.remote(2.0), "fast": work.remote(0.0), "bad": work.remote(0.0, True),
+            "stuck": work.remote(120.0)}
+    results, failures = gather(refs, timeout=8, each=lambda key, value: seen.append(key))
+    assert seen == ["fast", "slow"]  # as they completed; never a failure
+    assert results == {"slow": 2.0, "fast": 0.0} and list(results) == ["slow", "fast"]  # keyed like refs
+    assert (failures["bad"].kind, failures["bad"].error_type) == ("error", "ValueError")
+    assert failures["stuck"].kind == "timeout" and set(failures) == {"bad", "stuck"}

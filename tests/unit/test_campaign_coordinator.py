@@ -44,6 +44,7 @@ class ScriptedCloud:
     def __init__(self, decisions: deque, log: list) -> None:
         self.version, self.decisions, self.log = 0, decisions, log
         self.fail_next: dict[str, BaseException] = {}
+        self.arrivals: list[tuple[list[str], int]] = []
 
     def _maybe_fail(self, method: str) -> None:
         if method in self.fail_next:
@@ -84,6 +85,11 @@ class ScriptedCloud:
         accepted = tuple(c for c in channels if c not in rejected)
         return MergeOutcome(decision=decision, reason="scripted", accepted=accepted, rejected=rejected,
                             version=self.version)
+
+    def prescreen(self, updates: list) -> int:
+        self._maybe_fail("prescreen")
+        self.arrivals.append(([u.channel for u in updates], len(self.log)))  # (who, merges before it)
+        return len(updates)
 
     def snapshot(self) -> CloudSnapshot:
         self._maybe_fail("snapshot")
@@ -132,9 +138,9 @@ class ScriptedDevice:
                             classes=(0, 1), metrics=DeviceMetrics(acc_before=0.4, acc_after=0.8))
 
 
-def make(decisions=(), trigger=None, progress=None):
+def make(decisions=(), trigger=None, progress=None, merge=None):
     cfg = PlatformConfig.from_dict({"devices": [{"name": n} for n in NAMES], "data": {"num_devices": len(NAMES)},
-                                    "tracking": {"enabled": False}})
+                                    "tracking": {"enabled": False}, "merge": merge or {}})
     log: list = []
     script = deque(decisions)
     devices = {n: ScriptedDevice(n, drift=0.9 if n == "b" else 0.1) for n in NAMES}
@@ -169,6 +175,26 @@ def test_an_accepted_merge_moves_the_version_and_commits_it():
     assert state.version == 1 and snapshot.weights == b"v1"
     assert {n: h.version for n, h in state.held.items()} == dict.fromkeys(NAMES, 0)  # installed before the merge
     assert log == [("merge", ["a", "b", "c"])]
+
+
+def test_each_upload_is_handed_to_the_cloud_as_it_arrives_before_the_merge():
+    co, devices, clouds, log, _ = make(["accept"])
+    devices["b"].adapt_with = lambda d: DeviceUpdate(device="a", payload=b"x", importance=((0.5, 0.5), (0.5, 0.5)),
+                                                     num_samples=1, classes=(0,))  # claims another device
+    result = co.run_cycle()
+    assert clouds[-1].arrivals == [(["a"], 0), (["c"], 0)]  # one by one, before any merge; "b" never
+    assert log == [("merge", ["a", "c"])] and "b" in result.failures
+
+
+def test_screening_on_arrival_off_or_failing_changes_nothing_of_the_cycle():
+    co, _, clouds, log, _ = make(["accept"], merge={"screen_on_arrival": False})
+    co.run_cycle()
+    assert clouds[-1].arrivals == [] and log == [("merge", ["a", "b", "c"])]
+    co, _, clouds, log, _ = make(["accept"])
+    clouds[-1].fail_next["prescreen"] = RuntimeError("busy")
+    result = co.run_cycle()
+    assert result.merge.decision == "accept" and not result.failures and log == [("merge", ["a", "b", "c"])]
+    assert [who for who, _ in clouds[-1].arrivals] == [["b"], ["c"]]  # the failed first call cost only itself
 
 
 def test_a_partial_merge_records_the_excluded_device():
