@@ -158,17 +158,28 @@ def _adapt(c: CycleCoordinator, holding: Mapping[str, SubModelPackage], split_su
 
 
 def _on_arrival(c: CycleCoordinator, holding: Mapping[str, SubModelPackage]) -> Callable[[str, DeviceUpdate], None]:
-    """Hands each upload to the strategy as it arrives (eclm: the cloud screens it while the
-    other devices still adapt). Fire and forget: nothing is waited for, and a failure here
-    (the cloud busy, dead or refusing) only leaves the merge to do that work itself."""
+    """Hands uploads to the strategy as they arrive (eclm: the cloud screens them while the other
+    devices still adapt), at most one call in flight: uploads that arrive meanwhile wait and go
+    together in the next call, so the cloud never builds a backlog the merge would wait behind
+    (what is still waiting when the last device answers is screened by the merge itself, on all
+    its workers). Fire and forget: nothing is waited for, and a failure here (the cloud busy,
+    dead or refusing) only leaves the merge to do that work itself."""
+    waiting: list = []
+    inflight: list = [None]
 
     def arrived(name: str, update: DeviceUpdate) -> None:
         if getattr(update, "device", None) != name:
             return  # the cycle fails this reply; the merge never sees it
+        waiting.append(c.attribute(name, update, holding[name]))
+        if inflight[0] is not None and not c.fleet.done(inflight[0]):
+            return
+        batch = list(waiting)
+        waiting.clear()
         try:
-            c.strategy.arrived(c.fleet.cloud, [c.attribute(name, update, holding[name])])
+            inflight[0] = c.strategy.arrived(c.fleet.cloud, batch)
         except Exception as err:  # noqa: BLE001 - an optimisation must not fail the cycle
-            log.debug("handing %s's upload on arrival failed: %r", name, err)
+            inflight[0] = None
+            log.debug("handing %d upload(s) on arrival failed: %r", len(batch), err)
 
     return arrived
 

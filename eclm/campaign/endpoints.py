@@ -146,6 +146,10 @@ class Fleet(Protocol):
         order where the binding runs calls concurrently), before the others are waited for."""
         ...
 
+    def done(self, pending: Pending[Any]) -> bool:
+        """Whether a submitted call has finished (with a result or a failure), without waiting."""
+        ...
+
     def share(self, value: Any) -> Any:
         """A handle to pass one large value to many calls (Ray: the object store; local: the value)."""
         ...

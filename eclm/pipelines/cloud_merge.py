@@ -254,7 +254,6 @@ class CloudMergeMixin:
             own_envs = reported if self.cfg.merge.validate_environments else None
             pipeline = self._pipeline(classes, self._split_uploads, self._validated_environments(), own_envs,
                                       arrivals.cloud_state)
-            pipeline.workers = 1  # the devices are busy on the other cores
             stats = pipeline.statistics_of(arrivals.cloud_state, self.model.layers, admission.updates,
                                            admission.issued, self._names)
         finally:

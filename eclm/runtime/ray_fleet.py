@@ -147,6 +147,10 @@ class RayFleet:
         results, failures = gather(refs, timeout if timeout is not None else self.cfg.ray.call_timeout_s, each)
         return results, {k: _call_failure(f) for k, f in failures.items()}
 
+    def done(self, pending: Any) -> bool:
+        ready, _ = ray.wait([_ref(pending)], timeout=0)
+        return bool(ready)
+
     def share(self, value: Any) -> Any:
         return ray.put(value)
 

@@ -120,6 +120,13 @@ def test_campaign_runs_one_edge_actor_per_device(campaign):
     assert names == {n: n for n in DEVICES}
 
 
+def test_the_cloud_screens_uploads_as_they_arrive_over_ray(campaign):
+    # the first upload of a cycle always goes to the cloud at once; later ones join the next call
+    # or, if still waiting when the last device answers, are screened by the merge itself
+    screened = [int(r.merge.details.get("screened_on_arrival", 0)) for r in campaign.results]
+    assert all(1 <= n <= len(DEVICES) for n in screened), screened
+
+
 def test_mlflow_holds_the_flattened_config_as_params(campaign, mlflow_client):
     p = campaign.platform
     run = mlflow_client.get_run(p.tracker.run_id)

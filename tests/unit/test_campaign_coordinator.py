@@ -186,6 +186,14 @@ def test_each_upload_is_handed_to_the_cloud_as_it_arrives_before_the_merge():
     assert log == [("merge", ["a", "c"])] and "b" in result.failures
 
 
+def test_uploads_arriving_while_the_cloud_still_screens_go_together_in_the_next_call():
+    co, _, clouds, log, _ = make(["accept"])
+    answers = iter([False, True])  # the call for "a" is still running when "b" arrives, done when "c" does
+    co.fleet.done = lambda pending: next(answers)
+    co.run_cycle()
+    assert clouds[-1].arrivals == [(["a"], 0), (["b", "c"], 0)] and log == [("merge", ["a", "b", "c"])]
+
+
 def test_screening_on_arrival_off_or_failing_changes_nothing_of_the_cycle():
     co, _, clouds, log, _ = make(["accept"], merge={"screen_on_arrival": False})
     co.run_cycle()
