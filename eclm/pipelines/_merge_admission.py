@@ -25,6 +25,7 @@ class MergeAdmissionMixin:
         """Updates that pass the integrity and claim checks; the others land in ``report.rejected``."""
         valid: list[ModuleUpdate] = []
         seen: set[str] = set()
+        checked = self._checked()
         for u in updates:
             if u.device_id in seen:
                 report.rejected[f"{u.device_id} (duplicate upload)"] = "duplicate update from the same device; the first was kept"
@@ -38,6 +39,9 @@ class MergeAdmissionMixin:
                 names = expected_names(u.spec)
             except ValueError as err:  # foreign model id, wrong layer count, module out of range
                 report.rejected[u.device_id] = f"integrity: spec does not fit the cloud model: {err}"
+                continue
+            if checked.get(u.device_id) is u:  # passed these very checks on arrival, on the same weights
+                valid.append(u)
                 continue
             known = self.known_classes.get(u.device_id) if self.known_classes is not None else None
             try:
@@ -58,12 +62,12 @@ class MergeAdmissionMixin:
         changes, references, own = {}, {}, {}
         group = [u.device_id for u in valid if u.device_id in self.same_upload]
         screened = [u for u in valid if u.device_id not in group[1:]]  # a group is screened once, as group[0]
-        known = self.known_statistics or {}
-        todo = [u for u in screened if u.device_id not in known or u.device_id in group]
+        checked = self._checked()
+        todo = [u for u in screened if checked.get(u.device_id) is not u or u.device_id in group]
         computed = dict(zip((u.device_id for u in todo), parallel_map(
             lambda u: self._statistics(cloud_state, layers, u), todo, self.workers), strict=True))
         for u in screened:
-            stats, err = computed[u.device_id] if u.device_id in computed else (known[u.device_id], None)
+            stats, err = computed[u.device_id] if u.device_id in computed else (self.known_statistics[u.device_id][0], None)
             if err is not None:  # this device alone is rejected
                 report.rejected[u.device_id] = f"screen: could not be screened: {err!r}"
                 continue
@@ -81,18 +85,25 @@ class MergeAdmissionMixin:
                 report.rejected[d] = "screen: " + "; ".join(v.reasons)
         return [u for u in valid if u.device_id in verdicts and verdicts[u.device_id].passed]
 
-    def statistics_of(self, cloud_state, layers, updates, given_specs, expected_names) -> dict[str, tuple]:
-        """The screen's per-update statistics of the ``updates`` that pass the integrity and claim
-        checks, by device (what :meth:`_screen` computes for them; an update whose statistics
-        raise, or that belongs to a ``same_upload`` group, has none). A host that computes them
-        before the merge (each upload on arrival) passes them back as ``known_statistics``."""
+    def _checked(self) -> dict[str, ModuleUpdate]:
+        """Per device, the update object whose checks and statistics are in ``known_statistics``."""
+        return {d: entry[1] for d, entry in (self.known_statistics or {}).items()}
+
+    def statistics_of(self, cloud_state, layers, updates, given_specs, expected_names
+                      ) -> dict[str, tuple[tuple, ModuleUpdate]]:
+        """``(statistics, update)`` per device of the ``updates`` that pass the integrity and claim
+        checks: the screen's per-update statistics (what :meth:`_screen` computes for them; an
+        update whose statistics raise, or that belongs to a ``same_upload`` group, has none). A
+        host that computes them before the merge (each upload on arrival) passes them back as
+        ``known_statistics`` with the very same update objects: the merge skips those updates'
+        checks and statistics (another object for the device is checked and screened as usual)."""
         if self.screen is None:
             return {}
         refused = SimpleNamespace(rejected={})  # the merge itself reports why
         valid = [u for u in self._admit(cloud_state, layers, updates, given_specs, expected_names, refused)
                  if u.device_id not in self.same_upload]
         results = parallel_map(lambda u: self._statistics(cloud_state, layers, u), valid, self.workers)
-        return {u.device_id: stats for u, (stats, err) in zip(valid, results, strict=True) if err is None}
+        return {u.device_id: (stats, u) for u, (stats, err) in zip(valid, results, strict=True) if err is None}
 
     def _statistics(self, cloud_state, layers, u: ModuleUpdate) -> tuple[tuple | None, Exception | None]:
         """``((changes, reference changes or None, own-class scores or None), None)`` of one update for

@@ -271,8 +271,9 @@ class CloudMergeMixin:
         return self._arrivals
 
     def _known_statistics(self, uploads: list[AttributedUpdate]) -> dict[str, tuple]:
-        """The statistics :meth:`prescreen` kept for ``uploads`` (the first upload of each channel,
-        as admission keeps it), if the cloud's weights are still those they were computed on."""
+        """``(statistics, admitted update)`` per channel that :meth:`prescreen` kept for ``uploads``
+        (the first upload of each channel, as admission keeps it), if the cloud's weights are still
+        those they were computed on."""
         if self._arrivals is None or not self._arrivals.statistics:
             return {}
         if self._arrivals.token != (self.version, self.state_digest()):
@@ -289,7 +290,7 @@ class CloudMergeMixin:
     def _merge_uploads(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
         known, self._arrivals = self._known_statistics(uploads), None  # one merge uses them, whatever it decides
         self._screened_on_arrival = len(known)
-        admission = admit(uploads, self.model.layer_sizes, self._rebase)
+        admission = admit(uploads, self.model.layer_sizes, self._rebase, {c: u for c, (_, u) in known.items()})
         reported = {u.channel: environment_of(u.update.metrics.environment, u.update.metrics.severity)
                     for u in uploads}
         classes = {u.device_id: list(u.classes or []) for u in admission.updates}

@@ -9,7 +9,7 @@ exception while admitting one upload rejects that upload alone with its reason; 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -70,13 +70,22 @@ def admit_one(item: AttributedUpdate, layer_sizes: Sequence[int], rebase: Rebase
                         up.metrics.model_dump(), trained=trained)
 
 
-def admit(uploads: Sequence[AttributedUpdate], layer_sizes: Sequence[int], rebase: Rebase) -> Admission:
-    """Admit every upload on its own (see the module docstring); duplicates of a channel are refused."""
+def admit(uploads: Sequence[AttributedUpdate], layer_sizes: Sequence[int], rebase: Rebase,
+          admitted: Mapping[str, ModuleUpdate] | None = None) -> Admission:
+    """Admit every upload on its own (see the module docstring); duplicates of a channel are refused.
+
+    ``admitted``: per channel, the merge input its first upload already became (the cloud admits
+    uploads on arrival, on the same weights, keyed by a digest of the whole upload); it is taken
+    as it is instead of decoding that upload again."""
     out = Admission()
     for item in uploads:
         channel = item.channel
         if channel in out.issued or channel in out.rejected:
             out.rejected[f"{channel} (duplicate upload)"] = "a second upload from the same device; the first was kept"
+            continue
+        if admitted and channel in admitted:
+            out.updates.append(admitted[channel])
+            out.issued[channel] = item.issued
             continue
         try:
             update = admit_one(item, layer_sizes, rebase)

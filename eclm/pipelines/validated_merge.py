@@ -154,9 +154,10 @@ class ValidatedMerge(MergeAdmissionMixin):
         workers: Threads the screen's per-update checks run on
             (:mod:`eclm.pipelines.merge_workers`; ``reference`` and ``own_scores`` must then be
             safe to call from several threads). Decisions do not depend on it.
-        known_statistics: Per device, the screen's statistics of its update computed earlier by
-            :meth:`statistics_of` on the same cloud state and the same update (the cloud screens
-            uploads as they arrive); the screen uses them instead of computing them again.
+        known_statistics: Per device, ``(statistics, update)`` computed earlier by
+            :meth:`statistics_of` on the same cloud state (the cloud screens uploads as they
+            arrive): for that very update object the merge skips the integrity and claim checks it
+            passed and uses the statistics instead of computing them again.
     """
 
     evaluate: Evaluator
@@ -187,7 +188,7 @@ class ValidatedMerge(MergeAdmissionMixin):
     same_upload: Collection[str] = ()
     search_budget: float = 4.0
     workers: int = 1
-    known_statistics: Mapping[str, tuple] | None = None
+    known_statistics: Mapping[str, tuple[tuple, ModuleUpdate]] | None = None
     #: What this run finalizes with: ``finalize``, or ``plain_finalize`` (see :meth:`_baseline`).
     _finalize_now: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = field(
         default=None, init=False, repr=False, compare=False)

@@ -126,3 +126,18 @@ def test_a_failure_while_screening_on_arrival_is_logged_and_costs_only_the_early
     assert "worker lost" in caplog.text
     monkeypatch.undo()
     assert cloud.merge(uploads).decision in ("accept", "partial", "reject")
+
+
+def test_the_merge_neither_decodes_nor_checks_again_what_was_screened_on_arrival(cycle, monkeypatch):
+    import eclm.pipelines._merge_admission as merge_admission
+    import eclm.pipelines.upload_admission as upload_admission
+
+    cloud, _, uploads = cycle
+    assert cloud.prescreen(uploads[:2]) == 2
+    decoded, checked = [], []
+    admit_one, check_update = upload_admission.admit_one, merge_admission.check_update
+    monkeypatch.setattr(upload_admission, "admit_one", lambda item, *a: decoded.append(item.channel) or admit_one(item, *a))
+    monkeypatch.setattr(merge_admission, "check_update", lambda u, *a, **k: checked.append(u.device_id) or check_update(u, *a, **k))
+    outcome = cloud.merge(uploads)
+    assert decoded == [uploads[2].channel] and checked == [uploads[2].channel]
+    assert outcome.details.get("screened_on_arrival") == "2" and set(outcome.screen) == {u.channel for u in uploads}
