@@ -170,16 +170,16 @@ def _on_arrival(c: CycleCoordinator, holding: Mapping[str, SubModelPackage]) -> 
     def arrived(name: str, update: DeviceUpdate) -> None:
         if getattr(update, "device", None) != name:
             return  # the cycle fails this reply; the merge never sees it
-        waiting.append(c.attribute(name, update, holding[name]))
-        if inflight[0] is not None and not c.fleet.done(inflight[0]):
-            return
-        batch = list(waiting)
-        waiting.clear()
         try:
+            waiting.append(c.attribute(name, update, holding[name]))
+            if inflight[0] is not None and not c.fleet.done(inflight[0]):
+                return
+            batch = list(waiting)
+            waiting.clear()
+            inflight[0] = None
             inflight[0] = c.strategy.arrived(c.fleet.cloud, batch)
         except Exception as err:  # noqa: BLE001 - an optimisation must not fail the cycle
-            inflight[0] = None
-            log.debug("handing %d upload(s) on arrival failed: %r", len(batch), err)
+            log.debug("handing uploads on arrival failed at %s: %r", name, err)
 
     return arrived
 

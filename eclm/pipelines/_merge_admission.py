@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from eclm.pipelines.validated_merge import MergeReport
 
 
-
 class MergeAdmissionMixin:
     """``_admit`` and ``_screen``; expects the :class:`ValidatedMerge` fields ``max_relative_norm``,
     ``max_samples``, ``claims``, ``known_classes``, ``screen``, ``reference``, ``own_scores``,

@@ -282,9 +282,9 @@ class CloudMergeMixin:
         for u in uploads:
             if u.channel not in seen:
                 seen.add(u.channel)
-                stats = self._arrivals.statistics.get(_upload_key(u))
-                if stats is not None:
-                    known[u.channel] = stats
+                entry = self._arrivals.statistics.get(_upload_key(u))
+                if entry is not None:
+                    known[u.channel] = entry
         return known
 
     def _merge_uploads(self, uploads: list[AttributedUpdate]) -> MergeOutcome:
@@ -489,7 +489,8 @@ class _ArrivalScreen:
         token: ``(version, digest of the weights)`` the results hold for.
         cloud_state: Those weights (the model's own tensors: they must not change while kept).
         subs: Sub-models of those weights, per worker thread.
-        statistics: The screen's statistics per upload (keyed by :func:`_upload_key`).
+        statistics: ``(the screen's statistics, the admitted update)`` per upload (keyed by
+            :func:`_upload_key`).
         references: The cloud's reference updates by ``(spec, classes)``, shared by the uploads.
     """
 
