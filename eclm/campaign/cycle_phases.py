@@ -165,19 +165,20 @@ def _on_arrival(c: CycleCoordinator, holding: Mapping[str, SubModelPackage]) -> 
     its workers). Fire and forget: nothing is waited for, and a failure here (the cloud busy,
     dead or refusing) only leaves the merge to do that work itself."""
     waiting: list = []
-    inflight: list = [None]
+    inflight = None
 
     def arrived(name: str, update: DeviceUpdate) -> None:
+        nonlocal inflight
         if getattr(update, "device", None) != name:
             return  # the cycle fails this reply; the merge never sees it
         try:
             waiting.append(c.attribute(name, update, holding[name]))
-            if inflight[0] is not None and not c.fleet.done(inflight[0]):
+            if inflight is not None and not c.fleet.done(inflight):
                 return
             batch = list(waiting)
             waiting.clear()
-            inflight[0] = None
-            inflight[0] = c.strategy.arrived(c.fleet.cloud, batch)
+            inflight = None  # a call that fails to start leaves none in flight
+            inflight = c.strategy.arrived(c.fleet.cloud, batch)
         except Exception as err:  # noqa: BLE001 - an optimisation must not fail the cycle
             log.debug("handing uploads on arrival failed at %s: %r", name, err)
 

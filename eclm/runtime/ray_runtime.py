@@ -177,35 +177,12 @@ def gather(refs: dict[str, Any], timeout: float, each: Callable[[str, Any], None
     """
     results: dict[str, Any] = {}
     failures: dict[str, ActorFailure] = {}
-    if not refs:
-        return results, failures
-    if each is not None:
-        return _gather_each(refs, timeout, each)
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
-    ready_set = set(ready)
-    for key, ref in refs.items():
-        if ref not in ready_set:
-            failures[key] = ActorFailure(key, "timeout", f"TimeoutError: no answer within {timeout:.0f} s", "TimeoutError")
-            ray.cancel(ref, force=False)
-            continue
-        try:
-            results[key] = ray.get(ref)
-        except RayError as err:
-            failures[key] = failure_from(key, err)
-            log.debug("%s failed: %s\n%s", key, failures[key].message, failures[key].detail)
-    return results, failures
-
-
-def _gather_each(refs: dict[str, Any], timeout: float, each: Callable[[str, Any], None]
-                 ) -> tuple[dict[str, Any], dict[str, ActorFailure]]:
-    """:func:`gather`, handing each result to ``each`` as it completes."""
-    results: dict[str, Any] = {}
-    failures: dict[str, ActorFailure] = {}
     keys = {ref: key for key, ref in refs.items()}
     waiting = list(refs.values())
     deadline = time.monotonic() + timeout
-    while waiting:
-        ready, waiting = ray.wait(waiting, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+    while waiting:  # all at once, or one at a time when each result is handed on
+        ready, waiting = ray.wait(waiting, num_returns=1 if each is not None else len(waiting),
+                                  timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
             break
         for ref in ready:
@@ -216,7 +193,8 @@ def _gather_each(refs: dict[str, Any], timeout: float, each: Callable[[str, Any]
                 failures[key] = failure_from(key, err)
                 log.debug("%s failed: %s\n%s", key, failures[key].message, failures[key].detail)
                 continue
-            each(key, results[key])
+            if each is not None:
+                each(key, results[key])
     for ref in waiting:
         key = keys[ref]
         failures[key] = ActorFailure(key, "timeout", f"TimeoutError: no answer within {timeout:.0f} s", "TimeoutError")
